@@ -1,0 +1,199 @@
+// conf — the INI schema, its loader and the process-wide diagnostics it
+// configures.
+//
+// One directive table (conf/directives.cc) declares every key: section, name,
+// type, default, bounds, units and doc. The loader, `slipstream --help-config`
+// and the README's configuration reference are all generated from it.
+//
+// Loading never throws to the caller: it returns the configuration or every
+// error found, each naming file, line, section and key.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace slip::conf {
+
+// ---------------------------------------------------------------- values
+
+/// One `listen =` address. `host` is a numeric IPv4 or IPv6 address (IPv6
+/// without brackets); port 0 asks the kernel for a free port.
+struct ListenAddr {
+  std::string host;
+  uint16_t port = 0;
+  int line = 0;
+};
+
+/// One `header = Name: value` line added to every upstream request.
+struct Header {
+  std::string name;
+  std::string value;
+};
+
+/// An IPv4 or IPv6 network. IPv4 addresses are stored as IPv4-mapped IPv6
+/// (::ffff:a.b.c.d) so one matcher handles both families.
+struct Cidr {
+  uint8_t addr[16] = {};
+  uint8_t prefix = 0;  // 0..128, counted on the 16-byte form
+  std::string text;    // as written, for messages
+};
+
+enum class SourceType { Http, Local, Alist };
+enum class Delivery { Auto, Redirect, Proxy, ProxyUrl, Deny };
+enum class Role { Main, Edge };
+enum class LinkBind { None, Ua, UaIp };
+enum class LogLevel { Debug, Info, Warn, Error };
+
+const char* sourceTypeName(SourceType t);
+const char* deliveryName(Delivery d);
+
+// ---------------------------------------------------------------- sections
+
+struct Server {
+  std::vector<ListenAddr> listen;        // default 0.0.0.0:8690
+  int64_t maxConnections = 1024;         // client connections
+  int64_t maxRequestLine = 8 * 1024;     // bytes; longer → 414
+  int64_t maxHeaderSize = 32 * 1024;     // bytes, all header lines; larger → 431
+  int64_t idleTimeoutMs = 60'000;        // keep-alive idle / request read
+  int64_t sendTimeoutMs = 600'000;       // client not reading for this long → close
+  int64_t shutdownGraceMs = 30'000;      // SIGTERM: let transfers finish this long
+  std::string accessLog = "-";           // path, "-" = stdout, "off"
+  LogLevel logLevel = LogLevel::Info;
+  int64_t upstreamConnections = 64;      // global cap on upstream transfers
+  int64_t connectTimeoutMs = 10'000;     // upstream TCP/TLS connect
+  int64_t upstreamTimeoutMs = 30'000;    // upstream: request sent → response headers
+  int64_t stallTimeoutMs = 30'000;       // upstream sends nothing for this long → retry
+  // signing and roles (SPEC §6)
+  std::string signSecret;                // empty = signing off; never logged
+  int64_t signTtlMs = 0;                 // `slipstream sign` expiry; 0 = never
+  std::vector<Cidr> signExempt;
+  Role role = Role::Main;
+  std::vector<Cidr> adminAllow;          // default loopback only
+  std::string adminToken;
+};
+
+struct Cache {
+  std::string dir = "/var/cache/slipstream";
+  int64_t maxSize = 10LL << 30;          // bytes
+  int64_t minFree = 1LL << 30;           // free-disk floor, bytes
+  int64_t blockSize = 1LL << 20;         // bytes; power of two, 64K..64M
+};
+
+struct Mount {
+  std::string name;
+  int line = 0;                          // line of the [mount NAME] header
+  std::string prefix;                    // virtual path prefix, default "/NAME"
+  SourceType source = SourceType::Http;
+  std::string baseUrl;                   // http
+  std::string root;                      // local: directory; alist: path prefix on the AList side
+  std::string url;                       // alist server
+  std::string token;                     // alist token; never logged
+  std::vector<Header> headers;
+  Delivery delivery = Delivery::Auto;
+  std::string proxyUrl;                  // for proxy_url delivery
+  bool cache = true;
+  int64_t revalidateMs = 600'000;        // trust stored validators this long
+  int64_t connections = 16;              // parallel block fetches per object
+  int64_t maxConnections = 32;           // cap for the whole source (account)
+  int64_t readAhead = 32LL << 20;        // bytes fetched ahead of a sequential reader
+  int64_t linkTtlMs = 0;                 // 0 = source default
+  LinkBind linkBind = LinkBind::None;
+};
+
+struct Rule {
+  std::string name;
+  int line = 0;
+  // conditions; an empty list / unset bound means "any"
+  std::vector<std::string> mounts;
+  std::vector<std::string> paths;        // globs on the virtual path: * ? **
+  std::vector<std::string> exts;         // lower case, without the dot
+  std::vector<Cidr> clients;
+  std::string userAgent;                 // POSIX extended regex, "" = any
+  bool ignoreCase = false;
+  std::optional<int64_t> minSize;
+  std::optional<int64_t> maxSize;
+  std::vector<std::string> methods;      // upper case
+  // action
+  Delivery action = Delivery::Proxy;
+  std::string proxyUrl;
+  std::optional<int64_t> connections;
+  std::optional<bool> cache;
+};
+
+struct Config {
+  std::string file;
+  Server server;
+  Cache cache;
+  std::vector<Mount> mounts;             // in file order
+  std::vector<Rule> rules;               // in file order: first match wins
+};
+
+// ---------------------------------------------------------------- loading
+
+struct Error {
+  std::string file;
+  int line = 0;
+  std::string section;  // e.g. "mount movies"; may be empty
+  std::string key;      // may be empty
+  std::string message;
+  /// "FILE:LINE: [SECTION] KEY: MESSAGE"
+  std::string str() const;
+};
+
+struct LoadResult {
+  std::optional<Config> config;  // set only when errors is empty
+  std::vector<Error> errors;
+};
+
+/// Reads and validates FILE. Collects every error instead of stopping at the
+/// first.
+LoadResult loadFile(const std::string& path);
+
+/// Same, from text in memory; `name` is used as the file name in messages.
+LoadResult loadString(std::string_view text, const std::string& name);
+
+/// Plain-text reference of every directive (for `--help-config`).
+std::string helpText();
+
+/// Markdown reference of every directive (the README's configuration section).
+std::string referenceMarkdown();
+
+// ---------------------------------------------------------------- value parsers
+// Exposed for the tests and for command-line flags. Each returns nullopt on a
+// bad value and, if `why` is given, says what is wrong.
+
+/// "64K", "4M", "50G", "1T", plain bytes "4096"; binary units (K = 1024).
+std::optional<int64_t> parseSize(std::string_view s, std::string* why = nullptr);
+/// "500ms", "90s", "15m", "4h", "2d"; a bare number is seconds. Milliseconds.
+std::optional<int64_t> parseDuration(std::string_view s, std::string* why = nullptr);
+/// "on/off", "yes/no", "true/false", "1/0".
+std::optional<bool> parseBool(std::string_view s, std::string* why = nullptr);
+/// "10.0.0.0/8", "192.168.1.7" (= /32), "::1", "fd00::/8".
+std::optional<Cidr> parseCidr(std::string_view s, std::string* why = nullptr);
+/// "127.0.0.1:8080", "[::1]:8080", ":8080" (all IPv4), "[::]:8080".
+std::optional<ListenAddr> parseListen(std::string_view s, std::string* why = nullptr);
+
+/// Levenshtein distance, for "did you mean" suggestions.
+size_t editDistance(std::string_view a, std::string_view b);
+
+// ---------------------------------------------------------------- diagnostics
+
+/// The error log: `ts level=L event=E key=value ...` lines on stderr.
+/// Thread-safe. Secrets must never be passed to it.
+class Log {
+ public:
+  static void setLevel(LogLevel l);
+  static bool enabled(LogLevel l);
+  /// `event` is a stable identifier (snake_case); `kv` is already formatted
+  /// `key=value` pairs separated by spaces.
+  static void write(LogLevel l, std::string_view event, std::string_view kv);
+};
+
+/// Formats a value for a key=value log field: quoted when it has spaces,
+/// quotes or control characters; control bytes escaped.
+std::string logValue(std::string_view v);
+
+}  // namespace slip::conf

@@ -1,0 +1,277 @@
+// policy — pure decisions: values in, decision out.
+//
+// Nothing here does I/O or reads a clock: `now` is passed in. Range math,
+// request-path normalisation, mount lookup, the delivery decision (rules),
+// AList-compatible signing and the few HTTP header formats the gateway builds
+// all live here so that table-driven tests can cover them exhaustively.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conf/conf.h"
+
+namespace slip::policy {
+
+// ---------------------------------------------------------------- reasons
+// Every way a request can fail, declared once: stable code (used in logs and
+// counters), HTTP status sent to the client, and the human text of the body.
+
+#define SLIP_REASONS(X)                                                                  \
+  X(None, 200, "ok")                                                                      \
+  X(BadPath, 400, "malformed request path")                                               \
+  X(PathTraversal, 400, "path traversal ('..' segment) is not allowed")                  \
+  X(PathNul, 400, "NUL byte in path")                                                     \
+  X(PathBackslash, 400, "backslash in path")                                              \
+  X(PathTooLong, 400, "path too long")                                                    \
+  X(BadPercentEncoding, 400, "bad percent-encoding in path")                              \
+  X(AbsoluteTarget, 400, "absolute-form request target refused: this is not a proxy")     \
+  X(BadRequest, 400, "bad request")                                                       \
+  X(RequestBody, 400, "request bodies are not accepted")                                  \
+  X(SignMissing, 401, "missing ?sign= parameter")                                         \
+  X(SignInvalid, 403, "invalid signature")                                                \
+  X(SignExpired, 403, "signature expired")                                                \
+  X(Denied, 403, "denied by rule")                                                        \
+  X(LocalEscape, 403, "path resolves outside the mount's directory")                      \
+  X(UnknownRoute, 404, "no such route")                                                   \
+  X(UnknownMount, 404, "no mount serves this path")                                       \
+  X(NotFound, 404, "not found")                                                           \
+  X(NotAFile, 404, "not a regular file")                                                  \
+  X(MethodNotAllowed, 405, "method not allowed (GET and HEAD only)")                      \
+  X(RequestLineTooLong, 414, "request line too long")                                     \
+  X(RangeNotSatisfiable, 416, "requested range not satisfiable")                          \
+  X(HeadersTooLarge, 431, "request header fields too large")                              \
+  X(Internal, 500, "internal error")                                                      \
+  X(RedirectImpossible, 500, "this source has no upstream link to redirect to")          \
+  X(UpstreamConnect, 502, "upstream connection failed")                                   \
+  X(UpstreamStatus, 502, "upstream answered with an error status")                        \
+  X(UpstreamBadResponse, 502, "upstream response is inconsistent")                        \
+  X(UpstreamChanged, 502, "upstream object changed during the transfer")                  \
+  X(UpstreamDenied, 502, "upstream refused the link (401/403/410), also after re-resolving") \
+  X(UpstreamReset, 502, "upstream connection dropped and retries ran out")                \
+  X(ResolveFailed, 502, "source could not resolve the path to a link")                    \
+  X(CacheFailed, 500, "cache store failed")                                               \
+  X(Overloaded, 503, "too many connections")                                              \
+  X(ShuttingDown, 503, "shutting down")                                                   \
+  X(UpstreamTimeout, 504, "upstream timed out")
+
+enum class Reason {
+#define SLIP_REASON_ENUM(name, status, text) name,
+  SLIP_REASONS(SLIP_REASON_ENUM)
+#undef SLIP_REASON_ENUM
+};
+
+/// Stable snake_case code, e.g. "path_traversal".
+const char* reasonCode(Reason r);
+/// HTTP status the client gets for this reason.
+int reasonStatus(Reason r);
+/// Human text for the response body and the log.
+const char* reasonText(Reason r);
+
+/// Standard reason phrase for an HTTP status ("Not Found").
+const char* statusText(int status);
+
+// ---------------------------------------------------------------- ranges
+// Two types, never mixed: the wire form as the client wrote it (closed,
+// suffix allowed) and the normalised half-open form clamped to a length.
+
+struct WireRange {
+  enum class Kind {
+    None,      // no Range header, or one we must ignore (RFC 9110 §14.2)
+    Single,    // bytes=first-last | bytes=first-
+    Suffix,    // bytes=-n
+    Multiple,  // several ranges: answered with the whole representation
+  };
+  Kind kind = Kind::None;
+  uint64_t first = 0;
+  std::optional<uint64_t> last;  // Single: absent = open ("first-")
+  uint64_t suffix = 0;           // Suffix: length n
+  bool invalid = false;          // header present but unparseable (→ Kind::None)
+};
+
+/// Parses a Range header value. Garbage, unknown units and overflow give
+/// Kind::None with invalid=true (the header is ignored, as RFC 9110 allows).
+WireRange parseRange(std::string_view header);
+
+/// Half-open [begin, end).
+struct ByteRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  uint64_t size() const { return end - begin; }
+  bool operator==(const ByteRange&) const = default;
+};
+
+struct RangeAnswer {
+  enum class Kind { Full, Partial, Unsatisfiable };
+  Kind kind = Kind::Full;
+  ByteRange range;  // Full: [0, length)
+};
+
+/// Normalises a wire range against the representation length.
+/// `bytes=0-` on a non-empty body is Partial (players rely on the 206).
+RangeAnswer resolveRange(const WireRange& w, uint64_t length);
+
+/// "bytes 0-499/1234" for a Partial answer.
+std::string contentRange(const ByteRange& r, uint64_t length);
+/// "bytes */1234" for a 416.
+std::string contentRangeUnsatisfied(uint64_t length);
+
+/// The upstream request's Range value "first-last" (closed) for a half-open
+/// range, as libcurl's CURLOPT_RANGE wants it.
+std::string upstreamRange(const ByteRange& r);
+
+/// The wire form back as a header value ("bytes=0-", "bytes=-500"), for
+/// forwarding a single range upstream when the length is not known yet.
+std::string wireRangeHeader(const WireRange& w);
+
+/// Parses an upstream "Content-Range: bytes a-b/len" (len may be "*").
+struct ContentRange {
+  std::optional<ByteRange> range;   // absent for "bytes */len"
+  std::optional<uint64_t> length;   // absent for "/*"
+};
+std::optional<ContentRange> parseContentRange(std::string_view v);
+
+/// RFC 9110 §13.1.5 If-Range: true when the Range may be honoured for a
+/// representation with these validators (strong ETag match, or an HTTP-date
+/// exactly equal to Last-Modified).
+bool ifRangeAllows(std::string_view ifRange, std::string_view etag,
+                   std::string_view lastModified);
+
+// ---------------------------------------------------------------- paths
+
+/// Limits on a request path after decoding.
+inline constexpr size_t kMaxPathBytes = 4096;
+
+struct PathResult {
+  Reason reason = Reason::None;  // None = ok
+  std::string path;              // decoded, starts with '/', no "." / ".." / empty segments
+};
+
+/// Normalises the path part of a request target (no query): percent-decodes
+/// exactly once, then rejects NUL, backslash, ".." segments (raw or encoded,
+/// including "%2e%2e"), invalid escapes and overlong paths; collapses "//"
+/// and drops "." segments. A trailing slash is kept.
+PathResult normalizePath(std::string_view rawPath);
+
+/// Splits a request target into path and query at the first '?'.
+/// Also strips a '#fragment' if a client sent one.
+void splitTarget(std::string_view target, std::string_view* path, std::string_view* query);
+
+/// Value of `name` in a query string ("a=1&sign=x"), percent-decoded.
+std::optional<std::string> queryParam(std::string_view query, std::string_view name);
+
+/// Percent-encodes a decoded path for use in a URL: keeps unreserved
+/// characters and '/', encodes everything else (spaces, '#', '?', '%', UTF-8
+/// bytes) as %XX with upper-case hex.
+std::string encodePath(std::string_view decodedPath);
+
+/// Percent-encodes a query parameter value (encodes '/', ':', '=', '+', ...).
+std::string encodeQueryValue(std::string_view v);
+
+/// RFC 6266 Content-Disposition for a file name: `inline; filename="ascii";
+/// filename*=UTF-8''percent-encoded`. `attachment` when asked.
+std::string contentDisposition(std::string_view fileName, bool attachment = false);
+
+/// Last segment of a path ("/a/b/c.mkv" → "c.mkv").
+std::string_view baseName(std::string_view path);
+
+/// Lower-case extension without the dot ("Movie.MKV" → "mkv"); "" if none.
+std::string extensionOf(std::string_view path);
+
+// ---------------------------------------------------------------- mounts
+
+struct MountMatch {
+  int index = -1;        // into Config::mounts; -1 = no mount
+  std::string rest;      // path below the mount prefix, starts with '/'
+};
+
+/// Longest-prefix match of a normalised virtual path against the mounts'
+/// prefixes, on whole segments ("/movies" matches "/movies/x", not "/moviesx").
+MountMatch matchMount(const std::vector<conf::Mount>& mounts, std::string_view path);
+
+// ---------------------------------------------------------------- addresses
+
+/// Parses a numeric IPv4/IPv6 address into the 16-byte IPv4-mapped form.
+std::optional<std::array<uint8_t, 16>> parseAddress(std::string_view ip);
+bool cidrContains(const conf::Cidr& net, const std::array<uint8_t, 16>& addr);
+bool anyCidrContains(const std::vector<conf::Cidr>& nets, std::string_view ip);
+
+/// Glob match: `*` any run within a segment, `**` any run across segments,
+/// `?` one character (not '/'), everything else literal. Case-sensitive.
+bool globMatch(std::string_view glob, std::string_view path);
+
+// ---------------------------------------------------------------- decision
+
+enum class Route { Download, Proxy, Edge };  // /d/, /p/, edge /<path>?sign=
+
+/// What the source layer says about a mount, needed to decide `auto`.
+struct SourceTraits {
+  bool needsHeaders = false;   // upstream demands headers the client cannot send
+  bool clientBound = false;    // links bound to the client's UA/IP
+  bool hasLink = true;         // false for `local`: there is nothing to redirect to
+};
+
+struct RequestFacts {
+  Route route = Route::Download;
+  std::string method;           // "GET" / "HEAD"
+  std::string path;             // normalised virtual path
+  int mountIndex = -1;
+  std::string client;           // numeric address
+  std::string userAgent;
+  std::optional<uint64_t> size; // when known (cache index or a probe)
+};
+
+struct Decision {
+  conf::Delivery delivery = conf::Delivery::Proxy;  // never Auto
+  std::string rule;             // name of the matching rule; "" = mount default
+  std::string proxyUrl;         // for ProxyUrl
+  int64_t connections = 0;      // effective per-object connections
+  bool cache = true;
+  bool needsSize = false;       // a rule's size condition could not be tested: probe, then decide again
+};
+
+/// Compiled rules: regexes compiled once at load.
+class RuleSet {
+ public:
+  /// Compiles every rule's regex. Returns the errors ("file:line: [rule X]
+  /// user_agent: ...") — empty when all compiled.
+  static std::vector<conf::Error> compile(const conf::Config& cfg, RuleSet* out);
+  RuleSet();
+  ~RuleSet();
+  RuleSet(RuleSet&&) noexcept;
+  RuleSet& operator=(RuleSet&&) noexcept;
+
+  /// The decision for one request. Pure: depends only on the arguments.
+  Decision decide(const conf::Config& cfg, const RequestFacts& facts,
+                  const std::vector<SourceTraits>& traits) const;
+
+  /// Same, plus one line per rule saying why it did or did not match
+  /// (for `slipstream explain`).
+  Decision explain(const conf::Config& cfg, const RequestFacts& facts,
+                   const std::vector<SourceTraits>& traits,
+                   std::vector<std::string>* lines) const;
+
+ private:
+  struct Compiled;
+  std::vector<std::unique_ptr<Compiled>> rules_;
+};
+
+// ---------------------------------------------------------------- signing
+// AList-compatible: sign = base64url_with_padding(HMAC-SHA256(secret,
+// "<decoded path>:<expiry>")) + ":" + expiry; expiry in Unix seconds, 0 = never.
+
+std::string sign(std::string_view secret, std::string_view path, int64_t expiry);
+
+enum class SignCheck { Ok, Missing, Invalid, Expired };
+
+/// Verifies `sign` for `path` at time `now` (Unix seconds). Constant-time
+/// comparison of the MAC.
+SignCheck verifySign(std::string_view secret, std::string_view path,
+                     std::string_view sign, int64_t now);
+
+}  // namespace slip::policy
