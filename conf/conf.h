@@ -161,6 +161,56 @@ std::string helpText();
 /// Markdown reference of every directive (the README's configuration section).
 std::string referenceMarkdown();
 
+// ---------------------------------------------------------------- directive table
+// The one table of directives (conf/directives.cc). Declared here because the
+// loader, the references and the tests all read it.
+
+enum class SectionKind { Server, Cache, Mount, Rule };
+enum class ValueType {
+  String, Bool, Int, Size, Duration, Enum, List, Header, Listen, CidrList, Url, Path, Secret
+};
+
+/// Bit per SourceType, for Directive::sources and Directive::requiredFor.
+constexpr unsigned sourceBit(SourceType t) { return 1u << static_cast<unsigned>(t); }
+constexpr unsigned kAllSources = sourceBit(SourceType::Http) | sourceBit(SourceType::Local) |
+                                 sourceBit(SourceType::Alist);
+constexpr int64_t kUnbounded = INT64_MAX;
+
+/// One parsed value; the member used depends on the directive's ValueType.
+struct DirectiveValue {
+  int line = 0;
+  int64_t num = 0;                 // Bool (0/1), Int, Size, Duration (ms), Enum (index in choices)
+  std::string text;                // String, Path, Url, Secret
+  std::vector<std::string> list;   // List
+  std::vector<Cidr> cidrs;         // CidrList
+  ListenAddr listen;
+  Header header;
+};
+
+struct Directive {
+  SectionKind section;
+  const char* name;
+  ValueType type;
+  const char* choices = nullptr;     // Enum: "a|b|c", in the order apply expects
+  const char* def = nullptr;         // default as written in a file; nullptr = none
+  int64_t min = 0;                   // bounds for Int, Size, Duration
+  int64_t max = kUnbounded;
+  const char* units = nullptr;       // for the references
+  bool repeatable = false;
+  bool derivedDefault = false;       // `def` only documents a value the loader derives
+  unsigned sources = kAllSources;    // [mount]: the source types the key applies to
+  unsigned requiredFor = 0;          // [mount]: source types that need it; others: kAllSources = always
+  const char* doc = "";
+  /// Stores the value into the open section: the server, the cache, or the
+  /// last mount / rule of the Config.
+  void (*apply)(Config& c, const DirectiveValue& v) = nullptr;
+  /// Extra validation beyond the type and bounds; nullptr = none.
+  bool (*check)(const DirectiveValue& v, std::string* why) = nullptr;
+};
+
+/// Every directive, grouped by section, in documentation order.
+const std::vector<Directive>& directives();
+
 // ---------------------------------------------------------------- value parsers
 // Exposed for the tests and for command-line flags. Each returns nullopt on a
 // bad value and, if `why` is given, says what is wrong.

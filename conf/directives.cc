@@ -1,0 +1,305 @@
+// The directive table: every configuration key, declared once.
+//
+// Each row names its section, key, type, default (as written in a file),
+// bounds, units, whether it repeats, which mount sources it applies to and
+// needs, a one-line doc, and how the parsed value is stored. The loader,
+// `--help-config` and the README reference are generated from these rows only.
+//
+// Defaults here are what the loader applies when a key is absent; they must
+// match the initialisers in conf.h (tests/unit/conf_test.cc checks that).
+#include <cctype>
+#include <initializer_list>
+
+#include "conf/conf.h"
+
+namespace slip::conf {
+namespace {
+
+using S = SectionKind;
+using T = ValueType;
+using V = const DirectiveValue&;
+
+constexpr unsigned kHttp = sourceBit(SourceType::Http);
+constexpr unsigned kLocal = sourceBit(SourceType::Local);
+constexpr unsigned kAlist = sourceBit(SourceType::Alist);
+constexpr int64_t kK = 1LL << 10, kM = 1LL << 20;
+constexpr int64_t kSec = 1000, kDay = 86'400'000;
+constexpr int64_t kMinTimeout = 10;  // ms; below this a timeout is a typo, not a setting
+
+// Maps an Enum value (its index in `choices`) to the enum it stands for.
+template <class E>
+E pick(V v, std::initializer_list<E> options) {
+  return options.begin()[v.num];
+}
+
+std::string upper(std::string_view s) {
+  std::string out;
+  for (char ch : s) out += static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return out;
+}
+
+std::string lower(std::string_view s) {
+  std::string out;
+  for (char ch : s) out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return out;
+}
+
+Mount& mount(Config& c) { return c.mounts.back(); }
+Rule& rule(Config& c) { return c.rules.back(); }
+
+bool powerOfTwo(V v, std::string* why) {
+  if ((v.num & (v.num - 1)) == 0) return true;
+  *why = "must be a power of two (64K, 1M, 4M, ...)";
+  return false;
+}
+
+// A prefix is compared segment by segment against normalised request paths,
+// so anything but a clean absolute path could never match.
+bool cleanPrefix(V v, std::string* why) {
+  const std::string& p = v.text;
+  if (p.empty() || p[0] != '/') {
+    *why = "must start with '/': '" + p + "'";
+    return false;
+  }
+  if (p == "/") return true;
+  if (p.back() == '/') {
+    *why = "must not end with '/': '" + p + "'";
+    return false;
+  }
+  size_t begin = 1;
+  while (begin <= p.size()) {
+    size_t end = p.find('/', begin);
+    if (end == std::string::npos) end = p.size();
+    std::string_view seg(p.data() + begin, end - begin);
+    if (seg.empty() || seg == "." || seg == "..") {
+      *why = "must be a clean path without '//', '.' or '..' segments: '" + p + "'";
+      return false;
+    }
+    begin = end + 1;
+  }
+  return true;
+}
+
+bool getOrHead(V v, std::string* why) {
+  for (const std::string& m : v.list) {
+    if (upper(m) != "GET" && upper(m) != "HEAD") {
+      *why = "method '" + m + "' is never served (use GET and/or HEAD)";
+      return false;
+    }
+  }
+  return true;
+}
+
+// One row per directive reads better than clang-format's one field per line.
+// clang-format off
+std::vector<Directive> makeTable() {
+  return {
+      // ------------------------------------------------------------ [server]
+      {.section = S::Server, .name = "listen", .type = T::Listen, .def = "0.0.0.0:8690",
+       .repeatable = true,
+       .doc = "Address to accept clients on: 127.0.0.1:8690, [::]:8690, :8690 (all IPv4); "
+              "port 0 picks a free port.",
+       .apply = [](Config& c, V v) { c.server.listen.push_back(v.listen); }},
+      {.section = S::Server, .name = "max_connections", .type = T::Int, .def = "1024", .min = 1,
+       .max = 1'000'000, .units = "connections", .doc = "Client connections open at once.",
+       .apply = [](Config& c, V v) { c.server.maxConnections = v.num; }},
+      {.section = S::Server, .name = "max_request_line", .type = T::Size, .def = "8K", .min = kK,
+       .max = kM, .doc = "Longest request line accepted; a longer one gets 414.",
+       .apply = [](Config& c, V v) { c.server.maxRequestLine = v.num; }},
+      {.section = S::Server, .name = "max_header_size", .type = T::Size, .def = "32K", .min = kK,
+       .max = 16 * kM, .doc = "Total size of a request's header lines; more gets 431.",
+       .apply = [](Config& c, V v) { c.server.maxHeaderSize = v.num; }},
+      {.section = S::Server, .name = "idle_timeout", .type = T::Duration, .def = "60s",
+       .min = kMinTimeout, .max = kDay,
+       .doc = "Close a keep-alive connection idle this long, or a client this slow to send "
+              "its request.",
+       .apply = [](Config& c, V v) { c.server.idleTimeoutMs = v.num; }},
+      {.section = S::Server, .name = "send_timeout", .type = T::Duration, .def = "10m",
+       .min = kMinTimeout, .max = kDay, .doc = "Close a client that reads nothing for this long.",
+       .apply = [](Config& c, V v) { c.server.sendTimeoutMs = v.num; }},
+      {.section = S::Server, .name = "shutdown_grace", .type = T::Duration, .def = "30s",
+       .max = 3600 * kSec, .doc = "On SIGTERM, let running transfers finish for this long.",
+       .apply = [](Config& c, V v) { c.server.shutdownGraceMs = v.num; }},
+      {.section = S::Server, .name = "access_log", .type = T::Path, .def = "-",
+       .doc = "Access log file; - for stdout, off for none.",
+       .apply = [](Config& c, V v) { c.server.accessLog = v.text; }},
+      {.section = S::Server, .name = "log_level", .type = T::Enum,
+       .choices = "debug|info|warn|error", .def = "info",
+       .doc = "Least severe level written to the error log.",
+       .apply = [](Config& c, V v) {
+         c.server.logLevel =
+             pick(v, {LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error});
+       }},
+      {.section = S::Server, .name = "upstream_connections", .type = T::Int, .def = "64", .min = 1,
+       .max = 10'000, .units = "connections",
+       .doc = "Upstream transfers running at once, across all mounts.",
+       .apply = [](Config& c, V v) { c.server.upstreamConnections = v.num; }},
+      {.section = S::Server, .name = "connect_timeout", .type = T::Duration, .def = "10s",
+       .min = kMinTimeout, .max = kDay, .doc = "Upstream TCP and TLS connect.",
+       .apply = [](Config& c, V v) { c.server.connectTimeoutMs = v.num; }},
+      {.section = S::Server, .name = "upstream_timeout", .type = T::Duration, .def = "30s",
+       .min = kMinTimeout, .max = kDay, .doc = "Upstream: from request sent to response headers.",
+       .apply = [](Config& c, V v) { c.server.upstreamTimeoutMs = v.num; }},
+      {.section = S::Server, .name = "stall_timeout", .type = T::Duration, .def = "30s",
+       .min = kMinTimeout, .max = kDay,
+       .doc = "Upstream sends nothing for this long: drop it and retry from the byte reached.",
+       .apply = [](Config& c, V v) { c.server.stallTimeoutMs = v.num; }},
+      {.section = S::Server, .name = "sign_secret", .type = T::Secret,
+       .doc = "HMAC key for AList-compatible ?sign= links; unset = signing off. Never logged.",
+       .apply = [](Config& c, V v) { c.server.signSecret = v.text; }},
+      {.section = S::Server, .name = "sign_ttl", .type = T::Duration, .def = "0",
+       .doc = "Validity of links made by `slipstream sign`; 0 = they never expire.",
+       .apply = [](Config& c, V v) { c.server.signTtlMs = v.num; }},
+      {.section = S::Server, .name = "sign_exempt", .type = T::CidrList,
+       .doc = "Client networks that need no ?sign= even when signing is on.",
+       .apply = [](Config& c, V v) { c.server.signExempt = v.cidrs; }},
+      {.section = S::Server, .name = "role", .type = T::Enum, .choices = "main|edge", .def = "main",
+       .doc = "edge also serves AList-style proxy links /<mount>/<path>?sign=.",
+       .apply = [](Config& c, V v) { c.server.role = pick(v, {Role::Main, Role::Edge}); }},
+      {.section = S::Server, .name = "admin_allow", .type = T::CidrList, .def = "127.0.0.0/8 ::1",
+       .doc = "Clients allowed on the /-/ admin routes without admin_token.",
+       .apply = [](Config& c, V v) { c.server.adminAllow = v.cidrs; }},
+      {.section = S::Server, .name = "admin_token", .type = T::Secret,
+       .doc = "Bearer token for the /-/ admin routes from other clients. Never logged.",
+       .apply = [](Config& c, V v) { c.server.adminToken = v.text; }},
+
+      // ------------------------------------------------------------ [cache]
+      {.section = S::Cache, .name = "dir", .type = T::Path, .def = "/var/cache/slipstream",
+       .doc = "Directory holding the LMDB index and the blocks.",
+       .apply = [](Config& c, V v) { c.cache.dir = v.text; }},
+      {.section = S::Cache, .name = "max_size", .type = T::Size, .def = "10G", .min = kM,
+       .doc = "Cap on cached data; the least valuable blocks are evicted above it.",
+       .apply = [](Config& c, V v) { c.cache.maxSize = v.num; }},
+      {.section = S::Cache, .name = "min_free", .type = T::Size, .def = "1G",
+       .doc = "Free space to leave on the cache's file system.",
+       .apply = [](Config& c, V v) { c.cache.minFree = v.num; }},
+      {.section = S::Cache, .name = "block_size", .type = T::Size, .def = "1M", .min = 64 * kK,
+       .max = 64 * kM, .units = "power of two", .doc = "Unit of fetching and storing.",
+       .apply = [](Config& c, V v) { c.cache.blockSize = v.num; }, .check = powerOfTwo},
+
+      // ------------------------------------------------------------ [mount NAME]
+      {.section = S::Mount, .name = "prefix", .type = T::String, .def = "/NAME",
+       .derivedDefault = true,
+       .doc = "Virtual path the mount serves: /movies (no trailing /, no . or .. segments).",
+       .apply = [](Config& c, V v) { mount(c).prefix = v.text; }, .check = cleanPrefix},
+      {.section = S::Mount, .name = "source", .type = T::Enum, .choices = "http|local|alist",
+       .requiredFor = kAllSources, .doc = "Where the bytes live.",
+       .apply = [](Config& c, V v) {
+         mount(c).source = pick(v, {SourceType::Http, SourceType::Local, SourceType::Alist});
+       }},
+      {.section = S::Mount, .name = "base_url", .type = T::Url, .sources = kHttp,
+       .requiredFor = kHttp,
+       .doc = "Origin the request path is appended to: https://mirror.example/pub.",
+       .apply = [](Config& c, V v) { mount(c).baseUrl = v.text; }},
+      {.section = S::Mount, .name = "root", .type = T::Path, .def = "/", .sources = kLocal | kAlist,
+       .requiredFor = kLocal,
+       .doc = "local: existing absolute directory to serve; alist: path prefix on the AList side.",
+       .apply = [](Config& c, V v) { mount(c).root = v.text; }},
+      {.section = S::Mount, .name = "url", .type = T::Url, .sources = kAlist, .requiredFor = kAlist,
+       .doc = "AList/OpenList server: http://127.0.0.1:5244.",
+       .apply = [](Config& c, V v) { mount(c).url = v.text; }},
+      {.section = S::Mount, .name = "token", .type = T::Secret, .sources = kAlist,
+       .doc = "AList token, sent as Authorization. Never logged.",
+       .apply = [](Config& c, V v) { mount(c).token = v.text; }},
+      {.section = S::Mount, .name = "header", .type = T::Header, .repeatable = true,
+       .sources = kHttp | kAlist,
+       .doc = "Header added to every upstream request: Referer: https://www.alipan.com/.",
+       .apply = [](Config& c, V v) { mount(c).headers.push_back(v.header); }},
+      {.section = S::Mount, .name = "delivery", .type = T::Enum,
+       .choices = "auto|redirect|proxy|proxy_url", .def = "auto",
+       .doc = "Delivery when no rule matches; auto = redirect if the client can open the "
+              "link itself, else proxy.",
+       .apply = [](Config& c, V v) {
+         mount(c).delivery =
+             pick(v, {Delivery::Auto, Delivery::Redirect, Delivery::Proxy, Delivery::ProxyUrl});
+       }},
+      {.section = S::Mount, .name = "proxy_url", .type = T::Url,
+       .doc = "Edge node for proxy_url delivery: clients go to <proxy_url><path>?sign=.",
+       .apply = [](Config& c, V v) { mount(c).proxyUrl = v.text; }},
+      {.section = S::Mount, .name = "cache", .type = T::Bool, .def = "on",
+       .doc = "Keep fetched blocks on disk.",
+       .apply = [](Config& c, V v) { mount(c).cache = v.num != 0; }},
+      {.section = S::Mount, .name = "revalidate", .type = T::Duration, .def = "10m",
+       .doc = "Trust stored size and validators this long before asking upstream again.",
+       .apply = [](Config& c, V v) { mount(c).revalidateMs = v.num; }},
+      {.section = S::Mount, .name = "connections", .type = T::Int, .def = "16", .min = 1, .max = 64,
+       .units = "per object", .doc = "Parallel range requests for one object.",
+       .apply = [](Config& c, V v) { mount(c).connections = v.num; }},
+      {.section = S::Mount, .name = "max_connections", .type = T::Int, .def = "32", .min = 1,
+       .max = 256, .units = "per source",
+       .doc = "Upstream transfers at once for this source (its account).",
+       .apply = [](Config& c, V v) { mount(c).maxConnections = v.num; }},
+      {.section = S::Mount, .name = "read_ahead", .type = T::Size, .def = "32M",
+       .doc = "Bytes fetched ahead of a sequential reader.",
+       .apply = [](Config& c, V v) { mount(c).readAhead = v.num; }},
+      {.section = S::Mount, .name = "link_ttl", .type = T::Duration, .def = "0",
+       .sources = kHttp | kAlist,
+       .doc = "Reuse a resolved link this long; 0 = until the expiry the source reports.",
+       .apply = [](Config& c, V v) { mount(c).linkTtlMs = v.num; }},
+      {.section = S::Mount, .name = "link_bind", .type = T::Enum, .choices = "none|ua|ua+ip",
+       .def = "none", .sources = kHttp | kAlist,
+       .doc = "The upstream binds links to the User-Agent (ua) or UA and IP (ua+ip) that "
+              "asked; auto then proxies.",
+       .apply = [](Config& c, V v) {
+         mount(c).linkBind = pick(v, {LinkBind::None, LinkBind::Ua, LinkBind::UaIp});
+       }},
+
+      // ------------------------------------------------------------ [rule NAME]
+      {.section = S::Rule, .name = "mount", .type = T::List,
+       .doc = "Mounts the rule applies to; unset = all.",
+       .apply = [](Config& c, V v) { rule(c).mounts = v.list; }},
+      {.section = S::Rule, .name = "path", .type = T::String, .repeatable = true,
+       .doc = "Glob on the virtual path (* within a segment, ** across, ?); any one may match.",
+       .apply = [](Config& c, V v) { rule(c).paths.push_back(v.text); }},
+      {.section = S::Rule, .name = "ext", .type = T::List,
+       .doc = "File extensions, any case, dot optional: mkv, .mp4.",
+       .apply = [](Config& c, V v) {
+         for (const std::string& e : v.list)
+           if (e != ".") rule(c).exts.push_back(lower(e[0] == '.' ? e.substr(1) : e));
+       }},
+      {.section = S::Rule, .name = "client", .type = T::CidrList, .doc = "Client networks.",
+       .apply = [](Config& c, V v) { rule(c).clients = v.cidrs; }},
+      {.section = S::Rule, .name = "user_agent", .type = T::String,
+       .doc = "POSIX extended regular expression on the User-Agent.",
+       .apply = [](Config& c, V v) { rule(c).userAgent = v.text; }},
+      {.section = S::Rule, .name = "ignore_case", .type = T::Bool, .def = "off",
+       .doc = "Match path and user_agent without regard to case.",
+       .apply = [](Config& c, V v) { rule(c).ignoreCase = v.num != 0; }},
+      {.section = S::Rule, .name = "min_size", .type = T::Size,
+       .doc = "Smallest file size that matches.",
+       .apply = [](Config& c, V v) { rule(c).minSize = v.num; }},
+      {.section = S::Rule, .name = "max_size", .type = T::Size,
+       .doc = "Largest file size that matches.",
+       .apply = [](Config& c, V v) { rule(c).maxSize = v.num; }},
+      {.section = S::Rule, .name = "method", .type = T::List, .doc = "GET and/or HEAD.",
+       .apply = [](Config& c, V v) {
+         for (const std::string& m : v.list) rule(c).methods.push_back(upper(m));
+       },
+       .check = getOrHead},
+      {.section = S::Rule, .name = "action", .type = T::Enum,
+       .choices = "redirect|proxy|proxy_url|deny", .requiredFor = kAllSources,
+       .doc = "Delivery for matching requests.",
+       .apply = [](Config& c, V v) {
+         rule(c).action =
+             pick(v, {Delivery::Redirect, Delivery::Proxy, Delivery::ProxyUrl, Delivery::Deny});
+       }},
+      {.section = S::Rule, .name = "proxy_url", .type = T::Url,
+       .doc = "Edge node for action = proxy_url; unset = the mount's proxy_url.",
+       .apply = [](Config& c, V v) { rule(c).proxyUrl = v.text; }},
+      {.section = S::Rule, .name = "connections", .type = T::Int, .min = 1, .max = 64,
+       .units = "per object", .doc = "Overrides the mount's connections.",
+       .apply = [](Config& c, V v) { rule(c).connections = v.num; }},
+      {.section = S::Rule, .name = "cache", .type = T::Bool, .doc = "Overrides the mount's cache.",
+       .apply = [](Config& c, V v) { rule(c).cache = v.num != 0; }},
+  };
+}
+// clang-format on
+
+}  // namespace
+
+const std::vector<Directive>& directives() {
+  static const std::vector<Directive> table = makeTable();
+  return table;
+}
+
+}  // namespace slip::conf

@@ -1,0 +1,777 @@
+// The configuration loader: INI text → Config, or every error with file:line.
+//
+// inih (Debian's libinih 55) splits `key = value` lines and strips comments;
+// everything else is done here, because that build behaves as follows:
+//  - Lines are read into a 200-byte buffer, so at most 199 characters fit. Its
+//    own readers cut a longer line there and parse the tail as the next line,
+//    shifting every line number after it. Our reader sees the whole physical
+//    line, reports `line is longer than 199 characters` and gives inih an
+//    empty line instead.
+//  - INI_ALLOW_MULTILINE is on: an indented line after a key, even past blank
+//    and comment lines, is handed to the handler as another value of that key
+//    (an indented `b = 2` under `a = 1` sets `a` to "b = 2"). Our reader strips
+//    leading whitespace, so indentation is only cosmetic and nothing continues.
+//  - Comments: a line whose first non-blank character is `;` or `#`; inline,
+//    only `;` preceded by whitespace (`a = x ;note` gives "x"). An inline `#`
+//    is part of the value, as is `;` right after a character (`a=b;c`).
+//  - The handler gets no line number, and section headers reach it only with
+//    a key: an empty [mount x] is never seen, names are cut at 49 characters
+//    and text after `]` is ignored. So our reader numbers the lines, parses
+//    `[...]` headers itself and rejects lines that are neither header, comment
+//    nor `key = value` (inih would report only the first such line, and would
+//    split `key: value` at the colon).
+// The handler then runs for exactly the line the reader returned last.
+//
+// Invariant: the directive apply functions write to the last mount / rule, so
+// a mount or rule section is closed (defaults applied, checked) before the
+// next section opens.
+#include <fcntl.h>
+#include <ini.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <map>
+#include <system_error>
+
+#include "conf/conf.h"
+
+namespace slip::conf {
+namespace {
+
+using S = SectionKind;
+using T = ValueType;
+
+constexpr std::string_view kBlank = " \t";
+
+std::string_view trim(std::string_view s) {
+  size_t b = s.find_first_not_of(kBlank);
+  if (b == std::string_view::npos) return {};
+  return s.substr(b, s.find_last_not_of(kBlank) - b + 1);
+}
+
+const char* kindName(SectionKind k) {
+  switch (k) {
+    case S::Server:
+      return "server";
+    case S::Cache:
+      return "cache";
+    case S::Mount:
+      return "mount";
+    case S::Rule:
+      return "rule";
+  }
+  return "?";
+}
+
+std::optional<SectionKind> kindNamed(std::string_view word) {
+  for (SectionKind k : {S::Server, S::Cache, S::Mount, S::Rule})
+    if (word == kindName(k)) return k;
+  return std::nullopt;
+}
+
+std::string headerForm(SectionKind k) {
+  return k == S::Mount || k == S::Rule ? std::string(kindName(k)) + " NAME" : kindName(k);
+}
+
+const Directive* findDirective(SectionKind k, std::string_view name) {
+  for (const Directive& d : directives())
+    if (d.section == k && d.name == name) return &d;
+  return nullptr;
+}
+
+// The candidate closest to `word`, if close enough to be a likely typo.
+std::string nearest(std::string_view word, const std::vector<std::string_view>& candidates) {
+  std::string_view best;
+  size_t bestDist = std::max<size_t>(2, word.size() / 3) + 1;
+  for (std::string_view c : candidates) {
+    size_t d = editDistance(word, c);
+    if (d < bestDist) best = c, bestDist = d;
+  }
+  return std::string(best);
+}
+
+std::string sourcesText(unsigned mask) {
+  std::string s;
+  for (SourceType t : {SourceType::Http, SourceType::Local, SourceType::Alist}) {
+    if (!(mask & sourceBit(t))) continue;
+    if (!s.empty()) s += " and ";
+    s += sourceTypeName(t);
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- formatting
+
+std::string formatSize(int64_t n) {
+  static constexpr std::pair<int, char> kUnits[] = {{40, 'T'}, {30, 'G'}, {20, 'M'}, {10, 'K'}};
+  for (auto [shift, unit] : kUnits)
+    if (n != 0 && n % (1LL << shift) == 0) return std::to_string(n >> shift) + unit;
+  return std::to_string(n);
+}
+
+std::string formatDuration(int64_t ms) {
+  static constexpr std::pair<int64_t, const char*> kUnits[] = {
+      {86'400'000, "d"}, {3'600'000, "h"}, {60'000, "m"}, {1000, "s"}};
+  for (auto [per, unit] : kUnits)
+    if (ms != 0 && ms % per == 0) return std::to_string(ms / per) + unit;
+  return ms == 0 ? "0" : std::to_string(ms) + "ms";
+}
+
+std::string formatNumber(const Directive& d, int64_t n) {
+  if (d.type == T::Size) return formatSize(n);
+  if (d.type == T::Duration) return formatDuration(n);
+  return std::to_string(n);
+}
+
+std::string boundsText(const Directive& d) {
+  if (d.max == kUnbounded) return d.min == 0 ? "" : "at least " + formatNumber(d, d.min);
+  return formatNumber(d, d.min) + ".." + formatNumber(d, d.max);
+}
+
+const char* typeName(ValueType t) {
+  switch (t) {
+    case T::String:
+      return "string";
+    case T::Bool:
+      return "bool";
+    case T::Int:
+      return "int";
+    case T::Size:
+      return "size";
+    case T::Duration:
+      return "duration";
+    case T::Enum:
+      return "enum";
+    case T::List:
+      return "list";
+    case T::Header:
+      return "header";
+    case T::Listen:
+      return "listen address";
+    case T::CidrList:
+      return "CIDR list";
+    case T::Url:
+      return "URL";
+    case T::Path:
+      return "path";
+    case T::Secret:
+      return "secret";
+  }
+  return "?";
+}
+
+// "int 1..64 per object", "debug|info|warn|error", "size at least 1M".
+std::string typeText(const Directive& d) {
+  std::string s = d.type == T::Enum ? d.choices : typeName(d.type);
+  if (d.type == T::Int || d.type == T::Size || d.type == T::Duration) {
+    if (std::string b = boundsText(d); !b.empty()) s += " " + b;
+  }
+  if (d.units) s += std::string(", ") + d.units;
+  return s;
+}
+
+// Repeatable / required / applicability, for the references.
+std::string notesText(const Directive& d) {
+  std::string s;
+  auto add = [&s](const std::string& note) { s += (s.empty() ? "" : "; ") + note; };
+  if (d.repeatable) add("repeatable");
+  if (d.requiredFor == kAllSources)
+    add("required");
+  else if (d.requiredFor)
+    add("required for " + sourcesText(d.requiredFor));
+  if (d.section == S::Mount && d.sources != kAllSources) add(sourcesText(d.sources) + " only");
+  return s;
+}
+
+// Secrets have no default, so none can ever be printed.
+std::string defaultText(const Directive& d) {
+  return d.def && d.type != T::Secret ? d.def : "(unset)";
+}
+
+// ---------------------------------------------------------------- values
+
+std::vector<std::string> splitList(std::string_view s) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t b = s.find_first_not_of(" \t,", i);
+    if (b == std::string_view::npos) break;
+    size_t e = s.find_first_of(" \t,", b);
+    if (e == std::string_view::npos) e = s.size();
+    out.emplace_back(s.substr(b, e - b));
+    i = e;
+  }
+  return out;
+}
+
+bool isControl(char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }
+
+bool isTokenChar(char ch) {
+  return std::isalnum(static_cast<unsigned char>(ch)) ||
+         std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos;
+}
+
+bool parseHeader(std::string_view s, Header* h, std::string* why) {
+  size_t colon = s.find(':');
+  if (colon == std::string_view::npos) {
+    *why = "expected 'Name: value', as in 'Referer: https://example.com/'";
+    return false;
+  }
+  std::string_view name = trim(s.substr(0, colon)), value = trim(s.substr(colon + 1));
+  if (name.empty() || !std::all_of(name.begin(), name.end(), isTokenChar)) {
+    *why = "bad header name '" + std::string(name) +
+           "' (letters, digits and !#$%&'*+-.^_`|~ only, no spaces)";
+    return false;
+  }
+  // The value is not quoted back: headers often carry cookies or tokens.
+  if (std::any_of(value.begin(), value.end(),
+                  [](char ch) { return ch != '\t' && isControl(ch); })) {
+    *why = "header value must not contain control characters such as CR or LF";
+    return false;
+  }
+  h->name = std::string(name);
+  h->value = std::string(value);
+  return true;
+}
+
+bool isHttpUrl(std::string_view s) {
+  auto scheme = [&s](std::string_view p) {
+    return s.size() >= p.size() && std::equal(p.begin(), p.end(), s.begin(), [](char a, char b) {
+             return a == std::tolower(static_cast<unsigned char>(b));
+           });
+  };
+  size_t start = scheme("http://") ? 7 : scheme("https://") ? 8 : 0;
+  if (start == 0) return false;
+  size_t hostEnd = s.find_first_of("/?#", start);
+  if (hostEnd == start) return false;
+  return std::none_of(s.begin(), s.end(), [](char ch) { return ch == ' ' || isControl(ch); });
+}
+
+// Parses and validates one value: type, bounds, then the row's own check.
+bool parseValue(const Directive& d, std::string_view raw, DirectiveValue* v, std::string* why) {
+  const std::string text(raw);
+  switch (d.type) {
+    case T::String:
+    case T::Secret:
+      v->text = text;
+      break;
+    case T::Path:
+      if (raw.empty()) {
+        *why = "empty value (expected a path)";
+        return false;
+      }
+      v->text = text;
+      break;
+    case T::Url:
+      if (!isHttpUrl(raw)) {
+        *why = "not an http(s) URL: '" + text + "' (use http://host[:port]/path or https://...)";
+        return false;
+      }
+      v->text = text;
+      break;
+    case T::Bool: {
+      auto b = parseBool(raw, why);
+      if (!b) return false;
+      v->num = *b;
+      break;
+    }
+    case T::Int: {
+      auto [p, ec] = std::from_chars(raw.data(), raw.data() + raw.size(), v->num);
+      if (raw.empty() || ec != std::errc() || p != raw.data() + raw.size()) {
+        *why = ec == std::errc::result_out_of_range ? "number too large: '" + text + "'"
+                                                    : "not a whole number: '" + text + "'";
+        return false;
+      }
+      break;
+    }
+    case T::Size:
+    case T::Duration: {
+      auto n = d.type == T::Size ? parseSize(raw, why) : parseDuration(raw, why);
+      if (!n) return false;
+      v->num = *n;
+      break;
+    }
+    case T::Enum: {
+      std::string_view choices = d.choices;
+      v->num = -1;
+      for (int i = 0; !choices.empty(); i++) {
+        size_t bar = choices.find('|');
+        std::string_view c = choices.substr(0, bar);
+        if (c == raw) v->num = i;
+        choices = bar == std::string_view::npos ? "" : choices.substr(bar + 1);
+      }
+      if (v->num < 0) {
+        std::string list(d.choices);
+        std::replace(list.begin(), list.end(), '|', ',');
+        *why = "unknown value '" + text + "' (use one of: " + list + ")";
+        return false;
+      }
+      break;
+    }
+    case T::List:
+      v->list = splitList(raw);
+      break;
+    case T::CidrList:
+      for (const std::string& item : splitList(raw)) {
+        auto c = parseCidr(item, why);
+        if (!c) return false;
+        v->cidrs.push_back(*c);
+      }
+      break;
+    case T::Header:
+      if (!parseHeader(raw, &v->header, why)) return false;
+      break;
+    case T::Listen: {
+      auto l = parseListen(raw, why);
+      if (!l) return false;
+      v->listen = *l;
+      v->listen.line = v->line;
+      break;
+    }
+  }
+  bool bounded = d.type == T::Int || d.type == T::Size || d.type == T::Duration;
+  if (bounded && (v->num < d.min || v->num > d.max)) {
+    *why = "'" + text + "' is out of range (" + boundsText(d) + ")";
+    return false;
+  }
+  return !d.check || d.check(*v, why);
+}
+
+// ---------------------------------------------------------------- loader
+
+class Loader {
+ public:
+  Loader(std::string_view text, std::string file) : text_(text) { config_.file = std::move(file); }
+
+  LoadResult run() {
+    int rc = ini_parse_stream(&Loader::readLine, this, &Loader::onKey, this);
+    // The reader hands inih only well-formed lines, so this means a build of
+    // inih that parses differently from the one described above.
+    if (rc != 0) error(rc, "", "", "inih could not parse this line");
+    finish();
+    std::stable_sort(errors_.begin(), errors_.end(),
+                     [](const Error& a, const Error& b) { return a.line < b.line; });
+    LoadResult r;
+    if (errors_.empty()) r.config = std::move(config_);
+    r.errors = std::move(errors_);
+    return r;
+  }
+
+ private:
+  struct Given {
+    int line = 0;
+    bool ok = false;  // the value parsed
+  };
+  struct Section {
+    SectionKind kind;
+    std::string label;  // "server", "mount movies"
+    int line = 0;       // of the [header]; 0 = the section is absent
+    std::map<std::string, Given, std::less<>> given;
+
+    int lineOf(std::string_view key) const {
+      auto it = given.find(key);
+      return it == given.end() ? 0 : it->second.line;
+    }
+    // Like lineOf, but 0 also when the value was rejected (already reported).
+    int goodLine(std::string_view key) const {
+      auto it = given.find(key);
+      return it == given.end() || !it->second.ok ? 0 : it->second.line;
+    }
+  };
+
+  static char* readLine(char* buf, int size, void* self) {
+    auto* l = static_cast<Loader*>(self);
+    if (l->pos_ >= l->text_.size()) return nullptr;
+    size_t nl = l->text_.find('\n', l->pos_);
+    size_t end = nl == std::string_view::npos ? l->text_.size() : nl;
+    std::string_view line = l->text_.substr(l->pos_, end - l->pos_);
+    l->pos_ = end + 1;
+    l->line_++;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    std::string_view fed = l->screen(line, static_cast<size_t>(size) - 1);
+    buf[fed.copy(buf, fed.size())] = '\0';
+    return buf;
+  }
+
+  static int onKey(void* self, const char* /*section: tracked by the reader*/, const char* name,
+                   const char* value) {
+    static_cast<Loader*>(self)->setKey(name, value);
+    return 1;
+  }
+
+  // Returns what inih should parse: the line itself if it is `key = value`,
+  // else nothing (headers are handled here, bad lines reported here).
+  std::string_view screen(std::string_view line, size_t max) {
+    if (line_ == 1 && line.starts_with("\xEF\xBB\xBF")) line.remove_prefix(3);
+    if (line.size() > max) {
+      error(line_, "", "", "line is longer than " + std::to_string(max) + " characters");
+      return {};
+    }
+    if (line.find('\0') != std::string_view::npos) {
+      error(line_, "", "", "line contains a NUL byte");
+      return {};
+    }
+    line = trim(line);
+    if (line.empty() || line[0] == ';' || line[0] == '#') return {};
+    if (line[0] == '[') {
+      openSection(line);
+      return {};
+    }
+    // The first separator as inih finds it: '=', ':' or a ';' comment.
+    size_t sep = 0;
+    while (sep < line.size() && line[sep] != '=' && line[sep] != ':' &&
+           !(line[sep] == ';' && sep > 0 && (line[sep - 1] == ' ' || line[sep - 1] == '\t')))
+      sep++;
+    // Never quote the line: it may hold a secret.
+    if (sep == line.size() || line[sep] != '=') {
+      error(line_, open_ ? open_->label : "", "",
+            "missing '=' (expected 'key = value' or '[section]')");
+      return {};
+    }
+    if (sep == 0) {
+      error(line_, open_ ? open_->label : "", "", "missing key name before '='");
+      return {};
+    }
+    return line;
+  }
+
+  void openSection(std::string_view line) {
+    closeSection();
+    skipping_ = true;  // until the header proves good
+    size_t close = line.find(']');
+    if (close == std::string_view::npos) {
+      error(line_, "", "", "section header is missing ']'");
+      return;
+    }
+    std::string_view after = trim(line.substr(close + 1));
+    if (!after.empty() && after[0] != ';' && after[0] != '#') {
+      error(line_, "", "", "unexpected text after ']'");
+      return;
+    }
+    std::string_view inner = trim(line.substr(1, close - 1));
+    size_t space = inner.find_first_of(kBlank);
+    std::string_view kindWord = inner.substr(0, space);
+    std::string name(space == std::string_view::npos ? "" : trim(inner.substr(space)));
+
+    std::optional<SectionKind> kind = kindNamed(kindWord);
+    if (!kind) {
+      auto near = kindNamed(nearest(kindWord, {"server", "cache", "mount", "rule"}));
+      error(line_, "", "",
+            "unknown section [" + std::string(kindWord) + "]" +
+                (near ? " (did you mean [" + headerForm(*near) + "]?)"
+                      : " (sections: [server], [cache], [mount NAME], [rule NAME])"));
+      return;
+    }
+    std::string label = *kind == S::Mount || *kind == S::Rule ? headerForm(*kind) : kindName(*kind);
+    if (*kind == S::Server || *kind == S::Cache) {
+      if (!name.empty()) {
+        error(line_, label, "", "[" + label + "] takes no name");
+        return;
+      }
+      // A repeated [server] or [cache] continues the same section.
+      open_ = *kind == S::Server ? &server_ : &cache_;
+      if (open_->line == 0) open_->line = line_;
+      skipping_ = false;
+      return;
+    }
+    if (name.empty()) {
+      error(line_, label, "", "section needs a name: [" + label + "]");
+      return;
+    }
+    label = std::string(kindName(*kind)) + " " + name;
+    if (!std::all_of(name.begin(), name.end(), [](char ch) {
+          return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' ||
+                 ch == '-';
+        })) {
+      error(line_, label, "", "name may contain only letters, digits, '_', '.' and '-'");
+      return;
+    }
+    std::vector<Section>& sections = *kind == S::Mount ? mounts_ : rules_;
+    for (const Section& s : sections) {
+      if (s.label == label) {
+        error(line_, label, "",
+              "duplicate " + std::string(kindName(*kind)) + " '" + name + "' (first on line " +
+                  std::to_string(s.line) + ")");
+        return;
+      }
+    }
+    if (*kind == S::Mount) {
+      config_.mounts.push_back(Mount{.name = name, .line = line_});
+    } else {
+      config_.rules.push_back(Rule{.name = name, .line = line_});
+    }
+    sections.push_back(Section{*kind, label, line_, {}});
+    open_ = &sections.back();
+    skipping_ = false;
+  }
+
+  void setKey(std::string_view name, std::string_view value) {
+    if (skipping_) return;  // the header was already reported
+    if (!open_) {
+      error(
+          line_, "", std::string(name),
+          "key outside any section (put it under [server], [cache], [mount NAME] or [rule NAME])");
+      return;
+    }
+    const Directive* d = findDirective(open_->kind, name);
+    if (!d) {
+      error(line_, open_->label, std::string(name), unknownKey(open_->kind, name));
+      return;
+    }
+    if (int first = open_->lineOf(name); first && !d->repeatable) {
+      error(line_, open_->label, d->name,
+            "given twice (first on line " + std::to_string(first) + ")");
+      return;
+    }
+    DirectiveValue v;
+    v.line = line_;
+    std::string why;
+    bool ok = parseValue(*d, value, &v, &why);
+    open_->given.try_emplace(d->name, Given{line_, ok});
+    if (!ok) {
+      error(line_, open_->label, d->name, why);
+      return;
+    }
+    d->apply(config_, v);
+  }
+
+  std::string unknownKey(SectionKind k, std::string_view name) {
+    std::string msg = "unknown key '" + std::string(name) + "'";
+    std::vector<std::string_view> keys;
+    for (const Directive& d : directives()) {
+      if (d.section == k)
+        keys.push_back(d.name);
+      else if (d.name == name)
+        return msg + " (it belongs in [" + headerForm(d.section) + "])";
+    }
+    std::string near = nearest(name, keys);
+    return near.empty() ? msg : msg + " (did you mean '" + near + "'?)";
+  }
+
+  void closeSection() {
+    if (open_ && open_->kind == S::Mount) closeMount(*open_, config_.mounts.back());
+    if (open_ && open_->kind == S::Rule) closeRule(*open_, config_.rules.back());
+    open_ = nullptr;
+  }
+
+  // Applies the table's default of every key not given that applies here.
+  void applyDefaults(const Section& s, unsigned sources) {
+    for (const Directive& d : directives()) {
+      if (d.section != s.kind || !d.def || d.derivedDefault || !(d.sources & sources) ||
+          s.lineOf(d.name))
+        continue;
+      DirectiveValue v;
+      std::string why;
+      if (parseValue(d, d.def, &v, &why))
+        d.apply(config_, v);
+      else
+        error(0, s.label, d.name, "the built-in default does not parse: " + why);
+    }
+  }
+
+  void closeMount(const Section& s, Mount& m) {
+    if (!s.lineOf("prefix")) m.prefix = "/" + m.name;
+    if (!s.lineOf("source"))
+      error(s.line, s.label, "source", "required key is missing (http, local or alist)");
+    if (!s.goodLine("source")) return;  // nothing more can be judged
+
+    unsigned bit = sourceBit(m.source);
+    std::string type = sourceTypeName(m.source);
+    for (const Directive& d : directives()) {
+      if (d.section != S::Mount) continue;
+      int line = s.lineOf(d.name);
+      if (line && !(d.sources & bit))
+        error(line, s.label, d.name,
+              "does not apply to " + type + " mounts (only " + sourcesText(d.sources) + ")");
+      if (!line && (d.requiredFor & bit))
+        error(s.line, s.label, d.name, "required for " + type + " mounts but missing");
+    }
+    applyDefaults(s, bit);
+
+    if (m.source == SourceType::Local && m.delivery == Delivery::Redirect)
+      error(s.lineOf("delivery"), s.label, "delivery",
+            "redirect is impossible for a local mount: there is no upstream link to send the "
+            "client to");
+    if (m.delivery == Delivery::ProxyUrl && !s.lineOf("proxy_url"))
+      error(s.lineOf("delivery"), s.label, "delivery",
+            "proxy_url delivery needs proxy_url in this mount");
+    if (int line = s.goodLine("root"); line && m.source == SourceType::Local) {
+      struct stat st {};
+      if (m.root[0] != '/')
+        error(line, s.label, "root", "must be an absolute path: '" + m.root + "'");
+      else if (stat(m.root.c_str(), &st) != 0)
+        error(line, s.label, "root",
+              "cannot use '" + m.root + "': " + std::generic_category().message(errno));
+      else if (!S_ISDIR(st.st_mode))
+        error(line, s.label, "root", "not a directory: '" + m.root + "'");
+    }
+  }
+
+  void closeRule(const Section& s, Rule& r) {
+    for (const Directive& d : directives())
+      if (d.section == S::Rule && d.requiredFor && !s.lineOf(d.name))
+        error(s.line, s.label, d.name, "required key is missing");
+    applyDefaults(s, kAllSources);
+    if (r.minSize && r.maxSize && *r.minSize > *r.maxSize) {
+      bool maxLast = s.lineOf("max_size") > s.lineOf("min_size");
+      error(std::max(s.lineOf("max_size"), s.lineOf("min_size")), s.label,
+            maxLast ? "max_size" : "min_size",
+            "min_size " + formatSize(*r.minSize) + " is larger than max_size " +
+                formatSize(*r.maxSize));
+    }
+  }
+
+  // Checks that span sections, once everything is read.
+  void finish() {
+    closeSection();
+    applyDefaults(server_, kAllSources);
+    applyDefaults(cache_, kAllSources);
+
+    std::map<std::pair<std::string, uint16_t>, int> listens;
+    for (const ListenAddr& l : config_.server.listen) {
+      if (l.port == 0) continue;  // each asks the kernel for its own free port
+      auto [it, fresh] = listens.try_emplace({l.host, l.port}, l.line);
+      if (!fresh)
+        error(l.line, "server", "listen",
+              "address given twice (first on line " + std::to_string(it->second) + ")");
+    }
+
+    std::map<std::string, size_t> prefixes;
+    std::vector<std::string_view> mountNames;
+    for (size_t i = 0; i < config_.mounts.size(); i++) {
+      const Mount& m = config_.mounts[i];
+      mountNames.push_back(m.name);
+      auto [it, fresh] = prefixes.try_emplace(m.prefix, i);
+      if (!fresh) {
+        int line = mounts_[i].lineOf("prefix");
+        error(line ? line : m.line, mounts_[i].label, "prefix",
+              "'" + m.prefix + "' is already the prefix of mount '" +
+                  config_.mounts[it->second].name + "'");
+      }
+    }
+
+    for (size_t i = 0; i < config_.rules.size(); i++) {
+      const Rule& r = config_.rules[i];
+      const Section& s = rules_[i];
+      std::string lacking;  // named mounts without a proxy_url
+      for (const std::string& name : r.mounts) {
+        auto m = std::find_if(config_.mounts.begin(), config_.mounts.end(),
+                              [&name](const Mount& x) { return x.name == name; });
+        if (m == config_.mounts.end()) {
+          std::string near = nearest(name, mountNames);
+          error(s.lineOf("mount"), s.label, "mount",
+                "unknown mount '" + name + "'" +
+                    (near.empty() ? "" : " (did you mean '" + near + "'?)"));
+        } else if (m->proxyUrl.empty()) {
+          lacking += (lacking.empty() ? "'" : ", '") + name + "'";
+        }
+      }
+      if (r.action != Delivery::ProxyUrl || s.lineOf("proxy_url")) continue;
+      if (r.mounts.empty())
+        error(s.lineOf("action"), s.label, "action",
+              "proxy_url needs proxy_url in this rule (it applies to every mount)");
+      else if (!lacking.empty())
+        error(s.lineOf("action"), s.label, "action",
+              "proxy_url needs proxy_url in this rule or on mount " + lacking);
+    }
+  }
+
+  void error(int line, std::string section, std::string key, std::string message) {
+    errors_.push_back(
+        Error{config_.file, line, std::move(section), std::move(key), std::move(message)});
+  }
+
+  std::string_view text_;
+  size_t pos_ = 0;
+  int line_ = 0;
+  Config config_;
+  std::vector<Error> errors_;
+  Section server_{S::Server, "server"};
+  Section cache_{S::Cache, "cache"};
+  std::vector<Section> mounts_, rules_;  // parallel to config_.mounts / rules
+  Section* open_ = nullptr;              // nullptr before the first section
+  bool skipping_ = false;                // inside a section whose header was rejected
+};
+
+}  // namespace
+
+LoadResult loadString(std::string_view text, const std::string& name) {
+  return Loader(text, name).run();
+}
+
+LoadResult loadFile(const std::string& path) {
+  auto fail = [&path](const std::string& why) {
+    return LoadResult{std::nullopt, {Error{path, 0, "", "", why}}};
+  };
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail("cannot open: " + std::generic_category().message(errno));
+  struct stat st {};
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    close(fd);
+    return fail("is a directory, not a configuration file");
+  }
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0) {
+      text.append(buf, static_cast<size_t>(n));
+    } else if (n == 0) {
+      break;
+    } else if (errno != EINTR) {
+      std::string why = "cannot read: " + std::generic_category().message(errno);
+      close(fd);
+      return fail(why);
+    }
+  }
+  close(fd);
+  return loadString(text, path);
+}
+
+std::string helpText() {
+  std::string out =
+      "slipstream configuration: one INI file of [section] headers and key = value lines.\n"
+      "Sizes take K, M, G or T (binary: 1K = 1024); durations ms, s, m, h or d (a bare\n"
+      "number is seconds); bools on/off. Lists are separated by commas or spaces.\n"
+      "Comments are lines starting with ; or #, and ' ;' after a value. A line holds at\n"
+      "most 199 characters; indentation is ignored.\n";
+  std::optional<SectionKind> current;
+  for (const Directive& d : directives()) {
+    if (d.section != current) {
+      current = d.section;
+      out += "\n[" + headerForm(d.section) + "]\n";
+    }
+    out += "  " + std::string(d.name) + " = <" + typeText(d) + ">  default: " + defaultText(d);
+    if (std::string notes = notesText(d); !notes.empty()) out += "  (" + notes + ")";
+    out += "\n      " + std::string(d.doc) + "\n";
+  }
+  return out;
+}
+
+std::string referenceMarkdown() {
+  auto cell = [](std::string s) {
+    for (size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 2) s.insert(i, "\\");
+    return s;
+  };
+  std::string out;
+  std::optional<SectionKind> current;
+  for (const Directive& d : directives()) {
+    if (d.section != current) {
+      current = d.section;
+      out += std::string(out.empty() ? "" : "\n") + "### `[" + headerForm(d.section) + "]`\n\n" +
+             "| key | type | default | meaning |\n|---|---|---|---|\n";
+    }
+    std::string def = d.def && d.type != T::Secret ? "`" + defaultText(d) + "`" : "";
+    std::string meaning = d.doc;
+    if (std::string notes = notesText(d); !notes.empty()) meaning += " *(" + notes + ")*";
+    out += "| `" + std::string(d.name) + "` | " + cell(typeText(d)) + " | " + cell(def) + " | " +
+           cell(meaning) + " |\n";
+  }
+  return out;
+}
+
+}  // namespace slip::conf
