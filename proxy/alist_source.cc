@@ -1,0 +1,159 @@
+// `alist`: an AList/OpenList server resolves paths to links.
+//
+// POST <url>/api/fs/link  Authorization: <token>  {"path": "<root + rest>"}
+// → {"code":200,"message":"success","data":{"url":"...","header":{"Referer":["..."]}}}
+// AList reports errors as HTTP 200 with code != 200: those are errors here too
+// (404 when AList says the object is not found, 502 otherwise), with AList's
+// message as the reason.
+#include <nlohmann/json.hpp>
+
+#include "proxy/curl_multi.h"
+#include "proxy/source.h"
+
+namespace slip::proxy {
+namespace {
+
+constexpr int64_t kDefaultAlistTtlMs = 5 * 60'000;  // AList does not report link expiry
+constexpr size_t kMaxReply = 1 << 20;
+
+class AlistSource : public Source {
+ public:
+  AlistSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s)
+      : mount_(m), multi_(multi), server_(s) {
+    api_ = m.url;
+    while (!api_.empty() && api_.back() == '/') api_.pop_back();
+    api_ += "/api/fs/link";
+    root_ = m.root.empty() ? "/" : m.root;
+    while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
+  }
+
+  policy::SourceTraits traits() const override {
+    policy::SourceTraits t;
+    // AList links usually need the headers it returns (Referer, UA): proxy.
+    t.needsHeaders = true;
+    t.clientBound = mount_.linkBind != conf::LinkBind::None;
+    t.hasLink = true;
+    return t;
+  }
+
+  int64_t defaultTtlMs() const override {
+    return mount_.linkTtlMs > 0 ? mount_.linkTtlMs : kDefaultAlistTtlMs;
+  }
+
+  void resolve(const std::string& rest, const ClientInfo& client, ResolveCb cb) override {
+    std::string path = root_ == "/" ? rest : root_ + rest;
+    auto* call = new Call{this, std::move(cb), {}, nullptr};
+    Transfer::Options o;
+    o.url = api_;
+    o.postBody = nlohmann::json{{"path", path}}.dump();
+    o.headers.push_back({"Content-Type", "application/json"});
+    o.headers.push_back({"Authorization", mount_.token});
+    if (mount_.linkBind != conf::LinkBind::None && !client.userAgent.empty())
+      o.headers.push_back({"User-Agent", client.userAgent});
+    if (mount_.linkBind == conf::LinkBind::UaIp) {
+      o.headers.push_back({"X-Forwarded-For", client.address});
+      o.headers.push_back({"X-Real-IP", client.address});
+    }
+    o.connectTimeoutMs = server_.connectTimeoutMs;
+    o.headerTimeoutMs = server_.upstreamTimeoutMs;
+    o.stallTimeoutMs = server_.stallTimeoutMs;
+    call->transfer = std::make_unique<Transfer>(multi_, std::move(o), call);
+    call->transfer->start();
+  }
+
+ private:
+  struct Call : Transfer::Handler {
+    AlistSource* src;
+    ResolveCb cb;
+    std::string body;
+    std::unique_ptr<Transfer> transfer;
+    Call(AlistSource* s, ResolveCb c, std::string b, std::unique_ptr<Transfer> t)
+        : src(s), cb(std::move(c)), body(std::move(b)), transfer(std::move(t)) {}
+    bool onHeaders(Transfer&) override { return true; }
+    size_t onData(Transfer&, const char* p, size_t n) override {
+      if (body.size() + n > kMaxReply) return 0;
+      body.append(p, n);
+      return n;
+    }
+    void onDone(Transfer& t, const TransferResult& r) override {
+      ResolveResult out = parse(t, r);
+      ResolveCb done = std::move(cb);
+      transfer.reset();  // safe: onDone runs from the loop, outside curl
+      delete this;
+      done(out);
+    }
+    ResolveResult parse(Transfer& t, const TransferResult& r) {
+      ResolveResult out;
+      if (r.code != CURLE_OK) {
+        out.reason = r.timedOut ? policy::Reason::UpstreamTimeout : policy::Reason::ResolveFailed;
+        out.detail = "alist: " + r.error;
+        return out;
+      }
+      if (t.status() != 200) {
+        out.reason = policy::Reason::ResolveFailed;
+        out.detail = "alist: HTTP status " + std::to_string(t.status());
+        return out;
+      }
+      auto j = nlohmann::json::parse(body, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) {
+        out.reason = policy::Reason::ResolveFailed;
+        out.detail = "alist: reply is not JSON";
+        return out;
+      }
+      int code = j.value("code", 0);
+      std::string message = j.contains("message") && j["message"].is_string()
+                                ? j["message"].get<std::string>()
+                                : std::string();
+      if (code != 200) {
+        std::string lower = message;
+        for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        out.reason = lower.find("not found") != std::string::npos ? policy::Reason::NotFound
+                                                                   : policy::Reason::ResolveFailed;
+        out.detail = "alist: code " + std::to_string(code) + ": " + message;
+        return out;
+      }
+      const auto& data = j["data"];
+      if (!data.is_object() || !data.contains("url") || !data["url"].is_string() ||
+          data["url"].get<std::string>().empty()) {
+        out.reason = policy::Reason::ResolveFailed;
+        out.detail = "alist: reply has no data.url";
+        return out;
+      }
+      std::string url = data["url"].get<std::string>();
+      if (url.starts_with("//")) url = "http:" + url;
+      if (!url.starts_with("http://") && !url.starts_with("https://")) {
+        out.reason = policy::Reason::ResolveFailed;
+        out.detail = "alist: data.url is not an http(s) URL";
+        return out;
+      }
+      out.link.url = url;
+      for (const auto& h : src->mount_.headers) out.link.headers.push_back({h.name, h.value});
+      if (data.contains("header") && data["header"].is_object()) {
+        for (const auto& [name, values] : data["header"].items()) {
+          if (values.is_array()) {
+            for (const auto& v : values)
+              if (v.is_string()) out.link.headers.push_back({name, v.get<std::string>()});
+          } else if (values.is_string()) {
+            out.link.headers.push_back({name, values.get<std::string>()});
+          }
+        }
+      }
+      return out;
+    }
+  };
+
+  const conf::Mount& mount_;
+  CurlMulti& multi_;
+  const conf::Server& server_;
+  std::string api_;
+  std::string root_;
+};
+
+}  // namespace
+
+std::unique_ptr<Source> makeAlistSource(const conf::Mount& m, CurlMulti& multi,
+                                        const conf::Server& s) {
+  return std::make_unique<AlistSource>(m, multi, s);
+}
+
+}  // namespace slip::proxy

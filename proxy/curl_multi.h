@@ -1,0 +1,147 @@
+// libcurl's multi_socket API driven by the gateway's libevent loop, after
+// curl's docs/examples/multi-event.c and hiperfifo.c: one event per socket
+// (remembered with curl_multi_assign), one timer, curl_multi_info_read
+// drained after every socket_action, and curl never called from inside its
+// own callbacks (work that must call curl from there is deferred).
+//
+// Transfer wraps one easy handle: one upstream HTTP request with our header
+// parsing, pause/resume for backpressure and a completion callback.
+#pragma once
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "proxy/proxy.h"
+
+namespace slip::proxy {
+
+class Transfer;
+
+class CurlMulti {
+ public:
+  CurlMulti(event_base* base, int maxConnections);
+  ~CurlMulti();
+  CurlMulti(const CurlMulti&) = delete;
+  CurlMulti& operator=(const CurlMulti&) = delete;
+
+  /// Runs `fn` now, or right after curl returns when called from inside one
+  /// of curl's callbacks (curl refuses re-entrant multi calls).
+  void defer(std::function<void()> fn);
+  bool insideCurl() const { return depth_ > 0; }
+  event_base* base() const { return base_; }
+  int running() const { return running_; }
+
+ private:
+  friend class Transfer;
+  struct SockCtx;
+  void add(Transfer* t);
+  void remove(Transfer* t);
+  void action(curl_socket_t fd, int mask);
+  void drainInfo();
+  void runDeferred();
+  static int onSocket(CURL* e, curl_socket_t s, int what, void* userp, void* sockp);
+  static int onTimer(CURLM* m, long timeoutMs, void* userp);
+  static void onEvent(evutil_socket_t fd, short kind, void* arg);
+  static void onTimeout(evutil_socket_t fd, short kind, void* arg);
+  static void onDeferred(evutil_socket_t fd, short kind, void* arg);
+
+  event_base* base_;
+  CURLM* multi_;
+  event* timer_;
+  event* deferEv_;
+  int depth_ = 0;
+  int running_ = 0;
+  std::vector<std::function<void()>> deferred_;
+};
+
+/// What a finished transfer reports.
+struct TransferResult {
+  CURLcode code = CURLE_OK;
+  std::string error;        // curl's message when code != OK
+  bool timedOut = false;    // stalled or no headers in time
+};
+
+/// One upstream HTTP request. Not copyable; owned by whoever started it.
+/// Destroying a running Transfer cancels it.
+class Transfer {
+ public:
+  struct Options {
+    std::string url;
+    Headers headers;                 // added to the request (Referer, UA, ...)
+    std::string range;               // "first-last" / "first-" / "-n"; "" = none
+    std::string postBody;            // non-empty → POST with this body
+    int64_t connectTimeoutMs = 10'000;
+    int64_t headerTimeoutMs = 30'000;  // request sent → response headers
+    int64_t stallTimeoutMs = 30'000;   // no bytes for this long → fail
+    bool followRedirects = true;
+  };
+  /// Return values of the data callback besides "consumed n".
+  static constexpr size_t kPause = CURL_WRITEFUNC_PAUSE;
+  struct Handler {
+    virtual ~Handler() = default;
+    /// Response headers complete (the final response, after redirects).
+    /// Return false to abort the transfer (onDone follows, from the loop).
+    virtual bool onHeaders(Transfer& t) = 0;
+    /// Body bytes. Return n when consumed, kPause to get them again after
+    /// resume(), anything else aborts.
+    virtual size_t onData(Transfer& t, const char* data, size_t n) = 0;
+    /// The transfer ended (complete, failed or aborted). Called from the loop,
+    /// never from inside curl; the handler may destroy the Transfer here.
+    virtual void onDone(Transfer& t, const TransferResult& r) = 0;
+  };
+
+  Transfer(CurlMulti& multi, Options opts, Handler* handler);
+  ~Transfer();
+  Transfer(const Transfer&) = delete;
+  Transfer& operator=(const Transfer&) = delete;
+
+  /// Adds the request to the multi handle (deferred if inside curl).
+  void start();
+  /// Resumes delivery after onData returned kPause.
+  void resume();
+  /// Stops without calling onDone.
+  void cancel();
+  bool paused() const { return paused_; }
+  bool active() const { return added_; }
+
+  // Response, valid from onHeaders on.
+  int status() const { return status_; }
+  const std::string& header(const std::string& lowerName) const;
+  std::optional<uint64_t> contentLength() const;
+  uint64_t bodyBytes() const { return bodyBytes_; }
+  const Options& options() const { return opts_; }
+  /// Seconds from Retry-After, if the upstream sent one.
+  std::optional<int64_t> retryAfterSeconds() const;
+
+ private:
+  friend class CurlMulti;
+  static size_t onHeaderLine(char* p, size_t size, size_t n, void* ud);
+  static size_t onBody(char* p, size_t size, size_t n, void* ud);
+  static void onHeaderTimeout(evutil_socket_t, short, void* arg);
+  void finished(CURLcode code);
+
+  CurlMulti& multi_;
+  Options opts_;
+  Handler* handler_;
+  CURL* easy_ = nullptr;
+  curl_slist* slist_ = nullptr;
+  event* headerTimer_ = nullptr;
+  char errbuf_[CURL_ERROR_SIZE] = {};
+  bool added_ = false;
+  bool paused_ = false;
+  bool headersDone_ = false;
+  bool aborted_ = false;    // a handler callback asked to stop: onDone follows
+  bool cancelled_ = false;  // the owner stopped it: no onDone
+  bool headerTimedOut_ = false;
+  int status_ = 0;
+  uint64_t bodyBytes_ = 0;
+  std::vector<std::pair<std::string, std::string>> respHeaders_;
+};
+
+}  // namespace slip::proxy

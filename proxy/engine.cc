@@ -1,0 +1,149 @@
+#include "proxy/engine.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <ctime>
+
+#include "proxy/fetcher.h"
+
+namespace slip::proxy {
+
+const char* cacheStatusName(CacheStatus s) {
+  switch (s) {
+    case CacheStatus::None: return "-";
+    case CacheStatus::Hit: return "HIT";
+    case CacheStatus::Miss: return "MISS";
+    case CacheStatus::Partial: return "PARTIAL";
+  }
+  return "?";
+}
+
+Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s)
+    : base(b),
+      cfg(c),
+      store(s),
+      multi(b, static_cast<int>(c.server.upstreamConnections)),
+      links(c, sources, &Impl::nowMs, stats) {}
+
+Engine::Impl::~Impl() {
+  fetcher.reset();
+  for (int fd : localRoots)
+    if (fd >= 0) close(fd);
+}
+
+Transfer::Options Engine::Impl::transferOptions(const Link& link) const {
+  Transfer::Options o;
+  o.url = link.url;
+  o.headers = link.headers;
+  o.connectTimeoutMs = cfg.server.connectTimeoutMs;
+  o.headerTimeoutMs = cfg.server.upstreamTimeoutMs;
+  o.stallTimeoutMs = cfg.server.stallTimeoutMs;
+  return o;
+}
+
+Engine::Engine(event_base* base, const conf::Config& cfg, store::Store* store)
+    : impl_(std::make_unique<Impl>(base, cfg, store)) {}
+
+Engine::~Engine() = default;
+
+bool Engine::init(std::string* err) {
+  curl_version_info_data* v = curl_version_info(CURLVERSION_NOW);
+  if (!(v->features & CURL_VERSION_ASYNCHDNS)) {
+    *err = "libcurl was built without asynchronous DNS: name lookups would block the event loop";
+    return false;
+  }
+  Impl& e = *impl_;
+  for (const auto& m : e.cfg.mounts) {
+    e.sources.push_back(makeSource(m, e.multi, e.cfg.server));
+    int fd = -1;
+    if (m.source == conf::SourceType::Local) {
+      fd = open(m.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (fd < 0) {
+        *err = "mount " + m.name + ": cannot open root " + m.root + ": " + strerror(errno);
+        return false;
+      }
+    }
+    e.localRoots.push_back(fd);
+    policy::SourceTraits t;
+    if (e.sources.back()) t = e.sources.back()->traits();
+    else t.hasLink = false;
+    e.traits.push_back(t);
+  }
+  if (e.store) e.fetcher = std::make_unique<Fetcher>(e);
+  return true;
+}
+
+const std::vector<policy::SourceTraits>& Engine::traits() const { return impl_->traits; }
+
+const Stats& Engine::stats() const { return impl_->stats; }
+
+void Engine::quiesce() { impl_->quiescing = true; }
+
+std::unique_ptr<Job> Engine::start(const Request& req, Sink* sink) {
+  Impl& e = *impl_;
+  const conf::Mount& m = e.cfg.mounts[req.mountIndex];
+  if (m.source == conf::SourceType::Local) return makeLocalJob(e, req, sink);
+  if (req.decision.delivery == conf::Delivery::Redirect) return makeRedirectJob(e, req, sink);
+  if (req.decision.cache && e.fetcher) return makeCacheJob(e, req, sink);
+  return makeStreamJob(e, req, sink);
+}
+
+// ------------------------------------------------------------------ headers
+
+Headers bodyHeaders(const ObjectInfo& info, const policy::RangeAnswer& a, const std::string& path,
+                    CacheStatus cache) {
+  Headers h;
+  h.push_back({"Content-Type", info.contentType.empty() ? mimeTypeFor(path) : info.contentType});
+  h.push_back({"Content-Length", std::to_string(a.range.size())});
+  if (a.kind == policy::RangeAnswer::Kind::Partial)
+    h.push_back({"Content-Range", policy::contentRange(a.range, info.size)});
+  h.push_back({"Accept-Ranges", "bytes"});
+  if (!info.etag.empty()) h.push_back({"ETag", info.etag});
+  if (!info.lastModified.empty()) h.push_back({"Last-Modified", info.lastModified});
+  std::string_view name = policy::baseName(path);
+  if (!name.empty()) h.push_back({"Content-Disposition", policy::contentDisposition(name)});
+  if (cache != CacheStatus::None) h.push_back({"X-Cache", cacheStatusName(cache)});
+  return h;
+}
+
+Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache) {
+  Headers h;
+  h.push_back({"Content-Range", policy::contentRangeUnsatisfied(info.size)});
+  h.push_back({"Accept-Ranges", "bytes"});
+  if (cache != CacheStatus::None) h.push_back({"X-Cache", cacheStatusName(cache)});
+  return h;
+}
+
+std::string httpDate(int64_t unixSeconds) {
+  time_t t = static_cast<time_t>(unixSeconds);
+  tm g{};
+  gmtime_r(&t, &g);
+  char buf[64];
+  strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &g);
+  return buf;
+}
+
+std::string mimeTypeFor(const std::string& path) {
+  static const std::pair<const char*, const char*> kTypes[] = {
+      {"mkv", "video/x-matroska"}, {"mp4", "video/mp4"},        {"m4v", "video/mp4"},
+      {"mov", "video/quicktime"},  {"webm", "video/webm"},      {"avi", "video/x-msvideo"},
+      {"ts", "video/mp2t"},        {"m2ts", "video/mp2t"},      {"flv", "video/x-flv"},
+      {"wmv", "video/x-ms-wmv"},   {"mp3", "audio/mpeg"},       {"flac", "audio/flac"},
+      {"m4a", "audio/mp4"},        {"aac", "audio/aac"},        {"ogg", "audio/ogg"},
+      {"opus", "audio/ogg"},       {"wav", "audio/wav"},        {"srt", "application/x-subrip"},
+      {"ass", "text/x-ssa"},       {"vtt", "text/vtt"},         {"txt", "text/plain; charset=utf-8"},
+      {"html", "text/html; charset=utf-8"}, {"json", "application/json"},
+      {"jpg", "image/jpeg"},       {"jpeg", "image/jpeg"},      {"png", "image/png"},
+      {"gif", "image/gif"},        {"webp", "image/webp"},      {"pdf", "application/pdf"},
+      {"zip", "application/zip"},  {"iso", "application/x-iso9660-image"},
+      {"m3u8", "application/vnd.apple.mpegurl"},
+  };
+  std::string ext = policy::extensionOf(path);
+  for (const auto& [e, t] : kTypes)
+    if (ext == e) return t;
+  return "application/octet-stream";
+}
+
+}  // namespace slip::proxy

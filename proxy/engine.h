@@ -1,0 +1,72 @@
+// Private to proxy/: the Engine's state shared by the jobs, and the job
+// factories. See proxy/DESIGN.md for how the pieces fit.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proxy/curl_multi.h"
+#include "proxy/proxy.h"
+#include "proxy/source.h"
+
+namespace slip::proxy {
+
+class Fetcher;
+
+/// Largest piece a job reads from disk per step.
+inline constexpr size_t kReadChunk = 128 * 1024;
+
+struct Engine::Impl {
+  Impl(event_base* b, const conf::Config& c, store::Store* s);
+  ~Impl();
+
+  event_base* base;
+  const conf::Config& cfg;
+  store::Store* store;
+  Stats stats;
+  CurlMulti multi;
+  std::vector<std::unique_ptr<Source>> sources;  // per mount; null for `local`
+  std::vector<int> localRoots;                   // per mount: directory fd, or -1
+  std::vector<policy::SourceTraits> traits;
+  LinkCache links;
+  std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
+  bool quiescing = false;
+
+  /// Wall clock in milliseconds (links expire on wall-clock time).
+  static int64_t nowMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+
+  /// Upstream transfer options for a link on a mount.
+  Transfer::Options transferOptions(const Link& link) const;
+};
+
+/// What a proxied response says about its object.
+struct ObjectInfo {
+  uint64_t size = 0;
+  std::string etag;
+  std::string lastModified;
+  std::string contentType;
+};
+
+/// Headers of a proxied 200/206 (Content-Length, Content-Range, validators,
+/// Content-Disposition, Accept-Ranges, X-Cache).
+Headers bodyHeaders(const ObjectInfo& info, const policy::RangeAnswer& answer,
+                    const std::string& path, CacheStatus cache);
+/// Headers of a 416 answer.
+Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache);
+/// RFC 9110 IMF-fixdate.
+std::string httpDate(int64_t unixSeconds);
+/// Content-Type for a file name, by extension.
+std::string mimeTypeFor(const std::string& path);
+
+std::unique_ptr<Job> makeRedirectJob(Engine::Impl& e, const Request& r, Sink* s);
+std::unique_ptr<Job> makeStreamJob(Engine::Impl& e, const Request& r, Sink* s);
+std::unique_ptr<Job> makeLocalJob(Engine::Impl& e, const Request& r, Sink* s);
+std::unique_ptr<Job> makeCacheJob(Engine::Impl& e, const Request& r, Sink* s);
+
+}  // namespace slip::proxy

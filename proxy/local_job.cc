@@ -1,0 +1,196 @@
+// `local` mounts: files under a directory on this machine, with the same
+// Range/HEAD semantics as the other sources. Opening goes through
+// openat2(RESOLVE_BENEATH) so no path — `..`, absolute or relative symlinks —
+// resolves outside the mount's directory. Bodies go out as file segments
+// (sendfile), never through a user-space buffer.
+#include <event2/buffer.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "proxy/engine.h"
+
+namespace slip::proxy {
+namespace {
+
+constexpr uint64_t kSegmentStep = 1 << 20;
+
+/// Opens `rest` below the directory `rootFd`; -errno on failure (-EXDEV when
+/// the path would leave the directory).
+int openBeneath(int rootFd, const std::string& rest) {
+  std::string rel = rest;
+  while (!rel.empty() && rel.front() == '/') rel.erase(0, 1);
+  if (rel.empty()) rel = ".";
+  open_how how{};
+  how.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  long fd = syscall(SYS_openat2, rootFd, rel.c_str(), &how, sizeof how);
+  if (fd >= 0) return static_cast<int>(fd);
+  if (errno != ENOSYS) return -errno;
+  // Kernels before 5.6: open, then check where the file really is.
+  int f = openat(rootFd, rel.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (f < 0) return -errno;
+  char rootPath[PATH_MAX], filePath[PATH_MAX], link[64];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", rootFd);
+  ssize_t a = readlink(link, rootPath, sizeof rootPath - 1);
+  snprintf(link, sizeof link, "/proc/self/fd/%d", f);
+  ssize_t b = readlink(link, filePath, sizeof filePath - 1);
+  if (a <= 0 || b <= 0) {
+    close(f);
+    return -EXDEV;
+  }
+  std::string r(rootPath, a), p(filePath, b);
+  if (p != r && !(p.size() > r.size() && p.compare(0, r.size(), r) == 0 && p[r.size()] == '/')) {
+    close(f);
+    return -EXDEV;
+  }
+  return f;
+}
+
+class LocalJob final : public Job {
+ public:
+  LocalJob(Engine::Impl& e, const Request& r, Sink* s) : e_(e), req_(r), sink_(s) {}
+
+  ~LocalJob() override {
+    if (seg_) evbuffer_file_segment_free(seg_);  // the fd closes with the last reference
+    else if (fd_ >= 0) close(fd_);
+  }
+
+  void begin() {
+    fd_ = openBeneath(e_.localRoots[req_.mountIndex], req_.rest);
+    if (fd_ < 0) {
+      int err = -fd_;
+      fd_ = -1;
+      if (err == EXDEV || err == ELOOP) return fail(policy::Reason::LocalEscape, "");
+      if (err == ENOENT || err == ENOTDIR) return fail(policy::Reason::NotFound, "");
+      if (err == EACCES || err == EPERM) return fail(policy::Reason::Denied, strerror(err));
+      return fail(policy::Reason::Internal, strerror(err));
+    }
+    struct stat st{};
+    if (fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) return fail(policy::Reason::NotAFile, "");
+    ObjectInfo info;
+    info.size = static_cast<uint64_t>(st.st_size);
+    char etag[64];
+    snprintf(etag, sizeof etag, "\"%llx-%llx\"", static_cast<unsigned long long>(st.st_mtime),
+             static_cast<unsigned long long>(st.st_size));
+    info.etag = etag;
+    info.lastModified = httpDate(st.st_mtime);
+    info.contentType = mimeTypeFor(req_.path);
+
+    policy::WireRange wire = policy::parseRange(req_.range);
+    if (!req_.ifRange.empty() && !policy::ifRangeAllows(req_.ifRange, info.etag, info.lastModified))
+      wire = {};
+    policy::RangeAnswer a = policy::resolveRange(wire, info.size);
+    if (a.kind == policy::RangeAnswer::Kind::Unsatisfiable) {
+      Headers h = unsatisfiableHeaders(info, CacheStatus::Hit);
+      h.push_back({"Content-Length", "0"});
+      sink_->sendHeaders(416, h);
+      return done();
+    }
+    sink_->sendHeaders(a.kind == policy::RangeAnswer::Kind::Partial ? 206 : 200,
+                       bodyHeaders(info, a, req_.path, CacheStatus::Hit));
+    if (req_.head || a.range.size() == 0) return done();
+    seg_ = evbuffer_file_segment_new(fd_, 0, st.st_size, EVBUF_FS_CLOSE_ON_FREE);
+    if (!seg_) return fail(policy::Reason::Internal, "cannot map file");
+    pos_ = a.range.begin;
+    end_ = a.range.end;
+    pump();
+  }
+
+  void onWritable() override { pump(); }
+
+  void onClientGone() override {
+    gone_ = true;
+    sink_ = nullptr;
+  }
+
+ private:
+  void pump() {
+    if (gone_ || finished_ || !seg_) return;
+    evbuffer* buf = evbuffer_new();
+    while (pos_ < end_ && sink_->queued() < kClientHighWater) {
+      uint64_t n = std::min(kSegmentStep, end_ - pos_);
+      evbuffer_add_file_segment(buf, seg_, static_cast<ev_off_t>(pos_), static_cast<ev_off_t>(n));
+      sink_->sendBody(buf);
+      pos_ += n;
+    }
+    evbuffer_free(buf);
+    if (pos_ == end_) done();
+  }
+
+  void done() {
+    finished_ = true;
+    sink_->finish();
+  }
+
+  void fail(policy::Reason r, const std::string& detail) {
+    finished_ = true;
+    sink_->fail(r, detail);
+  }
+
+  Engine::Impl& e_;
+  Request req_;
+  Sink* sink_;
+  int fd_ = -1;
+  evbuffer_file_segment* seg_ = nullptr;
+  uint64_t pos_ = 0, end_ = 0;
+  bool gone_ = false, finished_ = false;
+};
+
+/// `redirect`: 302 to the upstream's link.
+class RedirectJob final : public Job {
+ public:
+  RedirectJob(Engine::Impl& e, const Request& r, Sink* s) : e_(e), req_(r), sink_(s) {}
+  ~RedirectJob() override { *alive_ = false; }
+
+  void begin() {
+    auto alive = alive_;
+    e_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
+                 [this, alive](const ResolveResult& res) {
+                   if (!*alive || gone_) return;
+                   if (res.reason != policy::Reason::None) {
+                     sink_->fail(res.reason, res.detail);
+                     return;
+                   }
+                   Headers h = {{"Location", res.link.url},
+                                {"Referrer-Policy", "no-referrer"},
+                                {"Cache-Control", "no-store"},
+                                {"Content-Length", "0"}};
+                   sink_->sendHeaders(302, h);
+                   sink_->finish();
+                 });
+  }
+  void onWritable() override {}
+  void onClientGone() override { gone_ = true; }
+
+ private:
+  Engine::Impl& e_;
+  Request req_;
+  Sink* sink_;
+  bool gone_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace
+
+std::unique_ptr<Job> makeLocalJob(Engine::Impl& e, const Request& r, Sink* s) {
+  auto j = std::make_unique<LocalJob>(e, r, s);
+  j->begin();
+  return j;
+}
+
+std::unique_ptr<Job> makeRedirectJob(Engine::Impl& e, const Request& r, Sink* s) {
+  auto j = std::make_unique<RedirectJob>(e, r, s);
+  j->begin();
+  return j;
+}
+
+}  // namespace slip::proxy

@@ -1,0 +1,137 @@
+// proxy — the upstream side: sources that resolve a path to a link, the
+// libcurl-multi fetcher driven by the gateway's libevent loop, the block
+// cache's fill and read paths, and the jobs that stream bytes to a client.
+//
+// The front end (src/) hands a decided request to the Engine together with a
+// Sink (its side of the client connection). A Job then produces the response
+// through the Sink. Data only flows downward: the Engine never calls into the
+// front end except through the Sink and never decides policy.
+//
+// Lifetimes: the front end owns the Job. It calls onWritable() when the
+// client's output buffer drained, and onClientGone() when the client vanished
+// (after which the Job must not touch the Sink). A Job signals the end of the
+// response with Sink::finish() or Sink::fail(); it must not touch the Sink
+// after either. The front end destroys the Job later, outside any callback of
+// the Job's own.
+#pragma once
+
+#include <event2/event.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conf/conf.h"
+#include "policy/policy.h"
+
+struct evbuffer;
+
+namespace slip::store {
+class Store;
+}
+
+namespace slip::proxy {
+
+struct Header {
+  std::string name;
+  std::string value;
+};
+using Headers = std::vector<Header>;
+
+/// X-Cache values (SPEC §5): where the bytes of a proxied response came from.
+enum class CacheStatus { None, Hit, Miss, Partial };
+const char* cacheStatusName(CacheStatus s);
+
+/// Bytes queued towards one client above which a job stops producing until
+/// the front end reports the buffer drained (pull-based backpressure), and
+/// the level below which the front end reports it drained.
+inline constexpr size_t kClientHighWater = 256 * 1024;
+inline constexpr size_t kDrainedMark = kClientHighWater / 4;
+
+/// The client side of one request, implemented by the front end.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  /// Sends the status line and headers (Content-Length included by the
+  /// caller when known). Once per response.
+  virtual void sendHeaders(int status, const Headers& headers) = 0;
+  /// Queues body bytes; drains `data`. HEAD responses discard it.
+  virtual void sendBody(evbuffer* data) = 0;
+  /// Bytes queued towards the client and not yet written to the socket.
+  virtual size_t queued() const = 0;
+  /// The body is complete.
+  virtual void finish() = 0;
+  /// The response failed. Before headers: an error status with `reason`'s
+  /// text and `detail` in the body. After headers: the connection is closed,
+  /// so a short body is never taken for a complete one.
+  virtual void fail(policy::Reason reason, const std::string& detail) = 0;
+  virtual bool headersSent() const = 0;
+  /// For the access log: bytes received from upstream on this request's behalf.
+  virtual void noteUpstreamBytes(uint64_t n) = 0;
+};
+
+class Job {
+ public:
+  virtual ~Job() = default;
+  virtual void onWritable() = 0;
+  virtual void onClientGone() = 0;
+};
+
+/// A request after routing and policy, as the front end hands it over.
+struct Request {
+  uint64_t id = 0;
+  bool head = false;                 // HEAD: headers only
+  int mountIndex = -1;
+  std::string path;                  // normalised virtual path (for names, keys)
+  std::string rest;                  // path below the mount prefix (for the source)
+  std::string range;                 // client's Range header, "" if none
+  std::string ifRange;               // client's If-Range header, "" if none
+  std::string client;                // numeric address
+  std::string userAgent;
+  policy::Decision decision;
+};
+
+/// Counters for logs, status and metrics.
+struct Stats {
+  uint64_t upstreamRequests = 0;
+  uint64_t upstreamBytes = 0;
+  uint64_t upstreamErrors = 0;
+  uint64_t retries = 0;
+  uint64_t linkResolutions = 0;
+  uint64_t cacheHitBytes = 0;
+  uint64_t corruptBlocks = 0;
+  int activeTransfers = 0;
+};
+
+class Engine {
+ public:
+  /// `base` must have been created after evthread_use_pthreads(). `store` may
+  /// be null when no mount caches. Neither is owned.
+  Engine(event_base* base, const conf::Config& cfg, store::Store* store);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  /// false (with a message) when libcurl lacks what we need (async DNS).
+  bool init(std::string* err);
+
+  /// What each mount's source needs, indexed like Config::mounts.
+  const std::vector<policy::SourceTraits>& traits() const;
+
+  /// Starts the delivery chosen by policy (Redirect, ProxyUrl or Proxy).
+  std::unique_ptr<Job> start(const Request& req, Sink* sink);
+
+  const Stats& stats() const;
+
+  /// Stops scheduling new upstream work (shutdown); running fetches finish.
+  void quiesce();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace slip::proxy

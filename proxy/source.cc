@@ -1,0 +1,132 @@
+#include "proxy/source.h"
+
+#include "proxy/curl_multi.h"
+
+namespace slip::proxy {
+namespace {
+
+/// `http`: base_url + percent-encoded path; the mount's header lines go with
+/// every upstream request. Links never expire.
+class HttpSource : public Source {
+ public:
+  explicit HttpSource(const conf::Mount& m) : mount_(m) {
+    base_ = m.baseUrl;
+    while (!base_.empty() && base_.back() == '/') base_.pop_back();
+    for (const auto& h : m.headers) headers_.push_back({h.name, h.value});
+  }
+  policy::SourceTraits traits() const override {
+    policy::SourceTraits t;
+    t.needsHeaders = !mount_.headers.empty();
+    t.clientBound = mount_.linkBind != conf::LinkBind::None;
+    t.hasLink = true;
+    return t;
+  }
+  void resolve(const std::string& rest, const ClientInfo&, ResolveCb cb) override {
+    ResolveResult r;
+    r.link.url = base_ + policy::encodePath(rest);
+    r.link.headers = headers_;
+    cb(r);
+  }
+  int64_t defaultTtlMs() const override { return mount_.linkTtlMs; }
+
+ private:
+  const conf::Mount& mount_;
+  std::string base_;
+  Headers headers_;
+};
+
+}  // namespace
+
+std::unique_ptr<Source> makeAlistSource(const conf::Mount& m, CurlMulti& multi,
+                                        const conf::Server& s);
+
+std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s) {
+  switch (m.source) {
+    case conf::SourceType::Http: return std::make_unique<HttpSource>(m);
+    case conf::SourceType::Alist: return makeAlistSource(m, multi, s);
+    case conf::SourceType::Local: return nullptr;
+  }
+  return nullptr;
+}
+
+// ------------------------------------------------------------------ LinkCache
+
+namespace {
+constexpr size_t kMaxEntries = 4096;
+constexpr int64_t kMaxMarginMs = 60'000;
+}  // namespace
+
+LinkCache::LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
+                     std::function<int64_t()> nowMs, Stats& stats)
+    : cfg_(cfg), sources_(sources), nowMs_(std::move(nowMs)), stats_(stats) {}
+
+std::string LinkCache::key(int mount, const std::string& rest, const ClientInfo& client) const {
+  std::string k = std::to_string(mount) + '\n' + rest;
+  switch (cfg_.mounts[mount].linkBind) {
+    case conf::LinkBind::None: break;
+    case conf::LinkBind::Ua: k += '\n' + client.userAgent; break;
+    case conf::LinkBind::UaIp: k += '\n' + client.userAgent + '\n' + client.address; break;
+  }
+  return k;
+}
+
+void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client, ResolveCb cb) {
+  std::string k = key(mount, rest, client);
+  int64_t now = nowMs_();
+  auto it = entries_.find(k);
+  if (it != entries_.end()) {
+    Entry& e = it->second;
+    if (e.pending) {
+      e.waiters.push_back(std::move(cb));
+      return;
+    }
+    if (e.validUntilMs == 0 || now < e.validUntilMs) {
+      ResolveResult r;
+      r.link = e.link;
+      cb(r);
+      return;
+    }
+  }
+  if (entries_.size() >= kMaxEntries) {
+    for (auto i = entries_.begin(); i != entries_.end();) i = i->second.pending ? std::next(i) : entries_.erase(i);
+  }
+  Entry& e = entries_[k];
+  e.pending = true;
+  e.waiters.push_back(std::move(cb));
+  stats_.linkResolutions++;
+  Source* src = sources_[mount].get();
+  int64_t ttl = src->defaultTtlMs();
+  src->resolve(rest, client, [this, k, ttl](const ResolveResult& res) {
+    auto it2 = entries_.find(k);
+    if (it2 == entries_.end()) return;
+    std::vector<ResolveCb> waiters;
+    waiters.swap(it2->second.waiters);
+    ResolveResult out = res;
+    if (res.reason == policy::Reason::None) {
+      Entry& e2 = it2->second;
+      e2.pending = false;
+      out.link.serial = nextSerial_++;
+      int64_t now2 = nowMs_();
+      int64_t expires = out.link.expiresAtMs;
+      if (expires == 0 && ttl > 0) expires = now2 + ttl;
+      out.link.expiresAtMs = expires;
+      // Stop using a link a margin before it dies: a block fetch that starts
+      // on it must still find it alive.
+      e2.validUntilMs =
+          expires == 0 ? 0 : expires - std::min(kMaxMarginMs, (expires - now2) / 10);
+      e2.link = out.link;
+    } else {
+      entries_.erase(it2);  // failures are not cached
+    }
+    for (auto& w : waiters) w(out);
+  });
+}
+
+void LinkCache::invalidate(int mount, const std::string& rest, const ClientInfo& client,
+                           uint64_t serial) {
+  auto it = entries_.find(key(mount, rest, client));
+  if (it != entries_.end() && !it->second.pending && it->second.link.serial == serial)
+    entries_.erase(it);
+}
+
+}  // namespace slip::proxy

@@ -1,0 +1,86 @@
+// Sources resolve a path below a mount to an upstream link, and the link
+// cache keeps resolved links until shortly before they expire, coalescing
+// concurrent resolutions of one path (SPEC §4).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conf/conf.h"
+#include "policy/policy.h"
+#include "proxy/proxy.h"
+
+namespace slip::proxy {
+
+class CurlMulti;
+
+/// An upstream link: where to fetch and the headers the upstream demands.
+struct Link {
+  std::string url;
+  Headers headers;
+  int64_t expiresAtMs = 0;  // wall clock; 0 = never
+  uint64_t serial = 0;      // distinguishes re-resolutions of one path
+};
+
+struct ResolveResult {
+  policy::Reason reason = policy::Reason::None;
+  std::string detail;
+  Link link;
+};
+using ResolveCb = std::function<void(const ResolveResult&)>;
+
+/// The client facts a client-bound link depends on.
+struct ClientInfo {
+  std::string address;
+  std::string userAgent;
+};
+
+class Source {
+ public:
+  virtual ~Source() = default;
+  virtual policy::SourceTraits traits() const = 0;
+  /// Resolves `rest` (the path below the mount, decoded) to a link. May call
+  /// back synchronously.
+  virtual void resolve(const std::string& rest, const ClientInfo& client, ResolveCb cb) = 0;
+  /// How long a link may be used when the source reports no expiry; 0 = forever.
+  virtual int64_t defaultTtlMs() const = 0;
+};
+
+/// Builds the source for one mount (`local` mounts have none: null).
+std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s);
+
+/// Resolved links by (mount, path[, client]); one resolution in flight per key.
+class LinkCache {
+ public:
+  LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
+            std::function<int64_t()> nowMs, Stats& stats);
+
+  /// Calls back with a usable link: a cached one, or a fresh resolution that
+  /// any concurrent callers share.
+  void get(int mount, const std::string& rest, const ClientInfo& client, ResolveCb cb);
+  /// Forgets the link with this serial (the upstream refused it), so the next
+  /// get() resolves again. A newer link for the key is kept.
+  void invalidate(int mount, const std::string& rest, const ClientInfo& client, uint64_t serial);
+
+ private:
+  struct Entry {
+    bool pending = false;
+    Link link;
+    int64_t validUntilMs = 0;  // 0 = forever
+    std::vector<ResolveCb> waiters;
+  };
+  std::string key(int mount, const std::string& rest, const ClientInfo& client) const;
+
+  const conf::Config& cfg_;
+  std::vector<std::unique_ptr<Source>>& sources_;
+  std::function<int64_t()> nowMs_;
+  Stats& stats_;
+  std::map<std::string, Entry> entries_;
+  uint64_t nextSerial_ = 1;
+};
+
+}  // namespace slip::proxy

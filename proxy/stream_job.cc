@@ -1,0 +1,220 @@
+// Proxy delivery without the cache (`cache = off`): one upstream transfer per
+// client request, the client's single range forwarded, bytes streamed as they
+// arrive with pull-based backpressure (the transfer pauses while the client's
+// buffer is above the high-water mark and resumes when it drains).
+#include <event2/buffer.h>
+
+#include "proxy/engine.h"
+
+namespace slip::proxy {
+namespace {
+
+class StreamJob final : public Job, public Transfer::Handler {
+ public:
+  enum class State { Resolving, AwaitingHeaders, Streaming, Done, Gone };
+
+  StreamJob(Engine::Impl& e, const Request& r, Sink* s) : e_(e), req_(r), sink_(s) {
+    wire_ = policy::parseRange(req_.range);
+  }
+
+  ~StreamJob() override { *alive_ = false; }
+
+  void begin() {
+    ClientInfo ci{req_.client, req_.userAgent};
+    auto alive = alive_;
+    e_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
+      if (!*alive || state_ != State::Resolving) return;
+      if (res.reason != policy::Reason::None) {
+        finishWith(res.reason, res.detail);
+        return;
+      }
+      startTransfer(res.link);
+    });
+  }
+
+  void onWritable() override {
+    if (xfer_ && xfer_->paused()) xfer_->resume();
+  }
+
+  void onClientGone() override {
+    state_ = State::Gone;
+    sink_ = nullptr;
+    if (xfer_) xfer_->cancel();
+  }
+
+  // ---- Transfer::Handler
+
+  bool onHeaders(Transfer& t) override {
+    if (state_ != State::AwaitingHeaders) return false;
+    ObjectInfo info;
+    info.etag = t.header("etag");
+    info.lastModified = t.header("last-modified");
+    info.contentType = t.header("content-type");
+    const int st = t.status();
+    using K = policy::WireRange::Kind;
+    bool wantsRange = wire_.kind == K::Single || wire_.kind == K::Suffix;
+
+    if (st == 206) {
+      auto cr = policy::parseContentRange(t.header("content-range"));
+      if (!cr || !cr->range || !cr->length) {
+        return failBeforeHeaders(policy::Reason::UpstreamBadResponse,
+                                 "206 without a usable Content-Range: " + t.header("content-range"));
+      }
+      if (!wantsRange || (wire_.kind == K::Single && cr->range->begin != wire_.first)) {
+        return failBeforeHeaders(policy::Reason::UpstreamBadResponse,
+                                 "upstream answered a range we did not ask for: " +
+                                     t.header("content-range"));
+      }
+      info.size = *cr->length;
+      answer_ = {policy::RangeAnswer::Kind::Partial, *cr->range};
+      upstreamOffset_ = cr->range->begin;
+      upstreamEnd_ = cr->range->end;
+    } else if (st == 200) {
+      auto len = t.contentLength();
+      upstreamOffset_ = 0;
+      upstreamEnd_ = len ? *len : UINT64_MAX;
+      if (len) info.size = *len;
+      if (wantsRange && len && req_.ifRange.empty()) {
+        // The upstream ignored Range: cut the client's range out of the stream.
+        answer_ = policy::resolveRange(wire_, *len);
+      } else if (len) {
+        answer_ = {policy::RangeAnswer::Kind::Full, {0, *len}};
+      } else {
+        unknownLength_ = true;
+        answer_ = {policy::RangeAnswer::Kind::Full, {0, UINT64_MAX}};
+      }
+      if (answer_.kind == policy::RangeAnswer::Kind::Unsatisfiable) {
+        sendUnsatisfiable(info);
+        return false;
+      }
+    } else if (st == 416) {
+      auto cr = policy::parseContentRange(t.header("content-range"));
+      info.size = cr && cr->length ? *cr->length : 0;
+      sendUnsatisfiable(info);
+      return false;
+    } else if (st == 404) {
+      return failBeforeHeaders(policy::Reason::NotFound, "upstream: 404");
+    } else if (st == 401 || st == 403 || st == 410) {
+      return failBeforeHeaders(policy::Reason::UpstreamDenied,
+                               "upstream refused the link: " + std::to_string(st));
+    } else {
+      return failBeforeHeaders(policy::Reason::UpstreamStatus,
+                               "upstream answered " + std::to_string(st));
+    }
+
+    const std::string& path = req_.path;
+    Headers h = bodyHeaders(info, answer_, path, CacheStatus::Miss);
+    if (unknownLength_)  // chunked to the client
+      std::erase_if(h, [](const Header& x) { return x.name == "Content-Length"; });
+    const int status = answer_.kind == policy::RangeAnswer::Kind::Partial ? 206 : 200;
+    sink_->sendHeaders(status, h);
+    if (req_.head || answer_.range.size() == 0) {
+      complete();
+      return false;  // no body wanted: stop the upstream transfer
+    }
+    state_ = State::Streaming;
+    return true;
+  }
+
+  size_t onData(Transfer&, const char* p, size_t n) override {
+    if (state_ != State::Streaming) return 0;
+    if (sink_->queued() >= kClientHighWater) return Transfer::kPause;
+    uint64_t from = upstreamOffset_, to = upstreamOffset_ + n;
+    uint64_t b = std::max(from, answer_.range.begin), en = std::min(to, answer_.range.end);
+    upstreamOffset_ = to;
+    sink_->noteUpstreamBytes(n);
+    e_.stats.upstreamBytes += n;
+    if (b < en) {
+      evbuffer* buf = evbuffer_new();
+      evbuffer_add(buf, p + (b - from), en - b);
+      sink_->sendBody(buf);
+      evbuffer_free(buf);
+      sent_ += en - b;
+    }
+    if (!unknownLength_ && sent_ == answer_.range.size()) {
+      complete();
+      // Let a body that ends here finish (the connection stays reusable);
+      // cut one that would go on (an upstream that ignored our Range).
+      return to >= upstreamEnd_ ? n : 0;
+    }
+    return n;
+  }
+
+  void onDone(Transfer&, const TransferResult& r) override {
+    if (state_ == State::Done || state_ == State::Gone) return;
+    if (r.code == CURLE_OK && (unknownLength_ || sent_ == answer_.range.size())) {
+      complete();
+      return;
+    }
+    if (r.code != CURLE_OK) e_.stats.upstreamErrors++;
+    if (!sink_->headersSent()) {
+      finishWith(r.timedOut ? policy::Reason::UpstreamTimeout : policy::Reason::UpstreamConnect,
+                 r.error);
+    } else {
+      finishWith(policy::Reason::UpstreamReset,
+                 r.code == CURLE_OK ? "upstream body ended early" : r.error);
+    }
+  }
+
+ private:
+  void startTransfer(const Link& link) {
+    Transfer::Options o = e_.transferOptions(link);
+    using K = policy::WireRange::Kind;
+    if (wire_.kind == K::Single || wire_.kind == K::Suffix) {
+      std::string w = policy::wireRangeHeader(wire_);  // "bytes=..."
+      o.range = w.substr(w.find('=') + 1);
+      if (!req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
+    }
+    state_ = State::AwaitingHeaders;
+    xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
+    e_.stats.upstreamRequests++;
+    xfer_->start();
+  }
+
+  bool failBeforeHeaders(policy::Reason r, const std::string& detail) {
+    finishWith(r, detail);
+    return false;
+  }
+
+  void sendUnsatisfiable(const ObjectInfo& info) {
+    Headers h = unsatisfiableHeaders(info, CacheStatus::Miss);
+    h.push_back({"Content-Length", "0"});
+    sink_->sendHeaders(416, h);
+    complete();
+  }
+
+  void complete() {
+    if (state_ == State::Done || state_ == State::Gone) return;
+    state_ = State::Done;
+    sink_->finish();
+  }
+
+  void finishWith(policy::Reason r, const std::string& detail) {
+    if (state_ == State::Done || state_ == State::Gone) return;
+    state_ = State::Done;
+    sink_->fail(r, detail);
+  }
+
+  Engine::Impl& e_;
+  Request req_;
+  Sink* sink_;
+  State state_ = State::Resolving;
+  policy::WireRange wire_;
+  policy::RangeAnswer answer_;
+  bool unknownLength_ = false;
+  uint64_t upstreamOffset_ = 0;  // object offset of the next upstream byte
+  uint64_t upstreamEnd_ = 0;     // object offset where the upstream body ends
+  uint64_t sent_ = 0;
+  std::unique_ptr<Transfer> xfer_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace
+
+std::unique_ptr<Job> makeStreamJob(Engine::Impl& e, const Request& r, Sink* s) {
+  auto j = std::make_unique<StreamJob>(e, r, s);
+  j->begin();
+  return j;
+}
+
+}  // namespace slip::proxy

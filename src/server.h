@@ -1,0 +1,44 @@
+// The front end: a libevent (evhttp) HTTP/1.1 server. Parses and limits
+// requests, normalises the path, routes (/d/, /p/, edge, /-/health), checks
+// signatures, asks policy for the delivery and hands the request to the
+// proxy Engine with itself as the Sink. One access-log line per request.
+#pragma once
+
+#include <event2/event.h>
+
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "conf/conf.h"
+#include "policy/policy.h"
+#include "proxy/proxy.h"
+
+namespace slip {
+
+class Server {
+ public:
+  Server(event_base* base, const conf::Config& cfg, const policy::RuleSet& rules,
+         proxy::Engine& engine);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  /// Binds every `listen` address; logs the bound address (port 0 → the
+  /// kernel's choice). False with a message when one cannot be bound.
+  bool start(std::string* err);
+
+  /// Stops accepting; new requests on open connections get 503. Calls `done`
+  /// once no request is running, or when `graceMs` has passed.
+  void drain(int64_t graceMs, std::function<void()> done);
+
+  size_t activeRequests() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace slip

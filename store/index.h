@@ -1,0 +1,149 @@
+// Private to store/: the LMDB index (RAII owners, record formats) and the
+// data-file layout. Every structure on disk carries a magic and a version.
+#pragma once
+
+#include <lmdb.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "store/store.h"
+
+namespace slip::store {
+
+inline constexpr uint32_t kIndexVersion = 1;
+inline constexpr char kIndexMagic[8] = {'S', 'L', 'P', 'I', 'D', 'X', '1', '\0'};
+inline constexpr uint32_t kObjectMagic = 0x314a424f;  // "OBJ1"
+inline constexpr uint32_t kBlockMagic = 0x314b4c42;   // "BLK1"
+inline constexpr uint32_t kFileVersion = 1;
+inline constexpr char kFileMagic[8] = {'S', 'L', 'P', 'B', 'L', 'K', '1', '\0'};
+inline constexpr uint64_t kFileHeader = 4096;  // data starts here: page-aligned blocks
+inline constexpr size_t kMapSize = size_t{1} << 34;  // virtual; the file grows as needed
+
+/// Hash of a page as stored in block records.
+uint64_t pageHash(const void* data, size_t n);
+
+// ------------------------------------------------------------------ RAII
+
+class Env {
+ public:
+  Env() = default;
+  ~Env() { close(); }
+  Env(const Env&) = delete;
+  Env& operator=(const Env&) = delete;
+  /// Opens the index in `dir` (created by the caller); readOnly for the CLI.
+  bool open(const std::string& dir, bool readOnly, std::string* err);
+  void close();
+  MDB_env* get() const { return env_; }
+  MDB_dbi meta = 0, objects = 0, blocks = 0, lru = 0;
+
+ private:
+  MDB_env* env_ = nullptr;
+};
+
+/// A transaction that aborts unless committed.
+class Txn {
+ public:
+  Txn(MDB_env* env, bool readOnly) {
+    rc_ = mdb_txn_begin(env, nullptr, readOnly ? MDB_RDONLY : 0, &txn_);
+    if (rc_ != 0) txn_ = nullptr;
+  }
+  ~Txn() {
+    if (txn_) mdb_txn_abort(txn_);
+  }
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+  bool ok() const { return txn_ != nullptr; }
+  int error() const { return rc_; }
+  MDB_txn* get() const { return txn_; }
+  int commit() {
+    int rc = mdb_txn_commit(txn_);
+    txn_ = nullptr;
+    return rc;
+  }
+
+ private:
+  MDB_txn* txn_ = nullptr;
+  int rc_ = 0;
+};
+
+class Cursor {
+ public:
+  Cursor(MDB_txn* t, MDB_dbi d) { mdb_cursor_open(t, d, &c_); }
+  ~Cursor() {
+    if (c_) mdb_cursor_close(c_);
+  }
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
+  MDB_cursor* get() const { return c_; }
+
+ private:
+  MDB_cursor* c_ = nullptr;
+};
+
+// ------------------------------------------------------------------ records
+
+/// Block key: object key (16) + block index (big-endian, so a cursor walks an
+/// object's blocks in order).
+struct BlockKey {
+  uint8_t b[20];
+  BlockKey(const Key& k, uint32_t idx);
+  MDB_val val() { return {sizeof b, b}; }
+  static uint32_t index(const MDB_val& v);
+  static Key object(const MDB_val& v);
+};
+
+/// LRU key: eviction priority (big-endian: smallest first) + block key.
+struct LruKey {
+  uint8_t b[28];
+  LruKey(uint64_t prio, const Key& k, uint32_t idx);
+  MDB_val val() { return {sizeof b, b}; }
+  static uint64_t prio(const MDB_val& v);
+  static Key object(const MDB_val& v);
+  static uint32_t index(const MDB_val& v);
+};
+
+/// Value of an LRU entry: what eviction needs without another lookup.
+struct LruValue {
+  uint64_t generation = 0;
+  uint32_t length = 0;
+};
+
+struct BlockRecord {
+  uint64_t generation = 0;
+  uint32_t length = 0;
+  uint64_t blockHash = 0;    // XXH3-64 over the page hashes
+  int64_t storedMs = 0;
+  int64_t accessMs = 0;
+  uint32_t hits = 0;         // distinct requests that read it
+  uint64_t lastRequest = 0;
+  uint64_t prio = 0;         // its current LRU key
+  std::vector<uint64_t> pages;
+};
+
+std::string encodeObject(const ObjectMeta& m, int64_t createdMs);
+bool decodeObject(std::string_view v, ObjectMeta* m);
+std::string encodeBlock(const BlockRecord& r);
+bool decodeBlock(std::string_view v, BlockRecord* r);
+std::string encodeLru(const LruValue& v);
+bool decodeLru(std::string_view s, LruValue* v);
+
+inline std::string_view view(const MDB_val& v) {
+  return {static_cast<const char*>(v.mv_data), v.mv_size};
+}
+
+/// Data file of one object version: DIR/data/xx/<key>-<gen>.blk
+std::string dataPath(const std::string& dir, const Key& k, uint64_t gen);
+/// Parses a data file name back; false for foreign files.
+bool parseDataName(std::string_view name, Key* k, uint64_t* gen);
+/// The 4 KiB header at the start of a data file.
+std::string encodeFileHeader(const Key& k, uint64_t gen, uint32_t blockSize, uint64_t size);
+bool checkFileHeader(int fd, const Key& k, uint64_t gen);
+inline uint64_t blockOffset(const ObjectMeta& m, uint32_t idx) {
+  return kFileHeader + static_cast<uint64_t>(idx) * m.blockSize;
+}
+
+}  // namespace slip::store

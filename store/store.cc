@@ -1,0 +1,1053 @@
+// The block store. Invariants (see store/DESIGN.md):
+//  - A block is listed in the index only after its bytes are in the data
+//    file and fdatasync'ed: every listed block verifies after a crash.
+//  - A listed block's bytes are only punched after the index commit that
+//    unlisted it; a region is only rewritten while unlisted.
+//  - The disk thread applies operations in the order the loop queued them.
+//  - A block being read (pinned) or filled (not listed yet) is never evicted.
+#include "store/store.h"
+
+#include <dirent.h>
+#include <event2/buffer.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "store/index.h"
+
+namespace slip::store {
+namespace {
+
+int64_t wallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void logStore(conf::LogLevel l, std::string_view ev, const std::string& kv) {
+  conf::Log::write(l, ev, kv);
+}
+
+/// A block read by a second, different request ranks as if it were read this
+/// much later: one big one-off download cannot push out what is watched again.
+constexpr int64_t kReuseBonusMs = 6 * 3600 * 1000;
+constexpr size_t kMaxOpenFiles = 128;
+constexpr int64_t kTouchFlushMs = 1000;
+
+struct BlockId {
+  Key key;
+  uint32_t idx;
+  auto operator<=>(const BlockId&) const = default;
+};
+
+/// An open data file, shared by the loop (reads) and the disk thread (writes).
+struct DataFile {
+  int fd = -1;
+  std::string path;
+  ~DataFile() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+struct Victim {
+  Key key;
+  uint64_t gen;
+  uint32_t idx;
+  uint32_t length;
+  uint32_t blockSize;
+};
+
+struct TouchRec {
+  Key key;
+  uint64_t gen;
+  uint32_t idx;
+  uint64_t request;
+  int64_t atMs;
+};
+
+}  // namespace
+
+class Store::Writer {
+ public:
+  Key key;
+  uint64_t gen = 0;
+  uint32_t idx = 0;
+  uint32_t length = 0;
+  uint64_t fileOffset = 0;
+  std::shared_ptr<DataFile> file;
+  // Disk thread only: running page hashes.
+  std::vector<XXH3_state_t*> states;
+  std::vector<uint32_t> filled;
+  std::vector<uint64_t> hashes;
+  bool failed = false;
+
+  ~Writer() {
+    for (auto* s : states)
+      if (s) XXH3_freeState(s);
+  }
+  uint32_t pageLen(uint32_t p) const {
+    return std::min<uint32_t>(kPageSize, length - p * kPageSize);
+  }
+};
+
+namespace {
+
+enum class OpKind { PutObject, DeleteObject, Write, Commit, Abandon, Evict, Drop, Touch, Stop };
+
+struct Op {
+  OpKind kind;
+  Key key;
+  uint64_t gen = 0;
+  uint32_t idx = 0;
+  ObjectMeta meta;
+  Store::Writer* w = nullptr;
+  uint64_t off = 0;
+  std::string data;
+  uint64_t request = 0;
+  std::vector<Victim> victims;
+  std::vector<TouchRec> touches;
+  std::function<void(bool)> done;
+  bool ok = true;
+};
+
+}  // namespace
+
+struct Store::Impl {
+  conf::Cache cfg;
+  event_base* base = nullptr;
+  Env env;
+
+  // ---- loop thread
+  MDB_txn* rtxn = nullptr;  // reset between uses
+  uint64_t nextGen = 1;
+  uint64_t used = 0;        // listed block bytes
+  uint64_t reserved = 0;
+  uint64_t objects = 0, blocks = 0;
+  uint64_t evicted = 0, dropped = 0;
+  std::map<Key, std::optional<ObjectMeta>> pendingObjects;  // queued, not yet committed
+  std::set<BlockId> leaving;                                // being evicted or dropped
+  std::map<BlockId, int> pins;
+  std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
+  std::list<std::pair<std::pair<Key, uint64_t>, std::shared_ptr<DataFile>>> files;  // LRU
+  std::vector<char> scratch;
+  event* doneEv = nullptr;
+  event* touchTimer = nullptr;
+  std::function<void()> onDrained;
+  size_t queued = 0;
+  bool wantDrained = false;
+  int64_t overheadAtMs = 0;
+  uint64_t overhead = 0;
+
+  // ---- shared with the disk thread
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Op> todo;
+  std::vector<Op> finished;
+  std::thread thread;
+
+  ~Impl();
+  // loop
+  MDB_txn* readTxn();
+  void endRead();
+  void enqueue(Op op);
+  void completions();
+  std::shared_ptr<DataFile> file(const Key& k, uint64_t gen, bool create, uint32_t blockSize,
+                                 uint64_t size);
+  void forgetFile(const Key& k, uint64_t gen);
+  uint64_t evict(uint64_t need);
+  uint64_t currentOverhead();
+  bool loadBlock(const Key& k, uint32_t idx, BlockRecord* r);
+  void flushTouches();
+  bool reconcile(std::string* err);
+  // disk thread
+  void run();
+  void applyIndex(std::vector<Op*>& group);
+};
+
+// ------------------------------------------------------------------ open / close
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Store::Impl::~Impl() {
+  if (rtxn) mdb_txn_abort(rtxn);
+  if (doneEv) event_free(doneEv);
+  if (touchTimer) event_free(touchTimer);
+}
+
+Store::~Store() {
+  Impl& s = *impl_;
+  s.flushTouches();
+  {
+    std::lock_guard<std::mutex> g(s.mu);
+    s.todo.push_back(Op{OpKind::Stop});
+  }
+  s.cv.notify_one();
+  if (s.thread.joinable()) s.thread.join();
+  // Completions that arrived after the loop stopped: their owners are gone.
+  std::lock_guard<std::mutex> g(s.mu);
+  for (auto& op : s.finished)
+    if (op.kind == OpKind::Commit || op.kind == OpKind::Abandon) delete op.w;
+  s.finished.clear();
+}
+
+namespace {
+
+bool makeDirs(const std::string& dir, std::string* err) {
+  std::string cur;
+  for (size_t i = 0; i <= dir.size(); i++) {
+    if (i == dir.size() || (dir[i] == '/' && i > 0)) {
+      cur = dir.substr(0, i);
+      if (mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+        *err = "mkdir " + cur + ": " + strerror(errno);
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, std::string* err) {
+  auto impl = std::make_unique<Impl>();
+  Impl& s = *impl;
+  s.cfg = cfg;
+  s.base = base;
+  if (!makeDirs(cfg.dir + "/index", err) || !makeDirs(cfg.dir + "/data", err)) return nullptr;
+  if (!s.env.open(cfg.dir + "/index", false, err)) return nullptr;
+  if (!s.reconcile(err)) return nullptr;
+  s.doneEv = event_new(base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
+    static_cast<Impl*>(arg)->completions();
+  }, &s);
+  event_add(s.doneEv, nullptr);
+  s.touchTimer = event_new(base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
+    static_cast<Impl*>(arg)->flushTouches();
+  }, &s);
+  timeval tv{kTouchFlushMs / 1000, 0};
+  event_add(s.touchTimer, &tv);
+  s.thread = std::thread([&s] { s.run(); });
+  logStore(conf::LogLevel::Info, "cache_open",
+           "dir=" + conf::logValue(cfg.dir) + " objects=" + std::to_string(s.objects) +
+               " blocks=" + std::to_string(s.blocks) + " bytes=" + std::to_string(s.used) +
+               " max_size=" + std::to_string(cfg.maxSize));
+  return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+// Brings data files and index into agreement after a crash or an unclean
+// stop: unlisted bytes are punched out, orphan files and records removed.
+bool Store::Impl::reconcile(std::string* err) {
+  Txn t(env.get(), false);
+  if (!t.ok()) {
+    *err = std::string("index: ") + mdb_strerror(t.error());
+    return false;
+  }
+  std::map<Key, ObjectMeta> objs;
+  {
+    Cursor c(t.get(), env.objects);
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+      ObjectMeta m;
+      Key key;
+      if (k.mv_size == 16 && decodeObject(view(v), &m)) {
+        memcpy(key.b, k.mv_data, 16);
+        objs[key] = m;
+        nextGen = std::max(nextGen, m.generation + 1);
+      } else {
+        mdb_cursor_del(c.get(), 0);
+      }
+    }
+  }
+  // Listed blocks per object; records of unknown objects/versions go.
+  std::map<Key, std::set<uint32_t>> listed;
+  {
+    Cursor c(t.get(), env.blocks);
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+      BlockRecord r;
+      Key key = BlockKey::object(k);
+      auto it = objs.find(key);
+      if (k.mv_size != 20 || !decodeBlock(view(v), &r) || it == objs.end() ||
+          r.generation != it->second.generation) {
+        mdb_cursor_del(c.get(), 0);
+        continue;
+      }
+      listed[key].insert(BlockKey::index(k));
+      used += r.length;
+      blocks++;
+    }
+  }
+  // LRU entries whose block is gone.
+  {
+    Cursor c(t.get(), env.lru);
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+      auto it = listed.find(LruKey::object(k));
+      if (k.mv_size != 28 || it == listed.end() || !it->second.count(LruKey::index(k)))
+        mdb_cursor_del(c.get(), 0);
+    }
+  }
+  // Data files: orphans go; unlisted regions of known files are punched.
+  std::set<Key> withFile;
+  std::string dataDir = cfg.dir + "/data";
+  if (DIR* d = opendir(dataDir.c_str())) {
+    while (dirent* sub = readdir(d)) {
+      if (sub->d_name[0] == '.') continue;
+      std::string subPath = dataDir + "/" + sub->d_name;
+      DIR* d2 = opendir(subPath.c_str());
+      if (!d2) continue;
+      while (dirent* e = readdir(d2)) {
+        if (e->d_name[0] == '.') continue;
+        std::string path = subPath + "/" + e->d_name;
+        Key key;
+        uint64_t gen = 0;
+        auto it = parseDataName(e->d_name, &key, &gen) ? objs.find(key) : objs.end();
+        int fd = it != objs.end() && it->second.generation == gen ? ::open(path.c_str(), O_RDWR | O_CLOEXEC) : -1;
+        if (fd < 0 || !checkFileHeader(fd, key, gen)) {
+          if (fd >= 0) close(fd);
+          unlink(path.c_str());
+          continue;
+        }
+        withFile.insert(key);
+        const ObjectMeta& m = it->second;
+        const auto& have = listed[key];
+        struct stat st{};
+        fstat(fd, &st);
+        for (uint32_t i = 0; i < m.blockCount(); i++) {
+          uint64_t off = blockOffset(m, i);
+          if (off >= static_cast<uint64_t>(st.st_size)) break;
+          if (!have.count(i)) {
+            off_t dataAt = lseek(fd, static_cast<off_t>(off), SEEK_DATA);
+            if (dataAt >= 0 && static_cast<uint64_t>(dataAt) < off + m.blockLength(i))
+              fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                        static_cast<off_t>(m.blockSize));
+          }
+        }
+        close(fd);
+      }
+      closedir(d2);
+    }
+    closedir(d);
+  }
+  // Objects without a file, or without a block, are dropped with their records.
+  for (auto& [key, m] : objs) {
+    auto it = listed.find(key);
+    bool empty = it == listed.end() || it->second.empty();
+    if (withFile.count(key) && !empty) {
+      objects++;
+      continue;
+    }
+    MDB_val k{16, const_cast<uint8_t*>(key.b)};
+    mdb_del(t.get(), env.objects, &k, nullptr);
+    if (!empty) {
+      for (uint32_t idx : it->second) {
+        BlockRecord r;
+        BlockKey bk(key, idx);
+        MDB_val bkv = bk.val(), v;
+        if (mdb_get(t.get(), env.blocks, &bkv, &v) == 0 && decodeBlock(view(v), &r)) {
+          used -= r.length;
+          blocks--;
+          LruKey lk(r.prio, key, idx);
+          MDB_val lkv = lk.val();
+          mdb_del(t.get(), env.lru, &lkv, nullptr);
+        }
+        mdb_del(t.get(), env.blocks, &bkv, nullptr);
+      }
+    }
+    unlink(dataPath(cfg.dir, key, m.generation).c_str());
+  }
+  int rc = t.commit();
+  if (rc != 0) {
+    *err = std::string("index commit: ") + mdb_strerror(rc);
+    return false;
+  }
+  return true;
+}
+
+// ------------------------------------------------------------------ loop side
+
+MDB_txn* Store::Impl::readTxn() {
+  if (!rtxn) {
+    if (mdb_txn_begin(env.get(), nullptr, MDB_RDONLY, &rtxn) != 0) rtxn = nullptr;
+  } else if (mdb_txn_renew(rtxn) != 0) {
+    mdb_txn_abort(rtxn);
+    rtxn = nullptr;
+    if (mdb_txn_begin(env.get(), nullptr, MDB_RDONLY, &rtxn) != 0) rtxn = nullptr;
+  }
+  return rtxn;
+}
+
+void Store::Impl::endRead() {
+  if (rtxn) mdb_txn_reset(rtxn);
+}
+
+void Store::Impl::enqueue(Op op) {
+  if (op.kind == OpKind::Write) queued += op.data.size();
+  {
+    std::lock_guard<std::mutex> g(mu);
+    todo.push_back(std::move(op));
+  }
+  cv.notify_one();
+}
+
+void Store::Impl::completions() {
+  std::vector<Op> done;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    done.swap(finished);
+  }
+  for (Op& op : done) {
+    switch (op.kind) {
+      case OpKind::Write:
+        queued -= op.data.size();
+        break;
+      case OpKind::PutObject:
+      case OpKind::DeleteObject: {
+        auto it = pendingObjects.find(op.key);
+        // Only the newest queued change for a key is kept as the overlay.
+        if (it != pendingObjects.end()) {
+          const auto& cur = it->second;
+          bool same = op.kind == OpKind::PutObject ? (cur && cur->generation == op.meta.generation)
+                                                   : (!cur);
+          if (same) pendingObjects.erase(it);
+        }
+        if (op.kind == OpKind::DeleteObject && op.ok) forgetFile(op.key, op.gen);
+        break;
+      }
+      case OpKind::Commit:
+        reserved -= std::min<uint64_t>(reserved, op.w->length);
+        if (op.ok) {
+          used += op.w->length;
+          blocks++;
+        }
+        delete op.w;
+        break;
+      case OpKind::Abandon:
+        delete op.w;
+        break;
+      case OpKind::Evict:
+      case OpKind::Drop:
+        for (const Victim& v : op.victims) leaving.erase({v.key, v.idx});
+        break;
+      default:
+        break;
+    }
+    if (op.done) op.done(op.ok);
+  }
+  if (wantDrained && queued < Store::kQueueLimit / 2 && onDrained) {
+    wantDrained = false;
+    onDrained();
+  }
+}
+
+std::shared_ptr<DataFile> Store::Impl::file(const Key& k, uint64_t gen, bool create,
+                                            uint32_t blockSize, uint64_t size) {
+  for (auto it = files.begin(); it != files.end(); ++it) {
+    if (it->first.first == k && it->first.second == gen) {
+      files.splice(files.begin(), files, it);
+      return it->second;
+    }
+  }
+  auto f = std::make_shared<DataFile>();
+  f->path = dataPath(cfg.dir, k, gen);
+  if (create) {
+    std::string err;
+    makeDirs(f->path.substr(0, f->path.rfind('/')), &err);
+    f->fd = ::open(f->path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f->fd >= 0) {
+      std::string h = encodeFileHeader(k, gen, blockSize, size);
+      if (pwrite(f->fd, h.data(), h.size(), 0) != static_cast<ssize_t>(h.size())) {
+        close(f->fd);
+        f->fd = -1;
+      }
+    }
+  } else {
+    f->fd = ::open(f->path.c_str(), O_RDWR | O_CLOEXEC);
+  }
+  if (f->fd < 0) {
+    logStore(conf::LogLevel::Error, "cache_file_open_failed",
+             "path=" + conf::logValue(f->path) + " error=" + conf::logValue(strerror(errno)));
+    return nullptr;
+  }
+  files.emplace_front(std::make_pair(k, gen), f);
+  if (files.size() > kMaxOpenFiles) files.pop_back();
+  return f;
+}
+
+void Store::Impl::forgetFile(const Key& k, uint64_t gen) {
+  for (auto it = files.begin(); it != files.end(); ++it) {
+    if (it->first.first == k && it->first.second == gen) {
+      files.erase(it);
+      return;
+    }
+  }
+}
+
+bool Store::Impl::loadBlock(const Key& k, uint32_t idx, BlockRecord* r) {
+  MDB_txn* t = readTxn();
+  if (!t) return false;
+  BlockKey bk(k, idx);
+  MDB_val kv = bk.val(), v;
+  bool ok = mdb_get(t, env.blocks, &kv, &v) == 0 && decodeBlock(view(v), r);
+  endRead();
+  return ok;
+}
+
+std::optional<ObjectMeta> Store::lookup(const Key& k) {
+  Impl& s = *impl_;
+  if (auto it = s.pendingObjects.find(k); it != s.pendingObjects.end()) return it->second;
+  MDB_txn* t = s.readTxn();
+  if (!t) return std::nullopt;
+  MDB_val kv{16, const_cast<uint8_t*>(k.b)}, v;
+  std::optional<ObjectMeta> out;
+  ObjectMeta m;
+  if (mdb_get(t, s.env.objects, &kv, &v) == 0 && decodeObject(view(v), &m)) out = m;
+  s.endRead();
+  return out;
+}
+
+ObjectMeta Store::create(const Key& k, ObjectMeta meta) {
+  Impl& s = *impl_;
+  if (auto old = lookup(k)) invalidate(k, old->generation);
+  meta.generation = s.nextGen++;
+  s.file(k, meta.generation, true, meta.blockSize, meta.size);
+  s.pendingObjects[k] = meta;
+  s.objects++;
+  Op op{OpKind::PutObject};
+  op.key = k;
+  op.gen = meta.generation;
+  op.meta = meta;
+  s.enqueue(std::move(op));
+  return meta;
+}
+
+void Store::markValidated(const Key& k, const ObjectMeta& meta, int64_t nowMs) {
+  Impl& s = *impl_;
+  ObjectMeta m = meta;
+  m.validatedMs = nowMs;
+  s.pendingObjects[k] = m;
+  Op op{OpKind::PutObject};
+  op.key = k;
+  op.gen = m.generation;
+  op.meta = m;
+  s.enqueue(std::move(op));
+}
+
+void Store::invalidate(const Key& k, uint64_t generation) {
+  Impl& s = *impl_;
+  auto cur = lookup(k);
+  if (!cur || cur->generation != generation) return;
+  s.pendingObjects[k] = std::nullopt;
+  if (s.objects) s.objects--;
+  Op op{OpKind::DeleteObject};
+  op.key = k;
+  op.gen = generation;
+  // The disk thread reports what the listed blocks were worth.
+  op.done = nullptr;
+  s.enqueue(std::move(op));
+  logStore(conf::LogLevel::Info, "cache_invalidate",
+           "object=" + k.hex() + " generation=" + std::to_string(generation) +
+               " path=" + conf::logValue(cur->path));
+}
+
+bool Store::present(const Key& k, uint64_t gen, uint32_t idx) {
+  Impl& s = *impl_;
+  if (s.leaving.count({k, idx})) return false;
+  BlockRecord r;
+  return s.loadBlock(k, idx, &r) && r.generation == gen;
+}
+
+uint32_t Store::countPresent(const Key& k, uint64_t gen, uint32_t first, uint32_t last) {
+  Impl& s = *impl_;
+  MDB_txn* t = s.readTxn();
+  if (!t) return 0;
+  uint32_t n = 0;
+  {
+    Cursor c(t, s.env.blocks);
+    BlockKey bk(k, first);
+    MDB_val kv = bk.val(), v;
+    for (int rc = mdb_cursor_get(c.get(), &kv, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c.get(), &kv, &v, MDB_NEXT)) {
+      if (kv.mv_size != 20 || memcmp(kv.mv_data, k.b, 16) != 0) break;
+      uint32_t idx = BlockKey::index(kv);
+      if (idx > last) break;
+      BlockRecord r;
+      if (decodeBlock(view(v), &r) && r.generation == gen && !s.leaving.count({k, idx})) n++;
+    }
+  }
+  s.endRead();
+  return n;
+}
+
+ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
+                       evbuffer* out) {
+  Impl& s = *impl_;
+  if (s.leaving.count({k, idx})) return ReadResult::Missing;
+  BlockRecord r;
+  if (!s.loadBlock(k, idx, &r) || r.generation != m.generation) return ReadResult::Missing;
+  if (len == 0) return ReadResult::Ok;
+  if (off + len > r.length) return ReadResult::IoError;
+  auto f = s.file(k, m.generation, false, 0, 0);
+  if (!f) return ReadResult::IoError;
+  uint32_t p0 = static_cast<uint32_t>(off / kPageSize);
+  uint32_t p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
+  uint64_t from = static_cast<uint64_t>(p0) * kPageSize;
+  uint64_t to = std::min<uint64_t>(r.length, static_cast<uint64_t>(p1 + 1) * kPageSize);
+  if (s.scratch.size() < to - from) s.scratch.resize(to - from);
+  ssize_t got = pread(f->fd, s.scratch.data(), to - from, static_cast<off_t>(blockOffset(m, idx) + from));
+  if (got != static_cast<ssize_t>(to - from)) return ReadResult::IoError;
+  for (uint32_t p = p0; p <= p1; p++) {
+    uint64_t pb = static_cast<uint64_t>(p) * kPageSize - from;
+    uint64_t pl = std::min<uint64_t>(kPageSize, r.length - static_cast<uint64_t>(p) * kPageSize);
+    if (pageHash(s.scratch.data() + pb, pl) != r.pages[p]) {
+      // Never served: drop it so the caller fetches it again.
+      s.dropped++;
+      s.leaving.insert({k, idx});
+      if (s.used >= r.length) s.used -= r.length;
+      if (s.blocks) s.blocks--;
+      Op op{OpKind::Drop};
+      op.victims.push_back({k, m.generation, idx, r.length, m.blockSize});
+      s.enqueue(std::move(op));
+      logStore(conf::LogLevel::Warn, "cache_block_corrupt",
+               "object=" + k.hex() + " path=" + conf::logValue(m.path) + " block=" +
+                   std::to_string(idx) + " page=" + std::to_string(p));
+      return ReadResult::Corrupt;
+    }
+  }
+  evbuffer_add(out, s.scratch.data() + (off - from), len);
+  return ReadResult::Ok;
+}
+
+void Store::touch(const Key& k, uint64_t gen, uint32_t idx, uint64_t requestId) {
+  impl_->touches[{k, gen, idx}] = TouchRec{k, gen, idx, requestId, wallMs()};
+}
+
+void Store::Impl::flushTouches() {
+  if (touches.empty()) return;
+  Op op{OpKind::Touch};
+  for (auto& [_, t] : touches) op.touches.push_back(t);
+  touches.clear();
+  enqueue(std::move(op));
+}
+
+void Store::pin(const Key& k, uint32_t idx) { impl_->pins[{k, idx}]++; }
+
+void Store::unpin(const Key& k, uint32_t idx) {
+  auto it = impl_->pins.find({k, idx});
+  if (it != impl_->pins.end() && --it->second <= 0) impl_->pins.erase(it);
+}
+
+uint64_t Store::Impl::currentOverhead() {
+  int64_t now = wallMs();
+  if (now - overheadAtMs > 1000) {
+    overheadAtMs = now;
+    struct stat st{};
+    uint64_t idx = stat((cfg.dir + "/index/data.mdb").c_str(), &st) == 0
+                       ? static_cast<uint64_t>(st.st_blocks) * 512
+                       : 0;
+    overhead = idx + objects * kFileHeader;
+  }
+  return overhead;
+}
+
+// Picks least valuable unpinned blocks until `need` bytes are freed.
+uint64_t Store::Impl::evict(uint64_t need) {
+  MDB_txn* t = readTxn();
+  if (!t) return 0;
+  Op op{OpKind::Evict};
+  uint64_t freed = 0;
+  {
+    Cursor c(t, env.lru);
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0 && freed < need;
+         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+      LruValue lv;
+      if (k.mv_size != 28 || !decodeLru(view(v), &lv)) continue;
+      Key key = LruKey::object(k);
+      uint32_t idx = LruKey::index(k);
+      if (pins.count({key, idx}) || leaving.count({key, idx})) continue;
+      if (touches.count({key, lv.generation, idx})) continue;  // just read: not least valuable
+      op.victims.push_back({key, lv.generation, idx, lv.length, 0});
+      freed += lv.length;
+    }
+  }
+  endRead();
+  if (op.victims.empty()) return 0;
+  for (const Victim& vic : op.victims) leaving.insert({vic.key, vic.idx});
+  used -= std::min(used, freed);
+  blocks -= std::min<uint64_t>(blocks, op.victims.size());
+  evicted += op.victims.size();
+  logStore(conf::LogLevel::Debug, "cache_evict",
+           "blocks=" + std::to_string(op.victims.size()) + " bytes=" + std::to_string(freed));
+  enqueue(std::move(op));
+  return freed;
+}
+
+bool Store::reserve(uint64_t bytes, bool force) {
+  Impl& s = *impl_;
+  uint64_t total = s.used + s.reserved + s.currentOverhead() + bytes;
+  uint64_t need = total > static_cast<uint64_t>(s.cfg.maxSize) ? total - s.cfg.maxSize : 0;
+  struct statvfs vfs{};
+  if (statvfs(s.cfg.dir.c_str(), &vfs) == 0) {
+    uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+    uint64_t floor = static_cast<uint64_t>(s.cfg.minFree) + bytes;
+    if (avail < floor) need = std::max(need, floor - avail);
+  }
+  if (need > 0) {
+    uint64_t freed = s.evict(need);
+    if (freed < need && !force) return false;
+  }
+  s.reserved += bytes;
+  return true;
+}
+
+void Store::release(uint64_t bytes) { impl_->reserved -= std::min(impl_->reserved, bytes); }
+
+Store::Writer* Store::beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx) {
+  Impl& s = *impl_;
+  auto f = s.file(k, m.generation, false, 0, 0);
+  if (!f) return nullptr;
+  auto* w = new Writer;
+  w->key = k;
+  w->gen = m.generation;
+  w->idx = idx;
+  w->length = static_cast<uint32_t>(m.blockLength(idx));
+  w->fileOffset = blockOffset(m, idx);
+  w->file = std::move(f);
+  uint32_t pages = (w->length + kPageSize - 1) / kPageSize;
+  w->states.assign(pages, nullptr);
+  w->filled.assign(pages, 0);
+  w->hashes.assign(pages, 0);
+  return w;
+}
+
+void Store::write(Writer* w, uint64_t off, const char* data, size_t n,
+                  std::function<void(bool)> done) {
+  Op op{OpKind::Write};
+  op.w = w;
+  op.off = off;
+  op.data.assign(data, n);
+  op.done = std::move(done);
+  impl_->enqueue(std::move(op));
+  if (impl_->queued >= kQueueLimit) impl_->wantDrained = true;
+}
+
+void Store::commit(Writer* w, uint64_t requestId, std::function<void(bool)> done) {
+  Op op{OpKind::Commit};
+  op.w = w;
+  op.key = w->key;
+  op.gen = w->gen;
+  op.idx = w->idx;
+  op.request = requestId;
+  op.done = std::move(done);
+  impl_->enqueue(std::move(op));
+}
+
+void Store::abandon(Writer* w) {
+  impl_->reserved -= std::min<uint64_t>(impl_->reserved, w->length);
+  Op op{OpKind::Abandon};
+  op.w = w;
+  impl_->enqueue(std::move(op));
+}
+
+ReadResult Store::readRaw(Writer* w, uint64_t off, uint64_t len, evbuffer* out) {
+  Impl& s = *impl_;
+  if (off + len > w->length) return ReadResult::IoError;
+  if (s.scratch.size() < len) s.scratch.resize(len);
+  ssize_t got = pread(w->file->fd, s.scratch.data(), len, static_cast<off_t>(w->fileOffset + off));
+  if (got != static_cast<ssize_t>(len)) return ReadResult::IoError;
+  evbuffer_add(out, s.scratch.data(), len);
+  return ReadResult::Ok;
+}
+
+size_t Store::queuedBytes() const { return impl_->queued; }
+
+void Store::setDrainedCallback(std::function<void()> cb) { impl_->onDrained = std::move(cb); }
+
+Usage Store::usage() const {
+  const Impl& s = *impl_;
+  Usage u;
+  u.objects = s.objects;
+  u.blocks = s.blocks;
+  u.bytes = s.used;
+  u.reserved = s.reserved;
+  u.maxBytes = static_cast<uint64_t>(s.cfg.maxSize);
+  u.evictedBlocks = s.evicted;
+  u.droppedCorrupt = s.dropped;
+  return u;
+}
+
+// ------------------------------------------------------------------ disk thread
+
+void Store::Impl::run() {
+  for (;;) {
+    std::deque<Op> batch;
+    {
+      std::unique_lock<std::mutex> g(mu);
+      cv.wait(g, [this] { return !todo.empty(); });
+      batch.swap(todo);
+    }
+    bool stop = false;
+    std::vector<Op*> group;  // index operations awaiting one transaction
+    std::vector<Op*> doneOps;
+    auto flush = [&] {
+      if (!group.empty()) applyIndex(group);
+      group.clear();
+    };
+    for (Op& op : batch) {
+      switch (op.kind) {
+        case OpKind::Stop:
+          stop = true;
+          break;
+        case OpKind::Write: {
+          Writer* w = op.w;
+          // A punch queued before this write must land first.
+          for (Op* g : group)
+            if (g->kind == OpKind::Evict || g->kind == OpKind::Drop || g->kind == OpKind::DeleteObject ||
+                g->kind == OpKind::Abandon) {
+              flush();
+              break;
+            }
+          ssize_t wr = pwrite(w->file->fd, op.data.data(), op.data.size(),
+                              static_cast<off_t>(w->fileOffset + op.off));
+          if (wr != static_cast<ssize_t>(op.data.size())) {
+            op.ok = false;
+            w->failed = true;
+          } else {
+            uint64_t pos = op.off;
+            const char* p = op.data.data();
+            size_t left = op.data.size();
+            while (left > 0) {
+              uint32_t page = static_cast<uint32_t>(pos / kPageSize);
+              uint32_t inPage = static_cast<uint32_t>(pos % kPageSize);
+              uint32_t take = static_cast<uint32_t>(std::min<uint64_t>(left, w->pageLen(page) - inPage));
+              if (inPage != w->filled[page]) {
+                w->failed = true;  // pages are filled front to back by one piece
+                break;
+              }
+              if (!w->states[page]) {
+                w->states[page] = XXH3_createState();
+                XXH3_64bits_reset(w->states[page]);
+              }
+              XXH3_64bits_update(w->states[page], p, take);
+              w->filled[page] += take;
+              if (w->filled[page] == w->pageLen(page)) {
+                w->hashes[page] = XXH3_64bits_digest(w->states[page]);
+                XXH3_freeState(w->states[page]);
+                w->states[page] = nullptr;
+              }
+              pos += take;
+              p += take;
+              left -= take;
+            }
+          }
+          doneOps.push_back(&op);
+          break;
+        }
+        default:
+          group.push_back(&op);
+          doneOps.push_back(&op);
+          break;
+      }
+    }
+    flush();
+    {
+      std::lock_guard<std::mutex> g(mu);
+      for (Op* op : doneOps) finished.push_back(std::move(*op));
+    }
+    event_active(doneEv, 0, 0);
+    if (stop) return;
+  }
+}
+
+// One index transaction for a run of operations: commits fdatasync their file
+// first; punches and unlinks happen only after the transaction committed.
+void Store::Impl::applyIndex(std::vector<Op*>& group) {
+  std::set<DataFile*> synced;
+  for (Op* op : group) {
+    if (op->kind != OpKind::Commit) continue;
+    Writer* w = op->w;
+    bool complete = !w->failed;
+    for (size_t p = 0; complete && p < w->filled.size(); p++)
+      complete = w->filled[p] == w->pageLen(static_cast<uint32_t>(p));
+    if (!complete) {
+      op->ok = false;
+      continue;
+    }
+    if (!synced.count(w->file.get())) {
+      if (fdatasync(w->file->fd) != 0) {
+        op->ok = false;
+        continue;
+      }
+      synced.insert(w->file.get());
+    }
+  }
+  std::vector<std::pair<std::shared_ptr<DataFile>, std::pair<uint64_t, uint64_t>>> punch;
+  std::vector<std::string> unlinks;
+  std::vector<std::pair<std::string, std::pair<uint64_t, uint64_t>>> punchByPath;
+  Txn t(env.get(), false);
+  if (!t.ok()) {
+    for (Op* op : group) op->ok = false;
+    logStore(conf::LogLevel::Error, "cache_index_txn_failed", "error=" + conf::logValue(mdb_strerror(t.error())));
+    return;
+  }
+  MDB_txn* tx = t.get();
+  auto delBlock = [&](const Key& k, uint32_t idx, uint64_t gen, BlockRecord* out) {
+    BlockKey bk(k, idx);
+    MDB_val kv = bk.val(), v;
+    BlockRecord r;
+    if (mdb_get(tx, env.blocks, &kv, &v) != 0 || !decodeBlock(view(v), &r) ||
+        (gen && r.generation != gen))
+      return false;
+    LruKey lk(r.prio, k, idx);
+    MDB_val lkv = lk.val();
+    mdb_del(tx, env.lru, &lkv, nullptr);
+    mdb_del(tx, env.blocks, &kv, nullptr);
+    if (out) *out = r;
+    return true;
+  };
+  int64_t now = wallMs();
+  for (Op* op : group) {
+    switch (op->kind) {
+      case OpKind::PutObject: {
+        std::string v = encodeObject(op->meta, now);
+        MDB_val kv{16, op->key.b}, vv{v.size(), v.data()};
+        mdb_put(tx, env.objects, &kv, &vv, 0);
+        break;
+      }
+      case OpKind::DeleteObject: {
+        MDB_val kv{16, op->key.b}, v;
+        ObjectMeta m;
+        if (mdb_get(tx, env.objects, &kv, &v) == 0 && decodeObject(view(v), &m) &&
+            m.generation == op->gen)
+          mdb_del(tx, env.objects, &kv, nullptr);
+        // Every block record of this key (any generation) goes.
+        std::vector<uint32_t> idxs;
+        {
+          Cursor c(tx, env.blocks);
+          BlockKey bk(op->key, 0);
+          MDB_val k = bk.val();
+          for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_SET_RANGE); rc == 0;
+               rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+            if (k.mv_size != 20 || memcmp(k.mv_data, op->key.b, 16) != 0) break;
+            idxs.push_back(BlockKey::index(k));
+          }
+        }
+        for (uint32_t idx : idxs) delBlock(op->key, idx, 0, nullptr);
+        unlinks.push_back(dataPath(cfg.dir, op->key, op->gen));
+        break;
+      }
+      case OpKind::Commit: {
+        if (!op->ok) {
+          punch.push_back({op->w->file, {op->w->fileOffset, op->w->length}});
+          break;
+        }
+        Writer* w = op->w;
+        MDB_val okv{16, w->key.b}, ov;
+        ObjectMeta m;
+        if (mdb_get(tx, env.objects, &okv, &ov) != 0 || !decodeObject(view(ov), &m) ||
+            m.generation != w->gen) {
+          op->ok = false;  // the object changed meanwhile: these bytes are stale
+          punch.push_back({w->file, {w->fileOffset, w->length}});
+          break;
+        }
+        BlockRecord r;
+        r.generation = w->gen;
+        r.length = w->length;
+        r.pages = w->hashes;
+        r.blockHash = XXH3_64bits(r.pages.data(), r.pages.size() * 8);
+        r.storedMs = r.accessMs = now;
+        r.hits = 1;
+        r.lastRequest = op->request;
+        r.prio = static_cast<uint64_t>(now);
+        delBlock(w->key, w->idx, 0, nullptr);
+        std::string v = encodeBlock(r);
+        BlockKey bk(w->key, w->idx);
+        MDB_val kv = bk.val(), vv{v.size(), v.data()};
+        int rc = mdb_put(tx, env.blocks, &kv, &vv, 0);
+        LruKey lk(r.prio, w->key, w->idx);
+        std::string lv = encodeLru({w->gen, w->length});
+        MDB_val lkv = lk.val(), lvv{lv.size(), lv.data()};
+        if (rc == 0) rc = mdb_put(tx, env.lru, &lkv, &lvv, 0);
+        if (rc != 0) op->ok = false;
+        break;
+      }
+      case OpKind::Abandon:
+        punch.push_back({op->w->file, {op->w->fileOffset, op->w->length}});
+        break;
+      case OpKind::Evict:
+      case OpKind::Drop:
+        for (const Victim& vic : op->victims) {
+          BlockRecord r;
+          if (delBlock(vic.key, vic.idx, vic.gen, &r)) {
+            MDB_val okv{16, const_cast<uint8_t*>(vic.key.b)}, ov;
+            ObjectMeta m;
+            if (mdb_get(tx, env.objects, &okv, &ov) == 0 && decodeObject(view(ov), &m))
+              punchByPath.push_back({dataPath(cfg.dir, vic.key, vic.gen),
+                                     {blockOffset(m, vic.idx), r.length}});
+          }
+        }
+        break;
+      case OpKind::Touch:
+        for (const TouchRec& tr : op->touches) {
+          BlockKey bk(tr.key, tr.idx);
+          MDB_val kv = bk.val(), v;
+          BlockRecord r;
+          if (mdb_get(tx, env.blocks, &kv, &v) != 0 || !decodeBlock(view(v), &r) ||
+              r.generation != tr.gen)
+            continue;
+          LruKey oldKey(r.prio, tr.key, tr.idx);
+          MDB_val okv = oldKey.val();
+          mdb_del(tx, env.lru, &okv, nullptr);
+          if (tr.request != r.lastRequest) r.hits++;
+          r.lastRequest = tr.request;
+          r.accessMs = tr.atMs;
+          r.prio = static_cast<uint64_t>(tr.atMs + (r.hits >= 2 ? kReuseBonusMs : 0));
+          std::string nv = encodeBlock(r);
+          MDB_val nvv{nv.size(), nv.data()};
+          mdb_put(tx, env.blocks, &kv, &nvv, 0);
+          LruKey nk(r.prio, tr.key, tr.idx);
+          std::string lv = encodeLru({r.generation, r.length});
+          MDB_val nkv = nk.val(), lvv{lv.size(), lv.data()};
+          mdb_put(tx, env.lru, &nkv, &lvv, 0);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  int rc = t.commit();
+  if (rc != 0) {
+    logStore(conf::LogLevel::Error, "cache_index_commit_failed", "error=" + conf::logValue(mdb_strerror(rc)));
+    for (Op* op : group) op->ok = false;
+  }
+  // Only now that the index no longer lists them may the bytes go.
+  for (auto& [f, r] : punch)
+    fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(r.first),
+              static_cast<off_t>(r.second));
+  for (auto& [path, r] : punchByPath) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) continue;
+    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(r.first),
+              static_cast<off_t>(r.second));
+    close(fd);
+  }
+  for (const auto& p : unlinks) unlink(p.c_str());
+}
+
+}  // namespace slip::store

@@ -1,0 +1,157 @@
+// store — the block cache on disk: an LMDB index and one sparse data file per
+// object version. See store/DESIGN.md for the format, the crash-safety
+// argument and the eviction policy.
+//
+// Threads: every method is called on the event-loop thread. Writes, fsyncs,
+// index commits, evictions and hole punching run on one disk thread owned by
+// the Store; their completions come back to the loop as callbacks. Reads
+// (index lookups, block reads from the page cache) happen on the loop.
+#pragma once
+
+#include <event2/event.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "conf/conf.h"
+
+struct evbuffer;
+
+namespace slip::store {
+
+/// XXH3-128 of (mount, path): the identity of a cached path.
+struct Key {
+  uint8_t b[16] = {};
+  std::string hex() const;
+  auto operator<=>(const Key&) const = default;
+};
+Key objectKey(std::string_view mount, std::string_view path);
+
+/// What the index knows about one version of an object.
+struct ObjectMeta {
+  uint64_t size = 0;
+  std::string etag;
+  std::string lastModified;
+  std::string contentType;
+  uint32_t blockSize = 0;
+  uint64_t generation = 0;   // this version; blocks of other versions are never served
+  int64_t validatedMs = 0;   // wall clock of the last check against the upstream
+  bool noRanges = false;     // the upstream ignores Range
+  std::string mount;
+  std::string path;
+
+  uint32_t blockCount() const {
+    return blockSize ? static_cast<uint32_t>((size + blockSize - 1) / blockSize) : 0;
+  }
+  uint64_t blockBegin(uint32_t idx) const { return static_cast<uint64_t>(idx) * blockSize; }
+  uint64_t blockLength(uint32_t idx) const {
+    uint64_t b = blockBegin(idx);
+    return b >= size ? 0 : std::min<uint64_t>(blockSize, size - b);
+  }
+};
+
+/// Checksum granularity inside a block: a read verifies only the pages it
+/// touches, so a 64 KiB range read does not hash a whole block.
+inline constexpr uint32_t kPageSize = 64 * 1024;
+
+enum class ReadResult { Ok, Missing, Corrupt, IoError };
+
+struct Usage {
+  uint64_t objects = 0;
+  uint64_t blocks = 0;
+  uint64_t bytes = 0;        // block bytes listed in the index
+  uint64_t reserved = 0;     // block bytes being fetched
+  uint64_t maxBytes = 0;
+  uint64_t evictedBlocks = 0;
+  uint64_t droppedCorrupt = 0;
+};
+
+class Store {
+ public:
+  /// Opens (creating if needed) the cache under cfg.dir for the gateway:
+  /// checks the format version, reconciles the data files with the index
+  /// (reclaims what a crash left unlisted) and starts the disk thread.
+  static std::unique_ptr<Store> open(const conf::Cache& cfg, event_base* base, std::string* err);
+  ~Store();  // finishes queued disk work, then stops the thread
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // ---- objects
+
+  std::optional<ObjectMeta> lookup(const Key& k);
+  /// Starts a new version of `k` (dropping any older one and its blocks).
+  /// Assigns meta.generation and returns the stored meta.
+  ObjectMeta create(const Key& k, ObjectMeta meta);
+  /// Records that the upstream still matches (revalidated at `nowMs`).
+  void markValidated(const Key& k, const ObjectMeta& meta, int64_t nowMs);
+  /// Drops this version: it is never served again and its bytes are reclaimed.
+  void invalidate(const Key& k, uint64_t generation);
+
+  // ---- stored blocks
+
+  bool present(const Key& k, uint64_t gen, uint32_t idx);
+  /// Number of present blocks in [first, last].
+  uint32_t countPresent(const Key& k, uint64_t gen, uint32_t first, uint32_t last);
+  /// Appends [off, off+len) of block `idx` (offsets inside the block) to
+  /// `out`, verifying every page it touches. Corrupt: the block was dropped
+  /// (never served) and must be fetched again.
+  ReadResult read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
+                  evbuffer* out);
+  /// Notes a read for eviction ranking (batched to the index).
+  void touch(const Key& k, uint64_t gen, uint32_t idx, uint64_t requestId);
+  /// Pinned blocks are never evicted.
+  void pin(const Key& k, uint32_t idx);
+  void unpin(const Key& k, uint32_t idx);
+
+  // ---- filling blocks
+
+  /// Makes room for `bytes` more (evicting least valuable blocks). With
+  /// force, succeeds even when nothing more can be evicted (the caller needs
+  /// the block now); otherwise false when the cache is full of pinned data.
+  bool reserve(uint64_t bytes, bool force);
+  void release(uint64_t bytes);  // a reservation that will not be filled
+
+  class Writer;  // one block being filled; owned by the Store
+  Writer* beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx);
+  /// Queues n bytes at `off` inside the block. Each page must be written
+  /// front to back by one caller (pieces are page-aligned). `done(ok)` runs
+  /// on the loop once the bytes are in the file (readable with readRaw).
+  void write(Writer* w, uint64_t off, const char* data, size_t n, std::function<void(bool)> done);
+  /// All bytes written: fsync, then list the block in the index. `done(ok)`
+  /// runs on the loop after the index commit; the Writer is freed.
+  void commit(Writer* w, uint64_t requestId, std::function<void(bool)> done);
+  /// The fetch failed for good: forget the bytes (never listed) and free it.
+  void abandon(Writer* w);
+  /// Reads bytes of a block still being filled (already written, not yet
+  /// verified by a listing) — for clients streaming while the fetch runs.
+  ReadResult readRaw(Writer* w, uint64_t off, uint64_t len, evbuffer* out);
+
+  /// Bytes handed to the disk thread and not yet written (backpressure).
+  size_t queuedBytes() const;
+  /// Called on the loop whenever queued bytes fall below half the limit.
+  void setDrainedCallback(std::function<void()> cb);
+  static constexpr size_t kQueueLimit = 16 << 20;
+
+  Usage usage() const;
+
+  // ---- command line (no event loop, no disk thread)
+
+  /// `slipstream cache stats`: prints objects, blocks, bytes. Exit code.
+  static int printStats(const conf::Cache& cfg, FILE* out, bool verbose);
+  /// `slipstream cache verify`: checks every listed block, reports bad ones.
+  /// Returns the exit code (1 when any block is bad or unreadable).
+  static int verify(const conf::Cache& cfg, FILE* out);
+
+  struct Impl;
+
+ private:
+  explicit Store(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace slip::store
