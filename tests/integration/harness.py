@@ -1,0 +1,607 @@
+"""Fixtures for the integration tests: a real nginx origin, the gateway
+binary started on a free loopback port with an inline config, a scriptable
+origin of our own (one behaviour per misbehaviour), raw HTTP helpers.
+
+Everything runs on 127.0.0.1, every process is killed at the end, every wait
+has a deadline. Python standard library only.
+"""
+
+import hashlib
+import http.client
+import http.server
+import os
+import re
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("SLIPSTREAM_BIN", os.path.join(ROOT, "build", "slipstream"))
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+REFERER = "http://origin.example/"
+USER_AGENT = "SlipTest/1.0"
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def random_bytes(n, seed=1):
+    """Deterministic pseudo-random bytes (fast enough for tens of MiB)."""
+    out = bytearray()
+    h = hashlib.sha256(str(seed).encode()).digest()
+    block = hashlib.shake_256(h).digest(1 << 20)
+    i = 0
+    while len(out) < n:
+        out += hashlib.shake_256(block + i.to_bytes(8, "big")).digest(min(1 << 20, n - len(out)))
+        i += 1
+    return bytes(out)
+
+
+def write_file(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+# --------------------------------------------------------------------- HTTP
+
+
+class Response:
+    def __init__(self, status, headers, body, reason=""):
+        self.status = status
+        self.headers = headers  # list of (name, value) as received
+        self.body = body
+        self.reason = reason
+
+    def header(self, name, default=None):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    def header_names(self):
+        return sorted({k.lower() for k, _ in self.headers})
+
+    def __repr__(self):
+        return "<Response %d %r %d bytes>" % (self.status, self.headers, len(self.body))
+
+
+def request(url_or_port, path="/", method="GET", headers=None, timeout=30, host="127.0.0.1"):
+    """One request with http.client (no redirects followed). Returns Response.
+    Raises if the body is shorter than Content-Length (IncompleteRead)."""
+    if isinstance(url_or_port, str):
+        m = re.match(r"http://([^/:]+|\[[^\]]+\]):(\d+)(/.*)?$", url_or_port)
+        host, port, p = m.group(1).strip("[]"), int(m.group(2)), m.group(3) or "/"
+        if path == "/":
+            path = p
+    else:
+        port = url_or_port
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read()
+        return Response(r.status, r.getheaders(), body, r.reason)
+    finally:
+        conn.close()
+
+
+def raw_request(port, data, timeout=10, host="127.0.0.1"):
+    """Sends raw bytes, returns everything the server sent until it closed
+    (or until the timeout with no more data)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def raw_status(reply):
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", reply)
+    return int(m.group(1)) if m else None
+
+
+def curl(*args, timeout=120):
+    """Runs the real curl; returns CompletedProcess (stdout bytes)."""
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------- nginx
+
+NGINX_LOG_FORMAT = (
+    "log_format slip '$connection $connection_requests $msec $request_time $status "
+    "$body_bytes_sent \"$request_method\" \"$uri\" \"$http_range\" \"$http_referer\" "
+    "\"$http_user_agent\" \"$request_completion\"';"
+)
+
+LOG_RE = re.compile(
+    r'(\d+) (\d+) ([\d.]+) ([\d.]+) (\d+) (\d+) "([^"]*)" "([^"]*)" "([^"]*)" "([^"]*)" "([^"]*)" "([^"]*)"'
+)
+
+
+class NginxOrigin:
+    """A real nginx on a loopback port serving `root`.
+
+    picky=True demands Referer REFERER (valid_referers) and User-Agent
+    USER_AGENT, answering 403 otherwise. limit_rate is per request (nginx
+    syntax, e.g. "2m"). `locations` adds raw nginx location blocks."""
+
+    def __init__(self, root, picky=True, limit_rate=None, locations="", server_extra=""):
+        self.root = root
+        self.dir = tempfile.mkdtemp(prefix="slip-nginx-")
+        self.port = free_port()
+        self.log = os.path.join(self.dir, "access.log")
+        checks = ""
+        if picky:
+            checks = (
+                "valid_referers origin.example;\n"
+                "      if ($invalid_referer) { return 403; }\n"
+                '      if ($http_user_agent != "%s") { return 403; }\n' % USER_AGENT
+            )
+        rate = "limit_rate %s;" % limit_rate if limit_rate else ""
+        conf = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 1024; }
+http {
+  %(fmt)s
+  access_log %(log)s slip;
+  client_body_temp_path %(dir)s/tmp; proxy_temp_path %(dir)s/tmp;
+  fastcgi_temp_path %(dir)s/tmp; uwsgi_temp_path %(dir)s/tmp; scgi_temp_path %(dir)s/tmp;
+  keepalive_requests 100000;
+  types { video/x-matroska mkv; video/mp4 mp4; application/octet-stream bin; }
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:%(port)d;
+    root %(root)s;
+    %(server_extra)s
+    %(locations)s
+    location / {
+      %(checks)s
+      %(rate)s
+    }
+  }
+}
+""" % dict(dir=self.dir, fmt=NGINX_LOG_FORMAT, log=self.log, port=self.port, root=root,
+           checks=checks, rate=rate, locations=locations, server_extra=server_extra)
+        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = subprocess.Popen([NGINX, "-p", self.dir, "-c", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(self._up, 10, what="nginx to listen")
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("nginx exited: %s" % self.proc.stderr.read().decode())
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def url(self, path="/"):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def entries(self, settle=0.3):
+        """Parsed access-log lines: dicts with conn, nreq, end, time, start,
+        status, bytes, method, uri, range, referer, ua, complete."""
+        time.sleep(settle)  # nginx writes the line when the request ends
+        out = []
+        if not os.path.exists(self.log):
+            return out
+        with open(self.log) as f:
+            for line in f:
+                m = LOG_RE.match(line)
+                if not m:
+                    continue
+                g = m.groups()
+                end, dur = float(g[2]), float(g[3])
+                out.append(dict(conn=int(g[0]), nreq=int(g[1]), end=end, time=dur, start=end - dur,
+                                status=int(g[4]), bytes=int(g[5]), method=g[6], uri=g[7],
+                                range=g[8], referer=g[9], ua=g[10], complete=g[11] == "OK"))
+        return out
+
+    def clear_log(self):
+        open(self.log, "w").close()
+        # nginx keeps appending to the same inode: truncation is enough.
+
+    def body_bytes(self, uri=None):
+        return sum(e["bytes"] for e in self.entries() if uri is None or e["uri"] == uri)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------- gateway
+
+
+class Gateway:
+    """build/slipstream on a free loopback port with an inline config.
+
+    `ini` is the config text without the listen line ([server] is added if
+    missing; listen = 127.0.0.1:0 and access_log are set by the fixture)."""
+
+    def __init__(self, ini, cache_dir=None, keep_dir=None):
+        self.dir = keep_dir or tempfile.mkdtemp(prefix="slip-gw-")
+        self.cache_dir = cache_dir or os.path.join(self.dir, "cache")
+        self.access_log = os.path.join(self.dir, "access.log")
+        self.err_log = os.path.join(self.dir, "error.log")
+        text = ini.replace("@CACHE@", self.cache_dir)
+        if "[server]" not in text:
+            text = "[server]\n" + text
+        text = text.replace("[server]", "[server]\nlisten = 127.0.0.1:0\naccess_log = %s\n" % self.access_log, 1)
+        self.ini = os.path.join(self.dir, "slipstream.ini")
+        with open(self.ini, "w") as f:
+            f.write(text)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.errf = open(self.err_log, "ab")
+        self._err_offset = os.path.getsize(self.err_log)
+        self.proc = subprocess.Popen([BIN, "run", "-c", self.ini], stdout=subprocess.DEVNULL,
+                                     stderr=self.errf)
+        m = wait_until(self._listening, 15, what="gateway to listen")
+        self.port = int(m.group(1))
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("gateway exited with %s:\n%s" % (self.proc.returncode, self.errors()))
+        with open(self.err_log, "rb") as f:
+            f.seek(self._err_offset)
+            return re.search(rb"event=listening address=127\.0\.0\.1:(\d+)", f.read())
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def get(self, path, headers=None, method="GET", timeout=60):
+        return request(self.port, path, method=method, headers=headers, timeout=timeout)
+
+    def errors(self):
+        with open(self.err_log, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def access(self):
+        """Access-log lines as dicts of their key=value fields."""
+        out = []
+        if not os.path.exists(self.access_log):
+            return out
+        with open(self.access_log) as f:
+            for line in f:
+                out.append(dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)))
+        return out
+
+    def wait_access(self, n, timeout=5):
+        return wait_until(lambda: len(self.access()) >= n and self.access(), timeout,
+                          what="%d access-log lines" % n)
+
+    def status_field(self, key):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def rss(self):
+        return self.status_field("VmRSS")
+
+    def peak_rss(self):
+        return self.status_field("VmHWM")
+
+    def cli(self, *args, timeout=60):
+        return subprocess.run([BIN, *args, "-c", self.ini], capture_output=True, timeout=timeout)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def kill9(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.errf.close()
+
+    def stop(self, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if not self.errf.closed:
+            self.errf.close()
+        return self.proc.returncode
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------- scriptable origin
+
+
+class ScriptedOrigin:
+    """An HTTP/1.1 origin of our own with one behaviour per path prefix, for
+    the misbehaviours a real server rarely shows on demand.
+
+    files: {path: bytes}. behaviours are chosen by the path's first segment:
+      /ok/NAME           normal ranges, ETag, keep-alive
+      /norange/NAME      ignores Range: always 200 with the whole body
+      /drop/NAME         closes the connection after `drop_after` body bytes
+                         of every response whose range starts at `drop_at`
+                         (once per start offset), else normal
+      /etagflip/NAME     ETag alternates between requests
+      /slow/NAME         sends `slow_rate` bytes/s
+      /status/NAME       answers `status_code` (and Retry-After) `status_times`
+                         times, then normally
+      /deny/NAME         403 after `deny_after` requests until `allow()`
+    Every request is recorded: (method, path, range, status, body bytes sent,
+    start, end, connection id)."""
+
+    def __init__(self, files):
+        self.files = dict(files)
+        self.requests = []
+        self.lock = threading.Lock()
+        self.drop_after = 100_000
+        self.dropped = set()
+        self.slow_rate = 256 * 1024
+        self.status_code = 503
+        self.status_times = 1
+        self.retry_after = None
+        self.deny_after = 10**9
+        self.etag_counter = 0
+        self.conn_counter = 0
+        origin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def setup(self):
+                super().setup()
+                with origin.lock:
+                    origin.conn_counter += 1
+                    self.conn_id = origin.conn_counter
+
+            def do_HEAD(self):
+                self.handle_one(head=True)
+
+            def do_GET(self):
+                self.handle_one(head=False)
+
+            def handle_one(self, head):
+                origin._serve(self, head)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path="/"):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def _record(self, **kw):
+        with self.lock:
+            self.requests.append(kw)
+
+    def _serve(self, h, head):
+        start = time.monotonic()
+        path = h.path.split("?")[0]
+        parts = path.split("/", 2)
+        mode = parts[1] if len(parts) > 2 else "ok"
+        name = "/" + parts[2] if len(parts) > 2 else path
+        rng = h.headers.get("Range", "")
+        data = self.files.get(name)
+        rec = dict(method=h.command, path=path, range=rng, conn=h.conn_id, start=start)
+
+        def reply(status, headers, body=b""):
+            h.send_response(status)
+            for k, v in headers:
+                h.send_header(k, v)
+            h.end_headers()
+            sent = 0
+            if not head and body:
+                try:
+                    h.wfile.write(body)
+                    sent = len(body)
+                except OSError:
+                    pass
+            rec.update(status=status, bytes=sent, end=time.monotonic())
+            self._record(**rec)
+
+        if data is None:
+            return reply(404, [("Content-Length", "0")])
+        with self.lock:
+            nreq = sum(1 for r in self.requests if r["path"] == path)
+        if mode == "status" and nreq < self.status_times:
+            hdrs = [("Content-Length", "0")]
+            if self.retry_after is not None:
+                hdrs.append(("Retry-After", str(self.retry_after)))
+            return reply(self.status_code, hdrs)
+        if mode == "deny" and nreq >= self.deny_after:
+            return reply(403, [("Content-Length", "0")])
+        etag = '"v1-%d"' % len(data)
+        if mode == "etagflip":
+            with self.lock:
+                self.etag_counter += 1
+                etag = '"flip-%d"' % (self.etag_counter % 2)
+        size = len(data)
+        begin, end = 0, size
+        status = 200
+        if rng and mode != "norange":
+            m = re.match(r"bytes=(\d*)-(\d*)$", rng)
+            if m and (m.group(1) or m.group(2)):
+                if m.group(1):
+                    begin = int(m.group(1))
+                    end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+                else:
+                    begin = max(0, size - int(m.group(2)))
+                if begin >= size:
+                    return reply(416, [("Content-Range", "bytes */%d" % size), ("Content-Length", "0")])
+                status = 206
+        hdrs = [("Content-Length", str(end - begin)), ("ETag", etag),
+                ("Last-Modified", "Wed, 21 Oct 2015 07:28:00 GMT"), ("Accept-Ranges", "bytes"),
+                ("Content-Type", "application/octet-stream")]
+        if status == 206:
+            hdrs.append(("Content-Range", "bytes %d-%d/%d" % (begin, end - 1, size)))
+        body = data[begin:end]
+        if mode == "drop" and not head:
+            with self.lock:
+                first = begin not in self.dropped
+                self.dropped.add(begin)
+            if first and len(body) > self.drop_after:
+                h.send_response(status)
+                for k, v in hdrs:
+                    h.send_header(k, v)
+                h.end_headers()
+                try:
+                    h.wfile.write(body[: self.drop_after])
+                    h.wfile.flush()
+                except OSError:
+                    pass
+                rec.update(status=status, bytes=self.drop_after, end=time.monotonic(), dropped=True)
+                self._record(**rec)
+                h.close_connection = True
+                try:
+                    h.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+        if mode == "slow" and not head:
+            h.send_response(status)
+            for k, v in hdrs:
+                h.send_header(k, v)
+            h.end_headers()
+            sent = 0
+            step = max(1, self.slow_rate // 20)
+            try:
+                while sent < len(body):
+                    h.wfile.write(body[sent : sent + step])
+                    sent += min(step, len(body) - sent)
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            rec.update(status=status, bytes=sent, end=time.monotonic())
+            self._record(**rec)
+            return
+        reply(status, hdrs, body)
+
+    def count(self, path=None):
+        with self.lock:
+            return sum(1 for r in self.requests if path is None or r["path"] == path)
+
+    def sent(self, path=None):
+        with self.lock:
+            return sum(r.get("bytes", 0) for r in self.requests if path is None or r["path"] == path)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --------------------------------------------------------------------- base class
+
+
+class GatewayTest(unittest.TestCase):
+    """Tracks fixtures and tears them down even when a test fails."""
+
+    def setUp(self):
+        self._fixtures = []
+        self.tmp = tempfile.mkdtemp(prefix="slip-test-")
+        self._fixtures.append(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
+
+    def tearDown(self):
+        for fn in reversed(self._fixtures):
+            try:
+                fn()
+            except Exception:
+                pass
+
+    def nginx(self, root, **kw):
+        n = NginxOrigin(root, **kw)
+        self._fixtures.append(n.stop)
+        return n
+
+    def gateway(self, ini, **kw):
+        g = Gateway(ini, **kw)
+        self._fixtures.append(g.cleanup)
+        return g
+
+    def scripted(self, files):
+        o = ScriptedOrigin(files)
+        self._fixtures.append(o.stop)
+        return o
+
+    def http_mount(self, name, base_url, picky=True, extra=""):
+        hdr = ""
+        if picky:
+            hdr = "header = Referer: %s\nheader = User-Agent: %s\n" % (REFERER, USER_AGENT)
+        return "[mount %s]\nsource = http\nbase_url = %s\n%s%s\n" % (name, base_url, hdr, extra)
