@@ -224,6 +224,7 @@ struct RequestFacts {
   std::string client;           // numeric address
   std::string userAgent;
   std::optional<uint64_t> size; // when known (cache index or a probe)
+  bool sizeUnknowable = false;  // a probe could not tell: size conditions do not match
 };
 
 struct Decision {

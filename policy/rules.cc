@@ -100,6 +100,10 @@ Match matchRule(const conf::Rule& rule, const regex_t* re, const conf::Config& c
   // Size last: an unknown size only matters when everything else matched.
   if (rule.minSize || rule.maxSize) {
     if (!facts.size) {
+      if (facts.sizeUnknowable) {
+        fail([] { return std::string("size unknown (the upstream did not tell)"); });
+        return Match::No;
+      }
       if (failed) return Match::No;
       if (why) *why = "size unknown: probe the size, then decide again";
       return Match::NeedsSize;

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -120,8 +121,15 @@ class Engine {
   /// What each mount's source needs, indexed like Config::mounts.
   const std::vector<policy::SourceTraits>& traits() const;
 
-  /// Starts the delivery chosen by policy (Redirect, ProxyUrl or Proxy).
+  /// Starts the delivery chosen by policy (Redirect or Proxy).
   std::unique_ptr<Job> start(const Request& req, Sink* sink);
+
+  /// Finds the size of req's file for a rule's size condition: from the
+  /// cache index when it knows the object, else with one 1-byte upstream
+  /// probe (a stat for `local`). `done(nullopt)` when the upstream does not
+  /// tell. Not called after the Job is destroyed or told the client left.
+  std::unique_ptr<Job> probeSize(const Request& req,
+                                 std::function<void(std::optional<uint64_t>)> done);
 
   const Stats& stats() const;
 

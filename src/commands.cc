@@ -93,10 +93,7 @@ int explain(const conf::Config& cfg, const Flags& flags) {
          cfg.mounts[mm.index].prefix.c_str(), conf::sourceTypeName(cfg.mounts[mm.index].source),
          mm.rest.c_str());
   for (const auto& l : lines) printf("%s\n", l.c_str());
-  printf("decision: %s", conf::deliveryName(d.delivery));
-  if (d.delivery == conf::Delivery::ProxyUrl) printf(" to %s", d.proxyUrl.c_str());
-  printf(" (connections=%lld cache=%s)%s\n", static_cast<long long>(d.connections),
-         d.cache ? "on" : "off", d.needsSize ? " [needs the file size: pass --size]" : "");
+  if (d.needsSize) printf("note: the gateway probes the file's size before deciding; pass --size to see the outcome\n");
   return 0;
 }
 

@@ -97,6 +97,7 @@ struct Server::Impl {
       : base(b), cfg(c), rules(r), engine(e) {}
 
   void onRequest(evhttp_request* req);
+  void deliver(Exchange* ex, policy::RequestFacts facts, proxy::Request preq);
   void retire(Exchange* ex);
   void reap();
   void checkDrained();
@@ -136,6 +137,7 @@ struct Exchange final : proxy::Sink {
   std::string client, method, path, delivery = "-", cache = "-", reason = "-";
   uint64_t bytesOut = 0, upstreamBytes = 0;
   std::unique_ptr<proxy::Job> job;
+  std::vector<std::unique_ptr<proxy::Job>> retired;  // replaced jobs, freed with the exchange
 
   Exchange(Server::Impl* s, Conn* c, evhttp_request* r, uint64_t i)
       : srv(s), conn(c), req(r), id(i), client(c->addr) {}
@@ -459,6 +461,8 @@ void Server::Impl::onRequest(evhttp_request* req) {
   // --- policy
   evkeyvalq* in = evhttp_request_get_input_headers(req);
   const char* ua = evhttp_find_header(in, "User-Agent");
+  const char* range = evhttp_find_header(in, "Range");
+  const char* ifRange = evhttp_find_header(in, "If-Range");
   policy::RequestFacts facts;
   facts.route = route;
   facts.method = ex->method;
@@ -466,39 +470,54 @@ void Server::Impl::onRequest(evhttp_request* req) {
   facts.mountIndex = mm.index;
   facts.client = conn->addr;
   facts.userAgent = ua ? ua : "";
+  proxy::Request preq;
+  preq.id = ex->id;
+  preq.head = ex->head;
+  preq.mountIndex = mm.index;
+  preq.path = virt;
+  preq.rest = mm.rest;
+  preq.range = range ? range : "";
+  preq.ifRange = ifRange ? ifRange : "";
+  preq.client = conn->addr;
+  preq.userAgent = facts.userAgent;
+  ex->state = ExState::Running;
+  deliver(ex, facts, preq);
+}
+
+void Server::Impl::deliver(Exchange* ex, policy::RequestFacts facts, proxy::Request preq) {
   policy::Decision d = rules.decide(cfg, facts, engine.traits());
+  if (d.needsSize) {
+    // A rule's size condition: learn the size (index or a 1-byte probe), then decide again.
+    auto* exch = ex;
+    ex->retired.push_back(std::move(ex->job));
+    ex->job = engine.probeSize(preq, [this, exch, facts, preq](std::optional<uint64_t> size) mutable {
+      if (exch->state != ExState::Running) return;
+      facts.size = size;
+      facts.sizeUnknowable = !size;
+      exch->retired.push_back(std::move(exch->job));
+      deliver(exch, facts, preq);
+    });
+    return;
+  }
   ex->delivery = conf::deliveryName(d.delivery);
-  if (d.delivery == conf::Delivery::Deny) return ex->sendError(Reason::Denied, d.rule);
+  if (d.delivery == conf::Delivery::Deny) return ex->sendError(Reason::Denied, "rule " + d.rule);
   if (d.delivery == conf::Delivery::ProxyUrl) {
     int64_t ttl = cfg.server.signTtlMs;
     int64_t expiry = ttl > 0 ? wallSeconds() + (ttl + 999) / 1000 : 0;
     std::string loc = d.proxyUrl;
     while (!loc.empty() && loc.back() == '/') loc.pop_back();
-    loc += policy::encodePath(virt);
+    loc += policy::encodePath(facts.path);
     if (!cfg.server.signSecret.empty())
-      loc += "?sign=" + policy::encodeQueryValue(policy::sign(cfg.server.signSecret, virt, expiry));
+      loc += "?sign=" + policy::encodeQueryValue(policy::sign(cfg.server.signSecret, facts.path, expiry));
     return ex->sendSimple(302,
                           {{"Location", loc},
                            {"Referrer-Policy", "no-referrer"},
-                           {"Cache-Control", "no-store"}},
+                           {"Cache-Control", "no-store"},
+                           {"Content-Length", "0"}},
                           "");
   }
-
-  proxy::Request pr2;
-  pr2.id = ex->id;
-  pr2.head = ex->head;
-  pr2.mountIndex = mm.index;
-  pr2.path = virt;
-  pr2.rest = mm.rest;
-  const char* range = evhttp_find_header(in, "Range");
-  const char* ifRange = evhttp_find_header(in, "If-Range");
-  pr2.range = range ? range : "";
-  pr2.ifRange = ifRange ? ifRange : "";
-  pr2.client = conn->addr;
-  pr2.userAgent = facts.userAgent;
-  pr2.decision = d;
-  ex->state = ExState::Running;
-  ex->job = engine.start(pr2, ex);
+  preq.decision = d;
+  ex->job = engine.start(preq, ex);
 }
 
 // ------------------------------------------------------------------ Server

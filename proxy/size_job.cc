@@ -1,0 +1,90 @@
+// The size of a file for a rule's min_size/max_size, before delivery is
+// decided: the cache index first (no upstream traffic), else a 1-byte probe.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "proxy/engine.h"
+#include "store/store.h"
+
+namespace slip::proxy {
+namespace {
+
+class SizeJob final : public Job, public Transfer::Handler {
+ public:
+  using Done = std::function<void(std::optional<uint64_t>)>;
+  SizeJob(Engine::Impl& e, const Request& r, Done done) : e_(e), req_(r), done_(std::move(done)) {}
+  ~SizeJob() override { *alive_ = false; }
+
+  void begin() {
+    const conf::Mount& m = e_.cfg.mounts[req_.mountIndex];
+    if (m.source == conf::SourceType::Local) {
+      std::string rel = req_.rest.substr(1);
+      struct stat st{};
+      if (fstatat(e_.localRoots[req_.mountIndex], rel.empty() ? "." : rel.c_str(), &st, 0) == 0 &&
+          S_ISREG(st.st_mode))
+        return report(static_cast<uint64_t>(st.st_size));
+      return report(std::nullopt);
+    }
+    if (e_.store) {
+      if (auto meta = e_.store->lookup(store::objectKey(m.name, req_.rest))) return report(meta->size);
+    }
+    auto alive = alive_;
+    e_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
+                 [this, alive](const ResolveResult& res) {
+                   if (!*alive || gone_) return;
+                   if (res.reason != policy::Reason::None) return report(std::nullopt);
+                   Transfer::Options o = e_.transferOptions(res.link);
+                   o.range = "0-0";
+                   xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
+                   e_.stats.upstreamRequests++;
+                   xfer_->start();
+                 });
+  }
+
+  void onWritable() override {}
+  void onClientGone() override {
+    gone_ = true;
+    if (xfer_) xfer_->cancel();
+  }
+
+  bool onHeaders(Transfer& t) override {
+    if (t.status() == 206 || t.status() == 416) {
+      auto cr = policy::parseContentRange(t.header("content-range"));
+      if (cr && cr->length) size_ = *cr->length;
+    } else if (t.status() == 200) {
+      size_ = t.contentLength();
+    }
+    return false;  // the headers are all we wanted
+  }
+  size_t onData(Transfer&, const char*, size_t) override { return 0; }
+  void onDone(Transfer&, const TransferResult&) override {
+    if (!gone_) report(size_);
+  }
+
+ private:
+  void report(std::optional<uint64_t> size) {
+    if (reported_ || gone_) return;
+    reported_ = true;
+    done_(size);
+  }
+
+  Engine::Impl& e_;
+  Request req_;
+  Done done_;
+  std::optional<uint64_t> size_;
+  std::unique_ptr<Transfer> xfer_;
+  bool gone_ = false, reported_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace
+
+std::unique_ptr<Job> Engine::probeSize(const Request& req,
+                                       std::function<void(std::optional<uint64_t>)> done) {
+  auto j = std::make_unique<SizeJob>(*impl_, req, std::move(done));
+  j->begin();
+  return j;
+}
+
+}  // namespace slip::proxy
