@@ -82,7 +82,7 @@ int Store::printStats(const conf::Cache& cfg, FILE* out, bool verbose) {
   if (verbose) {
     for (const auto& [key, m] : w.objects) {
       auto [b, n] = per[key];
-      fprintf(out, "%s %s/%s size=%llu blocks=%llu/%u bytes=%llu etag=%s\n", key.hex().c_str(),
+      fprintf(out, "%s %s:%s size=%llu blocks=%llu/%u bytes=%llu etag=%s\n", key.hex().c_str(),
               m.mount.c_str(), m.path.c_str(), static_cast<unsigned long long>(m.size),
               static_cast<unsigned long long>(b), m.blockCount(), static_cast<unsigned long long>(n),
               m.etag.empty() ? "-" : m.etag.c_str());

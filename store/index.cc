@@ -86,7 +86,8 @@ bool Env::open(const std::string& dir, bool readOnly, std::string* err) {
     close();
     return false;
   }
-  if (!readOnly && (rc = t.commit()) != 0) {
+  // Committing (also a read-only txn) keeps the database handles open.
+  if ((rc = t.commit()) != 0) {
     *err = std::string("index: ") + mdb_strerror(rc);
     close();
     return false;
