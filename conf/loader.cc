@@ -640,6 +640,12 @@ class Loader {
               "address given twice (first on line " + std::to_string(it->second) + ")");
     }
 
+    // An edge serves /<path>?sign=… to anyone holding a link: without a
+    // secret it would be an open proxy for every mount.
+    if (config_.server.role == Role::Edge && config_.server.signSecret.empty())
+      error(server_.lineOf("role"), "server", "role",
+            "role = edge needs sign_secret (the key its links are signed with, e.g. AList's token)");
+
     std::map<std::string, size_t> prefixes;
     std::vector<std::string_view> mountNames;
     for (size_t i = 0; i < config_.mounts.size(); i++) {

@@ -263,6 +263,9 @@ class Direct:
     def stop(self):
         return None
 
+    def diagnostics(self):
+        return ""
+
     def url(self, path=FILE_NAME):
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
@@ -279,8 +282,11 @@ class NginxCache:
     def start(self):
         self.dir = mkdtemp("nginx-cache-", self.base)
         self.port = harness.free_port()
+        # Workers keep our uid (the temp dirs are private, 0700).
+        user = "user root;" if os.geteuid() == 0 else ""
         conf = """
 daemon off;
+%(user)s
 worker_processes auto;
 pid %(d)s/nginx.pid;
 error_log %(d)s/error.log warn;
@@ -311,7 +317,8 @@ http {
     }
   }
 }
-""" % dict(d=self.dir, max=self.cache_max // MiB, relay=self.relay.port, port=self.port, ref=REFERER, ua=USER_AGENT)
+""" % dict(d=self.dir, user=user, max=self.cache_max // MiB, relay=self.relay.port, port=self.port, ref=REFERER,
+           ua=USER_AGENT)
         os.makedirs(os.path.join(self.dir, "tmp"))
         cf = os.path.join(self.dir, "nginx.conf")
         with open(cf, "w") as f:
@@ -334,8 +341,13 @@ http {
     def url(self, path=FILE_NAME):
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
-    def diagnostics(self):
-        return ""
+    def diagnostics(self, n=8):
+        try:
+            with open(os.path.join(self.dir, "error.log"), "rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "nginx error.log tail:\n" + "\n".join(lines[-n:]) if lines else ""
 
 
 class Slipstream:
@@ -394,6 +406,9 @@ connections = 16
 
     def stderr_tail(self, n=15):
         return "\n".join(self.stderr_text().splitlines()[-n:])
+
+    def diagnostics(self):
+        return "gateway stderr tail:\n" + self.stderr_tail() if self.proc else ""
 
     def stop(self):
         if not self.proc:
@@ -469,7 +484,10 @@ class Bench:
 
     # -- helpers
 
-    def err(self, row, col, msg):
+    def err(self, row, col, msg, srv=None):
+        diag = srv.diagnostics() if srv is not None else ""
+        if diag:
+            msg += "\n    " + diag.replace("\n", "\n    ")
         self.errors.append("%s / %s: %s" % (row, col, msg))
         self.results[row][col] = "ERR%d" % len(self.errors)
         log("ERROR %s / %s: %s" % (row, col, msg))
@@ -500,9 +518,7 @@ class Bench:
                 self.notes.append("%s %s: X-Cache %s" % (row, col, xc))
             return True
         except Exception as e:  # noqa: BLE001 - every failure becomes a cell note
-            self.err(row, col, str(e))
-            if isinstance(srv, Slipstream) and srv.proc:
-                self.errors[-1] += "\n    gateway stderr tail:\n    " + srv.stderr_tail().replace("\n", "\n    ")
+            self.err(row, col, str(e), srv)
             return False
         finally:
             for p in (out, hf):
@@ -546,7 +562,7 @@ class Bench:
                 row, kind, r["ttfb"] * 1e3, r["total"] * 1e3,
                 ", origin %.2f MiB in 1 s" % (origin_1s / MiB) if watch_origin else ""))
         except Exception as e:  # noqa: BLE001
-            self.err(row, kind + "_total", str(e))
+            self.err(row, kind + "_total", str(e), srv)
         finally:
             for q in (out, hf):
                 if os.path.exists(q):
@@ -623,7 +639,7 @@ end
                 self.notes.append("%s wrk socket errors:%s" % (row, sock.group(1)))
             log("%s wrk: %.0f req/s, p99 %.2f ms" % (row, rps, p99))
         except Exception as e:  # noqa: BLE001
-            self.err(row, "wrk_rps", str(e))
+            self.err(row, "wrk_rps", str(e), srv)
 
     def many_clients(self, row, srv):
         n = self.args.clients
@@ -662,9 +678,7 @@ end
             self.results[row]["many_wall"] = wall
             log("%s %d clients: wall %.2f s, origin %.3f × size" % (row, n, wall, origin / self.size))
         except Exception as e:  # noqa: BLE001
-            self.err(row, "many_wall", str(e))
-            if isinstance(srv, Slipstream) and srv.proc:
-                self.errors[-1] += "\n    gateway stderr tail:\n    " + srv.stderr_tail().replace("\n", "\n    ")
+            self.err(row, "many_wall", str(e), srv)
         finally:
             for o in outs:
                 if os.path.exists(o):

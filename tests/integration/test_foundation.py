@@ -489,11 +489,42 @@ class Hostile(GatewayTest):
 
     def test_huge_head_gets_431_and_414(self):
         # Far above the limits (max_header_size 32K default, max_request_line 1K).
-        reply = self.get_raw("/p/movies/film.bin", "X-Big: %s\r\n" % ("a" * 200_000))
-        self.assertEqual(raw_status(reply), 431, reply[:300])
-        reply = self.get_raw("/p/movies/" + "a" * 200_000)
-        self.assertEqual(raw_status(reply), 414, reply[:300])
+        with self.subTest("200 KB header"):
+            reply = self.get_raw("/p/movies/film.bin", "X-Big: %s\r\n" % ("a" * 200_000))
+            self.assertEqual(raw_status(reply), 431, reply[:300])
+        with self.subTest("200 KB request line"):
+            reply = self.get_raw("/p/movies/" + "a" * 200_000)
+            self.assertEqual(raw_status(reply), 414, reply[:300])
         self.assertTrue(health_ok(self.gw))
+
+    def test_connect_answer_is_delimited(self):
+        # The refusal of a CONNECT must end: either a Content-Length the body
+        # matches, or the connection closed. A client must not wait for the
+        # idle timeout to learn that the answer is over.
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=5) as s:
+            s.sendall(b"CONNECT other.host:443 HTTP/1.1\r\nHost: other.host:443\r\n\r\n")
+            s.settimeout(0.2)
+            buf, eof = b"", False
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    chunk = None
+                if chunk == b"":
+                    eof = True
+                    break
+                if chunk:
+                    buf += chunk
+                head, sep, body = buf.partition(b"\r\n\r\n")
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if sep and m and len(body) >= int(m.group(1)):
+                    break
+        st, hdrs, body = parse_raw(buf)
+        self.assertIn(st, (400, 405))
+        cl = hget(hdrs, "Content-Length")
+        self.assertTrue(eof or (cl is not None and len(body) == int(cl)),
+                        "answer neither delimited nor closed within 2 s: %r" % buf[:300])
 
     def test_double_encoding_decoded_once(self):
         # %252e%252e is the literal name "%2e%2e", not "..": forwarded as a name.
@@ -591,6 +622,8 @@ class SlowAndAbort(GatewayTest):
         took = time.monotonic() - closed_at
         self.assertEqual(len(es), 1, es)
         e = es[0]
+        print("\n  abort: origin sent %.1f MiB of 64, logged %.2fs after the client closed"
+              % (e["bytes"] / MiB, took), file=sys.stderr)
         self.assertEqual(e["status"], 200)
         self.assertFalse(e["complete"], e)
         self.assertLess(e["bytes"], len(self.big) // 2, e)
