@@ -34,8 +34,10 @@ int openBeneath(int rootFd, const std::string& rest) {
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
   long fd = syscall(SYS_openat2, rootFd, rel.c_str(), &how, sizeof how);
   if (fd >= 0) return static_cast<int>(fd);
-  if (errno != ENOSYS) return -errno;
-  // Kernels before 5.6: open, then check where the file really is.
+  if (errno != ENOSYS && errno != EXDEV) return -errno;
+  // Kernels before 5.6, and absolute symlinks (RESOLVE_BENEATH refuses them
+  // all, even those pointing inside): open, then check where the opened file
+  // really is.
   int f = openat(rootFd, rel.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (f < 0) return -errno;
   char rootPath[PATH_MAX], filePath[PATH_MAX], link[64];

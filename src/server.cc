@@ -31,9 +31,11 @@ namespace {
 
 using policy::Reason;
 
-// Bytes libevent itself may buffer for a request head before it answers 413
-// and closes; our own limits (414/431) are checked below this.
-constexpr int64_t kHardHeaderFactor = 4;
+// Bytes libevent itself buffers for a request head before it gives up with a
+// plain 400 and closes; our own limits (414/431) are checked below this.
+constexpr int64_t kHardHeadBytes = 1 << 20;
+// Request bodies libevent reads before answering 413; ours get 405/400.
+constexpr int64_t kMaxBodyBytes = 64 * 1024;
 
 int64_t monoNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -87,6 +89,7 @@ struct Server::Impl {
   event* reaper = nullptr;
   event* flushTimer = nullptr;
   event* graceTimer = nullptr;
+  event* drainPoll = nullptr;  // re-checks while finished responses flush
   FILE* accessLog = nullptr;
   bool ownAccessLog = false;
   bool draining = false;
@@ -241,9 +244,13 @@ struct Exchange final : proxy::Sink {
     evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
     evhttp_add_header(out, "Cache-Control", "no-store");
     if (r == Reason::MethodNotAllowed) evhttp_add_header(out, "Allow", "GET, HEAD");
+    // After these the rest of the connection cannot be trusted (a body, a
+    // tunnel, a head we refused to read): say so and close.
     if (r == Reason::Overloaded || r == Reason::ShuttingDown || r == Reason::RequestLineTooLong ||
-        r == Reason::HeadersTooLarge || r == Reason::AbsoluteTarget || r == Reason::RequestBody)
+        r == Reason::HeadersTooLarge || r == Reason::AbsoluteTarget || r == Reason::RequestBody ||
+        r == Reason::MethodNotAllowed)
       evhttp_add_header(out, "Connection", "close");
+    evhttp_add_header(out, "Content-Length", std::to_string(evbuffer_get_length(body)).c_str());
     status = st;
     bytesOut += head ? 0 : evbuffer_get_length(body);
     restoreIdleTimeouts();
@@ -313,6 +320,17 @@ void Server::Impl::reap() {
 }
 
 void Server::Impl::checkDrained() {
+  // Finished responses may still have bytes queued for their clients.
+  bool flushing = false;
+  for (auto& [evcon, c] : conns) {
+    bufferevent* b = evhttp_connection_get_bufferevent(evcon);
+    if (b && evbuffer_get_length(bufferevent_get_output(b)) > 0) flushing = true;
+  }
+  if (draining && flushing && active.empty() && drained) {
+    timeval tv{0, 20'000};
+    event_add(drainPoll, &tv);
+    return;
+  }
   if (draining && active.empty() && drained) {
     auto fn = std::move(drained);
     drained = nullptr;
@@ -411,6 +429,8 @@ void Server::Impl::onRequest(evhttp_request* req) {
     return ex->sendError(Reason::HeadersTooLarge, "");
   if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
     return ex->sendError(Reason::MethodNotAllowed, "");
+  if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > 0)
+    return ex->sendError(Reason::RequestBody, "");
   if (target.empty() || target.front() != '/') {
     // absolute-form ("http://other/") or authority-form: we are not a proxy.
     return ex->sendError(
@@ -552,6 +572,7 @@ Server::~Server() {
   if (s.reaper) event_free(s.reaper);
   if (s.flushTimer) event_free(s.flushTimer);
   if (s.graceTimer) event_free(s.graceTimer);
+  if (s.drainPoll) event_free(s.drainPoll);
   if (s.accessLog) {
     fflush(s.accessLog);
     if (s.ownAccessLog) fclose(s.accessLog);
@@ -623,9 +644,9 @@ bool Server::start(std::string* err) {
                                          EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                          EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
   evhttp_set_default_content_type(s.http, nullptr);
-  int64_t hard = std::max(s.cfg.server.maxHeaderSize, s.cfg.server.maxRequestLine) * kHardHeaderFactor;
-  evhttp_set_max_headers_size(s.http, static_cast<ev_ssize_t>(hard));
-  evhttp_set_max_body_size(s.http, 0);
+  int64_t hard = std::max({s.cfg.server.maxHeaderSize, s.cfg.server.maxRequestLine} ) * 4;
+  evhttp_set_max_headers_size(s.http, static_cast<ev_ssize_t>(std::max(hard, kHardHeadBytes)));
+  evhttp_set_max_body_size(s.http, kMaxBodyBytes);
   timeval idle{s.cfg.server.idleTimeoutMs / 1000,
                static_cast<suseconds_t>((s.cfg.server.idleTimeoutMs % 1000) * 1000)};
   evhttp_set_timeout_tv(s.http, &idle);
@@ -682,6 +703,9 @@ void Server::drain(int64_t graceMs, std::function<void()> done) {
   s.drained = std::move(done);
   conf::Log::write(conf::LogLevel::Info, "draining",
                    "active=" + std::to_string(s.active.size()) + " grace_ms=" + std::to_string(graceMs));
+  s.drainPoll = evtimer_new(s.base, [](evutil_socket_t, short, void* arg) {
+    static_cast<Impl*>(arg)->checkDrained();
+  }, &s);
   s.graceTimer = evtimer_new(s.base, [](evutil_socket_t, short, void* arg) {
     auto* impl = static_cast<Impl*>(arg);
     conf::Log::write(conf::LogLevel::Warn, "grace_expired",

@@ -165,7 +165,7 @@ events { worker_connections 4096; }
 http {
   %(fmt)s
   access_log %(log)s slip;
-  sendfile on; tcp_nopush on;
+  sendfile on;
   keepalive_requests 1000000; keepalive_timeout 120s;
   client_body_temp_path %(d)s/tmp; proxy_temp_path %(d)s/tmp;
   fastcgi_temp_path %(d)s/tmp; uwsgi_temp_path %(d)s/tmp; scgi_temp_path %(d)s/tmp;
@@ -293,7 +293,7 @@ error_log %(d)s/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  sendfile on; tcp_nopush on;
+  sendfile on;
   keepalive_requests 1000000;
   client_body_temp_path %(d)s/tmp; proxy_temp_path %(d)s/tmp;
   fastcgi_temp_path %(d)s/tmp; uwsgi_temp_path %(d)s/tmp; scgi_temp_path %(d)s/tmp;
@@ -620,8 +620,11 @@ end
             self.spot_check_ranges(row, srv)
             argv = ["wrk", "-t%d" % self.args.wrk_threads, "-c%d" % self.args.wrk_conns, "-d%ds" % self.args.wrk_duration,
                     "--latency", "--timeout", "10s", "-s", lua, srv.url()]
+            d0 = self.relay.down()
             p = subprocess.run(argv, capture_output=True, text=True, timeout=self.args.wrk_duration + 60)
             out = p.stdout
+            if srv.cache:
+                self.notes.append("%s wrk: origin sent %.2f MiB during the run" % (row, (self.relay.down() - d0) / MiB))
             if p.returncode != 0:
                 raise RuntimeError("wrk exit %d: %s" % (p.returncode, (p.stderr or out).strip()[:300]))
             rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
