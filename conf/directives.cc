@@ -154,7 +154,7 @@ std::vector<Directive> makeTable() {
        .doc = "Client networks that need no ?sign= even when signing is on.",
        .apply = [](Config& c, V v) { c.server.signExempt = v.cidrs; }},
       {.section = S::Server, .name = "role", .type = T::Enum, .choices = "main|edge", .def = "main",
-       .doc = "edge also serves AList-style proxy links /<mount>/<path>?sign=.",
+       .doc = "main serves /d/ and /p/; edge serves AList-style proxy links /<path>?sign= (like alist-proxy) and needs sign_secret.",
        .apply = [](Config& c, V v) { c.server.role = pick(v, {Role::Main, Role::Edge}); }},
       {.section = S::Server, .name = "admin_allow", .type = T::CidrList, .def = "127.0.0.0/8 ::1",
        .doc = "Clients allowed on the /-/ admin routes without admin_token.",

@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include "proxy/fetcher.h"
+#include "store/store.h"
 
 namespace slip::proxy {
 
@@ -77,7 +78,23 @@ bool Engine::init(std::string* err) {
 
 const std::vector<policy::SourceTraits>& Engine::traits() const { return impl_->traits; }
 
-const Stats& Engine::stats() const { return impl_->stats; }
+Stats Engine::snapshot() const {
+  Stats s = impl_->stats;
+  s.activeTransfers = impl_->multi.running();
+  if (store::Store* st = impl_->store) {
+    store::Usage u = st->usage();
+    s.cacheEnabled = true;
+    s.cacheObjects = u.objects;
+    s.cacheBlocks = u.blocks;
+    s.cacheBytes = u.bytes;
+    s.cacheReserved = u.reserved;
+    s.cacheMaxBytes = u.maxBytes;
+    s.cacheEvictedBlocks = u.evictedBlocks;
+    s.cacheDroppedCorrupt = u.droppedCorrupt;
+    s.diskQueueBytes = st->queuedBytes();
+  }
+  return s;
+}
 
 void Engine::quiesce() { impl_->quiescing = true; }
 

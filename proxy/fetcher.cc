@@ -64,6 +64,21 @@ struct Piece final : Transfer::Handler {
   void onDone(Transfer& t, const TransferResult& r) override;
 };
 
+// For an upstream that ignores Range: one request for the whole body, whose
+// bytes fill every block they pass that is not stored yet.
+struct WholeStream final : Transfer::Handler {
+  Fetcher::Impl* f = nullptr;
+  Object* obj = nullptr;
+  std::unique_ptr<Transfer> xfer;
+  uint64_t offset = 0;   // object offset of the next byte from upstream
+  bool changed = false;  // the upstream's length or ETag differ from the object's
+  std::string detail;
+
+  bool onHeaders(Transfer& t) override;
+  size_t onData(Transfer& t, const char* p, size_t n) override;
+  void onDone(Transfer& t, const TransferResult& r) override;
+};
+
 // The in-memory state of one object version that readers are using.
 struct Object final : Transfer::Handler {
   Fetcher::Impl* f = nullptr;
@@ -101,9 +116,9 @@ struct Object final : Transfer::Handler {
     store::ObjectMeta meta;
   } probeInfo;
   // whole-body stream (upstream ignores Range)
-  std::unique_ptr<Transfer> whole;
-  uint64_t wholeOffset = 0;
+  std::unique_ptr<WholeStream> whole;
   int wholeAttempts = 0;
+  int64_t wholeRetryAtMs = 0;
   int holds = 0;  // call frames that still use the object (see Hold)
 
   ~Object() override;
@@ -130,6 +145,7 @@ struct Fetcher::Impl {
   int running = 0;
   std::set<Piece*> paused;
   event* schedEv = nullptr;
+  event* retryTimer = nullptr;  // kicks the scheduler after a backoff
   bool kicked = false;
 
   explicit Impl(Engine::Impl& eng) : e(eng), st(*eng.store) {}
@@ -159,7 +175,8 @@ struct Fetcher::Impl {
   bool canStart(const Object* o) const;
   bool wanted(const Object* o, uint32_t idx) const;
   bool nextWanted(Object* o, uint32_t* idx, std::optional<uint64_t>* urgentPos);
-  Block* createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos);
+  Block* createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos,
+                     bool forceRoom = false);
   void startPiece(Piece* p);
   void pieceFinished(Piece* p, const TransferResult& r);
   void retryPiece(Piece* p, int64_t delayMs);
@@ -190,11 +207,16 @@ Fetcher::Fetcher(Engine::Impl& e) : impl_(std::make_unique<Impl>(e)) {
   s->schedEv = event_new(e.base, -1, 0, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->schedule();
   }, s);
+  s->retryTimer = evtimer_new(e.base, [](evutil_socket_t, short, void* arg) {
+    static_cast<Impl*>(arg)->kick();
+  }, s);
   s->st.setDrainedCallback([s] {
     std::vector<Piece*> ps(s->paused.begin(), s->paused.end());
     s->paused.clear();
     for (Piece* p : ps)
       if (p->xfer) p->xfer->resume();
+    for (Object* o : s->all)
+      if (o->whole && o->whole->xfer->paused()) o->whole->xfer->resume();
   });
 }
 
@@ -212,6 +234,7 @@ Fetcher::~Fetcher() {
   }
   s.st.setDrainedCallback(nullptr);
   event_free(s.schedEv);
+  event_free(s.retryTimer);
 }
 
 Hold::~Hold() {
@@ -395,18 +418,9 @@ bool Object::onHeaders(Transfer& t) {
   return st == 206;  // the 1-byte body is cheap; a 200 body is not
 }
 
-size_t Object::onData(Transfer& t, const char*, size_t n) {
-  if (&t == whole.get()) return f->st.queuedBytes() >= store::Store::kQueueLimit ? Transfer::kPause : n;
-  return n;  // the probe's single byte
-}
+size_t Object::onData(Transfer&, const char*, size_t n) { return n; }  // the probe's single byte
 
-void Object::onDone(Transfer& t, const TransferResult& r) {
-  if (&t == whole.get()) {
-    f->wholeFinished(this, r);
-    return;
-  }
-  f->probeFinished(this, r);
-}
+void Object::onDone(Transfer&, const TransferResult& r) { f->probeFinished(this, r); }
 
 void Fetcher::Impl::probeFinished(Object* o, const TransferResult& r) {
   Hold hold(o);
@@ -523,7 +537,14 @@ void Fetcher::Impl::killObject(Object* o, Reason r, const std::string& detail) {
   auto it = objects.find(o->key);
   if (it != objects.end() && it->second == o) objects.erase(it);
   if (o->hasMeta) st.invalidate(o->key, o->meta.generation);
-  o->whole.reset();
+  if (o->whole) {
+    if (o->whole->xfer->active()) {
+      o->running--;
+      mountRunning[o->mount]--;
+      running--;
+    }
+    o->whole.reset();
+  }
   for (auto& [idx, b] : o->inflight) {
     for (auto& p : b->pieces) {
       if (p->xfer && p->xfer->active()) {
@@ -757,11 +778,12 @@ void Fetcher::Impl::startWork(Object* o) {
   }
 }
 
-Block* Fetcher::Impl::createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos) {
+Block* Fetcher::Impl::createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos,
+                                  bool forceRoom) {
   const store::ObjectMeta& m = o->meta;
   uint64_t len = m.blockLength(idx);
   if (len == 0) return nullptr;
-  if (!st.reserve(len, urgentPos.has_value())) return nullptr;
+  if (!st.reserve(len, forceRoom || urgentPos.has_value())) return nullptr;
   store::Store::Writer* w = st.beginBlock(o->key, m, idx);
   if (!w) {
     st.release(len);
@@ -1071,49 +1093,136 @@ void Fetcher::Impl::failBlock(Block* b, Reason r, const std::string& detail) {
 
 void Fetcher::Impl::startWhole(Object* o) {
   if (o->whole || o->readers.empty() || !canStart(o)) return;
+  if (Engine::Impl::nowMs() < o->wholeRetryAtMs) return;
   // Only worth it while some reader needs a block that is not stored.
   uint64_t bs = o->meta.blockSize;
   bool need = false;
   for (Reader* r : o->readers)
-    for (uint64_t off = r->pos / bs * bs; off < r->end && !need; off += bs)
-      need = !st.present(o->key, o->meta.generation, static_cast<uint32_t>(off / bs));
+    for (uint64_t off = r->pos / bs * bs; off < r->end && !need; off += bs) {
+      uint32_t idx = static_cast<uint32_t>(off / bs);
+      need = !o->inflight.count(idx) && !st.present(o->key, o->meta.generation, idx);
+    }
   if (!need) return;
   if (!linkUsable(o)) {
     ensureLink(o);
     return;
   }
-  Transfer::Options opts = e.transferOptions(o->link);
-  o->whole = std::make_unique<Transfer>(e.multi, std::move(opts), o);
-  o->wholeOffset = 0;
+  auto w = std::make_unique<WholeStream>();
+  w->f = this;
+  w->obj = o;
+  w->xfer = std::make_unique<Transfer>(e.multi, e.transferOptions(o->link), w.get());
+  o->whole = std::move(w);
   o->running++;
   mountRunning[o->mount]++;
   running++;
   e.stats.upstreamRequests++;
-  o->whole->start();
+  o->whole->xfer->start();
 }
+
+bool WholeStream::onHeaders(Transfer& t) {
+  const store::ObjectMeta& m = obj->meta;
+  auto len = t.contentLength();
+  const std::string& etag = t.header("etag");
+  if (t.status() != 200 || (len && *len != m.size) ||
+      (!etag.empty() && !m.etag.empty() && etag != m.etag)) {
+    changed = t.status() == 200;
+    detail = "whole-body request: status " + std::to_string(t.status()) + ", length " +
+             (len ? std::to_string(*len) : std::string("?")) + ", ETag " + etag;
+    return false;
+  }
+  return true;
+}
+
+size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
+  Object* o = obj;
+  store::Store& st = f->st;
+  if (st.queuedBytes() >= store::Store::kQueueLimit) {
+    return Transfer::kPause;  // resumed by the store's drained callback via kick
+  }
+  if (o->readers.empty()) return 0;  // nobody left to serve: stop paying for bytes
+  const uint64_t bs = o->meta.blockSize;
+  size_t done = 0;
+  while (done < n) {
+    uint32_t idx = static_cast<uint32_t>(offset / bs);
+    uint64_t bBegin = static_cast<uint64_t>(idx) * bs;
+    uint64_t bEnd = bBegin + o->meta.blockLength(idx);
+    size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, bEnd - offset));
+    if (take == 0) break;  // past the end: more bytes than the object has
+    auto it = o->inflight.find(idx);
+    Block* b = it == o->inflight.end() ? nullptr : it->second.get();
+    if (!b && offset == bBegin && !st.present(o->key, o->meta.generation, idx)) {
+      // Cache what passes (always room: the stream cannot skip a block a reader waits on).
+      b = f->createBlock(o, idx, std::nullopt, true);
+      if (b) {
+        b->fedByStream = true;
+        b->pieces[0]->state = Piece::State::Running;
+      }
+    }
+    if (b && b->fedByStream && !b->committing) {
+      Piece* p = b->pieces[0].get();
+      if (p->begin + p->received == offset) {
+        std::weak_ptr<int> alive = b->token;
+        size_t len = take;
+        st.write(b->writer, offset - b->begin, data + done, take, [p, alive, len](bool ok) {
+          if (alive.expired()) return;
+          Hold hold(p->blk->obj);
+          if (!ok) {
+            p->f->failBlock(p->blk, Reason::CacheFailed, "cache write failed");
+            return;
+          }
+          p->written += len;
+          p->f->wakeBlock(p->blk);
+          if (p->state == Piece::State::Done) p->f->maybeCommit(p->blk);
+        });
+        p->received += take;
+        f->e.stats.upstreamBytes += take;
+        if (b->initiator) b->initiator->upstreamBytes(take);
+        if (p->begin + p->received == p->end) {
+          p->state = Piece::State::Done;
+          f->maybeCommit(b);
+        }
+      }
+    }
+    offset += take;
+    done += take;
+  }
+  return done == n ? n : 0;
+}
+
+void WholeStream::onDone(Transfer&, const TransferResult& r) { f->wholeFinished(obj, r); }
 
 void Fetcher::Impl::wholeFinished(Object* o, const TransferResult& r) {
   Hold hold(o);
   o->running--;
   mountRunning[o->mount]--;
   running--;
-  o->whole.reset();
+  std::unique_ptr<WholeStream> w = std::move(o->whole);
   // Blocks it was feeding and did not finish are abandoned.
   std::vector<Block*> drop;
   for (auto& [idx, b] : o->inflight)
-    if (b->fedByStream && !b->committing) {
-      bool done = true;
-      for (auto& p : b->pieces) done = done && p->state == Piece::State::Done;
-      if (!done) drop.push_back(b.get());
-    }
+    if (b->fedByStream && !b->committing && b->pieces[0]->state != Piece::State::Done)
+      drop.push_back(b.get());
   for (Block* b : drop) dropBlock(b);
-  if (r.code != CURLE_OK && r.code != CURLE_WRITE_ERROR) {
+  if (w->changed) {
+    killObject(o, Reason::UpstreamChanged, w->detail);
+    return;
+  }
+  bool complete = r.code == CURLE_OK && w->offset == o->meta.size;
+  if (!complete && !o->readers.empty()) {
     e.stats.upstreamErrors++;
     if (++o->wholeAttempts >= kMaxAttempts) {
-      killObject(o, r.timedOut ? Reason::UpstreamTimeout : Reason::UpstreamReset, r.error);
+      killObject(o, r.timedOut ? Reason::UpstreamTimeout : Reason::UpstreamReset,
+                 !w->detail.empty() ? w->detail : r.error);
       return;
     }
+    int64_t delay = std::min(kBackoffMaxMs, kBackoffBaseMs << (o->wholeAttempts - 1));
+    o->wholeRetryAtMs = Engine::Impl::nowMs() + delay;
+    e.stats.retries++;
+    timeval tv{delay / 1000, static_cast<suseconds_t>((delay % 1000) * 1000)};
+    evtimer_add(retryTimer, &tv);
+    return;
   }
+  o->wholeAttempts = 0;
   kick();
 }
 

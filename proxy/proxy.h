@@ -104,6 +104,11 @@ struct Stats {
   uint64_t cacheHitBytes = 0;
   uint64_t corruptBlocks = 0;
   int activeTransfers = 0;
+  // the store, filled in by snapshot()
+  bool cacheEnabled = false;
+  uint64_t cacheObjects = 0, cacheBlocks = 0, cacheBytes = 0, cacheReserved = 0,
+           cacheMaxBytes = 0, cacheEvictedBlocks = 0, cacheDroppedCorrupt = 0;
+  size_t diskQueueBytes = 0;
 };
 
 class Engine {
@@ -131,7 +136,8 @@ class Engine {
   std::unique_ptr<Job> probeSize(const Request& req,
                                  std::function<void(std::optional<uint64_t>)> done);
 
-  const Stats& stats() const;
+  /// Counters now, with the store's usage.
+  Stats snapshot() const;
 
   /// Stops scheduling new upstream work (shutdown); running fetches finish.
   void quiesce();

@@ -179,6 +179,10 @@ int main(int argc, char** argv) {
       fputs(conf::helpText().c_str(), stdout);
       return 0;
     }
+    if (!strcmp(argv[i], "--help-config-markdown")) {  // the README's reference
+      fputs(conf::referenceMarkdown().c_str(), stdout);
+      return 0;
+    }
   }
   if (!parseArgs(argc, argv, &a, &err)) {
     fprintf(stderr, "slipstream: %s\n%s", err.c_str(), kUsage);

@@ -16,6 +16,7 @@
 #include <event2/listener.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -95,11 +96,16 @@ struct Server::Impl {
   bool draining = false;
   std::function<void()> drained;
   uint64_t nextId = 1;
+  // counters for /-/metrics
+  uint64_t requests = 0, bytesOut = 0, upstreamBytesByRequests = 0;
+  std::map<int, uint64_t> byStatus;
 
   Impl(event_base* b, const conf::Config& c, const policy::RuleSet& r, proxy::Engine& e)
       : base(b), cfg(c), rules(r), engine(e) {}
 
   void onRequest(evhttp_request* req);
+  bool adminAllowed(evhttp_request* req, const std::string& client) const;
+  std::string metrics() const;
   void deliver(Exchange* ex, policy::RequestFacts facts, proxy::Request preq);
   void retire(Exchange* ex);
   void reap();
@@ -307,6 +313,9 @@ struct Exchange final : proxy::Sink {
 
 void Server::Impl::retire(Exchange* ex) {
   if (!active.erase(ex)) return;
+  requests++;
+  bytesOut += ex->bytesOut;
+  byStatus[ex->status]++;
   logAccess(*ex);
   dead.push_back(ex);
   event_active(reaper, 0, 0);
@@ -348,6 +357,50 @@ void Server::Impl::logAccess(const Exchange& ex) {
           ex.method.c_str(), conf::logValue(ex.path).c_str(), ex.status, ex.delivery.c_str(),
           ex.cache.c_str(), static_cast<unsigned long long>(ex.bytesOut),
           static_cast<unsigned long long>(ex.upstreamBytes), ms, ex.reason.c_str());
+}
+
+bool Server::Impl::adminAllowed(evhttp_request* req, const std::string& client) const {
+  if (policy::anyCidrContains(cfg.server.adminAllow, client)) return true;
+  if (cfg.server.adminToken.empty()) return false;
+  const char* auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+  std::string want = "Bearer " + cfg.server.adminToken;
+  return auth && strlen(auth) == want.size() && CRYPTO_memcmp(auth, want.data(), want.size()) == 0;
+}
+
+std::string Server::Impl::metrics() const {
+  proxy::Stats st = engine.snapshot();
+  std::string o;
+  auto metric = [&o](const char* name, const char* type, const char* help, uint64_t v) {
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name +
+         " " + std::to_string(v) + "\n";
+  };
+  o += "# HELP slipstream_requests_total Requests answered, by status.\n"
+       "# TYPE slipstream_requests_total counter\n";
+  for (const auto& [code, n] : byStatus)
+    o += "slipstream_requests_total{status=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
+  metric("slipstream_active_requests", "gauge", "Requests running now.", active.size());
+  metric("slipstream_client_connections", "gauge", "Client connections open.", conns.size());
+  metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", bytesOut);
+  metric("slipstream_upstream_requests_total", "counter", "Upstream HTTP requests started.", st.upstreamRequests);
+  metric("slipstream_upstream_bytes_total", "counter", "Body bytes received from upstreams.", st.upstreamBytes);
+  metric("slipstream_upstream_errors_total", "counter", "Upstream requests that failed.", st.upstreamErrors);
+  metric("slipstream_upstream_retries_total", "counter", "Upstream retries after a failure.", st.retries);
+  metric("slipstream_upstream_transfers", "gauge", "Upstream transfers running now.",
+         static_cast<uint64_t>(std::max(0, st.activeTransfers)));
+  metric("slipstream_link_resolutions_total", "counter", "Links resolved by sources.", st.linkResolutions);
+  metric("slipstream_cache_hit_bytes_total", "counter", "Bytes served from stored blocks.", st.cacheHitBytes);
+  if (st.cacheEnabled) {
+    metric("slipstream_cache_objects", "gauge", "Object versions in the cache.", st.cacheObjects);
+    metric("slipstream_cache_blocks", "gauge", "Blocks listed in the cache.", st.cacheBlocks);
+    metric("slipstream_cache_bytes", "gauge", "Bytes of listed blocks.", st.cacheBytes);
+    metric("slipstream_cache_reserved_bytes", "gauge", "Bytes reserved by fetches in flight.", st.cacheReserved);
+    metric("slipstream_cache_max_bytes", "gauge", "Configured max_size.", st.cacheMaxBytes);
+    metric("slipstream_cache_evicted_blocks_total", "counter", "Blocks evicted.", st.cacheEvictedBlocks);
+    metric("slipstream_cache_corrupt_blocks_total", "counter", "Blocks dropped for a bad checksum.",
+           st.cacheDroppedCorrupt);
+    metric("slipstream_disk_queue_bytes", "gauge", "Bytes waiting for the disk thread.", st.diskQueueBytes);
+  }
+  return o;
 }
 
 namespace {
@@ -442,6 +495,12 @@ void Server::Impl::onRequest(evhttp_request* req) {
   if (pr.reason != Reason::None) return ex->sendError(pr.reason, "");
   const std::string& p = pr.path;
 
+  if (p == "/-/metrics") {
+    if (!adminAllowed(req, conn->addr)) return ex->sendError(Reason::Denied, "admin route");
+    return ex->sendSimple(200, {{"Content-Type", "text/plain; version=0.0.4"},
+                                {"Cache-Control", "no-store"}},
+                          metrics());
+  }
   if (p == "/-/health") {
     std::string body = "{\"status\":\"ok\",\"active\":" + std::to_string(active.size()) + "}\n";
     return ex->sendSimple(200, {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}},

@@ -57,23 +57,8 @@ struct BlockId {
 struct DataFile {
   int fd = -1;
   std::string path;
-  // For sendfile: a segment over the whole file with its own (dup'ed) fd,
-  // which lives until the last queued chain that references it is written.
-  evbuffer_file_segment* seg = nullptr;
   ~DataFile() {
-    if (seg) evbuffer_file_segment_free(seg);
     if (fd >= 0) close(fd);
-  }
-  evbuffer_file_segment* segment() {
-    if (!seg) {
-      struct stat st{};
-      int d = fstat(fd, &st) == 0 ? dup(fd) : -1;
-      if (d >= 0) {
-        seg = evbuffer_file_segment_new(d, 0, st.st_size, EVBUF_FS_CLOSE_ON_FREE);
-        if (!seg) close(d);
-      }
-    }
-    return seg;
   }
 };
 
@@ -150,6 +135,7 @@ struct Op {
 }  // namespace
 
 struct Store::Impl {
+  Store* self = nullptr;
   conf::Cache cfg;
   event_base* base = nullptr;
   Env env;
@@ -197,6 +183,7 @@ struct Store::Impl {
   bool loadBlock(const Key& k, uint32_t idx, BlockRecord* r);
   void flushTouches();
   bool reconcile(std::string* err);
+  bool sendfileSegment(int fd, const Key& k, uint32_t idx, uint64_t at, uint64_t len, evbuffer* out);
   // disk thread
   void run();
   void applyIndex(std::vector<Op*>& group);
@@ -204,7 +191,7 @@ struct Store::Impl {
 
 // ------------------------------------------------------------------ open / close
 
-Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) { impl_->self = this; }
 
 Store::Impl::~Impl() {
   if (rtxn) mdb_txn_abort(rtxn);
@@ -525,6 +512,42 @@ void Store::Impl::forgetFile(const Key& k, uint64_t gen) {
   }
 }
 
+namespace {
+struct SegmentPin {
+  Store* store;
+  Key key;
+  uint32_t idx;
+};
+}  // namespace
+
+// Queues [at, at+len) of the data file for sendfile. The block stays pinned
+// (not evictable, so its pages cannot be punched under the socket) until
+// libevent has handed the bytes to the kernel and frees the segment.
+bool Store::Impl::sendfileSegment(int fd, const Key& k, uint32_t idx, uint64_t at, uint64_t len,
+                                  evbuffer* out) {
+  int d = dup(fd);
+  if (d < 0) return false;
+  evbuffer_file_segment* seg = evbuffer_file_segment_new(d, static_cast<ev_off_t>(at),
+                                                         static_cast<ev_off_t>(len),
+                                                         EVBUF_FS_CLOSE_ON_FREE);
+  if (!seg) {
+    close(d);
+    return false;
+  }
+  pins[{k, idx}]++;
+  evbuffer_file_segment_add_cleanup_cb(
+      seg,
+      [](const evbuffer_file_segment*, int, void* arg) {
+        auto* p = static_cast<SegmentPin*>(arg);
+        p->store->unpin(p->key, p->idx);
+        delete p;
+      },
+      new SegmentPin{self, k, idx});
+  int rc = evbuffer_add_file_segment(out, seg, 0, static_cast<ev_off_t>(len));
+  evbuffer_file_segment_free(seg);  // the chain holds the remaining reference
+  return rc == 0;
+}
+
 bool Store::Impl::loadBlock(const Key& k, uint32_t idx, BlockRecord* r) {
   MDB_txn* t = readTxn();
   if (!t) return false;
@@ -647,13 +670,8 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   }
   bool known = true;
   for (uint32_t p = p0; p <= p1 && known; p++) known = v.pages[p];
-  if (known) {
-    if (evbuffer_file_segment* seg = f->segment()) {
-      if (evbuffer_add_file_segment(out, seg, static_cast<ev_off_t>(blockOffset(m, idx) + off),
-                                    static_cast<ev_off_t>(len)) == 0)
-        return ReadResult::Ok;
-    }
-  }
+  if (known && s.sendfileSegment(f->fd, k, idx, blockOffset(m, idx) + off, len, out))
+    return ReadResult::Ok;
   uint64_t from = static_cast<uint64_t>(p0) * kPageSize;
   uint64_t to = std::min<uint64_t>(r.length, static_cast<uint64_t>(p1 + 1) * kPageSize);
   if (s.scratch.size() < to - from) s.scratch.resize(to - from);
