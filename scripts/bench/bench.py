@@ -31,6 +31,7 @@ import hashlib
 import http.client
 import os
 import random
+import resource
 import re
 import shutil
 import signal
@@ -38,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -112,25 +114,84 @@ def _on_signal(signum, _frame):
     raise SystemExit("bench: interrupted by signal %d" % signum)
 
 
-def group_hwm(pgid):
-    """Sum of VmHWM (bytes) over the live processes of a process group."""
-    total = 0
+def group_pids(pgid):
+    pids = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % pid) as f:
                 st = f.read()
-            fields = st[st.rindex(")") + 2:].split()
-            if int(fields[2]) != pgid:  # pgrp
-                continue
-            with open("/proc/%s/status" % pid) as f:
+            if int(st[st.rindex(")") + 2:].split()[2]) == pgid:  # pgrp
+                pids.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def group_status(pgid, keys=("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")):
+    """/proc/PID/status memory fields (bytes) summed over a process group."""
+    total = dict.fromkeys(keys, 0)
+    for pid in group_pids(pgid):
+        try:
+            with open("/proc/%d/status" % pid) as f:
                 for line in f:
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1]) * 1024
+                    k = line.split(":", 1)[0]
+                    if k in total:
+                        total[k] += int(line.split()[1]) * 1024
         except (OSError, ValueError):
             continue
     return total
+
+
+def group_hwm(pgid):
+    """Sum of VmHWM (bytes) over the live processes of a process group."""
+    return group_status(pgid)["VmHWM"]
+
+
+class RssSampler(threading.Thread):
+    """Samples a process group's RssAnon / RssFile every 50 ms; keeps the peaks
+    (VmHWM alone cannot tell heap from mapped files)."""
+
+    def __init__(self, pgid):
+        super().__init__(daemon=True)
+        self.pgid = pgid
+        self.peak_anon = self.peak_file = 0
+        self.stopped = threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.stopped.is_set():
+            st = group_status(self.pgid)
+            self.peak_anon = max(self.peak_anon, st["RssAnon"] + st["RssShmem"])
+            self.peak_file = max(self.peak_file, st["RssFile"])
+            self.stopped.wait(0.05)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(2)
+
+
+def cpu_ticks_of(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            st = f.read()
+        fields = st[st.rindex(")") + 2:].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError):
+        return 0
+
+
+def group_cpu_seconds(pgid):
+    return sum(cpu_ticks_of(pid) for pid in group_pids(pgid)) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds():
+    """CPU seconds the whole machine spent busy (all cores) since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port, proc, timeout, what):
@@ -270,6 +331,14 @@ class Direct:
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
 
+class OriginDirect(Direct):
+    """Calibration: straight to the origin nginx, no relay, no cap."""
+    name = "origin, uncapped"
+
+    def __init__(self, origin):
+        self.port = origin.port
+
+
 class NginxCache:
     name = "nginx slice 1m"
     client_headers = []
@@ -326,6 +395,7 @@ http {
         self.proc = spawn([harness.NGINX, "-p", self.dir, "-e", os.path.join(self.dir, "error.log"), "-c", cf],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc, 10, "nginx cache")
+        self.sampler = RssSampler(self.proc.pid)
 
     def stop(self):
         """Stops it (cache dir removed); returns peak RSS: VmHWM summed over
@@ -333,10 +403,11 @@ http {
         if not self.proc:
             return None
         hwm = group_hwm(self.proc.pid)
+        self.sampler.stop()
         kill_group(self.proc, signal.SIGTERM)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
-        return hwm
+        return dict(hwm=hwm, anon=self.sampler.peak_anon, file=self.sampler.peak_file)
 
     def url(self, path=FILE_NAME):
         return "http://127.0.0.1:%d%s" % (self.port, path)
@@ -396,6 +467,7 @@ connections = 16
             with open(self.err, "rb") as f:
                 return re.search(rb"event=listening address=127\.0\.0\.1:(\d+)", f.read())
         self.port = int(harness.wait_until(listening, 15, what="slipstream to listen").group(1))
+        self.sampler = RssSampler(self.proc.pid)
 
     def stderr_text(self):
         try:
@@ -414,12 +486,13 @@ connections = 16
         if not self.proc:
             return None
         hwm = group_hwm(self.proc.pid)
+        self.sampler.stop()
         alive = self.proc.poll() is None
         kill_group(self.proc, signal.SIGTERM, wait=10)
         self.err_copies.append((alive, self.proc.returncode, self.stderr_text()))
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
-        return hwm
+        return dict(hwm=hwm, anon=self.sampler.peak_anon, file=self.sampler.peak_file)
 
     def url(self, path=FILE_NAME):
         return "http://127.0.0.1:%d/p/bench%s" % (self.port, path)  # /p/ = always proxied
@@ -477,10 +550,11 @@ class Bench:
         self.args = args
         self.size = int(args.size * MiB)
         self.rate = args.rate * MiB
-        self.results = {}  # row -> col -> value (number, "n/a", or ("ERR", note))
+        self.results = {}  # row -> col -> number, "n/a", "skip" or "ERRn" (n indexes self.errors)
         self.notes = []
         self.errors = []
-        self.phase_rss = {}  # row -> {phase: bytes}
+        self.phase_rss = {}  # row -> {phase: {hwm, anon, file}} in bytes
+        self.hwm_marks = {}  # row -> [(step, VmHWM bytes)]
 
     # -- helpers
 
@@ -504,7 +578,9 @@ class Bench:
         out = os.path.join(self.outdir, "full.bin")
         hf = os.path.join(self.outdir, "full.hdr")
         try:
+            c0 = self.cpu_snap(srv)
             r = curl_run(srv.url(), out, srv.client_headers, hdr_file=hf, timeout=self.full_timeout())
+            self.cpu_note(row, col.replace("_", " "), srv, c0)
             xc = header_value(hf, "X-Cache")
             if r["code"] != 200 or r["size"] != self.size:
                 raise RuntimeError("status %d, %d bytes of %d" % (r["code"], r["size"], self.size))
@@ -539,7 +615,12 @@ class Bench:
             if watch_origin:
                 time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))
                 origin_1s = self.relay.down() - d0
-            so, se = p.communicate(timeout=60)
+            try:
+                so, se = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+                raise RuntimeError("range request still running after 60 s")
             if p.returncode != 0:
                 raise RuntimeError("curl exit %d: %s" % (p.returncode, se.strip()[:300]))
             r = parse_curl(so)
@@ -648,8 +729,20 @@ end
         n = self.args.clients
         outs = [os.path.join(self.outdir, "c%02d.bin" % i) for i in range(n)]
         try:
+            c0 = self.cpu_snap(srv)
+            a0 = self.relay.stats()["accepted"]
             d0 = self.relay.down()
+            # When did the origin transfer end? (last change of the relay's counter)
+            watch = {"last": d0, "t_last": 0.0, "stop": threading.Event()}
+
+            def watcher():
+                while not watch["stop"].wait(0.02):
+                    d = self.relay.down()
+                    if d != watch["last"]:
+                        watch["last"], watch["t_last"] = d, time.monotonic() - t0
             t0 = time.monotonic()
+            wt = threading.Thread(target=watcher, daemon=True)
+            wt.start()
             procs = [subprocess.Popen(curl_argv(srv.url(), o, srv.client_headers), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True) for o in outs]
             deadline = t0 + self.full_timeout() * 2
@@ -663,7 +756,18 @@ end
                     raise RuntimeError("clients still running after %.0f s" % (deadline - t0))
                 results.append((p.returncode, so, se))
             wall = time.monotonic() - t0
+            self.cpu_note(row, "%d clients" % n, srv, c0)
             origin = self.relay.wait_quiet(1.0, 30) - d0
+            watch["stop"].set()
+            wt.join(2)
+            totals = sorted(parse_curl(so)["total"] for rc, so, _ in results if rc == 0 and so.strip())
+            if totals:
+                via = ""
+                if not isinstance(srv, OriginDirect):
+                    via = "; origin transfer ended at %.2f s over %d upstream connections" % (
+                        watch["t_last"], self.relay.stats()["accepted"] - a0)
+                self.notes.append("%s %d clients: finished between %.2f and %.2f s (median %.2f)%s" % (
+                    row, n, totals[0], totals[-1], totals[len(totals) // 2], via))
             problems = []
             for i, (rc, so, se) in enumerate(results):
                 if rc != 0:
@@ -694,10 +798,29 @@ end
         srv.start()
 
     def done(self, row, srv, phase):
-        hwm = srv.stop()
-        if hwm is not None:
-            self.phase_rss.setdefault(row, {})[phase] = hwm
+        mem = srv.stop()
+        if mem is not None:
+            self.phase_rss.setdefault(row, {})[phase] = mem
         self.relay.wait_idle(10)
+
+    def cpu_snap(self, srv):
+        pg = srv.proc.pid if getattr(srv, "proc", None) is not None else None
+        return (time.monotonic(), group_cpu_seconds(pg) if pg else 0.0,
+                cpu_ticks_of(self.relay.proc.pid) / os.sysconf("SC_CLK_TCK"), machine_busy_seconds())
+
+    def cpu_note(self, row, step, srv, snap0):
+        t1, s1, r1, m1 = self.cpu_snap(srv)
+        t0, s0, r0, m0 = snap0
+        wall = max(t1 - t0, 1e-6)
+        cores = os.cpu_count() or 1
+        server = "server %.0f %% of a core, " % ((s1 - s0) / wall * 100) if getattr(srv, "proc", None) else ""
+        self.notes.append("%s %s CPU over %.1f s: %srelay %.0f %% of a core, whole machine %.0f %% of %d cores" % (
+            row, step, wall, server, (r1 - r0) / wall * 100, (m1 - m0) / wall / cores * 100, cores))
+
+    def mark(self, row, srv, label):
+        """VmHWM so far, to see which step raised the peak."""
+        if getattr(srv, "proc", None) is not None:
+            self.hwm_marks.setdefault(row, []).append((label, group_hwm(srv.proc.pid)))
 
     def run_server_row(self, row, srv):
         self.results[row] = {}
@@ -706,19 +829,24 @@ end
         try:
             a0 = self.relay.stats()["accepted"]
             ok = self.full_download(row, "cold_full", srv)
+            self.mark(row, srv, "A cold full")
             if isinstance(srv, Slipstream) or isinstance(srv, NginxCache):
                 self.notes.append("%s cold full: %d upstream connections opened" % (
                     row, self.relay.stats()["accepted"] - a0))
                 time.sleep(0.5)  # let the last blocks land in the store
                 d0 = self.relay.down()
                 self.full_download(row, "warm_full", srv)
+                self.mark(row, srv, "A warm full")
                 warm_origin = self.relay.down() - d0
                 if warm_origin > 0:
                     self.notes.append("%s warm full: origin sent %.2f MiB" % (row, warm_origin / MiB))
             else:
                 self.results[row]["warm_full"] = self.results[row].get("cold_full", "n/a")
             if ok:
+                c0 = self.cpu_snap(srv)
                 self.wrk(row, srv)
+                self.cpu_note(row, "wrk", srv, c0)
+                self.mark(row, srv, "A wrk")
             else:
                 self.results[row]["wrk_rps"] = "skip"
         finally:
@@ -728,16 +856,18 @@ end
         try:
             self.range_request(row, "cold", srv, watch_origin=True)
             self.range_request(row, "warm", srv, watch_origin=False)
+            self.mark(row, srv, "B seeks")
         finally:
             self.done(row, srv, "B")
         # C: N clients at once on the cold file.
         self.fresh(row, srv, "C")
         try:
             self.many_clients(row, srv)
+            self.mark(row, srv, "C clients")
         finally:
             self.done(row, srv, "C")
         if row in self.phase_rss:
-            self.results[row]["rss"] = max(self.phase_rss[row].values()) / MiB
+            self.results[row]["rss"] = max(m["hwm"] for m in self.phase_rss[row].values()) / MiB
 
     def run_aria2c(self, row):
         self.results[row] = {}
@@ -791,6 +921,10 @@ end
                 f.write(b)
                 left -= len(b)
         self.sha = h.hexdigest()
+        if "slipstream" in a.rows:
+            # Run a private copy: other work may rebuild build/slipstream during the run.
+            self.bin_copy = os.path.join(self.tmp, "slipstream")
+            shutil.copy2(a.bin, self.bin_copy)
         self.origin = Origin(root, self.tmp)
         self.relay = Relay(a.relay, self.origin.port, self.rate, self.tmp)
         # The origin must refuse a request without the headers.
@@ -802,8 +936,16 @@ end
         if bare != "403" or ok != "206":
             raise RuntimeError("origin check failed: without headers %s (want 403), with %s (want 206)" % (bare, ok))
 
+    def our_cpu(self):
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        rc = resource.getrusage(resource.RUSAGE_CHILDREN)
+        live = sum(cpu_ticks_of(p.pid) for p in _procs) / os.sysconf("SC_CLK_TCK")
+        return ru.ru_utime + ru.ru_stime + rc.ru_utime + rc.ru_stime + live
+
     def run(self):
         t_start = time.monotonic()
+        self.load_start = os.getloadavg()
+        self.busy0, self.ours0 = machine_busy_seconds(), self.our_cpu()
         self.setup()
         cache_max = max(4096 * MiB, 4 * self.size)
         for row in self.args.rows:
@@ -815,9 +957,17 @@ end
             elif row == "nginx":
                 self.run_server_row(row, NginxCache(self.relay, self.tmp, cache_max))
             elif row == "slipstream":
-                self.slip = Slipstream(self.args.bin, self.relay, self.tmp, cache_max)
+                self.slip = Slipstream(self.bin_copy, self.relay, self.tmp, cache_max)
                 self.run_server_row(row, self.slip)
+        if self.args.clients > 0 and not self.args.no_ceiling:
+            # What N plain curl clients cost this machine when the server is as fast as it gets.
+            log("---- ceiling: %d clients straight from the origin" % self.args.clients)
+            self.results["ceiling"] = {}
+            self.many_clients("ceiling", OriginDirect(self.origin))
         self.elapsed = time.monotonic() - t_start
+        self.load_end = os.getloadavg()
+        self.busy = machine_busy_seconds() - self.busy0
+        self.ours = self.our_cpu() - self.ours0
         return self.report()
 
     # -- report
@@ -864,8 +1014,17 @@ end
                  "wrk -t%d -c%d -d%ds random 64 KiB ranges (half 64 KiB-aligned)" % (
                      self.size // MiB, self.size * 6 // 10, self.size * 6 // 10 + MiB - 1, a.clients,
                      a.wrk_threads, a.wrk_conns, a.wrk_duration))
-        L.append("- slipstream %s (defaults but connections = 16, access_log off); %s (worker_processes auto, "
-                 "access_log off)%s" % (rev, versions, "; QUICK run" if a.quick else ""))
+        L.append("- slipstream binary %s (%s); load average at start %.2f, at end %.2f; the machine was busy "
+                 "%.0f CPU-s during the run, ≈ %.0f CPU-s of it outside this benchmark's processes" % (
+                     self.bin_id(), a.bin, self.load_start[0], self.load_end[0], self.busy,
+                     max(0.0, self.busy - self.ours)))
+        other = max(0.0, self.busy - self.ours) / max(self.elapsed * (os.cpu_count() or 1), 1e-6)
+        if other > 0.10:
+            L.append("- **WARNING: other processes took ≈ %.0f %% of the machine's CPU during this run; the figures "
+                     "are disturbed — rerun on a quiet machine**" % (other * 100))
+        L.append("- slipstream tree %s (defaults but connections = 16, access_log off); %s (nginx cache: "
+                 "worker_processes auto, sendfile on, tcp_nopush off, access_log off)%s" % (
+                     rev, versions, "; QUICK run" if a.quick else ""))
         L.append("")
         hdr = ["server", "cold full MiB/s", "warm full MiB/s", "cold seek TTFB ms", "cold seek total ms",
                "origin MiB in 1 s", "warm seek TTFB ms", "warm seek total ms", "%d clients wall s" % a.clients,
@@ -888,6 +1047,11 @@ end
                  "included). nginx RSS = VmHWM summed over master, workers and cache processes. Peak RSS = max "
                  "over the three fresh instances (A: full+wrk, B: seek, C: clients).")
         L.append("")
+        ceil = self.results.get("ceiling", {}).get("many_wall")
+        if isinstance(ceil, float):
+            L.append("Machine ceiling for the %d-clients column: the same %d curl clients straight from the origin "
+                     "nginx (no relay, no cap, page cache) take %.2f s." % (a.clients, a.clients, ceil))
+            L.append("")
         L += self.targets()
         if self.notes or self.errors:
             L.append("")
@@ -895,8 +1059,12 @@ end
             for n in self.notes:
                 L.append("- " + n)
             for row, ph in sorted(self.phase_rss.items()):
-                L.append("- %s peak RSS per instance: %s" % (row, ", ".join(
-                    "%s %.1f MiB" % (k, v / MiB) for k, v in sorted(ph.items()))))
+                L.append("- %s peak RSS per instance (VmHWM; sampled peak anon / file-backed): %s" % (row, "; ".join(
+                    "%s %.1f MiB (%.1f / %.1f)" % (k, v["hwm"] / MiB, v["anon"] / MiB, v["file"] / MiB)
+                    for k, v in sorted(ph.items()))))
+                if row in self.hwm_marks:
+                    L.append("- %s VmHWM after each step: %s" % (row, ", ".join(
+                        "%s %.1f MiB" % (k, v / MiB) for k, v in self.hwm_marks[row])))
             for i, e in enumerate(self.errors, 1):
                 L.append("- ERR%d %s" % (i, e))
         if hasattr(self, "slip"):
@@ -904,6 +1072,19 @@ end
         L.append("")
         L.append("run time: %.0f s" % self.elapsed)
         return "\n".join(L) + "\n"
+
+    def bin_id(self):
+        try:
+            path = getattr(self, "bin_copy", self.args.bin)
+            st = os.stat(path)
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for b in iter(lambda: f.read(MiB), b""):
+                    h.update(b)
+            return "sha256 %s…, built %s" % (h.hexdigest()[:12], datetime.datetime.fromtimestamp(
+                st.st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"))
+        except OSError as e:
+            return "unreadable: %s" % e
 
     def targets(self):
         r = self.results
@@ -977,6 +1158,7 @@ def main():
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB file, 3 s wrk")
     ap.add_argument("--rows", default=",".join(ROWS), help="subset of " + ",".join(ROWS))
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the uncapped-origin calibration of the clients column")
     ap.add_argument("--tmp", default=None, help="parent of the temp dirs (default $TMPDIR or /tmp)")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     ap.add_argument("--timeout", type=float, default=1800, help="abort the whole run after this many seconds")
