@@ -119,6 +119,9 @@ class CacheJob final : public Job, public Reader {
   void step() {
     const uint64_t bs = meta_.blockSize;
     evbuffer* buf = evbuffer_new();
+    // Its chains end up in a socket's output buffer: keep file segments as
+    // sendfile chains instead of letting libevent mmap them here.
+    evbuffer_set_flags(buf, EVBUFFER_FLAG_DRAINS_TO_FD);
     uint32_t lastIdx = static_cast<uint32_t>(pos / bs);
     while (state_ == State::Streaming && pos < end && sink_->queued() < kClientHighWater) {
       uint32_t idx = static_cast<uint32_t>(pos / bs);

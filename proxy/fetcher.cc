@@ -1112,6 +1112,7 @@ void Fetcher::Impl::startWhole(Object* o) {
   w->obj = o;
   w->xfer = std::make_unique<Transfer>(e.multi, e.transferOptions(o->link), w.get());
   o->whole = std::move(w);
+  logf(conf::LogLevel::Debug, "whole_stream_start", "path=" + conf::logValue(o->path));
   o->running++;
   mountRunning[o->mount]++;
   running++;
@@ -1197,6 +1198,9 @@ void Fetcher::Impl::wholeFinished(Object* o, const TransferResult& r) {
   mountRunning[o->mount]--;
   running--;
   std::unique_ptr<WholeStream> w = std::move(o->whole);
+  logf(conf::LogLevel::Debug, "whole_stream_done",
+       "path=" + conf::logValue(o->path) + " offset=" + std::to_string(w->offset) +
+           " code=" + std::to_string(r.code) + " readers=" + std::to_string(o->readers.size()));
   // Blocks it was feeding and did not finish are abandoned.
   std::vector<Block*> drop;
   for (auto& [idx, b] : o->inflight)

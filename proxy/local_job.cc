@@ -118,6 +118,9 @@ class LocalJob final : public Job {
   void pump() {
     if (gone_ || finished_ || !seg_) return;
     evbuffer* buf = evbuffer_new();
+    // Its chains end up in a socket's output buffer: keep file segments as
+    // sendfile chains instead of letting libevent mmap them here.
+    evbuffer_set_flags(buf, EVBUFFER_FLAG_DRAINS_TO_FD);
     while (pos_ < end_ && sink_->queued() < kClientHighWater) {
       uint64_t n = std::min(kSegmentStep, end_ - pos_);
       evbuffer_add_file_segment(buf, seg_, static_cast<ev_off_t>(pos_), static_cast<ev_off_t>(n));

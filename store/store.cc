@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -57,16 +58,27 @@ struct BlockId {
 struct DataFile {
   int fd = -1;
   std::string path;
+  // Change detection for verified pages. The disk thread records the ctime
+  // each of its own writes left; a ctime the loop sees that is not ours means
+  // someone else wrote the file (a new epoch: verify again before serving).
+  std::atomic<int64_t> ourCtimeNs{-1};
+  int64_t seenCtimeNs = -1;  // loop only
+  uint64_t epoch = 0;        // loop only
   ~DataFile() {
     if (fd >= 0) close(fd);
   }
 };
 
-/// Pages of one block verified since the data file last changed (its ctime):
-/// those are served with sendfile without reading them again.
+int64_t ctimeOf(int fd) {
+  struct stat st{};
+  if (fstat(fd, &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
+}
+
+/// Pages of one block verified in the current epoch of its data file: those
+/// are served with sendfile without reading them again.
 struct Verified {
-  int64_t ctimeNs = -1;
-  uint64_t ino = 0;
+  uint64_t epoch = 0;
   std::vector<bool> pages;
 };
 constexpr size_t kMaxVerified = 1 << 17;
@@ -152,6 +164,7 @@ struct Store::Impl {
   std::map<BlockId, int> pins;
   std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
   std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
+  uint64_t epochs = 0;
   std::list<std::pair<std::pair<Key, uint64_t>, std::shared_ptr<DataFile>>> files;  // LRU
   std::vector<char> scratch;
   event* doneEv = nullptr;
@@ -498,6 +511,8 @@ std::shared_ptr<DataFile> Store::Impl::file(const Key& k, uint64_t gen, bool cre
              "path=" + conf::logValue(f->path) + " error=" + conf::logValue(strerror(errno)));
     return nullptr;
   }
+  f->epoch = ++epochs;  // nothing verified through this descriptor yet
+  f->seenCtimeNs = ctimeOf(f->fd);
   files.emplace_front(std::make_pair(k, gen), f);
   if (files.size() > kMaxOpenFiles) files.pop_back();
   return f;
@@ -656,16 +671,18 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   if (!f) return ReadResult::IoError;
   uint32_t p0 = static_cast<uint32_t>(off / kPageSize);
   uint32_t p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
-  // Pages verified since the file last changed go out with sendfile; the
-  // file's ctime moves with every write to it (ours or anyone's).
-  struct stat st{};
-  if (fstat(f->fd, &st) != 0) return ReadResult::IoError;
-  int64_t ctimeNs = static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
+  // Pages verified in this epoch go out with sendfile. A change of the
+  // file's ctime that the disk thread did not cause starts a new epoch.
+  int64_t ct = ctimeOf(f->fd);
+  if (ct < 0) return ReadResult::IoError;
+  if (ct != f->seenCtimeNs) {
+    if (ct != f->ourCtimeNs.load(std::memory_order_acquire)) f->epoch = ++s.epochs;
+    f->seenCtimeNs = ct;
+  }
   if (s.verified.size() > kMaxVerified) s.verified.clear();
   Verified& v = s.verified[{k, m.generation, idx}];
-  if (v.ctimeNs != ctimeNs || v.ino != st.st_ino || v.pages.size() != r.pages.size()) {
-    v.ctimeNs = ctimeNs;
-    v.ino = st.st_ino;
+  if (v.epoch != f->epoch || v.pages.size() != r.pages.size()) {
+    v.epoch = f->epoch;
     v.pages.assign(r.pages.size(), false);
   }
   bool known = true;
@@ -893,6 +910,7 @@ void Store::Impl::run() {
             }
           ssize_t wr = pwrite(w->file->fd, op.data.data(), op.data.size(),
                               static_cast<off_t>(w->fileOffset + op.off));
+          w->file->ourCtimeNs.store(ctimeOf(w->file->fd), std::memory_order_release);
           if (wr != static_cast<ssize_t>(op.data.size())) {
             op.ok = false;
             w->failed = true;
@@ -1105,9 +1123,11 @@ void Store::Impl::applyIndex(std::vector<Op*>& group) {
     for (Op* op : group) op->ok = false;
   }
   // Only now that the index no longer lists them may the bytes go.
-  for (auto& [f, r] : punch)
+  for (auto& [f, r] : punch) {
     fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(r.first),
               static_cast<off_t>(r.second));
+    f->ourCtimeNs.store(ctimeOf(f->fd), std::memory_order_release);
+  }
   for (auto& [path, r] : punchByPath) {
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) continue;
