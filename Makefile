@@ -11,7 +11,7 @@ CXX      ?= g++
 SAN      ?= 0
 ifeq ($(SAN),1)
 BUILD    := build/san
-OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-maybe-uninitialized
 else
 BUILD    := build
 OPT      := -O2 -g

@@ -426,8 +426,9 @@ class Slipstream:
     client_headers = []
     cache = True
 
-    def __init__(self, binary, relay, base, cache_max):
+    def __init__(self, binary, relay, base, cache_max, mount_extra="", cache_extra=""):
         self.binary, self.relay, self.base, self.cache_max = binary, relay, base, cache_max
+        self.mount_extra, self.cache_extra = mount_extra, cache_extra  # for scripts/bench/defaults.py
         self.proc = None
         self.err_copies = []  # stderr of previous instances (for the notes)
 
@@ -443,6 +444,7 @@ shutdown_grace = 1s
 [cache]
 dir = %(d)s/cache
 max_size = %(max)dM
+%(cache_extra)s
 
 [mount bench]
 prefix = /bench
@@ -453,7 +455,9 @@ header = User-Agent: %(ua)s
 delivery = proxy
 cache = on
 connections = 16
-""" % dict(d=self.dir, max=self.cache_max // MiB, relay=self.relay.port, ref=REFERER, ua=USER_AGENT)
+%(mount_extra)s
+""" % dict(d=self.dir, max=self.cache_max // MiB, relay=self.relay.port, ref=REFERER, ua=USER_AGENT,
+           mount_extra=self.mount_extra, cache_extra=self.cache_extra)
         self.ini = os.path.join(self.dir, "slipstream.ini")
         with open(self.ini, "w") as f:
             f.write(ini)

@@ -20,14 +20,13 @@ import http.server
 import json
 import os
 import re
-import socket
 import socketserver
 import subprocess
 import threading
 import time
 import urllib.parse
 
-from harness import (BIN, REFERER, USER_AGENT, GatewayTest, curl, random_bytes, sha256,
+from harness import (REFERER, USER_AGENT, GatewayTest, curl, free_port, random_bytes, sha256,
                      wait_until, write_file)
 
 KiB = 1024
@@ -72,7 +71,9 @@ def sign_of(url):
 
 
 def gw_ini(server="", mounts="", rules="", cache=""):
-    return ("[server]\nlog_level = debug\n%s\n[cache]\ndir = @CACHE@\nmin_free = 0\nmax_size = 1G\n%s\n%s\n%s"
+    # A short shutdown_grace: a test that fails on a hung request still
+    # tears its gateway down quickly.
+    return ("[server]\nlog_level = debug\nshutdown_grace = 1s\n%s\n[cache]\ndir = @CACHE@\nmin_free = 0\nmax_size = 1G\n%s\n%s\n%s"
             % (server, cache, mounts, rules))
 
 
@@ -462,6 +463,29 @@ class ThreeProcess(EdgeTest):
         main_lines = [a for a in main.wait_access(2) if a.get("status") == "302"]
         self.assertTrue(main_lines and all(a.get("delivery") == "proxy_url" for a in main_lines), main_lines)
 
+        # /p/ on the main node is always proxied by the main itself.
+        r = main.get("/p/m/other.mkv")
+        self.assertEqual(r.status, 200, r.body[:200])
+        self.assertEqual(sha256(r.body), sha256(other))
+
+        # proxy_url set on the mount (no rule), and the client exempt on the
+        # main: no sign needed there, the edge still gets a signed link.
+        main2 = self.gateway(gw_ini(
+            server="sign_secret = %s\nsign_exempt = 127.0.0.0/8\n" % SECRET,
+            mounts="[mount m]\nsource = http\nbase_url = %s\n%sdelivery = proxy_url\nproxy_url = %s/\n"
+                   % (origin.url(), picky_headers(), edge.url(""))))
+        r = main2.get("/d" + enc_path(vpath))
+        self.assertEqual(r.status, 302, r.body[:200])
+        self.assertEqual(r.header("Location"),
+                         edge.url(enc_path(vpath)) + "?sign=" + urllib.parse.quote(alist_sign(SECRET, vpath, 0), safe=""))
+        origin.clear_log()
+        c = curl("-L", "-D", hdr2, "-o", out, "-w", "%{http_code} %{num_redirects}", main2.url("/d" + enc_path(vpath)))
+        self.assertEqual(c.stdout, b"200 1", c.stderr)
+        with open(out, "rb") as f:
+            self.assertEqual(sha256(f.read()), sha256(data))
+        self.assertEqual(last_header_block(open(hdr2, "rb").read())[1].get("x-cache"), "HIT")
+        self.assertEqual(sum(e["bytes"] for e in settled_entries(origin)), 0)
+
 
 # --------------------------------------------------------------------- 4. AList contract
 
@@ -570,6 +594,19 @@ class AListContract(EdgeTest):
         self.assertEqual(r.body, b"")
         self.assertEqual(edge.get(enc_path(path), method="HEAD").status, 401)
 
+    def test_client_bound_links_keyed_by_user_agent(self):
+        # link_bind = ua (115-style links): one resolution per client UA, the
+        # client's UA is what AList sees when it makes the link.
+        edge = self.gateway(self.edge_ini(ALIST_TOKEN, "link_bind = ua\ncache = off\n"))
+        target = "/film.mkv?sign=" + alist_sign(ALIST_TOKEN, "/film.mkv", 0)
+        want = self.files["/film.mkv"]
+        for ua in ("Player-A/1.0", "Player-B/2.0", "Player-A/1.0"):
+            r = edge.get(target, headers={"User-Agent": ua, "Range": "bytes=0-1023"})
+            self.assertEqual(r.status, 206, r.body[:300])
+            self.assertEqual(r.body, want[:1024])
+        calls = self.fake.link_calls("/film.mkv")
+        self.assertEqual([c["user_agent"] for c in calls], ["Player-A/1.0", "Player-B/2.0"])
+
     def test_wrong_token_is_502_with_alists_message(self):
         edge = self.gateway(self.edge_ini("wrong-" + ALIST_TOKEN))
         r = edge.get("/film.mkv?sign=" + alist_sign(ALIST_TOKEN, "/film.mkv", 0))
@@ -579,6 +616,14 @@ class AListContract(EdgeTest):
         self.assertEqual(calls[0]["authorization"], "wrong-" + ALIST_TOKEN)
         self.assertEqual(calls[0]["code"], 401)
         self.assertEqual(settled_entries(self.origin), [], "no upstream fetch without a link")
+
+    def test_alist_unreachable_is_502(self):
+        dead = "http://127.0.0.1:%d" % free_port()
+        edge = self.gateway(gw_ini(server="role = edge\nsign_secret = %s\n" % ALIST_TOKEN,
+                                   mounts="[mount alist]\nsource = alist\nurl = %s\ntoken = %s\nprefix = /\n"
+                                          % (dead, ALIST_TOKEN)))
+        r = edge.get("/film.mkv?sign=" + alist_sign(ALIST_TOKEN, "/film.mkv", 0), timeout=30)
+        self.assertReason(r, 502, "could not resolve")
 
 
 # --------------------------------------------------------------------- 5./6. link expiry
@@ -619,10 +664,10 @@ class LinkExpiry(EdgeTest):
             self.origin.port, uri, nginx_secure_md5(uri, SECURE, expires), expires),
             "header": {"User-Agent": [USER_AGENT]}}
 
-    def gw_for(self, fake):
+    def gw_for(self, fake, extra=""):
         return self.gateway(gw_ini(
             mounts="[mount a]\nsource = alist\nurl = %s\ntoken = %s\nlink_ttl = 1h\nconnections = 2\n"
-                   "read_ahead = 32M\n" % (fake.url(), ALIST_TOKEN),
+                   "read_ahead = 32M\n%s" % (fake.url(), ALIST_TOKEN, extra),
             cache="block_size = 256K\n"))
 
     def test_origin_refuses_stale_links(self):
@@ -657,6 +702,38 @@ class LinkExpiry(EdgeTest):
         first_refusal = next((i for i, s in enumerate(statuses) if s in (403, 410)), None)
         self.assertIsNotNone(first_refusal, statuses)
         self.assertTrue(any(s == 206 for s in statuses[first_refusal + 1:]), statuses)
+
+    def refused_on_first_request(self, extra, logged=True):
+        """A link cached by an earlier request dies; the next request's first
+        upstream request (probe or range) is refused: the gateway must
+        re-resolve and answer, the client none the wiser."""
+        fake = self.fake_alist(ALIST_TOKEN, lambda path, nth: self.mint(2))
+        gw = self.gw_for(fake, extra)
+        r = gw.get("/p/a/big.bin", headers={"Range": "bytes=0-99"}, timeout=30)
+        self.assertEqual(r.status, 206, r.body[:300])
+        self.assertEqual(r.body, self.data[:100])
+        self.assertEqual(len(fake.link_calls()), 1)
+        last = max(self.mint_log)
+        wait_until(lambda: time.time() > last + 1.2, 6, what="the cached link to expire")
+        self.origin.clear_log()
+        r = gw.get("/p/a/big.bin", headers={"Range": "bytes=300000-300099"}, timeout=10)
+        self.assertEqual(r.status, 206, "%r %r\n%s" % (r, r.body[:300], gw.errors()[-2000:]))
+        self.assertEqual(r.body, self.data[300000:300100])
+        self.assertEqual(len(fake.link_calls()), 2)
+        if logged:
+            self.assertTrue(log_events(gw, "link_refused"), gw.errors()[-2000:])
+        statuses = [e["status"] for e in settled_entries(self.origin)]
+        self.assertIn(statuses[:1], ([410], [403]), statuses)
+        self.assertIn(206, statuses[1:])
+
+    def test_link_refused_when_revalidating(self):
+        # revalidate = 0: the cached object is re-probed on every request.
+        self.refused_on_first_request("revalidate = 0\n")
+
+    def test_link_refused_with_cache_off(self):
+        # One upstream transfer per request (stream path): same contract; the
+        # log line is not required of this path.
+        self.refused_on_first_request("cache = off\n", logged=False)
 
     def test_dead_links_clean_502(self):
         fake = self.fake_alist(ALIST_TOKEN, lambda path, nth: self.mint(-10))
@@ -860,6 +937,34 @@ action = redirect
         by = [(a["path"], a["status"], a["delivery"]) for a in acc]
         self.assertIn(("/d/m/sized/big.bin", "302", "redirect"), by)
         self.assertIn(("/d/m/sized/small.bin", "200", "proxy"), by)
+        # Asked again: the size now comes from the cache index, the answer
+        # must be the same (and the whole file).
+        r = gw.get("/d/m/sized/big.bin", headers={"User-Agent": "curl/8"}, timeout=10)
+        self.assertEqual(r.status, 302, r.body[:200])
+        r = gw.get("/d/m/sized/small.bin", headers={"User-Agent": "curl/8"}, timeout=10)
+        self.assertEqual(r.status, 200, r.body[:200])
+        self.assertEqual(r.header("X-Cache"), "HIT")
+        self.assertEqual(sha256(r.body), sha256(small))
+
+    def test_size_rule_on_local_mount(self):
+        # A local mount knows sizes at once (fstat): the rule is decided
+        # without any upstream, and the files below the bound still stream.
+        root = os.path.join(self.tmp, "nas")
+        small = random_bytes(3 * MiB + 5, seed=84)
+        big = random_bytes(6 * MiB, seed=85)
+        write_file(os.path.join(root, "small.bin"), small)
+        write_file(os.path.join(root, "big.bin"), big)
+        gw = self.gateway(gw_ini(
+            mounts="[mount nas]\nsource = local\nroot = %s\n" % root,
+            rules="[rule no-huge]\nmin_size = 5M\naction = deny\n"))
+        r = gw.get("/d/nas/big.bin", timeout=10)
+        self.assertReason(r, 403, "denied by rule")
+        r = gw.get("/d/nas/small.bin", timeout=10)
+        self.assertEqual(r.status, 200, r.body[:200])
+        self.assertEqual(sha256(r.body), sha256(small))
+        r = gw.get("/d/nas/small.bin", headers={"Range": "bytes=1000-"}, timeout=10)
+        self.assertEqual(r.status, 206, r.body[:200])
+        self.assertEqual(r.body, small[1000:])
 
 
 if __name__ == "__main__":
