@@ -239,6 +239,19 @@ class FakeAList:
 
 
 class EdgeTest(GatewayTest):
+    def setUp(self):
+        super().setUp()
+        # unittest skips tearDown when setUp raises: release what prepare()
+        # already started (an nginx, a gateway) before re-raising.
+        try:
+            self.prepare()
+        except BaseException:
+            self.tearDown()
+            raise
+
+    def prepare(self):
+        pass
+
     def fake_alist(self, token, resolve):
         f = FakeAList(token, resolve)
         self._fixtures.append(f.stop)
@@ -288,8 +301,7 @@ class SignVectors(EdgeTest):
 
 
 class MainSigning(EdgeTest):
-    def setUp(self):
-        super().setUp()
+    def prepare(self):
         self.root = os.path.join(self.tmp, "www")
         self.data = random_bytes(700 * KiB + 11, seed=21)
         self.other = random_bytes(300 * KiB, seed=22)
@@ -491,8 +503,7 @@ class ThreeProcess(EdgeTest):
 
 
 class AListContract(EdgeTest):
-    def setUp(self):
-        super().setUp()
+    def prepare(self):
         self.root = os.path.join(self.tmp, "www")
         self.files = {
             "/film.mkv": random_bytes(2 * MiB + 99, seed=41),
@@ -647,8 +658,7 @@ def secure_locations(rate):
 class LinkExpiry(EdgeTest):
     BIG = 8 * MiB
 
-    def setUp(self):
-        super().setUp()
+    def prepare(self):
         self.root = os.path.join(self.tmp, "www")
         self.data = random_bytes(self.BIG + 4321, seed=51)
         write_file(os.path.join(self.root, "s", "big.bin"), self.data)
@@ -801,8 +811,7 @@ min_size = 1G
 action = redirect
 """
 
-    def setUp(self):
-        super().setUp()
+    def prepare(self):
         root = os.path.join(self.tmp, "www")
         os.makedirs(root)
         self.gw = self.gateway(gw_ini(
