@@ -325,7 +325,7 @@ void Fetcher::Impl::ensureLink(Object* o) {
     }
     o->link = res.link;
     o->haveLink = true;
-    if (!o->ready && !o->probe && !o->opening.empty()) startProbe(o);
+    if (!o->probe && !o->opening.empty()) startProbe(o);  // a probe was waiting for it
     kick();
   });
 }

@@ -95,8 +95,13 @@ class StreamJob final : public Job, public Transfer::Handler {
     } else if (st == 404) {
       return failBeforeHeaders(policy::Reason::NotFound, "upstream: 404");
     } else if (st == 401 || st == 403 || st == 410) {
+      if (!reResolved_) {
+        relink_ = true;  // onDone resolves the link again and retries once
+        return false;
+      }
       return failBeforeHeaders(policy::Reason::UpstreamDenied,
-                               "upstream refused the link: " + std::to_string(st));
+                               "upstream refused the link: " + std::to_string(st) +
+                                   " (also after re-resolving it)");
     } else {
       return failBeforeHeaders(policy::Reason::UpstreamStatus,
                                "upstream answered " + std::to_string(st));
@@ -142,6 +147,20 @@ class StreamJob final : public Job, public Transfer::Handler {
 
   void onDone(Transfer&, const TransferResult& r) override {
     if (state_ == State::Done || state_ == State::Gone) return;
+    if (relink_) {
+      // The upstream refused the link (expired, rotated): forget it and ask
+      // the source once more; the client has seen nothing yet.
+      relink_ = false;
+      reResolved_ = true;
+      conf::Log::write(conf::LogLevel::Info, "link_refused",
+                       "path=" + conf::logValue(req_.path) + " serial=" +
+                           std::to_string(linkSerial_) + " action=re_resolve");
+      e_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
+      state_ = State::Resolving;
+      xferToFree_ = std::move(xfer_);  // we are inside its callback
+      begin();
+      return;
+    }
     if (r.code == CURLE_OK && (unknownLength_ || sent_ == answer_.range.size())) {
       complete();
       return;
@@ -166,6 +185,7 @@ class StreamJob final : public Job, public Transfer::Handler {
       if (!req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
     }
     state_ = State::AwaitingHeaders;
+    linkSerial_ = link.serial;
     xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
     e_.stats.upstreamRequests++;
     xfer_->start();
@@ -206,6 +226,9 @@ class StreamJob final : public Job, public Transfer::Handler {
   uint64_t upstreamEnd_ = 0;     // object offset where the upstream body ends
   uint64_t sent_ = 0;
   std::unique_ptr<Transfer> xfer_;
+  std::unique_ptr<Transfer> xferToFree_;
+  uint64_t linkSerial_ = 0;
+  bool relink_ = false, reResolved_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -569,13 +569,17 @@ void Server::Impl::deliver(Exchange* ex, policy::RequestFacts facts, proxy::Requ
     // A rule's size condition: learn the size (index or a 1-byte probe), then decide again.
     auto* exch = ex;
     ex->retired.push_back(std::move(ex->job));
-    ex->job = engine.probeSize(preq, [this, exch, facts, preq](std::optional<uint64_t> size) mutable {
+    auto probe = engine.probeSize(preq, [this, exch, facts, preq](std::optional<uint64_t> size) mutable {
       if (exch->state != ExState::Running) return;
       facts.size = size;
       facts.sizeUnknowable = !size;
       exch->retired.push_back(std::move(exch->job));
       deliver(exch, facts, preq);
     });
+    // The size may have been known at once (index, stat): then the delivery
+    // already started and owns ex->job; the probe only waits to be freed.
+    if (ex->job) ex->retired.push_back(std::move(probe));
+    else ex->job = std::move(probe);
     return;
   }
   ex->delivery = conf::deliveryName(d.delivery);
