@@ -98,7 +98,7 @@ struct Mount {
   int64_t revalidateMs = 600'000;        // trust stored validators this long
   int64_t connections = 16;              // parallel block fetches per object
   int64_t maxConnections = 32;           // cap for the whole source (account)
-  int64_t readAhead = 32LL << 20;        // bytes fetched ahead of a sequential reader
+  int64_t readAhead = 64LL << 20;        // bytes fetched ahead of a sequential reader
   int64_t linkTtlMs = 0;                 // 0 = source default
   LinkBind linkBind = LinkBind::None;
 };

@@ -175,8 +175,10 @@ struct Fetcher::Impl {
   bool canStart(const Object* o) const;
   bool wanted(const Object* o, uint32_t idx) const;
   bool nextWanted(Object* o, uint32_t* idx, std::optional<uint64_t>* urgentPos);
-  Block* createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos,
+  Block* createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos, int pieces,
                      bool forceRoom = false);
+  int freeSlots(const Object* o) const;
+  int countMissing(Object* o, int cap);
   void startPiece(Piece* p);
   void pieceFinished(Piece* p, const TransferResult& r);
   void retryPiece(Piece* p, int64_t delayMs);
@@ -765,11 +767,16 @@ void Fetcher::Impl::startWork(Object* o) {
     ensureLink(o);
     return;
   }
+  // Slots the missing blocks would leave idle are shared out among them: a
+  // short range is fetched in parallel pieces, a long read one block each.
+  int missing = countMissing(o, freeSlots(o) + 1);
   while (canStart(o)) {
     uint32_t idx;
     std::optional<uint64_t> urgent;
     if (!nextWanted(o, &idx, &urgent)) break;
-    Block* b = createBlock(o, idx, urgent);
+    int share = urgent ? freeSlots(o) : std::max(1, freeSlots(o) / std::max(1, missing));
+    missing--;
+    Block* b = createBlock(o, idx, urgent, share);
     if (!b) break;
     for (auto& p : b->pieces) {
       if (!canStart(o)) break;
@@ -778,8 +785,33 @@ void Fetcher::Impl::startWork(Object* o) {
   }
 }
 
+int Fetcher::Impl::freeSlots(const Object* o) const {
+  auto mr = mountRunning.find(o->mount);
+  return std::min({connLimit(o) - o->running,
+                   static_cast<int>(mountOf(o).maxConnections) -
+                       (mr == mountRunning.end() ? 0 : mr->second),
+                   static_cast<int>(e.cfg.server.upstreamConnections) - running});
+}
+
+// Missing blocks (neither stored nor in flight) inside the readers' windows,
+// counted up to `cap`.
+int Fetcher::Impl::countMissing(Object* o, int cap) {
+  uint64_t bs = o->meta.blockSize;
+  uint64_t ra = std::min<uint64_t>(static_cast<uint64_t>(mountOf(o).readAhead),
+                                   static_cast<uint64_t>(e.cfg.cache.maxSize) / 4);
+  std::set<uint32_t> seen;
+  for (Reader* r : o->readers) {
+    uint64_t lim = std::min(r->end, std::max(r->pos + ra, (r->pos / bs + 1) * bs));
+    for (uint64_t off = r->pos / bs * bs; off < lim && static_cast<int>(seen.size()) < cap; off += bs) {
+      uint32_t idx = static_cast<uint32_t>(off / bs);
+      if (!o->inflight.count(idx) && !st.present(o->key, o->meta.generation, idx)) seen.insert(idx);
+    }
+  }
+  return static_cast<int>(seen.size());
+}
+
 Block* Fetcher::Impl::createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos,
-                                  bool forceRoom) {
+                                  int pieces, bool forceRoom) {
   const store::ObjectMeta& m = o->meta;
   uint64_t len = m.blockLength(idx);
   if (len == 0) return nullptr;
@@ -812,24 +844,17 @@ Block* Fetcher::Impl::createBlock(Object* o, uint32_t idx, std::optional<uint64_
     p->end = z;
     b->pieces.push_back(std::move(p));
   };
-  if (urgentPos) {
-    // A client waits here: split from its position into parallel pieces (the
-    // seek is served at several connections' speed), the head of the block last.
-    auto mr = mountRunning.find(o->mount);
-    int slots = std::min({connLimit(o) - o->running,
-                          static_cast<int>(mountOf(o).maxConnections) -
-                              (mr == mountRunning.end() ? 0 : mr->second),
-                          static_cast<int>(e.cfg.server.upstreamConnections) - running});
-    uint64_t from = std::max(b->begin, pageFloor(*urgentPos));
-    uint64_t span = b->end - from;
-    int k = static_cast<int>(std::clamp<uint64_t>(span / kMinPiece, 1, std::max(1, slots - (from > b->begin ? 1 : 0))));
-    uint64_t step = pageFloor((span + k - 1) / k + store::kPageSize - 1);
-    if (step == 0) step = span;
-    for (uint64_t a = from; a < b->end; a += step) addPiece(a, std::min(b->end, a + step));
-    if (from > b->begin) addPiece(b->begin, from);
-  } else {
-    addPiece(b->begin, b->end);
-  }
+  // Split into up to `pieces` parallel range requests of at least kMinPiece,
+  // starting where a waiting client is (the seek is served at several
+  // connections' speed); the head of the block before it comes last.
+  uint64_t from = urgentPos ? std::max(b->begin, pageFloor(*urgentPos)) : b->begin;
+  uint64_t span = b->end - from;
+  int k = static_cast<int>(
+      std::clamp<uint64_t>(span / kMinPiece, 1, std::max(1, pieces - (from > b->begin ? 1 : 0))));
+  uint64_t step = pageFloor((span + k - 1) / k + store::kPageSize - 1);
+  if (step == 0) step = span;
+  for (uint64_t a = from; a < b->end; a += step) addPiece(a, std::min(b->end, a + step));
+  if (from > b->begin) addPiece(b->begin, from);
   Block* raw = b.get();
   o->inflight[idx] = std::move(b);
   // Readers stalled on this block now wait on it.
@@ -1153,7 +1178,7 @@ size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
     Block* b = it == o->inflight.end() ? nullptr : it->second.get();
     if (!b && offset == bBegin && !st.present(o->key, o->meta.generation, idx)) {
       // Cache what passes (always room: the stream cannot skip a block a reader waits on).
-      b = f->createBlock(o, idx, std::nullopt, true);
+      b = f->createBlock(o, idx, std::nullopt, 1, true);
       if (b) {
         b->fedByStream = true;
         b->pieces[0]->state = Piece::State::Running;

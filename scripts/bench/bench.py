@@ -428,7 +428,9 @@ class Slipstream:
 
     def __init__(self, binary, relay, base, cache_max, mount_extra="", cache_extra=""):
         self.binary, self.relay, self.base, self.cache_max = binary, relay, base, cache_max
-        self.mount_extra, self.cache_extra = mount_extra, cache_extra  # for scripts/bench/defaults.py
+        # scripts/bench/defaults.py sweeps these; the benchmark row uses connections = 16
+        self.mount_extra = mount_extra or "connections = 16"
+        self.cache_extra = cache_extra
         self.proc = None
         self.err_copies = []  # stderr of previous instances (for the notes)
 
@@ -454,7 +456,6 @@ header = Referer: %(ref)s
 header = User-Agent: %(ua)s
 delivery = proxy
 cache = on
-connections = 16
 %(mount_extra)s
 """ % dict(d=self.dir, max=self.cache_max // MiB, relay=self.relay.port, ref=REFERER, ua=USER_AGENT,
            mount_extra=self.mount_extra, cache_extra=self.cache_extra)

@@ -72,9 +72,9 @@ def main():
     args.sha = bench.sha256_file(path)
     origin = bench.Origin(www, args.tmp)
     relay = bench.Relay(args.relay, origin.port, args.rate * MiB, args.tmp)
-    grid = [("256K", 16, "32M"), ("1M", 16, "32M"), ("4M", 16, "32M"),
-            ("1M", 4, "32M"), ("1M", 8, "32M"), ("1M", 32, "32M"),
-            ("1M", 16, "8M"), ("1M", 16, "64M")]
+    grid = [("256K", 16, "64M"), ("1M", 16, "64M"), ("4M", 16, "64M"),
+            ("1M", 4, "64M"), ("1M", 8, "64M"), ("1M", 32, "64M"),
+            ("1M", 16, "16M"), ("1M", 16, "32M"), ("1M", 16, "128M")]
     rows = []
     try:
         for block, conns, ahead in grid:
