@@ -62,6 +62,10 @@ struct DataFile {
   // each of its own writes left; a ctime the loop sees that is not ours means
   // someone else wrote the file (a new epoch: verify again before serving).
   std::atomic<int64_t> ourCtimeNs{-1};
+  std::atomic<int> writing{0};  // disk-thread writes or punches under way
+  /// A ctime the loop sees was caused by us (or cannot be told apart from
+  /// one of our writes under way).
+  bool ours(int64_t ct) const { return writing.load() > 0 || ct == ourCtimeNs.load(); }
   int64_t seenCtimeNs = -1;  // loop only
   uint64_t epoch = 0;        // loop only
   ~DataFile() {
@@ -109,6 +113,7 @@ class Store::Writer {
   uint32_t length = 0;
   uint64_t fileOffset = 0;
   std::shared_ptr<DataFile> file;
+  uint64_t epoch = 0;  // the file's epoch when the fill began (loop side)
   // Disk thread only: running page hashes.
   std::vector<XXH3_state_t*> states;
   std::vector<uint32_t> filled;
@@ -162,6 +167,7 @@ struct Store::Impl {
   std::map<Key, std::optional<ObjectMeta>> pendingObjects;  // queued, not yet committed
   std::set<BlockId> leaving;                                // being evicted or dropped
   std::map<BlockId, int> pins;
+  std::multimap<BlockId, Store::Writer*> deferredAbandon;  // punched when unpinned
   std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
   std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
   uint64_t epochs = 0;
@@ -195,6 +201,7 @@ struct Store::Impl {
   uint64_t currentOverhead();
   bool loadBlock(const Key& k, uint32_t idx, BlockRecord* r);
   void flushTouches();
+  void trustFill(const Store::Writer& w);
   bool reconcile(std::string* err);
   bool sendfileSegment(int fd, const Key& k, uint32_t idx, uint64_t at, uint64_t len, evbuffer* out);
   // disk thread
@@ -221,6 +228,8 @@ Store::~Store() {
   }
   s.cv.notify_one();
   if (s.thread.joinable()) s.thread.join();
+  for (auto& [id, w] : s.deferredAbandon) delete w;
+  s.deferredAbandon.clear();
   // Completions that arrived after the loop stopped: their owners are gone.
   std::lock_guard<std::mutex> g(s.mu);
   for (auto& op : s.finished)
@@ -459,6 +468,7 @@ void Store::Impl::completions() {
         if (op.ok) {
           used += op.w->length;
           blocks++;
+          trustFill(*op.w);
         }
         delete op.w;
         break;
@@ -676,7 +686,7 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   int64_t ct = ctimeOf(f->fd);
   if (ct < 0) return ReadResult::IoError;
   if (ct != f->seenCtimeNs) {
-    if (ct != f->ourCtimeNs.load(std::memory_order_acquire)) f->epoch = ++s.epochs;
+    if (!f->ours(ct)) f->epoch = ++s.epochs;
     f->seenCtimeNs = ct;
   }
   if (s.verified.size() > kMaxVerified) s.verified.clear();
@@ -722,6 +732,20 @@ void Store::touch(const Key& k, uint64_t gen, uint32_t idx, uint64_t requestId) 
   impl_->touches[{k, gen, idx}] = TouchRec{k, gen, idx, requestId, wallMs()};
 }
 
+// The page checksums of a block just listed were computed from the very
+// bytes written: if nobody else touched the file since (its ctime is the one
+// our last write left, in the same epoch), its pages count as verified.
+void Store::Impl::trustFill(const Store::Writer& w) {
+  DataFile& f = *w.file;
+  int64_t ct = ctimeOf(f.fd);
+  if (ct < 0 || !f.ours(ct) || f.epoch != w.epoch) return;
+  f.seenCtimeNs = ct;
+  if (verified.size() > kMaxVerified) verified.clear();
+  Verified& v = verified[{w.key, w.gen, w.idx}];
+  v.epoch = f.epoch;
+  v.pages.assign(w.hashes.size(), true);
+}
+
 void Store::Impl::flushTouches() {
   if (touches.empty()) return;
   Op op{OpKind::Touch};
@@ -733,8 +757,17 @@ void Store::Impl::flushTouches() {
 void Store::pin(const Key& k, uint32_t idx) { impl_->pins[{k, idx}]++; }
 
 void Store::unpin(const Key& k, uint32_t idx) {
-  auto it = impl_->pins.find({k, idx});
-  if (it != impl_->pins.end() && --it->second <= 0) impl_->pins.erase(it);
+  Impl& s = *impl_;
+  auto it = s.pins.find({k, idx});
+  if (it == s.pins.end() || --it->second > 0) return;
+  s.pins.erase(it);
+  auto range = s.deferredAbandon.equal_range({k, idx});
+  for (auto d = range.first; d != range.second; ++d) {
+    Op op{OpKind::Abandon};
+    op.w = d->second;
+    s.enqueue(std::move(op));
+  }
+  s.deferredAbandon.erase(range.first, range.second);
 }
 
 uint64_t Store::Impl::currentOverhead() {
@@ -805,6 +838,11 @@ void Store::release(uint64_t bytes) { impl_->reserved -= std::min(impl_->reserve
 
 Store::Writer* Store::beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx) {
   Impl& s = *impl_;
+  // A new fill of this block rewrites the region: a punch still waiting for
+  // sendfile readers of an abandoned earlier fill must not land on it.
+  auto range = s.deferredAbandon.equal_range({k, idx});
+  for (auto d = range.first; d != range.second; ++d) delete d->second;
+  s.deferredAbandon.erase(range.first, range.second);
   auto f = s.file(k, m.generation, false, 0, 0);
   if (!f) return nullptr;
   auto* w = new Writer;
@@ -813,6 +851,7 @@ Store::Writer* Store::beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx
   w->idx = idx;
   w->length = static_cast<uint32_t>(m.blockLength(idx));
   w->fileOffset = blockOffset(m, idx);
+  w->epoch = f->epoch;
   w->file = std::move(f);
   uint32_t pages = (w->length + kPageSize - 1) / kPageSize;
   w->states.assign(pages, nullptr);
@@ -844,15 +883,24 @@ void Store::commit(Writer* w, uint64_t requestId, std::function<void(bool)> done
 }
 
 void Store::abandon(Writer* w) {
-  impl_->reserved -= std::min<uint64_t>(impl_->reserved, w->length);
+  Impl& s = *impl_;
+  s.reserved -= std::min<uint64_t>(s.reserved, w->length);
+  if (s.pins.count({w->key, w->idx})) {
+    // Bytes of it may still be queued for sendfile: punch once they are out.
+    s.deferredAbandon.emplace(BlockId{w->key, w->idx}, w);
+    return;
+  }
   Op op{OpKind::Abandon};
   op.w = w;
-  impl_->enqueue(std::move(op));
+  s.enqueue(std::move(op));
 }
 
 ReadResult Store::readRaw(Writer* w, uint64_t off, uint64_t len, evbuffer* out) {
   Impl& s = *impl_;
   if (off + len > w->length) return ReadResult::IoError;
+  // Bytes this process wrote: no checksum to check yet, and no copy needed.
+  if (s.sendfileSegment(w->file->fd, w->key, w->idx, w->fileOffset + off, len, out))
+    return ReadResult::Ok;
   if (s.scratch.size() < len) s.scratch.resize(len);
   ssize_t got = pread(w->file->fd, s.scratch.data(), len, static_cast<off_t>(w->fileOffset + off));
   if (got != static_cast<ssize_t>(len)) return ReadResult::IoError;
@@ -908,9 +956,11 @@ void Store::Impl::run() {
               flush();
               break;
             }
+          w->file->writing++;
           ssize_t wr = pwrite(w->file->fd, op.data.data(), op.data.size(),
                               static_cast<off_t>(w->fileOffset + op.off));
-          w->file->ourCtimeNs.store(ctimeOf(w->file->fd), std::memory_order_release);
+          w->file->ourCtimeNs.store(ctimeOf(w->file->fd));
+          w->file->writing--;
           if (wr != static_cast<ssize_t>(op.data.size())) {
             op.ok = false;
             w->failed = true;
@@ -1124,9 +1174,11 @@ void Store::Impl::applyIndex(std::vector<Op*>& group) {
   }
   // Only now that the index no longer lists them may the bytes go.
   for (auto& [f, r] : punch) {
+    f->writing++;
     fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(r.first),
               static_cast<off_t>(r.second));
-    f->ourCtimeNs.store(ctimeOf(f->fd), std::memory_order_release);
+    f->ourCtimeNs.store(ctimeOf(f->fd));
+    f->writing--;
   }
   for (auto& [path, r] : punchByPath) {
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
