@@ -120,7 +120,12 @@ int run(const conf::Config& cfg) {
     fprintf(stderr, "slipstream: curl_global_init failed\n");
     return 1;
   }
-  event_base* base = event_base_new();
+  // The changelist folds the add/del pairs libevent's HTTP code makes around
+  // every response into at most one epoll_ctl per descriptor per loop turn.
+  event_config* ecfg = event_config_new();
+  event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+  event_base* base = event_base_new_with_config(ecfg);
+  event_config_free(ecfg);
   int rc = 0;
   {
     std::unique_ptr<store::Store> st;
