@@ -58,7 +58,7 @@ $(RELAY): scripts/bench/ratelimit_relay.cc
 
 # The README's test command: set-up, build, unit tests, integration tests.
 test: deps
-	@$(MAKE) --no-print-directory all $(UNIT)
+	@$(MAKE) --no-print-directory -j$$(nproc) all $(UNIT)
 	@$(MAKE) --no-print-directory unit integration
 
 unit: $(UNIT)
@@ -68,16 +68,16 @@ integration: $(BIN)
 	python3 tests/integration/run.py --bin $(BIN)
 
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 	@scripts/demo.sh $(BIN)
 
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$$(nproc) all
 	$(BIN) run -c conf/slipstream.ini
 
 bench:
 	@scripts/deps.sh bench
-	@$(MAKE) --no-print-directory all $(RELAY)
+	@$(MAKE) --no-print-directory -j$$(nproc) all $(RELAY)
 	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY)
 
 format:

@@ -179,6 +179,14 @@ struct Fetcher::Impl {
                      bool forceRoom = false);
   int freeSlots(const Object* o) const;
   int countMissing(Object* o, int cap);
+  // Upstream transfers running, per object, per mount and in all.
+  void counted(Object* o, int delta) {
+    o->running += delta;
+    mountRunning[o->mount] += delta;
+    running += delta;
+  }
+  /// Cancels a piece's transfer that will not report back.
+  void stopPiece(Piece* p);
   void startPiece(Piece* p);
   void pieceFinished(Piece* p, const TransferResult& r);
   void retryPiece(Piece* p, int64_t delayMs);
@@ -540,22 +548,11 @@ void Fetcher::Impl::killObject(Object* o, Reason r, const std::string& detail) {
   if (it != objects.end() && it->second == o) objects.erase(it);
   if (o->hasMeta) st.invalidate(o->key, o->meta.generation);
   if (o->whole) {
-    if (o->whole->xfer->active()) {
-      o->running--;
-      mountRunning[o->mount]--;
-      running--;
-    }
+    counted(o, -1);
     o->whole.reset();
   }
   for (auto& [idx, b] : o->inflight) {
-    for (auto& p : b->pieces) {
-      if (p->xfer && p->xfer->active()) {
-        o->running--;
-        mountRunning[o->mount]--;
-        running--;
-      }
-      p->xfer.reset();
-    }
+    for (auto& p : b->pieces) stopPiece(p.get());
     if (b->writer && !b->committing) st.abandon(b->writer);
     b->writer = nullptr;
   }
@@ -879,9 +876,7 @@ void Fetcher::Impl::startPiece(Piece* p) {
   p->linkSerial = o->link.serial;
   p->xfer = std::make_unique<Transfer>(e.multi, std::move(opts), p);
   p->state = Piece::State::Running;
-  o->running++;
-  mountRunning[o->mount]++;
-  running++;
+  counted(o, +1);
   e.stats.upstreamRequests++;
   p->xfer->start();
 }
@@ -963,9 +958,7 @@ void Fetcher::Impl::pieceFinished(Piece* p, const TransferResult& r) {
   Block* b = p->blk;
   Object* o = b->obj;
   Hold hold(o);
-  o->running--;
-  mountRunning[o->mount]--;
-  running--;
+  counted(o, -1);
   paused.erase(p);
   auto verdict = p->verdict;
   std::string detail = p->detail;
@@ -994,13 +987,7 @@ void Fetcher::Impl::pieceFinished(Piece* p, const TransferResult& r) {
       for (auto& [idx, blk] : o->inflight)
         if (!blk->committing && !blk->fedByStream) drop.push_back(blk.get());
       for (Block* d : drop) {
-        for (auto& q : d->pieces)
-          if (q->xfer) {
-            q->xfer.reset();
-            o->running--;
-            mountRunning[o->mount]--;
-            running--;
-          }
+        for (auto& q : d->pieces) stopPiece(q.get());
         dropBlock(d);
       }
       wakeStalled(o);
@@ -1029,6 +1016,14 @@ void Fetcher::Impl::pieceFinished(Piece* p, const TransferResult& r) {
            std::to_string(p->begin + p->received) + " attempt=" + std::to_string(p->attempts) +
            " delay_ms=" + std::to_string(delay) + " cause=" + conf::logValue(!detail.empty() ? detail : r.error));
   retryPiece(p, delay);
+}
+
+void Fetcher::Impl::stopPiece(Piece* p) {
+  // A Running piece with a transfer was counted by startPiece and has not
+  // reported back; stream-fed pieces have no transfer of their own.
+  if (p->xfer && p->state == Piece::State::Running) counted(p->blk->obj, -1);
+  paused.erase(p);
+  p->xfer.reset();
 }
 
 void Fetcher::Impl::retryPiece(Piece* p, int64_t delayMs) {
@@ -1089,14 +1084,7 @@ void Fetcher::Impl::failBlock(Block* b, Reason r, const std::string& detail) {
   logf(conf::LogLevel::Warn, "block_failed",
        "path=" + conf::logValue(o->path) + " block=" + std::to_string(b->idx) + " reason=" +
            policy::reasonCode(r) + " detail=" + conf::logValue(detail));
-  for (auto& p : b->pieces) {
-    if (p->xfer && p->xfer->active()) {
-      o->running--;
-      mountRunning[o->mount]--;
-      running--;
-    }
-    p->xfer.reset();
-  }
+  for (auto& p : b->pieces) stopPiece(p.get());
   if (b->writer && !b->committing) st.abandon(b->writer);
   b->writer = nullptr;
   // Everyone who needs this block can no longer be served.
@@ -1138,9 +1126,7 @@ void Fetcher::Impl::startWhole(Object* o) {
   w->xfer = std::make_unique<Transfer>(e.multi, e.transferOptions(o->link), w.get());
   o->whole = std::move(w);
   logf(conf::LogLevel::Debug, "whole_stream_start", "path=" + conf::logValue(o->path));
-  o->running++;
-  mountRunning[o->mount]++;
-  running++;
+  counted(o, +1);
   e.stats.upstreamRequests++;
   o->whole->xfer->start();
 }
@@ -1219,9 +1205,7 @@ void WholeStream::onDone(Transfer&, const TransferResult& r) { f->wholeFinished(
 
 void Fetcher::Impl::wholeFinished(Object* o, const TransferResult& r) {
   Hold hold(o);
-  o->running--;
-  mountRunning[o->mount]--;
-  running--;
+  counted(o, -1);
   std::unique_ptr<WholeStream> w = std::move(o->whole);
   logf(conf::LogLevel::Debug, "whole_stream_done",
        "path=" + conf::logValue(o->path) + " offset=" + std::to_string(w->offset) +

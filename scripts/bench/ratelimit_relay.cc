@@ -246,12 +246,25 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
+    // Ports: digits only, 0..65535 (strtoul, not atoi: garbage is an error).
+    auto port = [&](unsigned* out) {
+      const char* v = val();
+      char* end = nullptr;
+      unsigned long p = strtoul(v, &end, 10);
+      if (!*v || *end || p > 65535) {
+        usage();
+        exit(2);
+      }
+      *out = unsigned(p);
+    };
     if (a == "--upstream") {
-      g_upstream = uint16_t(atoi(val()));
+      unsigned p = 0;
+      port(&p);
+      g_upstream = uint16_t(p);
     } else if (a == "--listen") {
-      listen_port = unsigned(atoi(val()));
+      port(&listen_port);
     } else if (a == "--stats-port") {
-      stats_port = unsigned(atoi(val()));
+      port(&stats_port);
     } else if (a == "--rate") {
       if (!parse_size(val(), &g_rate) || g_rate < 1) {
         usage();
