@@ -146,6 +146,7 @@ struct Fetcher::Impl {
   std::set<Piece*> paused;
   event* schedEv = nullptr;
   event* retryTimer = nullptr;  // kicks the scheduler after a backoff
+  int64_t retryAtMs = 0;
   bool kicked = false;
 
   explicit Impl(Engine::Impl& eng) : e(eng), st(*eng.store) {}
@@ -157,6 +158,15 @@ struct Fetcher::Impl {
       event_active(schedEv, 0, 0);
     }
   }
+  /// Kicks the scheduler at `atMs` (wall clock), unless it is already due earlier.
+  void kickAt(int64_t atMs) {
+    int64_t now = Engine::Impl::nowMs();
+    if (evtimer_pending(retryTimer, nullptr) && retryAtMs > now && retryAtMs <= atMs) return;
+    retryAtMs = atMs;
+    int64_t d = std::max<int64_t>(0, atMs - now);
+    timeval tv{d / 1000, static_cast<suseconds_t>((d % 1000) * 1000)};
+    evtimer_add(retryTimer, &tv);
+  }
 
   // objects
   void startProbe(Object* o);
@@ -164,6 +174,8 @@ struct Fetcher::Impl {
   void finishOpen(Object* o, const OpenResult& res);
   void killObject(Object* o, Reason r, const std::string& detail);
   void maybeRelease(Object* o);
+  /// Forgets reader r everywhere in o (readers, waiters, initiators).
+  void unlink(Object* o, Reader* r);
   void ensureLink(Object* o);
   bool linkUsable(const Object* o) const;
   bool linkDenied(Object* o, uint64_t serial);
@@ -498,7 +510,7 @@ void Fetcher::Impl::probeFinished(Object* o, const TransferResult& r) {
   }
   if (pi.denied && linkDenied(o, serial)) {
     // Re-resolving; ensureLink's callback starts the probe again.
-    if (o->haveLink) startProbe(o);
+    if (o->haveLink && !o->probe) startProbe(o);
     return;
   }
   bool retryable = pi.retry || (pi.reason == Reason::None && !pi.denied);
@@ -542,6 +554,16 @@ void Fetcher::Impl::probeFinished(Object* o, const TransferResult& r) {
 
 void Fetcher::Impl::killObject(Object* o, Reason r, const std::string& detail) {
   if (o->dead) return;
+  if (e.multi.insideCurl()) {
+    // It would free transfers whose callback is running: finish it after curl returns.
+    o->holds++;
+    e.multi.defer([this, o, r, detail] {
+      Hold hold(o);
+      o->holds--;
+      killObject(o, r, detail);
+    });
+    return;
+  }
   Hold hold(o);
   o->dead = true;
   auto it = objects.find(o->key);
@@ -561,12 +583,8 @@ void Fetcher::Impl::killObject(Object* o, Reason r, const std::string& detail) {
     if (!b->committing) blocks.push_back(std::move(b));
   std::erase_if(o->inflight, [](const auto& kv) { return kv.second == nullptr; });
   std::vector<Reader*> readers(o->readers.begin(), o->readers.end());
-  o->readers.clear();
-  o->stalled.clear();
-  for (Reader* rd : readers) {
-    rd->obj = nullptr;
-    rd->objectFailed(r, detail);
-  }
+  for (Reader* rd : readers) unlink(o, rd);  // committing blocks keep no pointer to them
+  for (Reader* rd : readers) rd->objectFailed(r, detail);
   auto waiting = std::move(o->opening);
   o->opening.clear();
   for (auto& [rd, cb] : waiting) {
@@ -579,18 +597,23 @@ void Fetcher::Impl::killObject(Object* o, Reason r, const std::string& detail) {
 
 // ------------------------------------------------------------------ readers
 
-void Fetcher::detach(Reader* r) {
-  Impl& s = *impl_;
-  Object* o = r->obj;
-  if (!o) return;
+void Fetcher::Impl::unlink(Object* o, Reader* r) {
   r->obj = nullptr;
   o->readers.erase(r);
   o->stalled.erase(r);
   std::erase_if(o->opening, [r](const auto& w) { return w.first == r; });
   for (auto& [idx, b] : o->inflight) {
+    if (!b) continue;
     b->waiters.erase(r);
     if (b->initiator == r) b->initiator = nullptr;
   }
+}
+
+void Fetcher::detach(Reader* r) {
+  Impl& s = *impl_;
+  Object* o = r->obj;
+  if (!o) return;
+  s.unlink(o, r);
   s.maybeRelease(o);
   s.kick();
 }
@@ -638,7 +661,9 @@ void Fetcher::blockCorrupt(Object* o, uint32_t) {
 }
 
 void Fetcher::Impl::wakeBlock(Block* b) {
+  // One-shot: a reader that still cannot progress registers again.
   std::vector<Reader*> w(b->waiters.begin(), b->waiters.end());
+  b->waiters.clear();
   for (Reader* r : w) r->wake();
 }
 
@@ -868,6 +893,11 @@ Block* Fetcher::Impl::createBlock(Object* o, uint32_t idx, std::optional<uint64_
 
 void Fetcher::Impl::startPiece(Piece* p) {
   Object* o = p->blk->obj;
+  if (p->begin + p->received >= p->end) {  // nothing left to ask for
+    p->state = Piece::State::Done;
+    maybeCommit(p->blk);
+    return;
+  }
   Transfer::Options opts = e.transferOptions(o->link);
   opts.range = std::to_string(p->begin + p->received) + "-" + std::to_string(p->end - 1);
   p->verdict = Piece::Verdict::None;
@@ -964,7 +994,9 @@ void Fetcher::Impl::pieceFinished(Piece* p, const TransferResult& r) {
   std::string detail = p->detail;
   p->xfer.reset();
   kick();
-  if (verdict == Piece::Verdict::None && r.code == CURLE_OK && p->begin + p->received == p->end) {
+  // Complete also when we cut the body ourselves (an upstream that sent more
+  // than the range asked for).
+  if (verdict == Piece::Verdict::None && p->begin + p->received == p->end) {
     p->state = Piece::State::Done;
     o->reResolvedFrom = 0;
     p->attempts = 0;
@@ -1093,12 +1125,8 @@ void Fetcher::Impl::failBlock(Block* b, Reason r, const std::string& detail) {
   for (Reader* rd : o->readers)
     if (rd->pos < rd->end && rd->pos / bs <= b->idx && (rd->end - 1) / bs >= b->idx) victims.push_back(rd);
   o->inflight.erase(b->idx);
-  for (Reader* rd : victims) {
-    o->readers.erase(rd);
-    o->stalled.erase(rd);
-    rd->obj = nullptr;
-    rd->objectFailed(r, detail);
-  }
+  for (Reader* rd : victims) unlink(o, rd);  // other blocks may still list them
+  for (Reader* rd : victims) rd->objectFailed(r, detail);
   kick();
 }
 
@@ -1231,8 +1259,7 @@ void Fetcher::Impl::wholeFinished(Object* o, const TransferResult& r) {
     int64_t delay = std::min(kBackoffMaxMs, kBackoffBaseMs << (o->wholeAttempts - 1));
     o->wholeRetryAtMs = Engine::Impl::nowMs() + delay;
     e.stats.retries++;
-    timeval tv{delay / 1000, static_cast<suseconds_t>((delay % 1000) * 1000)};
-    evtimer_add(retryTimer, &tv);
+    kickAt(o->wholeRetryAtMs);
     return;
   }
   o->wholeAttempts = 0;

@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -173,6 +174,17 @@ struct Exchange final : proxy::Sink {
         conf::Log::write(conf::LogLevel::Warn, "bad_response_header",
                          "id=" + std::to_string(id) + " name=" + conf::logValue(h.name));
       }
+    }
+    // No length (a chunked upstream): HTTP/1.1 gets chunked encoding, but an
+    // HTTP/1.0 keep-alive client can only learn the end from a close. (evhttp
+    // would otherwise announce Content-Length: 0 to it.)
+    bool hasLength = std::any_of(headers.begin(), headers.end(),
+                                 [](const proxy::Header& h) { return h.name == "Content-Length"; });
+    evkeyvalq* in = evhttp_request_get_input_headers(req);
+    const char* conn = evhttp_find_header(in, "Connection");
+    if (!hasLength && !head && conn && evutil_ascii_strcasecmp(conn, "keep-alive") == 0) {
+      evhttp_remove_header(in, "Connection");
+      evhttp_add_header(out, "Connection", "close");
     }
     status = st;
     sentHeaders = true;

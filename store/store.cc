@@ -93,6 +93,7 @@ struct Victim {
   uint32_t idx;
   uint32_t length;
   uint32_t blockSize;
+  uint64_t offset = 0;  // in the data file (filled in by the disk thread)
 };
 
 struct TouchRec {
@@ -131,7 +132,7 @@ class Store::Writer {
 
 namespace {
 
-enum class OpKind { PutObject, DeleteObject, Write, Commit, Abandon, Evict, Drop, Touch, Stop };
+enum class OpKind { PutObject, DeleteObject, Write, Commit, Abandon, Evict, Drop, Punch, Touch, Stop };
 
 struct Op {
   OpKind kind;
@@ -147,6 +148,7 @@ struct Op {
   std::vector<TouchRec> touches;
   std::function<void(bool)> done;
   bool ok = true;
+  bool punch = true;  // Abandon/Drop: give the bytes back now (false: later, or never)
 };
 
 }  // namespace
@@ -168,6 +170,9 @@ struct Store::Impl {
   std::set<BlockId> leaving;                                // being evicted or dropped
   std::map<BlockId, int> pins;
   std::multimap<BlockId, Store::Writer*> deferredAbandon;  // punched when unpinned
+  std::multimap<BlockId, Op> deferredPunch;                // dropped blocks, punched when unpinned
+  int64_t statvfsAtMs = 0;
+  uint64_t diskAvail = UINT64_MAX;
   std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
   std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
   uint64_t epochs = 0;
@@ -460,7 +465,16 @@ void Store::Impl::completions() {
                                                    : (!cur);
           if (same) pendingObjects.erase(it);
         }
-        if (op.kind == OpKind::DeleteObject && op.ok) forgetFile(op.key, op.gen);
+        if (op.kind == OpKind::DeleteObject && op.ok) {
+          forgetFile(op.key, op.gen);
+          // The listed bytes it deleted no longer count (evicted or dropped
+          // ones were already subtracted when they were chosen).
+          for (const Victim& v : op.victims) {
+            if (leaving.count({v.key, v.idx})) continue;
+            used -= std::min<uint64_t>(used, v.length);
+            if (blocks) blocks--;
+          }
+        }
         break;
       }
       case OpKind::Commit:
@@ -476,6 +490,8 @@ void Store::Impl::completions() {
         delete op.w;
         break;
       case OpKind::Evict:
+        for (const Victim& v : op.victims) leaving.erase({v.key, v.idx});
+        break;
       case OpKind::Drop:
         for (const Victim& v : op.victims) leaving.erase({v.key, v.idx});
         break;
@@ -716,6 +732,18 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
       if (s.blocks) s.blocks--;
       Op op{OpKind::Drop};
       op.victims.push_back({k, m.generation, idx, r.length, m.blockSize});
+      if (s.pins.count({k, idx})) {
+        // Verified pages of it may be queued for sendfile to other clients:
+        // unlist it now, punch once they are out (or never, if it is fetched
+        // again first — beginBlock cancels this).
+        op.punch = false;
+        Op later{OpKind::Punch};
+        later.key = k;
+        later.gen = m.generation;
+        later.off = blockOffset(m, idx);
+        later.request = r.length;
+        s.deferredPunch.emplace(BlockId{k, idx}, std::move(later));
+      }
       s.enqueue(std::move(op));
       logStore(conf::LogLevel::Warn, "cache_block_corrupt",
                "object=" + k.hex() + " path=" + conf::logValue(m.path) + " block=" +
@@ -768,6 +796,9 @@ void Store::unpin(const Key& k, uint32_t idx) {
     s.enqueue(std::move(op));
   }
   s.deferredAbandon.erase(range.first, range.second);
+  auto punches = s.deferredPunch.equal_range({k, idx});
+  for (auto d = punches.first; d != punches.second; ++d) s.enqueue(std::move(d->second));
+  s.deferredPunch.erase(punches.first, punches.second);
 }
 
 uint64_t Store::Impl::currentOverhead() {
@@ -820,17 +851,24 @@ bool Store::reserve(uint64_t bytes, bool force) {
   Impl& s = *impl_;
   uint64_t total = s.used + s.reserved + s.currentOverhead() + bytes;
   uint64_t need = total > static_cast<uint64_t>(s.cfg.maxSize) ? total - s.cfg.maxSize : 0;
-  struct statvfs vfs{};
-  if (statvfs(s.cfg.dir.c_str(), &vfs) == 0) {
-    uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-    uint64_t floor = static_cast<uint64_t>(s.cfg.minFree) + bytes;
-    if (avail < floor) need = std::max(need, floor - avail);
+  // Free space: asked of the file system at most every 250 ms, and counted
+  // down by what was reserved since.
+  int64_t now = wallMs();
+  if (now - s.statvfsAtMs >= 250) {
+    struct statvfs vfs{};
+    if (statvfs(s.cfg.dir.c_str(), &vfs) == 0) {
+      s.diskAvail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+      s.statvfsAtMs = now;
+    }
   }
+  uint64_t floor = static_cast<uint64_t>(s.cfg.minFree) + bytes;
+  if (s.diskAvail < floor) need = std::max(need, floor - s.diskAvail);
   if (need > 0) {
     uint64_t freed = s.evict(need);
     if (freed < need && !force) return false;
   }
   s.reserved += bytes;
+  s.diskAvail -= std::min(s.diskAvail, bytes);
   return true;
 }
 
@@ -840,9 +878,16 @@ Store::Writer* Store::beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx
   Impl& s = *impl_;
   // A new fill of this block rewrites the region: a punch still waiting for
   // sendfile readers of an abandoned earlier fill must not land on it.
+  // Its Writer is freed in queue order (its writes may still be queued).
   auto range = s.deferredAbandon.equal_range({k, idx});
-  for (auto d = range.first; d != range.second; ++d) delete d->second;
+  for (auto d = range.first; d != range.second; ++d) {
+    Op op{OpKind::Abandon};
+    op.w = d->second;
+    op.punch = false;
+    s.enqueue(std::move(op));
+  }
   s.deferredAbandon.erase(range.first, range.second);
+  s.deferredPunch.erase({k, idx});
   auto f = s.file(k, m.generation, false, 0, 0);
   if (!f) return nullptr;
   auto* w = new Writer;
@@ -952,7 +997,7 @@ void Store::Impl::run() {
           // A punch queued before this write must land first.
           for (Op* g : group)
             if (g->kind == OpKind::Evict || g->kind == OpKind::Drop || g->kind == OpKind::DeleteObject ||
-                g->kind == OpKind::Abandon) {
+                g->kind == OpKind::Abandon || g->kind == OpKind::Punch) {
               flush();
               break;
             }
@@ -1084,7 +1129,11 @@ void Store::Impl::applyIndex(std::vector<Op*>& group) {
             idxs.push_back(BlockKey::index(k));
           }
         }
-        for (uint32_t idx : idxs) delBlock(op->key, idx, 0, nullptr);
+        for (uint32_t idx : idxs) {
+          BlockRecord r;
+          if (delBlock(op->key, idx, 0, &r) && r.generation == op->gen)
+            op->victims.push_back({op->key, op->gen, idx, r.length, 0});
+        }
         unlinks.push_back(dataPath(cfg.dir, op->key, op->gen));
         break;
       }
@@ -1124,20 +1173,28 @@ void Store::Impl::applyIndex(std::vector<Op*>& group) {
         break;
       }
       case OpKind::Abandon:
-        punch.push_back({op->w->file, {op->w->fileOffset, op->w->length}});
+        if (op->punch) punch.push_back({op->w->file, {op->w->fileOffset, op->w->length}});
         break;
       case OpKind::Evict:
       case OpKind::Drop:
-        for (const Victim& vic : op->victims) {
+        for (Victim& vic : op->victims) {
           BlockRecord r;
           if (delBlock(vic.key, vic.idx, vic.gen, &r)) {
             MDB_val okv{16, const_cast<uint8_t*>(vic.key.b)}, ov;
             ObjectMeta m;
-            if (mdb_get(tx, env.objects, &okv, &ov) == 0 && decodeObject(view(ov), &m))
-              punchByPath.push_back({dataPath(cfg.dir, vic.key, vic.gen),
-                                     {blockOffset(m, vic.idx), r.length}});
+            if (mdb_get(tx, env.objects, &okv, &ov) == 0 && decodeObject(view(ov), &m)) {
+              vic.offset = blockOffset(m, vic.idx);
+              vic.length = r.length;
+              // Evicted blocks are never pinned; a dropped one that was is
+              // punched later (Store::read queued that Punch).
+              if (op->punch)
+                punchByPath.push_back({dataPath(cfg.dir, vic.key, vic.gen), {vic.offset, r.length}});
+            }
           }
         }
+        break;
+      case OpKind::Punch:
+        punchByPath.push_back({dataPath(cfg.dir, op->key, op->gen), {op->off, op->request}});
         break;
       case OpKind::Touch:
         for (const TouchRec& tr : op->touches) {
