@@ -98,7 +98,13 @@ struct Server::Impl {
   std::function<void()> drained;
   uint64_t nextId = 1;
   // counters for /-/metrics
-  uint64_t requests = 0, bytesOut = 0, upstreamBytesByRequests = 0;
+  uint64_t requests = 0, bytesOut = 0;
+  // Event-loop lag: how late a 50 ms timer fires (SPEC §5: the loop must not
+  // block on disk or DNS for long; this measures it).
+  event* lagTimer = nullptr;
+  int64_t lagDueNs = 0;
+  int64_t lagMaxUs = 0;
+  uint64_t lagOver10ms = 0, lagOver100ms = 0;
   std::map<int, uint64_t> byStatus;
 
   Impl(event_base* b, const conf::Config& c, const policy::RuleSet& r, proxy::Engine& e)
@@ -391,6 +397,12 @@ std::string Server::Impl::metrics() const {
   for (const auto& [code, n] : byStatus)
     o += "slipstream_requests_total{status=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
   metric("slipstream_active_requests", "gauge", "Requests running now.", active.size());
+  metric("slipstream_loop_lag_max_microseconds", "gauge", "Longest the event loop was late for a timer.",
+         static_cast<uint64_t>(lagMaxUs));
+  metric("slipstream_loop_lag_over_10ms_total", "counter", "Timer ticks the loop served over 10 ms late.",
+         lagOver10ms);
+  metric("slipstream_loop_lag_over_100ms_total", "counter", "Timer ticks the loop served over 100 ms late.",
+         lagOver100ms);
   metric("slipstream_client_connections", "gauge", "Client connections open.", conns.size());
   metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", bytesOut);
   metric("slipstream_upstream_requests_total", "counter", "Upstream HTTP requests started.", st.upstreamRequests);
@@ -648,6 +660,7 @@ Server::~Server() {
   if (s.flushTimer) event_free(s.flushTimer);
   if (s.graceTimer) event_free(s.graceTimer);
   if (s.drainPoll) event_free(s.drainPoll);
+  if (s.lagTimer) event_free(s.lagTimer);
   if (s.accessLog) {
     fflush(s.accessLog);
     if (s.ownAccessLog) fclose(s.accessLog);
@@ -730,6 +743,18 @@ bool Server::start(std::string* err) {
   s.reaper = event_new(s.base, -1, 0, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->reap();
   }, &s);
+  s.lagTimer = event_new(s.base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
+    auto* impl = static_cast<Impl*>(arg);
+    int64_t now = monoNs();
+    int64_t lateUs = (now - impl->lagDueNs) / 1000;
+    impl->lagDueNs = now + 50'000'000;
+    if (lateUs > impl->lagMaxUs) impl->lagMaxUs = lateUs;
+    if (lateUs > 10'000) impl->lagOver10ms++;
+    if (lateUs > 100'000) impl->lagOver100ms++;
+  }, &s);
+  s.lagDueNs = monoNs() + 50'000'000;
+  timeval lagTv{0, 50'000};
+  event_add(s.lagTimer, &lagTv);
 
   if (s.cfg.server.accessLog == "-") {
     s.accessLog = stdout;
