@@ -67,6 +67,7 @@ struct DataFile {
   /// one of our writes under way).
   bool ours(int64_t ct) const { return writing.load() > 0 || ct == ourCtimeNs.load(); }
   int64_t seenCtimeNs = -1;  // loop only
+  int64_t checkedNs = 0;     // loop only: when seenCtimeNs was last compared
   uint64_t epoch = 0;        // loop only
   ~DataFile() {
     if (fd >= 0) close(fd);
@@ -86,6 +87,15 @@ struct Verified {
   std::vector<bool> pages;
 };
 constexpr size_t kMaxVerified = 1 << 17;
+constexpr size_t kMaxSegments = 1024;
+constexpr int64_t kSegmentLifeMs = 1000;
+constexpr int64_t kCtimeCheckNs = 50'000'000;  // how stale a file's change check may be
+
+struct CachedSegment {
+  evbuffer_file_segment* seg;
+  uint64_t length;
+  int64_t bornMs;
+};
 
 struct Victim {
   Key key;
@@ -175,6 +185,7 @@ struct Store::Impl {
   uint64_t diskAvail = UINT64_MAX;
   std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
   std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
+  std::map<std::tuple<Key, uint64_t, uint32_t>, CachedSegment> segments;
   uint64_t epochs = 0;
   std::list<std::pair<std::pair<Key, uint64_t>, std::shared_ptr<DataFile>>> files;  // LRU
   std::vector<char> scratch;
@@ -208,7 +219,9 @@ struct Store::Impl {
   void flushTouches();
   void trustFill(const Store::Writer& w);
   bool reconcile(std::string* err);
-  bool sendfileSegment(int fd, const Key& k, uint32_t idx, uint64_t at, uint64_t len, evbuffer* out);
+  bool sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t idx, uint64_t blockAt,
+                       uint64_t blockLen, uint64_t off, uint64_t len, evbuffer* out);
+  void sweepSegments(bool all);
   // disk thread
   void run();
   void applyIndex(std::vector<Op*>& group);
@@ -226,6 +239,7 @@ Store::Impl::~Impl() {
 
 Store::~Store() {
   Impl& s = *impl_;
+  s.sweepSegments(true);
   s.flushTouches();
   {
     std::lock_guard<std::mutex> g(s.mu);
@@ -561,32 +575,59 @@ struct SegmentPin {
 };
 }  // namespace
 
-// Queues [at, at+len) of the data file for sendfile. The block stays pinned
-// (not evictable, so its pages cannot be punched under the socket) until
-// libevent has handed the bytes to the kernel and frees the segment.
-bool Store::Impl::sendfileSegment(int fd, const Key& k, uint32_t idx, uint64_t at, uint64_t len,
-                                  evbuffer* out) {
-  int d = dup(fd);
-  if (d < 0) return false;
-  evbuffer_file_segment* seg = evbuffer_file_segment_new(d, static_cast<ev_off_t>(at),
-                                                         static_cast<ev_off_t>(len),
-                                                         EVBUF_FS_CLOSE_ON_FREE);
-  if (!seg) {
-    close(d);
-    return false;
+// Queues [off, off+len) of a block for sendfile. The block stays pinned (not
+// evictable, and a drop or abandon does not punch it) until libevent has
+// handed the bytes to the kernel and frees the segment. Segments are kept
+// for a second and shared by every read of the block meanwhile, so a busy
+// block costs one dup(), not one per request.
+bool Store::Impl::sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t idx, uint64_t blockAt,
+                                  uint64_t blockLen, uint64_t off, uint64_t len, evbuffer* out) {
+  auto it = segments.find({k, gen, idx});
+  if (it == segments.end() || it->second.length != blockLen) {
+    if (it != segments.end()) {
+      evbuffer_file_segment_free(it->second.seg);
+      segments.erase(it);
+    }
+    int d = dup(fd);
+    if (d < 0) return false;
+    evbuffer_file_segment* seg = evbuffer_file_segment_new(
+        d, static_cast<ev_off_t>(blockAt), static_cast<ev_off_t>(blockLen), EVBUF_FS_CLOSE_ON_FREE);
+    if (!seg) {
+      close(d);
+      return false;
+    }
+    pins[{k, idx}]++;
+    evbuffer_file_segment_add_cleanup_cb(
+        seg,
+        [](const evbuffer_file_segment*, int, void* arg) {
+          auto* p = static_cast<SegmentPin*>(arg);
+          p->store->unpin(p->key, p->idx);
+          delete p;
+        },
+        new SegmentPin{self, k, idx});
+    it = segments.emplace(std::make_tuple(k, gen, idx), CachedSegment{seg, blockLen, wallMs()}).first;
+    if (segments.size() > kMaxSegments) sweepSegments(true);
+    it = segments.find({k, gen, idx});
+    if (it == segments.end()) {  // swept with the rest: add from a fresh one
+      return sendfileSegment(fd, k, gen, idx, blockAt, blockLen, off, len, out);
+    }
   }
-  pins[{k, idx}]++;
-  evbuffer_file_segment_add_cleanup_cb(
-      seg,
-      [](const evbuffer_file_segment*, int, void* arg) {
-        auto* p = static_cast<SegmentPin*>(arg);
-        p->store->unpin(p->key, p->idx);
-        delete p;
-      },
-      new SegmentPin{self, k, idx});
-  int rc = evbuffer_add_file_segment(out, seg, 0, static_cast<ev_off_t>(len));
-  evbuffer_file_segment_free(seg);  // the chain holds the remaining reference
-  return rc == 0;
+  return evbuffer_add_file_segment(out, it->second.seg, static_cast<ev_off_t>(off),
+                                   static_cast<ev_off_t>(len)) == 0;
+}
+
+// Drops the store's own reference to segments older than a second (or all):
+// chains still queued keep theirs, and the pin goes with the last one.
+void Store::Impl::sweepSegments(bool all) {
+  int64_t now = wallMs();
+  for (auto it = segments.begin(); it != segments.end();) {
+    if (all || now - it->second.bornMs >= kSegmentLifeMs) {
+      evbuffer_file_segment_free(it->second.seg);
+      it = segments.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 bool Store::Impl::loadBlock(const Key& k, uint32_t idx, BlockRecord* r) {
@@ -699,11 +740,15 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   uint32_t p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
   // Pages verified in this epoch go out with sendfile. A change of the
   // file's ctime that the disk thread did not cause starts a new epoch.
-  int64_t ct = ctimeOf(f->fd);
-  if (ct < 0) return ReadResult::IoError;
-  if (ct != f->seenCtimeNs) {
-    if (!f->ours(ct)) f->epoch = ++s.epochs;
-    f->seenCtimeNs = ct;
+  int64_t nowNs = static_cast<int64_t>(wallMs()) * 1'000'000;
+  if (nowNs - f->checkedNs >= kCtimeCheckNs) {
+    int64_t ct = ctimeOf(f->fd);
+    if (ct < 0) return ReadResult::IoError;
+    if (ct != f->seenCtimeNs) {
+      if (!f->ours(ct)) f->epoch = ++s.epochs;
+      f->seenCtimeNs = ct;
+    }
+    f->checkedNs = nowNs;
   }
   if (s.verified.size() > kMaxVerified) s.verified.clear();
   Verified& v = s.verified[{k, m.generation, idx}];
@@ -713,7 +758,7 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   }
   bool known = true;
   for (uint32_t p = p0; p <= p1 && known; p++) known = v.pages[p];
-  if (known && s.sendfileSegment(f->fd, k, idx, blockOffset(m, idx) + off, len, out))
+  if (known && s.sendfileSegment(f->fd, k, m.generation, idx, blockOffset(m, idx), r.length, off, len, out))
     return ReadResult::Ok;
   uint64_t from = static_cast<uint64_t>(p0) * kPageSize;
   uint64_t to = std::min<uint64_t>(r.length, static_cast<uint64_t>(p1 + 1) * kPageSize);
@@ -775,6 +820,7 @@ void Store::Impl::trustFill(const Store::Writer& w) {
 }
 
 void Store::Impl::flushTouches() {
+  sweepSegments(false);
   if (touches.empty()) return;
   Op op{OpKind::Touch};
   for (auto& [_, t] : touches) op.touches.push_back(t);
@@ -865,6 +911,11 @@ bool Store::reserve(uint64_t bytes, bool force) {
   if (s.diskAvail < floor) need = std::max(need, floor - s.diskAvail);
   if (need > 0) {
     uint64_t freed = s.evict(need);
+    if (freed < need && !s.segments.empty()) {
+      // Blocks pinned only by the store's own kept segments can go.
+      s.sweepSegments(true);
+      freed += s.evict(need - freed);
+    }
     if (freed < need && !force) return false;
   }
   s.reserved += bytes;
@@ -944,7 +995,7 @@ ReadResult Store::readRaw(Writer* w, uint64_t off, uint64_t len, evbuffer* out) 
   Impl& s = *impl_;
   if (off + len > w->length) return ReadResult::IoError;
   // Bytes this process wrote: no checksum to check yet, and no copy needed.
-  if (s.sendfileSegment(w->file->fd, w->key, w->idx, w->fileOffset + off, len, out))
+  if (s.sendfileSegment(w->file->fd, w->key, w->gen, w->idx, w->fileOffset, w->length, off, len, out))
     return ReadResult::Ok;
   if (s.scratch.size() < len) s.scratch.resize(len);
   ssize_t got = pread(w->file->fd, s.scratch.data(), len, static_cast<off_t>(w->fileOffset + off));
