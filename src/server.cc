@@ -195,6 +195,7 @@ struct Exchange final : proxy::Sink {
     status = st;
     sentHeaders = true;
     evhttp_send_reply_start(req, st, policy::statusText(st));
+    ignoreHalfClose();
     // A download may run for hours without the client sending a byte: no
     // read timeout while streaming, only the send timeout.
     if (bufferevent* b = bev()) {
@@ -215,6 +216,15 @@ struct Exchange final : proxy::Sink {
     }
     bytesOut += n;
     evhttp_send_reply_chunk_with_cb(req, data, &Exchange::onDrained, this);
+    ignoreHalfClose();
+  }
+
+  /// evhttp reads while it writes, only to notice a close, and takes a
+  /// client's half-close (shutdown of its sending side after the request,
+  /// legal in HTTP) for a vanished client. A client that really goes away
+  /// is still noticed: the next write fails.
+  void ignoreHalfClose() {
+    if (bufferevent* b = bev()) bufferevent_disable(b, EV_READ);
   }
 
   size_t queued() const override {

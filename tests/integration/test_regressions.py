@@ -176,3 +176,16 @@ class Regressions(GatewayTest):
         self.assertNotIn(b"Content-Length: 0", head)
         self.assertIn(b"Connection: close", head)
         self.assertEqual(body, data)  # and the server closed: raw_request returned at EOF
+
+    def test_client_half_close_still_gets_the_whole_body(self):
+        # A client may shut down its sending side after the request (HTTP
+        # allows it); evhttp once took that for a vanished client and cut
+        # the body short.
+        from harness import raw_request
+        data = random_bytes(3 * MiB, 12)
+        o = self.scripted({"/f.bin": data})
+        gw = self.gateway(self.mount(o.url("/ok")))
+        reply = raw_request(gw.port, b"GET /p/m/f.bin HTTP/1.0\r\nHost: x\r\n\r\n", timeout=10)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        self.assertEqual(sha256(body), sha256(data))
