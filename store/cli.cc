@@ -24,17 +24,7 @@ bool openWalk(const conf::Cache& cfg, Walk* w, FILE* out) {
     return false;
   }
   Txn t(w->env.get(), true);
-  Cursor c(t.get(), w->env.objects);
-  MDB_val k, v;
-  for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
-       rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
-    ObjectMeta m;
-    Key key;
-    if (k.mv_size == 16 && decodeObject(view(v), &m)) {
-      memcpy(key.b, k.mv_data, 16);
-      w->objects[key] = m;
-    }
-  }
+  w->objects = readObjects(t.get(), w->env.objects, false);
   return true;
 }
 
@@ -60,20 +50,18 @@ int Store::printStats(const conf::Cache& cfg, FILE* out, bool verbose) {
   uint64_t blocks = 0, bytes = 0;
   {
     Txn t(w.env.get(), true);
-    Cursor c(t.get(), w.env.blocks);
-    MDB_val k, v;
-    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
+    forEach(t.get(), w.env.blocks, [&](MDB_cursor*, const MDB_val& k, const MDB_val& v) {
       BlockRecord r;
       Key key = BlockKey::object(k);
       auto it = w.objects.find(key);
       if (!decodeBlock(view(v), &r) || it == w.objects.end() || it->second.generation != r.generation)
-        continue;
+        return true;
       blocks++;
       bytes += r.length;
       per[key].first++;
       per[key].second += r.length;
-    }
+      return true;
+    });
   }
   fprintf(out, "objects %zu\nblocks %llu\nbytes %llu (%s)\nmax_size %lld (%s)\n", w.objects.size(),
           static_cast<unsigned long long>(blocks), static_cast<unsigned long long>(bytes),

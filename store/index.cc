@@ -212,6 +212,22 @@ std::string encodeObject(const ObjectMeta& m, int64_t createdMs) {
   return w.take();
 }
 
+std::map<Key, ObjectMeta> readObjects(MDB_txn* t, MDB_dbi objects, bool dropBad) {
+  std::map<Key, ObjectMeta> out;
+  forEach(t, objects, [&](MDB_cursor* c, const MDB_val& k, const MDB_val& v) {
+    ObjectMeta m;
+    if (k.mv_size == 16 && decodeObject(view(v), &m)) {
+      Key key;
+      memcpy(key.b, k.mv_data, 16);
+      out[key] = m;
+    } else if (dropBad) {
+      mdb_cursor_del(c, 0);
+    }
+    return true;
+  });
+  return out;
+}
+
 bool decodeObject(std::string_view v, ObjectMeta* m) {
   Reader r(v);
   uint32_t magic = 0;

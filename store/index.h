@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -84,6 +85,19 @@ class Cursor {
   MDB_cursor* c_ = nullptr;
 };
 
+/// Calls fn(cursor, key, value) for each entry from the first (or from the
+/// first key ≥ *from); fn returns false to stop. fn may delete the current
+/// entry with mdb_cursor_del.
+template <typename Fn>
+void forEach(MDB_txn* t, MDB_dbi d, Fn fn, const MDB_val* from = nullptr) {
+  Cursor c(t, d);
+  MDB_val k{}, v{};
+  if (from) k = *from;
+  for (int rc = mdb_cursor_get(c.get(), &k, &v, from ? MDB_SET_RANGE : MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT))
+    if (!fn(c.get(), k, v)) break;
+}
+
 // ------------------------------------------------------------------ records
 
 /// Block key: object key (16) + block index (big-endian, so a cursor walks an
@@ -125,6 +139,9 @@ struct BlockRecord {
 };
 
 std::string encodeObject(const ObjectMeta& m, int64_t createdMs);
+/// Every object record, by key. With `dropBad`, unreadable records are
+/// deleted (the transaction must be a write transaction).
+std::map<Key, ObjectMeta> readObjects(MDB_txn* t, MDB_dbi objects, bool dropBad);
 bool decodeObject(std::string_view v, ObjectMeta* m);
 std::string encodeBlock(const BlockRecord& r);
 bool decodeBlock(std::string_view v, BlockRecord* r);

@@ -307,54 +307,31 @@ bool Store::Impl::reconcile(std::string* err) {
     *err = std::string("index: ") + mdb_strerror(t.error());
     return false;
   }
-  std::map<Key, ObjectMeta> objs;
-  {
-    Cursor c(t.get(), env.objects);
-    MDB_val k, v;
-    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
-      ObjectMeta m;
-      Key key;
-      if (k.mv_size == 16 && decodeObject(view(v), &m)) {
-        memcpy(key.b, k.mv_data, 16);
-        objs[key] = m;
-        nextGen = std::max(nextGen, m.generation + 1);
-      } else {
-        mdb_cursor_del(c.get(), 0);
-      }
-    }
-  }
+  std::map<Key, ObjectMeta> objs = readObjects(t.get(), env.objects, true);
+  for (const auto& [key, m] : objs) nextGen = std::max(nextGen, m.generation + 1);
   // Listed blocks per object; records of unknown objects/versions go.
   std::map<Key, std::set<uint32_t>> listed;
-  {
-    Cursor c(t.get(), env.blocks);
-    MDB_val k, v;
-    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
-      BlockRecord r;
-      Key key = BlockKey::object(k);
-      auto it = objs.find(key);
-      if (k.mv_size != 20 || !decodeBlock(view(v), &r) || it == objs.end() ||
-          r.generation != it->second.generation) {
-        mdb_cursor_del(c.get(), 0);
-        continue;
-      }
-      listed[key].insert(BlockKey::index(k));
-      used += r.length;
-      blocks++;
+  forEach(t.get(), env.blocks, [&](MDB_cursor* c, const MDB_val& k, const MDB_val& v) {
+    BlockRecord r;
+    Key key = BlockKey::object(k);
+    auto it = objs.find(key);
+    if (k.mv_size != 20 || !decodeBlock(view(v), &r) || it == objs.end() ||
+        r.generation != it->second.generation) {
+      mdb_cursor_del(c, 0);
+      return true;
     }
-  }
+    listed[key].insert(BlockKey::index(k));
+    used += r.length;
+    blocks++;
+    return true;
+  });
   // LRU entries whose block is gone.
-  {
-    Cursor c(t.get(), env.lru);
-    MDB_val k, v;
-    for (int rc = mdb_cursor_get(c.get(), &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c.get(), &k, &v, MDB_NEXT)) {
-      auto it = listed.find(LruKey::object(k));
-      if (k.mv_size != 28 || it == listed.end() || !it->second.count(LruKey::index(k)))
-        mdb_cursor_del(c.get(), 0);
-    }
-  }
+  forEach(t.get(), env.lru, [&](MDB_cursor* c, const MDB_val& k, const MDB_val&) {
+    auto it = listed.find(LruKey::object(k));
+    if (k.mv_size != 28 || it == listed.end() || !it->second.count(LruKey::index(k)))
+      mdb_cursor_del(c, 0);
+    return true;
+  });
   // Data files: orphans go; unlisted regions of known files are punched.
   std::set<Key> withFile;
   std::string dataDir = cfg.dir + "/data";
