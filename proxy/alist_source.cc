@@ -27,15 +27,6 @@ class AlistSource : public Source {
     while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
   }
 
-  policy::SourceTraits traits() const override {
-    policy::SourceTraits t;
-    // AList links usually need the headers it returns (Referer, UA): proxy.
-    t.needsHeaders = true;
-    t.clientBound = mount_.linkBind != conf::LinkBind::None;
-    t.hasLink = true;
-    return t;
-  }
-
   int64_t defaultTtlMs() const override {
     return mount_.linkTtlMs > 0 ? mount_.linkTtlMs : kDefaultAlistTtlMs;
   }

@@ -67,10 +67,7 @@ bool Engine::init(std::string* err) {
       }
     }
     e.localRoots.push_back(fd);
-    policy::SourceTraits t;
-    if (e.sources.back()) t = e.sources.back()->traits();
-    else t.hasLink = false;
-    e.traits.push_back(t);
+    e.traits.push_back(sourceTraits(m));
   }
   if (e.store) e.fetcher = std::make_unique<Fetcher>(e);
   return true;

@@ -111,6 +111,10 @@ struct Stats {
   size_t diskQueueBytes = 0;
 };
 
+/// What a mount's source needs (headers, client binding, a link at all), as
+/// policy's `auto` delivery wants to know it. No I/O: `explain` uses it too.
+policy::SourceTraits sourceTraits(const conf::Mount& m);
+
 class Engine {
  public:
   /// `base` must have been created after evthread_use_pthreads(). `store` may

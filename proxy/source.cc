@@ -14,13 +14,6 @@ class HttpSource : public Source {
     while (!base_.empty() && base_.back() == '/') base_.pop_back();
     for (const auto& h : m.headers) headers_.push_back({h.name, h.value});
   }
-  policy::SourceTraits traits() const override {
-    policy::SourceTraits t;
-    t.needsHeaders = !mount_.headers.empty();
-    t.clientBound = mount_.linkBind != conf::LinkBind::None;
-    t.hasLink = true;
-    return t;
-  }
   void resolve(const std::string& rest, const ClientInfo&, ResolveCb cb) override {
     ResolveResult r;
     r.link.url = base_ + policy::encodePath(rest);
@@ -36,6 +29,15 @@ class HttpSource : public Source {
 };
 
 }  // namespace
+
+policy::SourceTraits sourceTraits(const conf::Mount& m) {
+  policy::SourceTraits t;
+  t.hasLink = m.source != conf::SourceType::Local;
+  // AList links usually need the headers AList returns (Referer, UA).
+  t.needsHeaders = m.source == conf::SourceType::Alist || !m.headers.empty();
+  t.clientBound = m.linkBind != conf::LinkBind::None;
+  return t;
+}
 
 std::unique_ptr<Source> makeAlistSource(const conf::Mount& m, CurlMulti& multi,
                                         const conf::Server& s);

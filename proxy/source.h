@@ -42,7 +42,6 @@ struct ClientInfo {
 class Source {
  public:
   virtual ~Source() = default;
-  virtual policy::SourceTraits traits() const = 0;
   /// Resolves `rest` (the path below the mount, decoded) to a link. May call
   /// back synchronously.
   virtual void resolve(const std::string& rest, const ClientInfo& client, ResolveCb cb) = 0;

@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "policy/policy.h"
+#include "proxy/proxy.h"
 #include "store/store.h"
 
 namespace slip::cmd {
@@ -73,15 +74,8 @@ int explain(const conf::Config& cfg, const Flags& flags) {
     }
     f.size = static_cast<uint64_t>(*n);
   }
-  // Traits as the engine derives them, without starting it.
   std::vector<policy::SourceTraits> traits;
-  for (const auto& m : cfg.mounts) {
-    policy::SourceTraits t;
-    t.hasLink = m.source != conf::SourceType::Local;
-    t.needsHeaders = m.source == conf::SourceType::Alist || !m.headers.empty();
-    t.clientBound = m.linkBind != conf::LinkBind::None;
-    traits.push_back(t);
-  }
+  for (const auto& m : cfg.mounts) traits.push_back(proxy::sourceTraits(m));
   policy::RuleSet rules;
   policy::RuleSet::compile(cfg, &rules);
   std::vector<std::string> lines;
