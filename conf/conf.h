@@ -41,7 +41,8 @@ struct Cidr {
   std::string text;    // as written, for messages
 };
 
-enum class SourceType { Http, Local, Alist };
+enum class SourceType { Http, Local, Alist, AliyundriveOpen };
+enum class DriveType { Resource, Default, Backup };
 enum class Delivery { Auto, Redirect, Proxy, ProxyUrl, Deny };
 enum class Role { Main, Edge };
 enum class LinkBind { None, Ua, UaIp };
@@ -73,6 +74,7 @@ struct Server {
   Role role = Role::Main;
   std::vector<Cidr> adminAllow;          // default loopback only
   std::string adminToken;
+  std::string stateDir = "/var/lib/slipstream";  // persisted state: rotated refresh tokens
 };
 
 struct Cache {
@@ -80,6 +82,25 @@ struct Cache {
   int64_t maxSize = 10LL << 30;          // bytes
   int64_t minFree = 1LL << 30;           // free-disk floor, bytes
   int64_t blockSize = 1LL << 20;         // bytes; power of two, 64K..64M
+};
+
+/// A cloud account (`[account NAME]`): the credentials and limits that every
+/// mount naming it shares (one token state, one set of rate and connection
+/// limits), so two mounts of one account never fight over a rotating token.
+struct Account {
+  std::string name;
+  int line = 0;                          // line of the [account NAME] header
+  std::string refreshToken;              // as written in the INI; never logged
+  int refreshTokenLine = 0;              // for messages that tell the user where to put a new one
+  std::string clientId;
+  std::string clientSecret;              // never logged
+  std::string oauthTokenUrl;             // token relay, used when client_id is empty
+  std::string apiUrl = "https://openapi.alipan.com";
+  DriveType driveType = DriveType::Resource;
+  int64_t maxConnections = 3;            // download connections at once, all mounts together
+  int64_t linkIntervalMs = 1000;         // least time between two getDownloadUrl calls
+  int64_t listIntervalMs = 250;          // least time between two other API calls
+  int64_t listTtlMs = 60'000;            // folder listings are reused this long
 };
 
 struct Mount {
@@ -101,6 +122,11 @@ struct Mount {
   int64_t readAhead = 64LL << 20;        // bytes fetched ahead of a sequential reader
   int64_t linkTtlMs = 0;                 // 0 = source default
   LinkBind linkBind = LinkBind::None;
+  // aliyundrive_open
+  std::string account;                   // the [account NAME] it uses
+  int accountIndex = -1;                 // index in Config::accounts, set by the loader
+  std::string rootFolderId = "root";
+  int64_t linkExpireMs = 4 * 3'600'000;  // expire_sec asked of getDownloadUrl
 };
 
 struct Rule {
@@ -127,6 +153,7 @@ struct Config {
   std::string file;
   Server server;
   Cache cache;
+  std::vector<Account> accounts;         // in file order
   std::vector<Mount> mounts;             // in file order
   std::vector<Rule> rules;               // in file order: first match wins
 };
@@ -165,7 +192,7 @@ std::string referenceMarkdown();
 // The one table of directives (conf/directives.cc). Declared here because the
 // loader, the references and the tests all read it.
 
-enum class SectionKind { Server, Cache, Mount, Rule };
+enum class SectionKind { Server, Cache, Account, Mount, Rule };
 enum class ValueType {
   String, Bool, Int, Size, Duration, Enum, List, Header, Listen, CidrList, Url, Path, Secret
 };
@@ -173,7 +200,8 @@ enum class ValueType {
 /// Bit per SourceType, for Directive::sources and Directive::requiredFor.
 constexpr unsigned sourceBit(SourceType t) { return 1u << static_cast<unsigned>(t); }
 constexpr unsigned kAllSources = sourceBit(SourceType::Http) | sourceBit(SourceType::Local) |
-                                 sourceBit(SourceType::Alist);
+                                 sourceBit(SourceType::Alist) |
+                                 sourceBit(SourceType::AliyundriveOpen);
 constexpr int64_t kUnbounded = INT64_MAX;
 
 /// One parsed value; the member used depends on the directive's ValueType.
@@ -202,7 +230,7 @@ struct Directive {
   unsigned requiredFor = 0;          // [mount]: source types that need it; others: kAllSources = always
   const char* doc = "";
   /// Stores the value into the open section: the server, the cache, or the
-  /// last mount / rule of the Config.
+  /// last account / mount / rule of the Config.
   void (*apply)(Config& c, const DirectiveValue& v) = nullptr;
   /// Extra validation beyond the type and bounds; nullptr = none.
   bool (*check)(const DirectiveValue& v, std::string* why) = nullptr;

@@ -22,6 +22,7 @@ using V = const DirectiveValue&;
 constexpr unsigned kHttp = sourceBit(SourceType::Http);
 constexpr unsigned kLocal = sourceBit(SourceType::Local);
 constexpr unsigned kAlist = sourceBit(SourceType::Alist);
+constexpr unsigned kAliyun = sourceBit(SourceType::AliyundriveOpen);
 constexpr int64_t kK = 1LL << 10, kM = 1LL << 20;
 constexpr int64_t kSec = 1000, kDay = 86'400'000;
 constexpr int64_t kMinTimeout = 10;  // ms; below this a timeout is a typo, not a setting
@@ -44,6 +45,7 @@ std::string lower(std::string_view s) {
   return out;
 }
 
+Account& account(Config& c) { return c.accounts.back(); }
 Mount& mount(Config& c) { return c.mounts.back(); }
 Rule& rule(Config& c) { return c.rules.back(); }
 
@@ -162,6 +164,10 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "admin_token", .type = T::Secret,
        .doc = "Bearer token for the /-/ admin routes from other clients. Never logged.",
        .apply = [](Config& c, V v) { c.server.adminToken = v.text; }},
+      {.section = S::Server, .name = "state_dir", .type = T::Path, .def = "/var/lib/slipstream",
+       .doc = "Directory for state that must survive restarts: each account's rotated refresh "
+              "token (mode 0600).",
+       .apply = [](Config& c, V v) { c.server.stateDir = v.text; }},
 
       // ------------------------------------------------------------ [cache]
       {.section = S::Cache, .name = "dir", .type = T::Path, .def = "/var/cache/slipstream",
@@ -177,15 +183,63 @@ std::vector<Directive> makeTable() {
        .max = 64 * kM, .units = "power of two", .doc = "Unit of fetching and storing.",
        .apply = [](Config& c, V v) { c.cache.blockSize = v.num; }, .check = powerOfTwo},
 
+      // ------------------------------------------------------------ [account NAME]
+      {.section = S::Account, .name = "refresh_token", .type = T::Secret,
+       .requiredFor = kAllSources,
+       .doc = "Aliyundrive Open refresh token. It rotates on every use; the current one is kept "
+              "in state_dir, and this one is used again only when you change it here. Never logged.",
+       .apply = [](Config& c, V v) {
+         account(c).refreshToken = v.text;
+         account(c).refreshTokenLine = v.line;
+       }},
+      {.section = S::Account, .name = "client_id", .type = T::String,
+       .doc = "Your Open-platform app's client id; unset = use oauth_token_url.",
+       .apply = [](Config& c, V v) { account(c).clientId = v.text; }},
+      {.section = S::Account, .name = "client_secret", .type = T::Secret,
+       .doc = "Your app's client secret (with client_id). Never logged.",
+       .apply = [](Config& c, V v) { account(c).clientSecret = v.text; }},
+      {.section = S::Account, .name = "oauth_token_url", .type = T::Url,
+       .doc = "Token relay for users without their own app (it holds the client secret): "
+              "the refresh exchange is POSTed here instead.",
+       .apply = [](Config& c, V v) { account(c).oauthTokenUrl = v.text; }},
+      {.section = S::Account, .name = "api_url", .type = T::Url, .def = "https://openapi.alipan.com",
+       .doc = "Open API base URL.",
+       .apply = [](Config& c, V v) { account(c).apiUrl = v.text; }},
+      {.section = S::Account, .name = "drive_type", .type = T::Enum,
+       .choices = "resource|default|backup", .def = "resource",
+       .doc = "Which drive of the account the mounts see.",
+       .apply = [](Config& c, V v) {
+         account(c).driveType = pick(v, {DriveType::Resource, DriveType::Default, DriveType::Backup});
+       }},
+      {.section = S::Account, .name = "max_connections", .type = T::Int, .def = "3", .min = 1,
+       .max = 64, .units = "per account",
+       .doc = "Download connections at once, all mounts and clients together (the service "
+              "refuses a 4th).",
+       .apply = [](Config& c, V v) { account(c).maxConnections = v.num; }},
+      {.section = S::Account, .name = "link_interval", .type = T::Duration, .def = "1s",
+       .min = kMinTimeout, .max = 3600 * kSec,
+       .doc = "Least time between two download-link requests (the service allows about one a "
+              "second).",
+       .apply = [](Config& c, V v) { account(c).linkIntervalMs = v.num; }},
+      {.section = S::Account, .name = "list_interval", .type = T::Duration, .def = "250ms",
+       .min = kMinTimeout, .max = 3600 * kSec,
+       .doc = "Least time between two other API requests (listings: about four a second).",
+       .apply = [](Config& c, V v) { account(c).listIntervalMs = v.num; }},
+      {.section = S::Account, .name = "list_ttl", .type = T::Duration, .def = "1m",
+       .max = kDay, .doc = "Reuse a folder listing this long (path lookups).",
+       .apply = [](Config& c, V v) { account(c).listTtlMs = v.num; }},
+
       // ------------------------------------------------------------ [mount NAME]
       {.section = S::Mount, .name = "prefix", .type = T::String, .def = "/NAME",
        .derivedDefault = true,
        .doc = "Virtual path the mount serves: /movies (no trailing /, no . or .. segments).",
        .apply = [](Config& c, V v) { mount(c).prefix = v.text; }, .check = cleanPrefix},
-      {.section = S::Mount, .name = "source", .type = T::Enum, .choices = "http|local|alist",
-       .requiredFor = kAllSources, .doc = "Where the bytes live.",
+      {.section = S::Mount, .name = "source", .type = T::Enum,
+       .choices = "http|local|alist|aliyundrive_open", .requiredFor = kAllSources,
+       .doc = "Where the bytes live.",
        .apply = [](Config& c, V v) {
-         mount(c).source = pick(v, {SourceType::Http, SourceType::Local, SourceType::Alist});
+         mount(c).source = pick(v, {SourceType::Http, SourceType::Local, SourceType::Alist,
+                                    SourceType::AliyundriveOpen});
        }},
       {.section = S::Mount, .name = "base_url", .type = T::Url, .sources = kHttp,
        .requiredFor = kHttp,
@@ -201,8 +255,20 @@ std::vector<Directive> makeTable() {
       {.section = S::Mount, .name = "token", .type = T::Secret, .sources = kAlist,
        .doc = "AList token, sent as Authorization. Never logged.",
        .apply = [](Config& c, V v) { mount(c).token = v.text; }},
+      {.section = S::Mount, .name = "account", .type = T::String, .sources = kAliyun,
+       .requiredFor = kAliyun, .doc = "The [account NAME] whose drive this mount shows.",
+       .apply = [](Config& c, V v) { mount(c).account = v.text; }},
+      {.section = S::Mount, .name = "root_folder_id", .type = T::String, .def = "root",
+       .sources = kAliyun,
+       .doc = "file_id of the folder the mount starts at (the last part of the folder's web URL).",
+       .apply = [](Config& c, V v) { mount(c).rootFolderId = v.text; }},
+      {.section = S::Mount, .name = "link_expire", .type = T::Duration, .def = "4h",
+       .min = kSec, .max = 32 * 3600 * kSec, .sources = kAliyun,
+       .doc = "Life asked for download links; links are renewed shortly before the expiry the "
+              "service reports.",
+       .apply = [](Config& c, V v) { mount(c).linkExpireMs = v.num; }},
       {.section = S::Mount, .name = "header", .type = T::Header, .repeatable = true,
-       .sources = kHttp | kAlist,
+       .sources = kHttp | kAlist | kAliyun,
        .doc = "Header added to every upstream request: Referer: https://www.alipan.com/.",
        .apply = [](Config& c, V v) { mount(c).headers.push_back(v.header); }},
       {.section = S::Mount, .name = "delivery", .type = T::Enum,
@@ -226,14 +292,15 @@ std::vector<Directive> makeTable() {
        .units = "per object", .doc = "Parallel range requests for one object.",
        .apply = [](Config& c, V v) { mount(c).connections = v.num; }},
       {.section = S::Mount, .name = "max_connections", .type = T::Int, .def = "32", .min = 1,
-       .max = 256, .units = "per source",
-       .doc = "Upstream transfers at once for this source (its account).",
+       .max = 256, .units = "per source", .sources = kHttp | kLocal | kAlist,
+       .doc = "Upstream transfers at once for this source (aliyundrive_open: the account's "
+              "max_connections).",
        .apply = [](Config& c, V v) { mount(c).maxConnections = v.num; }},
       {.section = S::Mount, .name = "read_ahead", .type = T::Size, .def = "64M",
        .doc = "Bytes fetched ahead of a reader (never past the end of its range; at most a quarter of max_size).",
        .apply = [](Config& c, V v) { mount(c).readAhead = v.num; }},
       {.section = S::Mount, .name = "link_ttl", .type = T::Duration, .def = "0",
-       .sources = kHttp | kAlist,
+       .sources = kHttp | kAlist | kAliyun,
        .doc = "Reuse a resolved link this long; 0 = until the expiry the source reports.",
        .apply = [](Config& c, V v) { mount(c).linkTtlMs = v.num; }},
       {.section = S::Mount, .name = "link_bind", .type = T::Enum, .choices = "none|ua|ua+ip",

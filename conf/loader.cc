@@ -59,6 +59,8 @@ const char* kindName(SectionKind k) {
       return "server";
     case S::Cache:
       return "cache";
+    case S::Account:
+      return "account";
     case S::Mount:
       return "mount";
     case S::Rule:
@@ -68,13 +70,15 @@ const char* kindName(SectionKind k) {
 }
 
 std::optional<SectionKind> kindNamed(std::string_view word) {
-  for (SectionKind k : {S::Server, S::Cache, S::Mount, S::Rule})
+  for (SectionKind k : {S::Server, S::Cache, S::Account, S::Mount, S::Rule})
     if (word == kindName(k)) return k;
   return std::nullopt;
 }
 
+bool named(SectionKind k) { return k == S::Account || k == S::Mount || k == S::Rule; }
+
 std::string headerForm(SectionKind k) {
-  return k == S::Mount || k == S::Rule ? std::string(kindName(k)) + " NAME" : kindName(k);
+  return named(k) ? std::string(kindName(k)) + " NAME" : kindName(k);
 }
 
 const Directive* findDirective(SectionKind k, std::string_view name) {
@@ -96,7 +100,8 @@ std::string nearest(std::string_view word, const std::vector<std::string_view>& 
 
 std::string sourcesText(unsigned mask) {
   std::string s;
-  for (SourceType t : {SourceType::Http, SourceType::Local, SourceType::Alist}) {
+  for (SourceType t : {SourceType::Http, SourceType::Local, SourceType::Alist,
+                       SourceType::AliyundriveOpen}) {
     if (!(mask & sourceBit(t))) continue;
     if (!s.empty()) s += " and ";
     s += sourceTypeName(t);
@@ -459,14 +464,15 @@ class Loader {
 
     std::optional<SectionKind> kind = kindNamed(kindWord);
     if (!kind) {
-      auto near = kindNamed(nearest(kindWord, {"server", "cache", "mount", "rule"}));
+      auto near = kindNamed(nearest(kindWord, {"server", "cache", "account", "mount", "rule"}));
       error(line_, "", "",
             "unknown section [" + std::string(kindWord) + "]" +
                 (near ? " (did you mean [" + headerForm(*near) + "]?)"
-                      : " (sections: [server], [cache], [mount NAME], [rule NAME])"));
+                      : " (sections: [server], [cache], [account NAME], [mount NAME], "
+                        "[rule NAME])"));
       return;
     }
-    std::string label = *kind == S::Mount || *kind == S::Rule ? headerForm(*kind) : kindName(*kind);
+    std::string label = named(*kind) ? headerForm(*kind) : kindName(*kind);
     if (*kind == S::Server || *kind == S::Cache) {
       if (!name.empty()) {
         error(line_, label, "", "[" + label + "] takes no name");
@@ -490,7 +496,8 @@ class Loader {
       error(line_, label, "", "name may contain only letters, digits, '_', '.' and '-'");
       return;
     }
-    std::vector<Section>& sections = *kind == S::Mount ? mounts_ : rules_;
+    std::vector<Section>& sections =
+        *kind == S::Mount ? mounts_ : *kind == S::Account ? accounts_ : rules_;
     for (const Section& s : sections) {
       if (s.label == label) {
         error(line_, label, "",
@@ -501,6 +508,8 @@ class Loader {
     }
     if (*kind == S::Mount) {
       config_.mounts.push_back(Mount{.name = name, .line = line_});
+    } else if (*kind == S::Account) {
+      config_.accounts.push_back(Account{.name = name, .line = line_});
     } else {
       config_.rules.push_back(Rule{.name = name, .line = line_});
     }
@@ -514,7 +523,8 @@ class Loader {
     if (!open_) {
       error(
           line_, "", std::string(name),
-          "key outside any section (put it under [server], [cache], [mount NAME] or [rule NAME])");
+          "key outside any section (put it under [server], [cache], [account NAME], [mount NAME] "
+          "or [rule NAME])");
       return;
     }
     const Directive* d = findDirective(open_->kind, name);
@@ -555,6 +565,7 @@ class Loader {
   void closeSection() {
     if (open_ && open_->kind == S::Mount) closeMount(*open_, config_.mounts.back());
     if (open_ && open_->kind == S::Rule) closeRule(*open_, config_.rules.back());
+    if (open_ && open_->kind == S::Account) closeAccount(*open_, config_.accounts.back());
     open_ = nullptr;
   }
 
@@ -576,7 +587,8 @@ class Loader {
   void closeMount(const Section& s, Mount& m) {
     if (!s.lineOf("prefix")) m.prefix = "/" + m.name;
     if (!s.lineOf("source"))
-      error(s.line, s.label, "source", "required key is missing (http, local or alist)");
+      error(s.line, s.label, "source",
+            "required key is missing (http, local, alist or aliyundrive_open)");
     if (!s.goodLine("source")) return;  // nothing more can be judged
 
     unsigned bit = sourceBit(m.source);
@@ -609,6 +621,23 @@ class Loader {
       else if (!S_ISDIR(st.st_mode))
         error(line, s.label, "root", "not a directory: '" + m.root + "'");
     }
+  }
+
+  void closeAccount(const Section& s, Account& a) {
+    for (const Directive& d : directives())
+      if (d.section == S::Account && d.requiredFor && !s.lineOf(d.name))
+        error(s.line, s.label, d.name, "required key is missing");
+    applyDefaults(s, kAllSources);
+    // The token exchange needs our own app's credentials, or a relay that
+    // holds them.
+    if (!a.clientId.empty() && a.clientSecret.empty())
+      error(s.lineOf("client_id"), s.label, "client_secret", "client_id needs client_secret");
+    else if (a.clientId.empty() && !a.clientSecret.empty())
+      error(s.lineOf("client_secret"), s.label, "client_id", "client_secret needs client_id");
+    else if (a.clientId.empty() && a.oauthTokenUrl.empty())
+      error(s.line, s.label, "client_id",
+            "set client_id and client_secret (your Open-platform app), or oauth_token_url (a "
+            "token relay)");
   }
 
   void closeRule(const Section& s, Rule& r) {
@@ -646,10 +675,24 @@ class Loader {
       error(server_.lineOf("role"), "server", "role",
             "role = edge needs sign_secret (the key its links are signed with, e.g. AList's token)");
 
+    std::vector<std::string_view> accountNames;
+    for (const Account& a : config_.accounts) accountNames.push_back(a.name);
     std::map<std::string, size_t> prefixes;
     std::vector<std::string_view> mountNames;
     for (size_t i = 0; i < config_.mounts.size(); i++) {
-      const Mount& m = config_.mounts[i];
+      Mount& m = config_.mounts[i];
+      if (m.source == SourceType::AliyundriveOpen && !m.account.empty()) {
+        auto a = std::find_if(config_.accounts.begin(), config_.accounts.end(),
+                              [&m](const Account& x) { return x.name == m.account; });
+        if (a != config_.accounts.end()) {
+          m.accountIndex = static_cast<int>(a - config_.accounts.begin());
+        } else {
+          std::string near = nearest(m.account, accountNames);
+          error(mounts_[i].lineOf("account"), mounts_[i].label, "account",
+                "no [account " + m.account + "] in this file" +
+                    (near.empty() ? "" : " (did you mean '" + near + "'?)"));
+        }
+      }
       mountNames.push_back(m.name);
       auto [it, fresh] = prefixes.try_emplace(m.prefix, i);
       if (!fresh) {
@@ -698,7 +741,7 @@ class Loader {
   std::vector<Error> errors_;
   Section server_{S::Server, "server"};
   Section cache_{S::Cache, "cache"};
-  std::vector<Section> mounts_, rules_;  // parallel to config_.mounts / rules
+  std::vector<Section> accounts_, mounts_, rules_;  // parallel to config_.accounts / mounts / rules
   Section* open_ = nullptr;              // nullptr before the first section
   bool skipping_ = false;                // inside a section whose header was rejected
 };

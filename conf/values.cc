@@ -233,6 +233,7 @@ const char* sourceTypeName(SourceType t) {
     case SourceType::Http: return "http";
     case SourceType::Local: return "local";
     case SourceType::Alist: return "alist";
+    case SourceType::AliyundriveOpen: return "aliyundrive_open";
   }
   return "?";
 }

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cassert>
 #include <charconv>
 #include <cstring>
@@ -125,6 +126,77 @@ void CurlMulti::drainInfo() {
   }
 }
 
+// ------------------------------------------------------------------ pools
+
+namespace {
+// How long a cut-off transfer's slot stays taken: the upstream counts the
+// connection until it notices the close (nginx: its next write or read).
+constexpr int64_t kCutOffGraceMs = 300;
+}  // namespace
+
+int CurlMulti::addPool(int limit) {
+  pools_.push_back(Pool{limit, 0, {}});
+  return static_cast<int>(pools_.size()) - 1;
+}
+
+int CurlMulti::poolFree(int pool) const {
+  const Pool& p = pools_[pool];
+  return p.limit - p.running - static_cast<int>(p.waiting.size());
+}
+
+bool CurlMulti::takeSlot(Transfer* t) {
+  Pool& p = pools_[t->opts_.pool];
+  if (p.running < p.limit && p.waiting.empty()) {
+    p.running++;
+    t->holdsSlot_ = true;
+    return true;
+  }
+  p.waiting.push_back(t);
+  t->waiting_ = true;
+  return false;
+}
+
+void CurlMulti::dropWaiting(Transfer* t) {
+  if (!t->waiting_) return;
+  auto& w = pools_[t->opts_.pool].waiting;
+  w.erase(std::find(w.begin(), w.end(), t));
+  t->waiting_ = false;
+}
+
+void CurlMulti::releaseSlot(int pool, bool cutOff) {
+  if (!cutOff) {
+    slotFree(pool);
+    return;
+  }
+  struct Later {
+    CurlMulti* m;
+    int pool;
+  };
+  timeval tv{0, static_cast<suseconds_t>(kCutOffGraceMs * 1000)};
+  event_base_once(base_, -1, EV_TIMEOUT, [](evutil_socket_t, short, void* arg) {
+    auto* l = static_cast<Later*>(arg);
+    l->m->slotFree(l->pool);
+    delete l;
+  }, new Later{this, pool}, &tv);
+}
+
+void CurlMulti::slotFree(int pool) {
+  Pool& p = pools_[pool];
+  p.running--;
+  if (!p.waiting.empty()) {
+    Transfer* t = p.waiting.front();
+    p.waiting.erase(p.waiting.begin());
+    t->waiting_ = false;
+    t->holdsSlot_ = true;
+    p.running++;
+    t->launch();
+    return;
+  }
+  if (slotFreed_) slotFreed_();
+}
+
+// ------------------------------------------------------------------ handles
+
 void CurlMulti::add(Transfer* t) {
   assert(depth_ == 0);
   CURLMcode rc = curl_multi_add_handle(multi_, t->easy_);
@@ -226,6 +298,8 @@ Transfer::Transfer(CurlMulti& multi, Options opts, Handler* handler)
 
 Transfer::~Transfer() {
   assert(!multi_.insideCurl() || !added_);
+  multi_.dropWaiting(this);
+  if (holdsSlot_) multi_.releaseSlot(opts_.pool, added_);
   if (added_) multi_.remove(this);
   evtimer_del(headerTimer_);
   event_free(headerTimer_);
@@ -234,6 +308,11 @@ Transfer::~Transfer() {
 }
 
 void Transfer::start() {
+  if (opts_.pool >= 0 && !holdsSlot_ && !waiting_ && !multi_.takeSlot(this)) return;  // queued
+  launch();
+}
+
+void Transfer::launch() {
   if (opts_.headerTimeoutMs > 0) {
     timeval tv{opts_.headerTimeoutMs / 1000,
                static_cast<suseconds_t>((opts_.headerTimeoutMs % 1000) * 1000)};
@@ -260,6 +339,11 @@ void Transfer::resume() {
 void Transfer::cancel() {
   cancelled_ = true;
   evtimer_del(headerTimer_);
+  multi_.dropWaiting(this);
+  if (holdsSlot_) {
+    holdsSlot_ = false;
+    multi_.releaseSlot(opts_.pool, added_);
+  }
   if (added_) {
     if (multi_.insideCurl()) {
       // Let the current callback abort it; remove it once curl returns.
@@ -273,6 +357,10 @@ void Transfer::cancel() {
 void Transfer::finished(CURLcode code) {
   multi_.remove(this);
   evtimer_del(headerTimer_);
+  if (holdsSlot_) {
+    holdsSlot_ = false;
+    multi_.releaseSlot(opts_.pool, code != CURLE_OK);
+  }
   if (cancelled_) return;  // the owner already knows
   TransferResult r;
   r.code = code;

@@ -37,6 +37,18 @@ class CurlMulti {
   event_base* base() const { return base_; }
   int running() const { return running_; }
 
+  /// Connection pools: at most `limit` transfers of a pool run at once (an
+  /// upstream account's connection cap); more wait, first come first
+  /// served, and start as slots free. Returns the pool's id.
+  int addPool(int limit);
+  /// Slots neither taken nor promised to a waiting transfer (may be <= 0).
+  int poolFree(int pool) const;
+  int poolRunning(int pool) const { return pools_[pool].running; }
+  int poolLimit(int pool) const { return pools_[pool].limit; }
+  /// Called from the loop when a pool slot frees that no waiting transfer
+  /// took (the fetcher schedules more work then).
+  void setSlotFreed(std::function<void()> fn) { slotFreed_ = std::move(fn); }
+
  private:
   friend class Transfer;
   struct SockCtx;
@@ -50,6 +62,18 @@ class CurlMulti {
   static void onEvent(evutil_socket_t fd, short kind, void* arg);
   static void onTimeout(evutil_socket_t fd, short kind, void* arg);
   static void onDeferred(evutil_socket_t fd, short kind, void* arg);
+  struct Pool {
+    int limit = 0;
+    int running = 0;  // slots taken, including ones cooling down after a cancel
+    std::vector<Transfer*> waiting;
+  };
+  /// Takes a slot for t now, or queues it. true = t may launch.
+  bool takeSlot(Transfer* t);
+  void dropWaiting(Transfer* t);
+  /// Frees a slot now, or after a grace time when the transfer was cut off
+  /// (the upstream counts a connection until it notices the close).
+  void releaseSlot(int pool, bool cutOff);
+  void slotFree(int pool);
 
   event_base* base_;
   CURLM* multi_;
@@ -58,6 +82,8 @@ class CurlMulti {
   int depth_ = 0;
   int running_ = 0;
   std::vector<std::function<void()>> deferred_;
+  std::vector<Pool> pools_;
+  std::function<void()> slotFreed_;
 };
 
 /// What a finished transfer reports.
@@ -80,6 +106,7 @@ class Transfer {
     int64_t headerTimeoutMs = 30'000;  // request sent → response headers
     int64_t stallTimeoutMs = 30'000;   // no bytes for this long → fail
     bool followRedirects = true;
+    int pool = -1;                     // CurlMulti::addPool id; -1 = no cap
   };
   /// Return values of the data callback besides "consumed n".
   static constexpr size_t kPause = CURL_WRITEFUNC_PAUSE;
@@ -109,6 +136,8 @@ class Transfer {
   void cancel();
   bool paused() const { return paused_; }
   bool active() const { return added_; }
+  /// Queued behind its pool's cap, not yet sent.
+  bool waiting() const { return waiting_; }
 
   // Response, valid from onHeaders on.
   int status() const { return status_; }
@@ -125,6 +154,7 @@ class Transfer {
   static size_t onBody(char* p, size_t size, size_t n, void* ud);
   static void onHeaderTimeout(evutil_socket_t, short, void* arg);
   void finished(CURLcode code);
+  void launch();
 
   CurlMulti& multi_;
   Options opts_;
@@ -139,6 +169,8 @@ class Transfer {
   bool aborted_ = false;    // a handler callback asked to stop: onDone follows
   bool cancelled_ = false;  // the owner stopped it: no onDone
   bool headerTimedOut_ = false;
+  bool waiting_ = false;    // queued in its pool
+  bool holdsSlot_ = false;  // counted in its pool's running
   int status_ = 0;
   uint64_t bodyBytes_ = 0;
   std::vector<std::pair<std::string, std::string>> respHeaders_;

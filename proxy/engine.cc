@@ -34,8 +34,9 @@ Engine::Impl::~Impl() {
     if (fd >= 0) close(fd);
 }
 
-Transfer::Options Engine::Impl::transferOptions(const Link& link) const {
+Transfer::Options Engine::Impl::transferOptions(const Link& link, int mount) const {
   Transfer::Options o;
+  o.pool = poolOf[mount];
   o.url = link.url;
   o.headers = link.headers;
   o.connectTimeoutMs = cfg.server.connectTimeoutMs;
@@ -56,8 +57,18 @@ bool Engine::init(std::string* err) {
     return false;
   }
   Impl& e = *impl_;
+  // Connection pools: one per account, shared by its mounts; one per other mount.
+  std::vector<int> accountPool;
+  for (size_t i = 0; i < e.cfg.accounts.size(); i++) {
+    accountPool.push_back(e.multi.addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
+    e.accounts.push_back(makeAliyunAccount(e.cfg, static_cast<int>(i), e.multi));
+  }
   for (const auto& m : e.cfg.mounts) {
-    e.sources.push_back(makeSource(m, e.multi, e.cfg.server));
+    e.poolOf.push_back(m.accountIndex >= 0 ? accountPool[m.accountIndex]
+                                           : e.multi.addPool(static_cast<int>(m.maxConnections)));
+    e.sources.push_back(m.source == conf::SourceType::AliyundriveOpen
+                            ? makeAliyunSource(m, *e.accounts[m.accountIndex])
+                            : makeSource(m, e.multi, e.cfg.server));
     int fd = -1;
     if (m.source == conf::SourceType::Local) {
       fd = open(m.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);

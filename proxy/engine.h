@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "proxy/aliyun.h"
 #include "proxy/curl_multi.h"
 #include "proxy/proxy.h"
 #include "proxy/source.h"
@@ -27,9 +28,11 @@ struct Engine::Impl {
   store::Store* store;
   Stats stats;
   CurlMulti multi;
+  std::vector<std::unique_ptr<AliyunAccount>> accounts;  // per [account]; outlive the sources
   std::vector<std::unique_ptr<Source>> sources;  // per mount; null for `local`
   std::vector<int> localRoots;                   // per mount: directory fd, or -1
   std::vector<policy::SourceTraits> traits;
+  std::vector<int> poolOf;                       // per mount: its CurlMulti connection pool
   LinkCache links;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
   bool quiescing = false;
@@ -41,8 +44,9 @@ struct Engine::Impl {
         .count();
   }
 
-  /// Upstream transfer options for a link on a mount.
-  Transfer::Options transferOptions(const Link& link) const;
+  /// Options for a download transfer of `link` on mount `mount` (in its
+  /// connection pool).
+  Transfer::Options transferOptions(const Link& link, int mount) const;
 };
 
 /// What a proxied response says about its object.

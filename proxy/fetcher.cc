@@ -1,5 +1,7 @@
 #include "proxy/fetcher.h"
 
+#include <climits>
+
 #include <algorithm>
 #include <cassert>
 
@@ -95,6 +97,7 @@ struct Object final : Transfer::Handler {
   std::set<Reader*> stalled;  // waiting for a block no fetch exists for yet
   std::map<uint32_t, std::unique_ptr<Block>> inflight;
   int running = 0;
+  uint64_t servedTick = 0;  // when a transfer last started for it (fair queueing)
   int failures = 0;
   // link
   Link link;
@@ -141,8 +144,9 @@ struct Fetcher::Impl {
   store::Store& st;
   std::map<store::Key, Object*> objects;  // current version per key
   std::set<Object*> all;                  // including dead ones still referenced
-  std::map<int, int> mountRunning;
   int running = 0;
+  uint64_t tick = 0;               // counts transfer starts, for servedTick
+  std::map<int, int> contenders;   // per pool: objects that want a transfer now
   std::set<Piece*> paused;
   event* schedEv = nullptr;
   event* retryTimer = nullptr;  // kicks the scheduler after a backoff
@@ -152,6 +156,7 @@ struct Fetcher::Impl {
   explicit Impl(Engine::Impl& eng) : e(eng), st(*eng.store) {}
 
   const conf::Mount& mountOf(const Object* o) const { return e.cfg.mounts[o->mount]; }
+  int poolOf(const Object* o) const { return e.poolOf[o->mount]; }
   void kick() {
     if (!kicked) {
       kicked = true;
@@ -184,6 +189,8 @@ struct Fetcher::Impl {
   void schedule();
   void startWork(Object* o);
   int connLimit(const Object* o) const;
+  int fairCap(const Object* o) const;
+  bool wantsTransfer(Object* o);
   bool canStart(const Object* o) const;
   bool wanted(const Object* o, uint32_t idx) const;
   bool nextWanted(Object* o, uint32_t* idx, std::optional<uint64_t>* urgentPos);
@@ -191,11 +198,11 @@ struct Fetcher::Impl {
                      bool forceRoom = false);
   int freeSlots(const Object* o) const;
   int countMissing(Object* o, int cap);
-  // Upstream transfers running, per object, per mount and in all.
+  // Upstream transfers running, per object and in all (per pool: CurlMulti).
   void counted(Object* o, int delta) {
     o->running += delta;
-    mountRunning[o->mount] += delta;
     running += delta;
+    if (delta > 0) o->servedTick = ++tick;
   }
   /// Cancels a piece's transfer that will not report back.
   void stopPiece(Piece* p);
@@ -232,6 +239,7 @@ Fetcher::Fetcher(Engine::Impl& e) : impl_(std::make_unique<Impl>(e)) {
   s->retryTimer = evtimer_new(e.base, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->kick();
   }, s);
+  e.multi.setSlotFreed([s] { s->kick(); });
   s->st.setDrainedCallback([s] {
     std::vector<Piece*> ps(s->paused.begin(), s->paused.end());
     s->paused.clear();
@@ -255,6 +263,7 @@ Fetcher::~Fetcher() {
     delete o;
   }
   s.st.setDrainedCallback(nullptr);
+  s.e.multi.setSlotFreed(nullptr);
   event_free(s.schedEv);
   event_free(s.retryTimer);
 }
@@ -329,8 +338,7 @@ void Fetcher::Impl::finishOpen(Object* o, const OpenResult& res) {
 bool Fetcher::Impl::linkUsable(const Object* o) const {
   if (!o->haveLink) return false;
   if (o->link.expiresAtMs == 0) return true;
-  // Do not start a transfer on a link about to die.
-  return Engine::Impl::nowMs() < o->link.expiresAtMs - 5'000;
+  return Engine::Impl::nowMs() < linkUsableUntil(o->link);
 }
 
 void Fetcher::Impl::ensureLink(Object* o) {
@@ -375,7 +383,7 @@ void Fetcher::Impl::startProbe(Object* o) {
     if (!linkUsable(o)) return;  // the resolution callback starts the probe
   }
   o->probeInfo = {};
-  Transfer::Options opts = e.transferOptions(o->link);
+  Transfer::Options opts = e.transferOptions(o->link, o->mount);
   opts.range = "0-0";
   o->probe = std::make_unique<Transfer>(e.multi, std::move(opts), o);
   o->probeInfo.meta.blockSize = 0;
@@ -682,11 +690,30 @@ int Fetcher::Impl::connLimit(const Object* o) const {
   return static_cast<int>(n);
 }
 
+// When more objects want transfers than their pool (an account's connection
+// cap) has slots, each gets an equal share; schedule() serves the objects
+// that waited longest first, so blocks of different objects take turns.
+int Fetcher::Impl::fairCap(const Object* o) const {
+  auto it = contenders.find(poolOf(o));
+  int n = it == contenders.end() ? 0 : it->second;
+  if (n <= 1) return INT_MAX;
+  int limit = e.multi.poolLimit(poolOf(o));
+  return std::max(1, (limit + n - 1) / n);
+}
+
 bool Fetcher::Impl::canStart(const Object* o) const {
-  auto it = mountRunning.find(o->mount);
-  int mr = it == mountRunning.end() ? 0 : it->second;
-  return o->running < connLimit(o) && mr < mountOf(o).maxConnections &&
-         running < e.cfg.server.upstreamConnections;
+  return o->running < connLimit(o) && o->running < fairCap(o) &&
+         e.multi.poolFree(poolOf(o)) > 0 && running < e.cfg.server.upstreamConnections;
+}
+
+// Whether o has work a transfer could do now: queued pieces, or a missing
+// block some reader needs.
+bool Fetcher::Impl::wantsTransfer(Object* o) {
+  if (!o->ready || o->dead || o->probe || o->meta.noRanges) return false;
+  for (auto& [idx, b] : o->inflight)
+    for (auto& p : b->pieces)
+      if (p->state == Piece::State::Queued) return true;
+  return countMissing(o, 1) > 0;
 }
 
 bool Fetcher::Impl::wanted(const Object* o, uint32_t idx) const {
@@ -740,10 +767,16 @@ void Fetcher::Impl::schedule() {
   kicked = false;
   if (e.quiescing) return;
   std::vector<Object*> objs;
-  for (auto& [k, o] : objects) objs.push_back(o);
-  // Objects with a blocked reader first, so a seek never waits behind read-ahead.
+  contenders.clear();
+  for (auto& [k, o] : objects) {
+    objs.push_back(o);
+    if (wantsTransfer(o)) contenders[poolOf(o)]++;
+  }
+  // Objects with a blocked reader first, so a seek never waits behind
+  // read-ahead; then the one served longest ago.
   std::stable_sort(objs.begin(), objs.end(), [](Object* a, Object* b) {
-    return !a->stalled.empty() && b->stalled.empty();
+    if (a->stalled.empty() != b->stalled.empty()) return !a->stalled.empty();
+    return a->servedTick < b->servedTick;
   });
   for (Object* o : objs) {
     if (running >= e.cfg.server.upstreamConnections) break;
@@ -808,10 +841,8 @@ void Fetcher::Impl::startWork(Object* o) {
 }
 
 int Fetcher::Impl::freeSlots(const Object* o) const {
-  auto mr = mountRunning.find(o->mount);
-  return std::min({connLimit(o) - o->running,
-                   static_cast<int>(mountOf(o).maxConnections) -
-                       (mr == mountRunning.end() ? 0 : mr->second),
+  return std::min({connLimit(o) - o->running, fairCap(o) - o->running,
+                   e.multi.poolFree(poolOf(o)),
                    static_cast<int>(e.cfg.server.upstreamConnections) - running});
 }
 
@@ -898,7 +929,7 @@ void Fetcher::Impl::startPiece(Piece* p) {
     maybeCommit(p->blk);
     return;
   }
-  Transfer::Options opts = e.transferOptions(o->link);
+  Transfer::Options opts = e.transferOptions(o->link, o->mount);
   opts.range = std::to_string(p->begin + p->received) + "-" + std::to_string(p->end - 1);
   p->verdict = Piece::Verdict::None;
   p->detail.clear();
@@ -1151,7 +1182,7 @@ void Fetcher::Impl::startWhole(Object* o) {
   auto w = std::make_unique<WholeStream>();
   w->f = this;
   w->obj = o;
-  w->xfer = std::make_unique<Transfer>(e.multi, e.transferOptions(o->link), w.get());
+  w->xfer = std::make_unique<Transfer>(e.multi, e.transferOptions(o->link, o->mount), w.get());
   o->whole = std::move(w);
   logf(conf::LogLevel::Debug, "whole_stream_start", "path=" + conf::logValue(o->path));
   counted(o, +1);

@@ -34,7 +34,7 @@ class SizeJob final : public Job, public Transfer::Handler {
                  [this, alive](const ResolveResult& res) {
                    if (!*alive || gone_) return;
                    if (res.reason != policy::Reason::None) return report(std::nullopt);
-                   Transfer::Options o = e_.transferOptions(res.link);
+                   Transfer::Options o = e_.transferOptions(res.link, req_.mountIndex);
                    o.range = "0-0";
                    xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
                    e_.stats.upstreamRequests++;

@@ -47,6 +47,7 @@ std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const
     case conf::SourceType::Http: return std::make_unique<HttpSource>(m);
     case conf::SourceType::Alist: return makeAlistSource(m, multi, s);
     case conf::SourceType::Local: return nullptr;
+    case conf::SourceType::AliyundriveOpen: return nullptr;  // needs its account: the engine makes it
   }
   return nullptr;
 }
@@ -55,7 +56,6 @@ std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const
 
 namespace {
 constexpr size_t kMaxEntries = 4096;
-constexpr int64_t kMaxMarginMs = 60'000;
 }  // namespace
 
 LinkCache::LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
@@ -82,7 +82,7 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
       e.waiters.push_back(std::move(cb));
       return;
     }
-    if (e.validUntilMs == 0 || now < e.validUntilMs) {
+    if (now < e.validUntilMs) {
       ResolveResult r;
       r.link = e.link;
       cb(r);
@@ -109,13 +109,11 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
       e2.pending = false;
       out.link.serial = nextSerial_++;
       int64_t now2 = nowMs_();
+      out.link.obtainedAtMs = now2;
       int64_t expires = out.link.expiresAtMs;
       if (expires == 0 && ttl > 0) expires = now2 + ttl;
       out.link.expiresAtMs = expires;
-      // Stop using a link a margin before it dies: a block fetch that starts
-      // on it must still find it alive.
-      e2.validUntilMs =
-          expires == 0 ? 0 : expires - std::min(kMaxMarginMs, (expires - now2) / 10);
+      e2.validUntilMs = linkUsableUntil(out.link);
       e2.link = out.link;
     } else {
       entries_.erase(it2);  // failures are not cached

@@ -3,6 +3,8 @@
 // concurrent resolutions of one path (SPEC §4).
 #pragma once
 
+#include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -23,8 +25,19 @@ struct Link {
   std::string url;
   Headers headers;
   int64_t expiresAtMs = 0;  // wall clock; 0 = never
+  int64_t obtainedAtMs = 0; // wall clock, when it was resolved
   uint64_t serial = 0;      // distinguishes re-resolutions of one path
 };
+
+/// Until when a link may start transfers (wall clock ms; INT64_MAX = always):
+/// a fifth of its life, at most a minute, is kept in hand so that a transfer
+/// starting on it still finds it alive. The link cache and the fetcher both
+/// judge links by this one rule.
+inline int64_t linkUsableUntil(const Link& l) {
+  if (l.expiresAtMs == 0) return INT64_MAX;
+  int64_t life = l.expiresAtMs - l.obtainedAtMs;
+  return l.expiresAtMs - std::clamp<int64_t>(life / 5, 0, 60'000);
+}
 
 struct ResolveResult {
   policy::Reason reason = policy::Reason::None;
@@ -69,7 +82,7 @@ class LinkCache {
   struct Entry {
     bool pending = false;
     Link link;
-    int64_t validUntilMs = 0;  // 0 = forever
+    int64_t validUntilMs = 0;  // linkUsableUntil(link)
     std::vector<ResolveCb> waiters;
   };
   std::string key(int mount, const std::string& rest, const ClientInfo& client) const;

@@ -177,7 +177,7 @@ class StreamJob final : public Job, public Transfer::Handler {
 
  private:
   void startTransfer(const Link& link) {
-    Transfer::Options o = e_.transferOptions(link);
+    Transfer::Options o = e_.transferOptions(link, req_.mountIndex);
     using K = policy::WireRange::Kind;
     if (wire_.kind == K::Single || wire_.kind == K::Suffix) {
       std::string w = policy::wireRangeHeader(wire_);  // "bytes=..."

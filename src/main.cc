@@ -12,6 +12,7 @@
 
 #include "conf/conf.h"
 #include "policy/policy.h"
+#include "proxy/aliyun.h"
 #include "proxy/proxy.h"
 #include "src/commands.h"
 #include "src/server.h"
@@ -175,6 +176,8 @@ int main(int argc, char** argv) {
   using namespace slip;
   Args a;
   std::string err;
+  // The token-exchange helper the gateway spawns (proxy/aliyun_token.cc).
+  if (argc == 2 && !strcmp(argv[1], "token-exchange")) return proxy::tokenExchangeMain();
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       fputs(kUsage, stdout);

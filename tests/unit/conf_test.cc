@@ -35,6 +35,10 @@ Config mustLoad(const std::string& ini) {
 
 // An http mount that is valid on its own, to hang other keys on.
 const std::string kHttp = "[mount m]\nsource = http\nbase_url = http://origin/\n";
+// A valid account (lines 1-5).
+const std::string kAcct =
+    "[account ali]\nrefresh_token = rt\nclient_id = cid\nclient_secret = cs\n"
+    "api_url = http://127.0.0.1:1/\n";
 
 }  // namespace
 
@@ -130,6 +134,29 @@ TEST_CASE("malformed configurations name the line, key and problem", "[conf]") {
       {kHttp + "[rule r]\naction = proxy\nmethod = GET, POST\n", 6, "method 'POST' is never served",
        "method"},
       {kHttp + "[rule r]\naction = proxy\n[rule r]\naction = deny\n", 6, "duplicate rule 'r'", ""},
+      // accounts (aliyundrive_open)
+      {"[mount a]\nsource = aliyundrive_open\n", 1, "required for aliyundrive_open mounts",
+       "account"},
+      {kAcct + "[mount a]\nsource = aliyundrive_open\naccount = al\n", 8,
+       "no [account al] in this file (did you mean 'ali'?)", "account"},
+      {"[account x]\nclient_id = c\nclient_secret = s\n", 1, "required key is missing",
+       "refresh_token"},
+      {"[account x]\nrefresh_token = t\n", 1, "or oauth_token_url (a token relay)", "client_id"},
+      {"[account x]\nrefresh_token = t\nclient_id = c\n", 3, "client_id needs client_secret",
+       "client_secret"},
+      {"[account x]\nrefresh_token = t\nclient_secret = s\n", 3, "client_secret needs client_id",
+       "client_id"},
+      {"[account x]\nrefresh_token = t\noauth_token_url = relay\n", 3, "not an http(s) URL",
+       "oauth_token_url"},
+      {"[account x]\nrefresh_token = t\noauth_token_url = http://r/\ndrive_type = album\n", 4,
+       "use one of: resource,default,backup", "drive_type"},
+      {"[account]\nrefresh_token = t\n", 1, "needs a name: [account NAME]", ""},
+      {kAcct + "[account ali]\n", 6, "duplicate account 'ali'", ""},
+      {kAcct + "[mount a]\nsource = aliyundrive_open\naccount = ali\nmax_connections = 8\n", 9,
+       "does not apply to aliyundrive_open mounts", "max_connections"},
+      {kHttp + "root_folder_id = abc\n", 4, "only aliyundrive_open", "root_folder_id"},
+      {kAcct + "[mount a]\nsource = aliyundrive_open\naccount = ali\nlink_expire = 0\n", 9,
+       "out of range (1s..32h)", "link_expire"},
   };
   for (const Case& c : cases) {
     LoadResult r = loadString(c.ini, "bad.ini");
@@ -443,6 +470,58 @@ TEST_CASE("defaults from the table agree with conf.h", "[conf]") {
   CHECK(c.mounts[1].root == "/");
 }
 
+TEST_CASE("accounts: keys, defaults, and mounts sharing one account", "[conf]") {
+  Config c = mustLoad(
+      "[server]\nstate_dir = /tmp/slip-state\n"
+      "[account home]\nrefresh_token = rt-1\noauth_token_url = http://relay.example/token\n"
+      "[account own]\nrefresh_token = rt-2\nclient_id = cid\nclient_secret = cs\n"
+      "api_url = http://127.0.0.1:9/\ndrive_type = default\nmax_connections = 2\n"
+      "link_interval = 1500ms\nlist_interval = 1s\nlist_ttl = 0\n"
+      "[mount films]\nsource = aliyundrive_open\naccount = home\n"
+      "[mount shows]\nsource = aliyundrive_open\naccount = home\nroot_folder_id = 5fe01e18\n"
+      "link_expire = 15m\nheader = Referer: https://www.alipan.com/\n"
+      "[mount backup]\nsource = aliyundrive_open\naccount = own\n");
+  CHECK(c.server.stateDir == "/tmp/slip-state");
+  REQUIRE(c.accounts.size() == 2);
+  const Account a0;
+  const Account& home = c.accounts[0];
+  CHECK(home.name == "home");
+  CHECK(home.refreshToken == "rt-1");
+  CHECK(home.refreshTokenLine == 4);
+  CHECK(home.oauthTokenUrl == "http://relay.example/token");
+  CHECK(home.clientId.empty());
+  CHECK(home.apiUrl == a0.apiUrl);
+  CHECK(home.apiUrl == "https://openapi.alipan.com");
+  CHECK(home.driveType == DriveType::Resource);
+  CHECK(home.maxConnections == 3);
+  CHECK(home.linkIntervalMs == a0.linkIntervalMs);
+  CHECK(home.listIntervalMs == a0.listIntervalMs);
+  CHECK(home.listTtlMs == a0.listTtlMs);
+  const Account& own = c.accounts[1];
+  CHECK(own.clientId == "cid");
+  CHECK(own.clientSecret == "cs");
+  CHECK(own.driveType == DriveType::Default);
+  CHECK(own.maxConnections == 2);
+  CHECK(own.linkIntervalMs == 1500);
+  CHECK(own.listIntervalMs == 1000);
+  CHECK(own.listTtlMs == 0);
+  REQUIRE(c.mounts.size() == 3);
+  const Mount m0;
+  CHECK(c.mounts[0].source == SourceType::AliyundriveOpen);
+  CHECK(c.mounts[0].accountIndex == 0);
+  CHECK(c.mounts[1].accountIndex == 0);
+  CHECK(c.mounts[2].accountIndex == 1);
+  CHECK(c.mounts[0].rootFolderId == "root");
+  CHECK(c.mounts[0].rootFolderId == m0.rootFolderId);
+  CHECK(c.mounts[0].linkExpireMs == m0.linkExpireMs);
+  CHECK(c.mounts[0].linkExpireMs == 4 * 3600 * 1000);
+  CHECK(c.mounts[1].rootFolderId == "5fe01e18");
+  CHECK(c.mounts[1].linkExpireMs == 15 * 60 * 1000);
+  REQUIRE(c.mounts[1].headers.size() == 1);
+  CHECK(c.mounts[1].headers[0].value == "https://www.alipan.com/");
+  CHECK(Server{}.stateDir == "/var/lib/slipstream");
+}
+
 TEST_CASE("inih line handling: comments, indentation, CRLF, BOM", "[conf]") {
   Config c = mustLoad(
       "\xEF\xBB\xBF; leading comment\r\n"
@@ -518,6 +597,10 @@ TEST_CASE("secrets never appear in errors or references", "[conf]") {
       "[server]\nsign_secret = " + secret + std::string(200, 'x') + "\n",
       kHttp + "header = Bad Name: Bearer " + secret + "\n",
       kHttp + "header = Authorization: Bearer " + secret + "\r\x01\n",
+      "[account a]\nrefresh_token = " + secret + "\nrefresh_token = " + secret + "\n",
+      "[account a]\nrefresh_token = x\nclient_id = c\nclient_secret = " + secret + "\n"
+      "client_secret = " + secret + "\n",
+      kHttp + "refresh_token = " + secret + "\n",
   };
   for (const std::string& ini : inputs) {
     LoadResult r = loadString(ini, "t.ini");
