@@ -284,6 +284,12 @@ class FakeAliyun:
                            access_invalid=0, list_calls=0, link_calls={}, too_many={},
                            drive_info_calls=0)
         self.calls = []  # every API request: time, path, status, code, json body
+        # Knobs for the gateway's tests:
+        self.token_delay = 0.0     # seconds between rotating a refresh token and answering:
+                                   # the window in which a dying client would lose the account
+        self.expiration_lie = 0.0  # seconds added to the `expiration` reported for links
+                                   # (the link still dies on time): forces 410s mid-object
+        self.presented = []        # every refresh token presented to the token endpoints
         self._stopped = False
 
         self.nginx = _DownloadNginx(os.path.join(workdir, "nginx"), self.blobs, self.secret,
@@ -390,6 +396,7 @@ class FakeAliyun:
         if not isinstance(rt, str) or not rt:
             raise ApiError(400, "InvalidParameter.RefreshToken", "refresh_token is required")
         with self.lock:
+            self.presented.append(rt)
             state = self._refresh.get(rt)
             if state != "live":
                 if state == "used":
@@ -406,6 +413,8 @@ class FakeAliyun:
             at = "at-" + secrets.token_hex(24)
             self._access[at] = time.monotonic() + self.access_ttl
             self._stats["refreshes"] += 1
+        if self.token_delay:
+            time.sleep(self.token_delay)  # rotated already: the answer is still on its way
         return dict(access_token=at, refresh_token=new_rt,
                     expires_in=max(1, int(self.access_ttl)), token_type="Bearer")
 
@@ -515,7 +524,8 @@ class FakeAliyun:
             lc = self._stats["link_calls"]
             lc[node.file_id] = lc.get(node.file_id, 0) + 1
             return dict(domain_id="bj29", drive_id=node.drive_id, file_id=node.file_id, url=url,
-                        expiration=iso_ms(deadline), method="GET", size=node.size)
+                        expiration=iso_ms(deadline + self.expiration_lie), method="GET",
+                        size=node.size)
 
     # ----------------------------------------------------------------- server
 
