@@ -55,6 +55,12 @@ bool powerOfTwo(V v, std::string* why) {
   return false;
 }
 
+bool nonEmpty(V v, std::string* why) {
+  if (!v.text.empty()) return true;
+  *why = "empty value";
+  return false;
+}
+
 // A prefix is compared segment by segment against normalised request paths,
 // so anything but a clean absolute path could never match.
 bool cleanPrefix(V v, std::string* why) {
@@ -191,7 +197,8 @@ std::vector<Directive> makeTable() {
        .apply = [](Config& c, V v) {
          account(c).refreshToken = v.text;
          account(c).refreshTokenLine = v.line;
-       }},
+       },
+       .check = nonEmpty},
       {.section = S::Account, .name = "client_id", .type = T::String,
        .doc = "Your Open-platform app's client id; unset = use oauth_token_url.",
        .apply = [](Config& c, V v) { account(c).clientId = v.text; }},
@@ -261,7 +268,7 @@ std::vector<Directive> makeTable() {
       {.section = S::Mount, .name = "root_folder_id", .type = T::String, .def = "root",
        .sources = kAliyun,
        .doc = "file_id of the folder the mount starts at (the last part of the folder's web URL).",
-       .apply = [](Config& c, V v) { mount(c).rootFolderId = v.text; }},
+       .apply = [](Config& c, V v) { mount(c).rootFolderId = v.text; }, .check = nonEmpty},
       {.section = S::Mount, .name = "link_expire", .type = T::Duration, .def = "4h",
        .min = kSec, .max = 32 * 3600 * kSec, .sources = kAliyun,
        .doc = "Life asked for download links; links are renewed shortly before the expiry the "

@@ -161,7 +161,16 @@ class Account final : public AliyunAccount {
     if (helper_.ev) event_free(helper_.ev);
     if (helper_.fd >= 0) close(helper_.fd);
     if (reapTimer_) event_free(reapTimer_);
-    // A helper still running finishes and saves on its own.
+    // A stopping gateway lets a running exchange finish and save (bounded by
+    // the helper's own timeouts), so that a service manager's final kill of
+    // the group finds nothing left to interrupt.
+    if (helper_.pid > 0) {
+      conf::Log::write(conf::LogLevel::Info, "token_helper_wait",
+                       "account=" + conf::logValue(a_.name) + " helper_pid=" + std::to_string(helper_.pid));
+      int st = 0;
+      while (waitpid(helper_.pid, &st, 0) < 0 && errno == EINTR) {
+      }
+    }
   }
 
   const std::string& name() const { return a_.name; }
@@ -237,7 +246,6 @@ class Account final : public AliyunAccount {
   // token state
   std::string accessToken_;
   int64_t accessExpiresMs_ = 0, accessObtainedMs_ = 0;
-  std::string staleToken_;      // rejected by the service: never to be handed back
   std::string unsavedRefresh_;  // rotated but not saved (state dir unwritable)
   std::vector<DoneCb> tokenWaiters_;
   bool refused_ = false;        // the service refused the refresh token
@@ -557,10 +565,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
         }
         if (st == 401 && (code == "AccessTokenInvalid" || code == "AccessTokenExpired") && !authRetried) {
           // Refresh, then try once more (unless another call already did).
-          if (accessToken_ == call_.token) {
-            staleToken_ = accessToken_;
-            accessExpiresMs_ = 0;
-          }
+          if (accessToken_ == call_.token) accessExpiresMs_ = 0;  // the helper is told it is stale
           conf::Log::write(conf::LogLevel::Info, "access_token_rejected",
                            "account=" + conf::logValue(a_.name) + " code=" + code);
           call(g, path, std::move(body), std::move(cb), attempt, true);

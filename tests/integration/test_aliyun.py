@@ -146,8 +146,9 @@ class SharedAccount(AliyunTest):
             files[path] = random_bytes(8 * MiB, seed=seed)
             fake.add_file(path, files[path])
         shows = fake.file_id("/Shows")
-        mounts = self.mount("films") + self.mount("shows", "root_folder_id = %s\n" % shows)
-        # `connections = 16` per object: the account's 3 must win anyway.
+        # Each mount would open 32 connections per file: the account's 3 win.
+        mounts = (self.mount("films", "connections = 32\n") +
+                  self.mount("shows", "root_folder_id = %s\nconnections = 32\n" % shows))
         gw = self.gateway(self.ini(fake, mounts))
         urls = {"/Movies/a.mkv": "/d/films/Movies/a.mkv", "/Movies/b.mkv": "/d/films/Movies/b.mkv",
                 "/Shows/s1/e1.mkv": "/d/shows/s1/e1.mkv", "/Shows/s1/e2.mkv": "/d/shows/s1/e2.mkv"}
@@ -252,6 +253,40 @@ class Errors(AliyunTest):
         self.assertEqual(r.body, a)
         self.assertEqual(gw.get("/-/health").status, 200)
         self.assertEqual(fake.stats()["reused_tokens"], [])
+
+
+class RateLimits(AliyunTest):
+    def test_a_429_pushes_the_gate_back(self):
+        # The gateway is configured to ask for links ten times faster than
+        # the fake allows: it gets 429s and must back off, not fail.
+        fake = self.fake(access_ttl=60.0, url_life=60.0)
+        files = {}
+        for i in range(3):
+            files[i] = random_bytes(64 * 1024, seed=120 + i)
+            fake.add_file("/r%d.bin" % i, files[i])
+        gw = self.gateway(self.ini(fake, self.mount("films"), account="link_interval = 100ms\n"))
+        results = {}
+
+        def client(i):
+            r = gw.get("/d/films/r%d.bin" % i, timeout=60)
+            results[i] = (r.status, r.body == files[i])
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        self.assertEqual(results, {0: (200, True), 1: (200, True), 2: (200, True)})
+        st = fake.stats()
+        self.assertGreaterEqual(st["too_many"].get("getDownloadUrl", 0), 1)
+        links = [c for c in fake.calls if c["path"].endswith("getDownloadUrl")]
+        # After a 429 the next link request waits at least the 1 s backoff.
+        for a, b in zip(links, links[1:]):
+            if a["status"] == 429:
+                self.assertGreaterEqual(b["time"] - a["time"], 0.95)
+        print("\n    [fig] %d link requests, %d answered 429, all 3 clients served"
+              % (len(links), st["too_many"]["getDownloadUrl"]))
+        self.assertIn("event=account_rate_limited", gw.errors())
 
 
 class TokenState(AliyunTest):

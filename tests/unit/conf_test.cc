@@ -155,6 +155,10 @@ TEST_CASE("malformed configurations name the line, key and problem", "[conf]") {
       {kAcct + "[mount a]\nsource = aliyundrive_open\naccount = ali\nmax_connections = 8\n", 9,
        "does not apply to aliyundrive_open mounts", "max_connections"},
       {kHttp + "root_folder_id = abc\n", 4, "only aliyundrive_open", "root_folder_id"},
+      {"[account x]\nrefresh_token =\noauth_token_url = http://r/\n", 2, "empty value",
+       "refresh_token"},
+      {kAcct + "[mount a]\nsource = aliyundrive_open\naccount = ali\nroot_folder_id =\n", 9,
+       "empty value", "root_folder_id"},
       {kAcct + "[mount a]\nsource = aliyundrive_open\naccount = ali\nlink_expire = 0\n", 9,
        "out of range (1s..32h)", "link_expire"},
   };
