@@ -378,9 +378,12 @@ bool Fetcher::Impl::linkDenied(Object* o, uint64_t serial) {
 // ------------------------------------------------------------------ probe
 
 void Fetcher::Impl::startProbe(Object* o) {
+  // A source may resolve synchronously: its callback can start the probe,
+  // or fail the open and release the object, before ensureLink returns.
+  Hold hold(o);
   if (!linkUsable(o)) {
     ensureLink(o);
-    if (!linkUsable(o)) return;  // the resolution callback starts the probe
+    if (o->probe || !linkUsable(o)) return;  // the resolution callback starts the probe
   }
   o->probeInfo = {};
   Transfer::Options opts = e.transferOptions(o->link, o->mount);
