@@ -634,6 +634,9 @@ class Loader {
       error(s.lineOf("client_id"), s.label, "client_secret", "client_id needs client_secret");
     else if (a.clientId.empty() && !a.clientSecret.empty())
       error(s.lineOf("client_secret"), s.label, "client_id", "client_secret needs client_id");
+    else if (!a.clientId.empty() && !a.oauthTokenUrl.empty())
+      error(s.lineOf("oauth_token_url"), s.label, "oauth_token_url",
+            "set either client_id/client_secret or oauth_token_url, not both");
     else if (a.clientId.empty() && a.oauthTokenUrl.empty())
       error(s.line, s.label, "client_id",
             "set client_id and client_secret (your Open-platform app), or oauth_token_url (a "

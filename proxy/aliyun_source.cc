@@ -47,6 +47,8 @@ constexpr int kMaxBusyRetries = 5;        // 429s in a row before giving up
 constexpr int64_t kBusyBackoffMs = 1000;  // doubled per 429, at most 16 s
 constexpr int64_t kRefusedRetryMs = 600'000;  // try a refused token again after this
 constexpr int64_t kFailedRetryMs = 5'000;     // a failed exchange (network) after this
+constexpr int64_t kHelperPatienceMs = 60'000; // callers wait this long for a helper's answer
+constexpr int64_t kStopWaitMs = 60'000;       // a stopping gateway waits this long for it
 
 int64_t monoMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -161,15 +163,16 @@ class Account final : public AliyunAccount {
     if (helper_.ev) event_free(helper_.ev);
     if (helper_.fd >= 0) close(helper_.fd);
     if (reapTimer_) event_free(reapTimer_);
-    // A stopping gateway lets a running exchange finish and save (bounded by
-    // the helper's own timeouts), so that a service manager's final kill of
-    // the group finds nothing left to interrupt.
+    if (patienceTimer_) event_free(patienceTimer_);
+    // A stopping gateway lets a running exchange finish and save, so that a
+    // service manager's final kill of the group finds nothing to interrupt.
+    // (Past the wait it still finishes on its own.)
     if (helper_.pid > 0) {
       conf::Log::write(conf::LogLevel::Info, "token_helper_wait",
                        "account=" + conf::logValue(a_.name) + " helper_pid=" + std::to_string(helper_.pid));
       int st = 0;
-      while (waitpid(helper_.pid, &st, 0) < 0 && errno == EINTR) {
-      }
+      for (int64_t waited = 0; waited < kStopWaitMs && waitpid(helper_.pid, &st, WNOHANG) == 0; waited += 50)
+        usleep(50'000);
     }
   }
 
@@ -182,7 +185,12 @@ class Account final : public AliyunAccount {
   void downloadUrl(const std::string& id, int64_t expireSec,
                    std::function<void(Reason, const std::string&, const std::string&, int64_t)> cb);
   /// Drops a folder's cached listing (a file in it was not found any more).
-  void forget(const std::string& folderId) { listings_.erase(folderId); }
+  void forget(const std::string& folderId) {
+    auto it = listings_.find(folderId);
+    if (it == listings_.end()) return;
+    if (it->second.pending) it->second.stale = true;  // its waiters still need an answer
+    else listings_.erase(it);
+  }
 
   // Called by ApiCall.
   void finished(ApiCall* c) {
@@ -200,12 +208,19 @@ class Account final : public AliyunAccount {
   void pump(Gate& g);
 
  private:
+  using Entries = std::map<std::string, Entry>;  // by name
+  using ListingCb = std::function<void(Reason, const std::string&, std::shared_ptr<const Entries>)>;
+  /// A folder's cached listing. Callers get the entries as a shared snapshot:
+  /// nothing they hold dangles when the cache drops or replaces it.
   struct Listing {
+    std::shared_ptr<const Entries> entries;  // the last complete listing, or null
+    int64_t fetchedMs = 0;                   // monotonic, of `entries`
+    bool stale = false;                      // forget() while it was being fetched
+    // a fetch in flight
     bool pending = false;
-    bool ok = false;
-    int64_t fetchedMs = 0;  // monotonic
-    std::map<std::string, Entry> byName;
-    std::vector<std::function<void(Reason, const std::string&, const Listing*)>> waiters;
+    uint64_t gen = 0;                        // pages of an older fetch are dropped
+    Entries building;
+    std::vector<ListingCb> waiters;
   };
 
   void pass(Gate& g, std::function<void()> fn) {
@@ -224,16 +239,16 @@ class Account final : public AliyunAccount {
   void helperOutput();
   void helperDone(const std::string& out, int status);
   static void reap(evutil_socket_t, short, void* arg);
+  static void impatient(evutil_socket_t, short, void* arg);
   void failWaiters(Reason r, const std::string& detail);
 
   // API
   void call(Gate& g, const std::string& path, json body, ApiCb cb, int attempt = 0,
             bool authRetried = false);
   void withDrive(DoneCb cb);
-  void listing(const std::string& folderId,
-               std::function<void(Reason, const std::string&, const Listing*)> cb);
-  void listPage(const std::string& folderId, const std::string& marker, int page);
-  void listingDone(const std::string& folderId, Reason r, const std::string& detail);
+  void listing(const std::string& folderId, ListingCb cb);
+  void listPage(const std::string& folderId, uint64_t gen, const std::string& marker, int page);
+  void listingDone(const std::string& folderId, uint64_t gen, Reason r, const std::string& detail);
   void walk(std::shared_ptr<Walk> w);
 
   const conf::Config& cfg_;
@@ -258,7 +273,9 @@ class Account final : public AliyunAccount {
     std::string out;
   } helper_;
   event* reapTimer_ = nullptr;
-  std::vector<std::pair<pid_t, int>> reaping_;  // (pid, polls left)
+  std::vector<pid_t> reaping_;       // helpers that closed their output but have not exited yet
+  event* patienceTimer_ = nullptr;
+  bool helperSlow_ = false;          // the running helper outlived kHelperPatienceMs
 
   // drive
   std::string driveId_;
@@ -266,6 +283,7 @@ class Account final : public AliyunAccount {
   std::vector<DoneCb> driveWaiters_;
 
   std::map<std::string, Listing> listings_;
+  uint64_t listGen_ = 0;
 };
 
 void ApiCall::onDone(Transfer&, const TransferResult& r) {
@@ -327,6 +345,10 @@ void Account::withToken(DoneCb cb) {
     cb(refused_ ? Reason::AccountAuth : Reason::ResolveFailed, failure_);
     return;
   }
+  if (helper_.pid >= 0 && helperSlow_) {
+    cb(Reason::UpstreamTimeout, "account " + a_.name + ": the token exchange is still running");
+    return;
+  }
   tokenWaiters_.push_back(std::move(cb));
   if (helper_.pid < 0) startHelper();
 }
@@ -346,7 +368,6 @@ void Account::startHelper() {
               {"client_id", a_.clientId},
               {"client_secret", a_.clientSecret},
               {"connect_timeout_ms", cfg_.server.connectTimeoutMs},
-              {"timeout_ms", cfg_.server.upstreamTimeoutMs},
               {"stale_access_token", accessToken_},
               {"log_level", conf::Log::enabled(conf::LogLevel::Debug) ? "debug" : "info"}};
   if (!unsavedRefresh_.empty()) req["refresh_token"] = unsavedRefresh_;
@@ -416,6 +437,13 @@ void Account::startHelper() {
     static_cast<Account*>(arg)->helperOutput();
   }, this);
   event_add(helper_.ev, nullptr);
+  // Callers do not wait for a stuck exchange forever; the helper itself is
+  // left to finish (killing it could lose the token it is exchanging).
+  helperSlow_ = false;
+  if (!patienceTimer_)
+    patienceTimer_ = evtimer_new(multi_.base(), &Account::impatient, this);
+  timeval tv{kHelperPatienceMs / 1000, 0};
+  evtimer_add(patienceTimer_, &tv);
   conf::Log::write(conf::LogLevel::Debug, "token_helper_started", who + " helper_pid=" + std::to_string(pid));
 }
 
@@ -433,6 +461,7 @@ void Account::helperOutput() {
   }
   event_free(helper_.ev);
   helper_.ev = nullptr;
+  evtimer_del(patienceTimer_);
   close(helper_.fd);
   helper_.fd = -1;
   pid_t pid = helper_.pid;
@@ -441,9 +470,9 @@ void Account::helperOutput() {
   pid_t got = waitpid(pid, &status, WNOHANG);
   if (got == 0) {
     // Closed its output but not exited yet: reap it a little later.
-    reaping_.push_back({pid, 100});
+    reaping_.push_back(pid);
     if (!reapTimer_) reapTimer_ = evtimer_new(multi_.base(), &Account::reap, this);
-    timeval tv{0, 50'000};
+    timeval tv{0, 20'000};
     evtimer_add(reapTimer_, &tv);
     status = 0;
   }
@@ -455,13 +484,23 @@ void Account::reap(evutil_socket_t, short, void* arg) {
   auto* a = static_cast<Account*>(arg);
   for (auto it = a->reaping_.begin(); it != a->reaping_.end();) {
     int st = 0;
-    if (waitpid(it->first, &st, WNOHANG) != 0 || --it->second <= 0) it = a->reaping_.erase(it);
+    if (waitpid(*it, &st, WNOHANG) != 0) it = a->reaping_.erase(it);  // reaped (or not ours)
     else ++it;
   }
   if (!a->reaping_.empty()) {
-    timeval tv{0, 50'000};
+    timeval tv{0, 200'000};
     evtimer_add(a->reapTimer_, &tv);
   }
+}
+
+void Account::impatient(evutil_socket_t, short, void* arg) {
+  auto* a = static_cast<Account*>(arg);
+  if (a->helper_.pid < 0) return;
+  a->helperSlow_ = true;
+  conf::Log::write(conf::LogLevel::Warn, "token_helper_slow",
+                   "account=" + conf::logValue(a->a_.name) + " helper_pid=" + std::to_string(a->helper_.pid) +
+                       " waited_ms=" + std::to_string(kHelperPatienceMs));
+  a->failWaiters(Reason::UpstreamTimeout, "account " + a->a_.name + ": the token exchange is taking too long");
 }
 
 void Account::helperDone(const std::string& out, int status) {
@@ -482,7 +521,9 @@ void Account::helperDone(const std::string& out, int status) {
     refused_ = false;
     failure_.clear();
     retryAtMs_ = 0;
-    if (r.value("persisted", true)) {
+    if (r.value("reused", false)) {
+      // A saved access token: whatever was unsaved is still the current one.
+    } else if (r.value("persisted", true)) {
       unsavedRefresh_.clear();
     } else {
       unsavedRefresh_ = str(r, "refresh_token");
@@ -625,8 +666,7 @@ void Account::withDrive(DoneCb cb) {
   });
 }
 
-void Account::listing(const std::string& folderId,
-                      std::function<void(Reason, const std::string&, const Listing*)> cb) {
+void Account::listing(const std::string& folderId, ListingCb cb) {
   auto it = listings_.find(folderId);
   if (it != listings_.end()) {
     Listing& l = it->second;
@@ -634,8 +674,8 @@ void Account::listing(const std::string& folderId,
       l.waiters.push_back(std::move(cb));
       return;
     }
-    if (l.ok && monoMs() - l.fetchedMs < a_.listTtlMs) {
-      cb(Reason::None, "", &l);
+    if (l.entries && !l.stale && monoMs() - l.fetchedMs < a_.listTtlMs) {
+      cb(Reason::None, "", l.entries);
       return;
     }
   }
@@ -648,27 +688,28 @@ void Account::listing(const std::string& folderId,
   }
   Listing& l = listings_[folderId];
   l.pending = true;
-  l.ok = false;
-  l.byName.clear();
+  l.gen = ++listGen_;
+  l.building.clear();
   l.waiters.push_back(std::move(cb));
-  withDrive([this, folderId](Reason r, const std::string& detail) {
-    if (r != Reason::None) listingDone(folderId, r, detail);
-    else listPage(folderId, "", 0);
+  uint64_t gen = l.gen;
+  withDrive([this, folderId, gen](Reason r, const std::string& detail) {
+    if (r != Reason::None) listingDone(folderId, gen, r, detail);
+    else listPage(folderId, gen, "", 0);
   });
 }
 
-void Account::listPage(const std::string& folderId, const std::string& marker, int page) {
+void Account::listPage(const std::string& folderId, uint64_t gen, const std::string& marker, int page) {
   json body = {{"drive_id", driveId_}, {"parent_file_id", folderId}, {"limit", kListLimit}, {"marker", marker}};
-  call(listGate_, "/adrive/v1.0/openFile/list", std::move(body), [this, folderId, page](const ApiResult& r) {
+  call(listGate_, "/adrive/v1.0/openFile/list", std::move(body), [this, folderId, gen, page](const ApiResult& r) {
     auto it = listings_.find(folderId);
-    if (it == listings_.end() || !it->second.pending) return;
+    if (it == listings_.end() || !it->second.pending || it->second.gen != gen) return;
     if (r.reason != Reason::None) {
-      listingDone(folderId, r.reason, r.detail);
+      listingDone(folderId, gen, r.reason, r.detail);
       return;
     }
     const json& items = r.body.contains("items") ? r.body["items"] : json();
     if (!items.is_array()) {
-      listingDone(folderId, Reason::ResolveFailed, "aliyundrive list: reply has no items");
+      listingDone(folderId, gen, Reason::ResolveFailed, "aliyundrive list: reply has no items");
       return;
     }
     for (const json& item : items) {
@@ -679,33 +720,43 @@ void Account::listPage(const std::string& folderId, const std::string& marker, i
       e.parent = folderId;
       e.folder = str(item, "type") == "folder";
       if (item.contains("size") && item["size"].is_number_unsigned()) e.size = item["size"].get<uint64_t>();
-      if (!e.id.empty() && !e.name.empty()) it->second.byName[e.name] = e;
+      if (!e.id.empty() && !e.name.empty()) it->second.building[e.name] = e;
     }
     std::string next = str(r.body, "next_marker");
     if (!next.empty() && page + 1 < kMaxPages) {
-      listPage(folderId, next, page + 1);
+      listPage(folderId, gen, next, page + 1);
       return;
     }
     if (!next.empty()) {
-      listingDone(folderId, Reason::ResolveFailed,
+      listingDone(folderId, gen, Reason::ResolveFailed,
                   "aliyundrive list: folder has more than " + std::to_string(kMaxPages * kListLimit) + " entries");
       return;
     }
-    listingDone(folderId, Reason::None, "");
+    listingDone(folderId, gen, Reason::None, "");
   });
 }
 
-void Account::listingDone(const std::string& folderId, Reason r, const std::string& detail) {
+// Settles the fetch completely before any waiter runs: a waiter may start
+// another lookup of this very folder, or forget it.
+void Account::listingDone(const std::string& folderId, uint64_t gen, Reason r, const std::string& detail) {
   auto it = listings_.find(folderId);
-  if (it == listings_.end()) return;
+  if (it == listings_.end() || !it->second.pending || it->second.gen != gen) return;
   Listing& l = it->second;
-  l.pending = false;
-  l.ok = r == Reason::None;
-  l.fetchedMs = monoMs();
   auto waiters = std::move(l.waiters);
   l.waiters.clear();
-  for (auto& w : waiters) w(r, detail, l.ok ? &l : nullptr);
-  if (!l.ok) listings_.erase(folderId);  // failures are not cached
+  l.pending = false;
+  std::shared_ptr<const Entries> entries;
+  if (r == Reason::None) {
+    entries = std::make_shared<const Entries>(std::move(l.building));
+    l.building.clear();
+    l.entries = entries;
+    l.fetchedMs = monoMs();
+    // Forgotten while being fetched: answer the waiters, list afresh next time.
+    if (l.stale) listings_.erase(it);
+  } else {
+    listings_.erase(it);  // failures are not cached
+  }
+  for (auto& w : waiters) w(r, detail, entries);
 }
 
 // ------------------------------------------------------------------ lookups
@@ -735,7 +786,7 @@ void Account::lookup(const std::string& rootId, const std::string& rest,
 }
 
 void Account::walk(std::shared_ptr<Walk> w) {
-  listing(w->folder, [this, w](Reason r, const std::string& detail, const Listing* l) {
+  listing(w->folder, [this, w](Reason r, const std::string& detail, std::shared_ptr<const Entries> l) {
     if (r != Reason::None) {
       std::string d = detail;
       if (r == Reason::NotFound && w->index == 0)
@@ -745,8 +796,8 @@ void Account::walk(std::shared_ptr<Walk> w) {
       w->cb(r, d, Entry{});
       return;
     }
-    auto it = l->byName.find(w->segs[w->index]);
-    if (it == l->byName.end()) {
+    auto it = l->find(w->segs[w->index]);
+    if (it == l->end()) {
       w->cb(Reason::NotFound, "no '" + w->segs[w->index] + "' in " + w->sofar(), Entry{});
       return;
     }
@@ -784,9 +835,12 @@ void Account::downloadUrl(const std::string& id, int64_t expireSec,
              cb(Reason::ResolveFailed, "aliyundrive getDownloadUrl: reply has no http(s) url", "", 0);
              return;
            }
-           // The service says when the link dies; never trust it longer than asked.
+           // The service says when the link dies; never trust it longer than
+           // asked, and not at all when our clock is ahead of its (the link
+           // would look dead on arrival).
            int64_t expires = asked + expireSec * 1000;
-           if (auto e = parseIsoUtc(str(res.body, "expiration"))) expires = std::min(expires, *e);
+           if (auto e = parseIsoUtc(str(res.body, "expiration")); e && *e > wallMs())
+             expires = std::min(expires, *e);
            cb(Reason::None, "", url, expires);
          });
   });

@@ -11,7 +11,7 @@
 // reads the state only after the previous one has saved it.
 //
 // Request (stdin, one JSON object): account, state_dir, ini_refresh_token,
-// token_url, client_id, client_secret, connect_timeout_ms, timeout_ms,
+// token_url, client_id, client_secret, connect_timeout_ms,
 // stale_access_token (the access token the gateway holds now, maybe ""),
 // log_level, and refresh_token only when the previous helper
 // could not save its token.
@@ -41,6 +41,10 @@ using json = nlohmann::json;
 
 constexpr size_t kMaxFile = 64 * 1024;
 constexpr size_t kMaxReply = 1 << 20;
+// The exchange gets far longer than an API call: a token the service has
+// consumed but whose answer we gave up on is lost for good.
+constexpr long kExchangeTimeoutMs = 120'000;
+constexpr int kLockWaitMs = 120'000;  // other helpers are bounded by the same limits
 
 int64_t wallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -224,7 +228,7 @@ Exchange post(const json& req, const std::string& refreshToken) {
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(intField(req, "connect_timeout_ms", 10'000)));
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(intField(req, "timeout_ms", 30'000)));
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, kExchangeTimeoutMs);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &collect);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &x.body);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
@@ -246,7 +250,7 @@ void reply(const json& j) {
 int tokenExchangeMain() {
   // Finish whatever happens to the gateway: its terminal's Ctrl-C, a
   // SIGTERM to the service, a closed pipe.
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGQUIT}) signal(sig, SIG_IGN);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGQUIT, SIGTTOU, SIGTTIN}) signal(sig, SIG_IGN);
   std::string text;
   if (!readAll(0, &text, kMaxFile)) return 3;
   json req = json::parse(text, nullptr, false);
@@ -267,25 +271,35 @@ int tokenExchangeMain() {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (!ec) std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
-  int lock = open(tokenLockPath(dir, account).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock < 0) {
-    std::string why = errnoText("cannot open the lock in " + dir);
+  // Anything short of the lock and a readable state means not knowing which
+  // refresh token is current: then nothing is sent (a consumed token must
+  // never be presented again).
+  auto giveUp = [&who](const std::string& why) {
     log(conf::LogLevel::Error, "token_exchange_failed", who + " detail=" + conf::logValue(why));
     reply({{"ok", false}, {"refused", false}, {"status", 0}, {"code", "StateDir"}, {"message", why}});
     return 0;
-  }
-  while (flock(lock, LOCK_EX) != 0 && errno == EINTR) {
+  };
+  int lock = open(tokenLockPath(dir, account).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock < 0) return giveUp(errnoText("cannot open the lock in " + dir));
+  for (int waited = 0;; waited += 50) {
+    if (flock(lock, LOCK_EX | LOCK_NB) == 0) break;
+    if (errno != EWOULDBLOCK && errno != EINTR) return giveUp(errnoText("cannot lock in " + dir));
+    if (waited >= kLockWaitMs) return giveUp("another token exchange holds the lock in " + dir);
+    usleep(50'000);
   }
 
   std::string err;
   std::optional<TokenState> saved = readTokenState(path, &err);
-  if (!err.empty()) log(conf::LogLevel::Warn, "token_state_unreadable", who + " detail=" + conf::logValue(err));
+  if (!err.empty())
+    return giveUp("the saved token state is unreadable (" + err + "); restore " + path +
+                  ", or remove it and put a new refresh_token in the configuration");
+  const bool unsaved = !stringField(req, "refresh_token").empty();
   bool sameChain = saved && saved->chain == chain;
   const int64_t now = wallMs();
 
   // A previous helper (perhaps of a gateway killed since) may have just
   // refreshed: its access token serves, and no token is spent.
-  if (sameChain && !saved->accessToken.empty() &&
+  if (!unsaved && sameChain && !saved->accessToken.empty() &&
       saved->accessToken != stringField(req, "stale_access_token") &&
       saved->accessExpiresMs - now > accessMarginMs(saved->accessExpiresMs - saved->updatedMs)) {
     log(conf::LogLevel::Info, "token_reused", who + " updated_ms=" + std::to_string(saved->updatedMs));

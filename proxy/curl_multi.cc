@@ -29,12 +29,24 @@ CurlMulti::CurlMulti(event_base* base, int maxConnections) : base_(base) {
   curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, static_cast<long>(maxConnections + 8));
   timer_ = evtimer_new(base_, &CurlMulti::onTimeout, this);
   deferEv_ = event_new(base_, -1, 0, &CurlMulti::onDeferred, this);
+  promoteEv_ = event_new(base_, -1, 0, &CurlMulti::onPromote, this);
 }
+
+struct CurlMulti::Grace {
+  CurlMulti* m;
+  int pool;
+  event* ev;
+};
 
 CurlMulti::~CurlMulti() {
   curl_multi_cleanup(multi_);  // transfers are gone by now: their owners removed them
   event_free(timer_);
   event_free(deferEv_);
+  event_free(promoteEv_);
+  for (Grace* g : graces_) {
+    event_free(g->ev);
+    delete g;
+  }
 }
 
 void CurlMulti::defer(std::function<void()> fn) {
@@ -168,31 +180,41 @@ void CurlMulti::releaseSlot(int pool, bool cutOff) {
     slotFree(pool);
     return;
   }
-  struct Later {
-    CurlMulti* m;
-    int pool;
-  };
+  auto* g = new Grace{this, pool, nullptr};
+  g->ev = evtimer_new(base_, [](evutil_socket_t, short, void* arg) {
+    auto* grace = static_cast<Grace*>(arg);
+    CurlMulti* m = grace->m;
+    int p = grace->pool;
+    m->graces_.erase(grace);
+    event_free(grace->ev);
+    delete grace;
+    m->slotFree(p);
+  }, g);
+  graces_.insert(g);
   timeval tv{0, static_cast<suseconds_t>(kCutOffGraceMs * 1000)};
-  event_base_once(base_, -1, EV_TIMEOUT, [](evutil_socket_t, short, void* arg) {
-    auto* l = static_cast<Later*>(arg);
-    l->m->slotFree(l->pool);
-    delete l;
-  }, new Later{this, pool}, &tv);
+  evtimer_add(g->ev, &tv);
 }
 
 void CurlMulti::slotFree(int pool) {
-  Pool& p = pools_[pool];
-  p.running--;
-  if (!p.waiting.empty()) {
-    Transfer* t = p.waiting.front();
-    p.waiting.erase(p.waiting.begin());
-    t->waiting_ = false;
-    t->holdsSlot_ = true;
-    p.running++;
-    t->launch();
-    return;
+  pools_[pool].running--;
+  event_active(promoteEv_, 0, 0);
+}
+
+void CurlMulti::onPromote(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<CurlMulti*>(arg);
+  bool spare = false;
+  for (Pool& p : self->pools_) {
+    while (p.running < p.limit && !p.waiting.empty()) {
+      Transfer* t = p.waiting.front();
+      p.waiting.erase(p.waiting.begin());
+      t->waiting_ = false;
+      t->holdsSlot_ = true;
+      p.running++;
+      t->launch();  // may finish (and destroy other transfers) at once: re-read the pool
+    }
+    spare = spare || p.running < p.limit;
   }
-  if (slotFreed_) slotFreed_();
+  if (spare && self->slotFreed_) self->slotFreed_();
 }
 
 // ------------------------------------------------------------------ handles

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,10 @@ class CurlMulti {
   /// (the upstream counts a connection until it notices the close).
   void releaseSlot(int pool, bool cutOff);
   void slotFree(int pool);
+  /// Starts waiting transfers where slots are free (from the loop, never
+  /// inside another transfer's cancel or destructor).
+  static void onPromote(evutil_socket_t, short, void* arg);
+  struct Grace;
 
   event_base* base_;
   CURLM* multi_;
@@ -84,6 +89,8 @@ class CurlMulti {
   std::vector<std::function<void()>> deferred_;
   std::vector<Pool> pools_;
   std::function<void()> slotFreed_;
+  event* promoteEv_;
+  std::set<Grace*> graces_;  // cut-off slots still held; freed with the multi
 };
 
 /// What a finished transfer reports.

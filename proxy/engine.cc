@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 
 #include "proxy/fetcher.h"
 #include "store/store.h"
@@ -58,6 +59,19 @@ bool Engine::init(std::string* err) {
   }
   Impl& e = *impl_;
   // Connection pools: one per account, shared by its mounts; one per other mount.
+  // Accounts save rotated refresh tokens in state_dir: find out now, not
+  // after the first rotation, that it cannot be written.
+  if (!e.cfg.accounts.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(e.cfg.server.stateDir, ec);
+    if (!ec) std::filesystem::permissions(e.cfg.server.stateDir, std::filesystem::perms::owner_all, ec);
+    if (ec || access(e.cfg.server.stateDir.c_str(), W_OK | X_OK) != 0) {
+      *err = "state_dir " + e.cfg.server.stateDir + " is not a writable directory (" +
+             (ec ? ec.message() : std::string(strerror(errno))) +
+             "): accounts keep their rotating refresh tokens there";
+      return false;
+    }
+  }
   std::vector<int> accountPool;
   for (size_t i = 0; i < e.cfg.accounts.size(); i++) {
     accountPool.push_back(e.multi.addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));

@@ -712,7 +712,8 @@ bool Fetcher::Impl::canStart(const Object* o) const {
 // Whether o has work a transfer could do now: queued pieces, or a missing
 // block some reader needs.
 bool Fetcher::Impl::wantsTransfer(Object* o) {
-  if (!o->ready || o->dead || o->probe || o->meta.noRanges) return false;
+  // Not while it waits for a link: its share would sit idle.
+  if (!o->ready || o->dead || o->probe || o->meta.noRanges || !linkUsable(o)) return false;
   for (auto& [idx, b] : o->inflight)
     for (auto& p : b->pieces)
       if (p->state == Piece::State::Queued) return true;
@@ -769,22 +770,28 @@ bool Fetcher::Impl::nextWanted(Object* o, uint32_t* idxOut, std::optional<uint64
 void Fetcher::Impl::schedule() {
   kicked = false;
   if (e.quiescing) return;
-  std::vector<Object*> objs;
+  // First every object gets at most its fair share of a contended pool;
+  // then slots nobody could use go to whoever can (work-conserving).
+  for (bool fair : {true, false}) {
+    std::vector<Object*> objs;
+    contenders.clear();
+    for (auto& [k, o] : objects) {
+      objs.push_back(o);
+      if (fair && wantsTransfer(o)) contenders[poolOf(o)]++;
+    }
+    // Objects with a blocked reader first, so a seek never waits behind
+    // read-ahead; then the one served longest ago.
+    std::stable_sort(objs.begin(), objs.end(), [](Object* a, Object* b) {
+      if (a->stalled.empty() != b->stalled.empty()) return !a->stalled.empty();
+      return a->servedTick < b->servedTick;
+    });
+    for (Object* o : objs) {
+      if (running >= e.cfg.server.upstreamConnections) return;
+      if (!all.count(o)) continue;  // released by an earlier object's work
+      startWork(o);
+    }
+  }
   contenders.clear();
-  for (auto& [k, o] : objects) {
-    objs.push_back(o);
-    if (wantsTransfer(o)) contenders[poolOf(o)]++;
-  }
-  // Objects with a blocked reader first, so a seek never waits behind
-  // read-ahead; then the one served longest ago.
-  std::stable_sort(objs.begin(), objs.end(), [](Object* a, Object* b) {
-    if (a->stalled.empty() != b->stalled.empty()) return !a->stalled.empty();
-    return a->servedTick < b->servedTick;
-  });
-  for (Object* o : objs) {
-    if (running >= e.cfg.server.upstreamConnections) break;
-    startWork(o);
-  }
 }
 
 void Fetcher::Impl::startWork(Object* o) {

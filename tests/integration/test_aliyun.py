@@ -330,6 +330,25 @@ class TokenState(AliyunTest):
         self.assertEqual(st["reused_tokens"], [])
         self.assertEqual(st["invalid_tokens"], 0)
 
+    def test_unreadable_state_sends_no_token(self):
+        # Not knowing which refresh token is current, the helper must not
+        # guess (the INI's was consumed long ago): it sends nothing.
+        fake = self.fake(access_ttl=1.0, url_life=30.0)
+        fake.add_file("/a.bin", b"a" * 1000)
+        fake.add_file("/b.bin", b"b" * 1000)
+        gw = self.gateway(self.ini(fake, self.mount("films")))
+        self.assertEqual(gw.get("/d/films/a.bin").status, 200)
+        gw.stop()
+        with open(os.path.join(self.state_dir, "aliyundrive-ali.token.json"), "w") as f:
+            f.write("{ damaged")
+        time.sleep(1.1)
+        gw.start()
+        r = gw.get("/d/films/b.bin")
+        self.assertEqual(r.status, 502)
+        self.assertIn("saved token state is unreadable", r.body.decode())
+        self.assertEqual(fake.presented, ["rt-initial"])
+        self.assertIn("event=token_exchange_failed", gw.errors())
+
     def test_token_relay_without_client_credentials(self):
         fake = self.fake(access_ttl=30.0, url_life=30.0)
         data = random_bytes(300 * 1024, seed=90)

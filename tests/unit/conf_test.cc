@@ -151,6 +151,7 @@ TEST_CASE("malformed configurations name the line, key and problem", "[conf]") {
       {"[account x]\nrefresh_token = t\noauth_token_url = http://r/\ndrive_type = album\n", 4,
        "use one of: resource,default,backup", "drive_type"},
       {"[account]\nrefresh_token = t\n", 1, "needs a name: [account NAME]", ""},
+      {kAcct + "oauth_token_url = http://r/\n", 6, "not both", "oauth_token_url"},
       {kAcct + "[account ali]\n", 6, "duplicate account 'ali'", ""},
       {kAcct + "[mount a]\nsource = aliyundrive_open\naccount = ali\nmax_connections = 8\n", 9,
        "does not apply to aliyundrive_open mounts", "max_connections"},
