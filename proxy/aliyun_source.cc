@@ -241,6 +241,7 @@ class Account final : public AliyunAccount {
   static void reap(evutil_socket_t, short, void* arg);
   static void impatient(evutil_socket_t, short, void* arg);
   void failWaiters(Reason r, const std::string& detail);
+  void exchangeFailed(const std::string& why);
 
   // API
   void call(Gate& g, const std::string& path, json body, ApiCb cb, int attempt = 0,
@@ -375,17 +376,13 @@ void Account::startHelper() {
 
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0) {
-    failure_ = std::string("cannot start the token helper: pipe: ") + strerror(errno);
-    retryAtMs_ = monoMs() + kFailedRetryMs;
-    failWaiters(Reason::ResolveFailed, failure_);
+    exchangeFailed(std::string("cannot start the token helper: pipe: ") + strerror(errno));
     return;
   }
   if (pipe2(out, O_CLOEXEC) != 0) {
     close(in[0]);
     close(in[1]);
-    failure_ = std::string("cannot start the token helper: pipe: ") + strerror(errno);
-    retryAtMs_ = monoMs() + kFailedRetryMs;
-    failWaiters(Reason::ResolveFailed, failure_);
+    exchangeFailed(std::string("cannot start the token helper: pipe: ") + strerror(errno));
     return;
   }
   posix_spawn_file_actions_t fa;
@@ -416,9 +413,7 @@ void Account::startHelper() {
   if (rc != 0) {
     close(in[1]);
     close(out[0]);
-    failure_ = std::string("cannot start the token helper: ") + strerror(rc);
-    retryAtMs_ = monoMs() + kFailedRetryMs;
-    failWaiters(Reason::ResolveFailed, failure_);
+    exchangeFailed(std::string("cannot start the token helper: ") + strerror(rc));
     return;
   }
   // A few hundred bytes: the pipe takes them at once.
@@ -507,11 +502,8 @@ void Account::helperDone(const std::string& out, int status) {
   std::string who = "account=" + conf::logValue(a_.name) + " mounts=" + conf::logValue(mounts_);
   json r = json::parse(out, nullptr, false);
   if (r.is_discarded() || !r.is_object() || !r.contains("ok")) {
-    failure_ = "account " + a_.name + ": the token helper ended without an answer (status " +
-               std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")";
-    retryAtMs_ = monoMs() + kFailedRetryMs;
-    conf::Log::write(conf::LogLevel::Error, "account_token_failed", who + " detail=" + conf::logValue(failure_));
-    failWaiters(Reason::ResolveFailed, failure_);
+    exchangeFailed("the token helper ended without an answer (status " +
+                   std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")");
     return;
   }
   if (r.value("ok", false)) {
@@ -555,10 +547,17 @@ void Account::helperDone(const std::string& out, int status) {
     failWaiters(Reason::AccountAuth, failure_);
     return;
   }
-  failure_ = "account " + a_.name + ": token exchange failed: " + message;
+  exchangeFailed("token exchange failed (HTTP " + std::to_string(st) + "): " + message);
+}
+
+// An exchange that did not happen or did not finish: callers get 502, and
+// the next exchange waits a little.
+void Account::exchangeFailed(const std::string& why) {
+  failure_ = "account " + a_.name + ": " + why;
   retryAtMs_ = monoMs() + kFailedRetryMs;
   conf::Log::write(conf::LogLevel::Error, "account_token_failed",
-                   who + " status=" + std::to_string(st) + " detail=" + conf::logValue(message));
+                   "account=" + conf::logValue(a_.name) + " mounts=" + conf::logValue(mounts_) +
+                       " detail=" + conf::logValue(why));
   failWaiters(Reason::ResolveFailed, failure_);
 }
 

@@ -160,26 +160,12 @@ class _DownloadNginx(harness.NginxOrigin):
         self.root = blobs
         self.port = harness.free_port()
         self.log = os.path.join(prefix, "access.log")
-        os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
         conn = ""
         if download_conns:
             conn = "limit_conn dl_accounts %d;\n      limit_conn_status 403;" % download_conns
         rate = "limit_rate %s;" % download_rate if download_rate else ""
-        conf = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid %(dir)s/nginx.pid;
-error_log %(dir)s/error.log warn;
-events { worker_connections 1024; }
-http {
-  %(fmt)s
-  access_log %(log)s slip;
-  client_body_temp_path %(dir)s/tmp; proxy_temp_path %(dir)s/tmp;
-  fastcgi_temp_path %(dir)s/tmp; uwsgi_temp_path %(dir)s/tmp; scgi_temp_path %(dir)s/tmp;
-  keepalive_requests 100000;
+        http = """
   types { }
-  default_type application/octet-stream;
   # The account a download belongs to, from /dl/<account>/<file_id>.
   map $uri $dl_account {
     "~^/dl/(?<dl_acct>[^/]+)/" $dl_acct;
@@ -200,14 +186,9 @@ http {
     }
     location / { return 404; }
   }
-}
-""" % dict(dir=prefix, fmt=DL_LOG_FORMAT, log=self.log, port=self.port, secret=secret,
-           conn=conn, rate=rate, blobs=blobs)
-        self.conf = os.path.join(prefix, "nginx.conf")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen([harness.NGINX, "-p", prefix, "-c", self.conf],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+""" % dict(port=self.port, secret=secret, conn=conn, rate=rate, blobs=blobs)
+        self.conf, self.proc = harness.start_nginx(
+            prefix, harness.nginx_conf(prefix, DL_LOG_FORMAT, self.log, http))
         harness.wait_until(self._up, 10, what="download nginx to listen")
 
     def entries(self, settle=0.3):

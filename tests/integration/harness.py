@@ -165,6 +165,41 @@ LOG_RE = re.compile(
 )
 
 
+def nginx_conf(dir, log_format, log, http):
+    """A whole nginx.conf for a foreground, single-process nginx whose
+    files all live under `dir`: the common part, then `http` (types, maps,
+    servers) inside the http block."""
+    return """
+daemon off;
+master_process off;
+worker_processes 1;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 1024; }
+http {
+  %(fmt)s
+  access_log %(log)s slip;
+  client_body_temp_path %(dir)s/tmp; proxy_temp_path %(dir)s/tmp;
+  fastcgi_temp_path %(dir)s/tmp; uwsgi_temp_path %(dir)s/tmp; scgi_temp_path %(dir)s/tmp;
+  keepalive_requests 100000;
+  default_type application/octet-stream;
+%(http)s
+}
+""" % dict(dir=dir, fmt=log_format, log=log, http=http)
+
+
+def start_nginx(dir, conf):
+    """Writes `conf` to dir/nginx.conf and starts nginx on it; returns
+    (path of the config, the process)."""
+    os.makedirs(os.path.join(dir, "tmp"), exist_ok=True)
+    path = os.path.join(dir, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    proc = subprocess.Popen([NGINX, "-p", dir, "-c", path], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    return path, proc
+
+
 class NginxOrigin:
     """A real nginx on a loopback port serving `root`.
 
@@ -185,21 +220,8 @@ class NginxOrigin:
                 '      if ($http_user_agent != "%s") { return 403; }\n' % USER_AGENT
             )
         rate = "limit_rate %s;" % limit_rate if limit_rate else ""
-        conf = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid %(dir)s/nginx.pid;
-error_log %(dir)s/error.log warn;
-events { worker_connections 1024; }
-http {
-  %(fmt)s
-  access_log %(log)s slip;
-  client_body_temp_path %(dir)s/tmp; proxy_temp_path %(dir)s/tmp;
-  fastcgi_temp_path %(dir)s/tmp; uwsgi_temp_path %(dir)s/tmp; scgi_temp_path %(dir)s/tmp;
-  keepalive_requests 100000;
+        http = """
   types { video/x-matroska mkv; video/mp4 mp4; application/octet-stream bin; }
-  default_type application/octet-stream;
   server {
     listen 127.0.0.1:%(port)d;
     root %(root)s;
@@ -210,15 +232,9 @@ http {
       %(rate)s
     }
   }
-}
-""" % dict(dir=self.dir, fmt=NGINX_LOG_FORMAT, log=self.log, port=self.port, root=root,
-           checks=checks, rate=rate, locations=locations, server_extra=server_extra)
-        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
-        self.conf = os.path.join(self.dir, "nginx.conf")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen([NGINX, "-p", self.dir, "-c", self.conf],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+""" % dict(port=self.port, root=root, checks=checks, rate=rate, locations=locations,
+           server_extra=server_extra)
+        self.conf, self.proc = start_nginx(self.dir, nginx_conf(self.dir, NGINX_LOG_FORMAT, self.log, http))
         wait_until(self._up, 10, what="nginx to listen")
 
     def _up(self):
