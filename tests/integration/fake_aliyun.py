@@ -191,25 +191,12 @@ class _DownloadNginx(harness.NginxOrigin):
             prefix, harness.nginx_conf(prefix, DL_LOG_FORMAT, self.log, http))
         harness.wait_until(self._up, 10, what="download nginx to listen")
 
-    def entries(self, settle=0.3):
-        """Like NginxOrigin.entries, plus limit_conn ("PASSED", "REJECTED" or
-        "-" when limit_conn never ran)."""
-        time.sleep(settle)  # nginx writes the line when the request ends
-        out = []
-        if not os.path.exists(self.log):
-            return out
-        with open(self.log) as f:
-            for line in f:
-                m = DL_LOG_RE.match(line)
-                if not m:
-                    continue
-                g = m.groups()
-                end, dur = float(g[2]), float(g[3])
-                out.append(dict(conn=int(g[0]), nreq=int(g[1]), end=end, time=dur, start=end - dur,
-                                status=int(g[4]), bytes=int(g[5]), method=g[6], uri=g[7],
-                                range=g[8], referer=g[9], ua=g[10], complete=g[11] == "OK",
-                                limit_conn=g[12]))
-        return out
+    log_re = DL_LOG_RE
+
+    def _entry(self, g):
+        """NginxOrigin's fields plus limit_conn ("PASSED", "REJECTED" or "-"
+        when limit_conn never ran)."""
+        return dict(super()._entry(g), limit_conn=g[12])
 
     def stop(self):
         # Unlike NginxOrigin.stop, keep the prefix dir (and its log): it is

@@ -249,6 +249,14 @@ class NginxOrigin:
     def url(self, path="/"):
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
+    log_re = LOG_RE  # a subclass with a longer log format parses more fields
+
+    def _entry(self, g):
+        end, dur = float(g[2]), float(g[3])
+        return dict(conn=int(g[0]), nreq=int(g[1]), end=end, time=dur, start=end - dur,
+                    status=int(g[4]), bytes=int(g[5]), method=g[6], uri=g[7],
+                    range=g[8], referer=g[9], ua=g[10], complete=g[11] == "OK")
+
     def entries(self, settle=0.3):
         """Parsed access-log lines: dicts with conn, nreq, end, time, start,
         status, bytes, method, uri, range, referer, ua, complete."""
@@ -258,14 +266,9 @@ class NginxOrigin:
             return out
         with open(self.log) as f:
             for line in f:
-                m = LOG_RE.match(line)
-                if not m:
-                    continue
-                g = m.groups()
-                end, dur = float(g[2]), float(g[3])
-                out.append(dict(conn=int(g[0]), nreq=int(g[1]), end=end, time=dur, start=end - dur,
-                                status=int(g[4]), bytes=int(g[5]), method=g[6], uri=g[7],
-                                range=g[8], referer=g[9], ua=g[10], complete=g[11] == "OK"))
+                m = self.log_re.match(line)
+                if m:
+                    out.append(self._entry(m.groups()))
         return out
 
     def clear_log(self):
