@@ -198,16 +198,7 @@ class _DownloadNginx(harness.NginxOrigin):
         when limit_conn never ran)."""
         return dict(super()._entry(g), limit_conn=g[12])
 
-    def stop(self):
-        # Unlike NginxOrigin.stop, keep the prefix dir (and its log): it is
-        # under the caller's workdir.
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    keep_dir = True  # the prefix dir (and its log) is under the caller's workdir
 
 
 class FakeAliyun:

@@ -286,7 +286,10 @@ class NginxOrigin:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    keep_dir = False  # stop() removes the prefix dir (its own temp dir)
 
 
 # --------------------------------------------------------------------- gateway
