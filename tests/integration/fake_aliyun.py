@@ -52,7 +52,6 @@ import os
 import re
 import secrets
 import socketserver
-import subprocess
 import threading
 import time
 
