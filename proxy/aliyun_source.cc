@@ -176,8 +176,6 @@ class Account final : public AliyunAccount {
     }
   }
 
-  const std::string& name() const { return a_.name; }
-
   /// The entry at `rest` (a path below folder `rootId`).
   void lookup(const std::string& rootId, const std::string& rest,
               std::function<void(Reason, const std::string&, const Entry&)> cb);
