@@ -20,6 +20,7 @@
 #include <string>
 
 #include "conf/conf.h"
+#include "proxy/proxy.h"
 #include "proxy/source.h"
 
 struct event_base;
@@ -32,6 +33,8 @@ class CurlMulti;
 class AliyunAccount {
  public:
   virtual ~AliyunAccount() = default;
+  /// Counters and state (the pool figures are filled in by the engine).
+  virtual AccountStats stats() const = 0;
 };
 
 /// The account named by `cfg.accounts[index]`.

@@ -190,6 +190,13 @@ class Account final : public AliyunAccount {
     else listings_.erase(it);
   }
 
+  AccountStats stats() const override {
+    AccountStats s = counters_;
+    s.name = a_.name;
+    s.authorized = !refused_;
+    return s;
+  }
+
   // Called by ApiCall.
   void finished(ApiCall* c) {
     calls_.erase(c);
@@ -283,6 +290,7 @@ class Account final : public AliyunAccount {
 
   std::map<std::string, Listing> listings_;
   uint64_t listGen_ = 0;
+  AccountStats counters_;
 };
 
 void ApiCall::onDone(Transfer&, const TransferResult& r) {
@@ -505,6 +513,7 @@ void Account::helperDone(const std::string& out, int status) {
     return;
   }
   if (r.value("ok", false)) {
+    counters_.tokenExchanges++;
     accessToken_ = str(r, "access_token");
     accessExpiresMs_ = r.value("access_expires_ms", int64_t{0});
     accessObtainedMs_ = wallMs();
@@ -531,6 +540,7 @@ void Account::helperDone(const std::string& out, int status) {
   int st = r.value("status", 0);
   refused_ = r.value("refused", false);
   if (refused_) {
+    counters_.tokenFailures++;
     std::string where = cfg_.file + (a_.refreshTokenLine ? ":" + std::to_string(a_.refreshTokenLine) : "");
     failure_ = "account " + a_.name + ": the service refused the refresh token (HTTP " + std::to_string(st) +
                (code.empty() ? "" : " " + code) + ": " + message + "); put a new refresh_token in [account " +
@@ -551,6 +561,7 @@ void Account::helperDone(const std::string& out, int status) {
 // An exchange that did not happen or did not finish: callers get 502, and
 // the next exchange waits a little.
 void Account::exchangeFailed(const std::string& why) {
+  counters_.tokenFailures++;
   failure_ = "account " + a_.name + ": " + why;
   retryAtMs_ = monoMs() + kFailedRetryMs;
   conf::Log::write(conf::LogLevel::Error, "account_token_failed",
@@ -610,6 +621,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
           return;
         }
         if (st == 429) {
+          counters_.rateLimited++;
           int64_t back = std::min<int64_t>(kBusyBackoffMs << std::min(attempt, 4), 16'000);
           g.nextMs = std::max(g.nextMs, monoMs() + back);
           conf::Log::write(conf::LogLevel::Warn, "account_rate_limited",
@@ -630,6 +642,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
       };
       c->xfer = std::make_unique<Transfer>(multi_, std::move(o), c);
       calls_.insert(c);
+      counters_.apiCalls++;
       c->xfer->start();
     });
   });

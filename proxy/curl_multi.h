@@ -46,6 +46,7 @@ class CurlMulti {
   int poolFree(int pool) const;
   int poolRunning(int pool) const { return pools_[pool].running; }
   int poolLimit(int pool) const { return pools_[pool].limit; }
+  int poolWaiting(int pool) const { return static_cast<int>(pools_[pool].waiting.size()); }
   /// Called from the loop when a pool slot frees that no waiting transfer
   /// took (the fetcher schedules more work then).
   void setSlotFreed(std::function<void()> fn) { slotFreed_ = std::move(fn); }

@@ -115,6 +115,17 @@ Stats Engine::snapshot() const {
     s.cacheDroppedCorrupt = u.droppedCorrupt;
     s.diskQueueBytes = st->queuedBytes();
   }
+  for (size_t i = 0; i < impl_->accounts.size(); i++) {
+    AccountStats a = impl_->accounts[i]->stats();
+    for (size_t m = 0; m < impl_->cfg.mounts.size(); m++) {
+      if (impl_->cfg.mounts[m].accountIndex != static_cast<int>(i)) continue;
+      int pool = impl_->poolOf[m];
+      a.downloads = impl_->multi.poolRunning(pool);
+      a.downloadsWaiting = impl_->multi.poolWaiting(pool);
+      break;
+    }
+    s.accounts.push_back(std::move(a));
+  }
   return s;
 }
 

@@ -94,6 +94,18 @@ struct Request {
   policy::Decision decision;
 };
 
+/// One cloud account's state, for metrics.
+struct AccountStats {
+  std::string name;
+  bool authorized = true;        // false once the service refused the refresh token
+  uint64_t tokenExchanges = 0;   // helpers that got an access token (saved or fresh)
+  uint64_t tokenFailures = 0;
+  uint64_t apiCalls = 0;         // list / link / drive calls sent
+  uint64_t rateLimited = 0;      // of them answered 429
+  int downloads = 0;             // download transfers running (its pool)
+  int downloadsWaiting = 0;      // queued behind max_connections
+};
+
 /// Counters for logs, status and metrics.
 struct Stats {
   uint64_t upstreamRequests = 0;
@@ -109,6 +121,7 @@ struct Stats {
   uint64_t cacheObjects = 0, cacheBlocks = 0, cacheBytes = 0, cacheReserved = 0,
            cacheMaxBytes = 0, cacheEvictedBlocks = 0, cacheDroppedCorrupt = 0;
   size_t diskQueueBytes = 0;
+  std::vector<AccountStats> accounts;
 };
 
 /// What a mount's source needs (headers, client binding, a link at all), as

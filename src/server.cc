@@ -434,6 +434,30 @@ std::string Server::Impl::metrics() const {
            st.cacheDroppedCorrupt);
     metric("slipstream_disk_queue_bytes", "gauge", "Bytes waiting for the disk thread.", st.diskQueueBytes);
   }
+  // One family per figure, one sample per [account].
+  auto perAccount = [&o, &st](const char* name, const char* type, const char* help,
+                              uint64_t (*get)(const proxy::AccountStats&)) {
+    if (st.accounts.empty()) return;
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+    for (const auto& a : st.accounts)
+      o += std::string(name) + "{account=\"" + a.name + "\"} " + std::to_string(get(a)) + "\n";
+  };
+  using A = const proxy::AccountStats&;
+  perAccount("slipstream_account_authorized", "gauge",
+             "1 while the account's refresh token works, 0 once the service refused it.",
+             [](A a) -> uint64_t { return a.authorized; });
+  perAccount("slipstream_account_token_exchanges_total", "counter", "Access tokens obtained.",
+             [](A a) { return a.tokenExchanges; });
+  perAccount("slipstream_account_token_failures_total", "counter", "Token exchanges that failed.",
+             [](A a) { return a.tokenFailures; });
+  perAccount("slipstream_account_api_calls_total", "counter", "Open API calls sent.",
+             [](A a) { return a.apiCalls; });
+  perAccount("slipstream_account_rate_limited_total", "counter", "Open API calls answered 429.",
+             [](A a) { return a.rateLimited; });
+  perAccount("slipstream_account_downloads", "gauge", "Download connections open (max_connections caps them).",
+             [](A a) -> uint64_t { return static_cast<uint64_t>(a.downloads); });
+  perAccount("slipstream_account_downloads_waiting", "gauge", "Download transfers queued for a connection.",
+             [](A a) -> uint64_t { return static_cast<uint64_t>(a.downloadsWaiting); });
   return o;
 }
 

@@ -25,6 +25,14 @@ def q(path):
     return urllib.parse.quote(path)
 
 
+def account_metrics(gw):
+    """{metric name: value} of the account "ali" from /-/metrics."""
+    r = gw.get("/-/metrics")
+    assert r.status == 200, r
+    return {m.group(1): int(m.group(2)) for m in
+            re.finditer(r'^(slipstream_account_\w+)\{account="ali"\} (\d+)$', r.body.decode(), re.M)}
+
+
 def helper_pids():
     """pids of running `slipstream token-exchange` helpers."""
     out = []
@@ -176,6 +184,13 @@ class SharedAccount(AliyunTest):
               "client times %s s" % (conc, len(passed), ", ".join("%.1f" % v[2] for v in results.values())))
         self.assertEqual(conc, 3, "the account's 3 connections were not used")
         self.assertEqual(st["refreshes"], 1, "both mounts share one token state")
+        m = account_metrics(gw)
+        self.assertEqual(m["slipstream_account_authorized"], 1)
+        self.assertEqual(m["slipstream_account_token_exchanges_total"], 1)
+        self.assertEqual(m["slipstream_account_rate_limited_total"], 0)
+        self.assertEqual(m["slipstream_account_api_calls_total"], len(fake.calls) - 1)  # not the token call
+        self.assertEqual(m["slipstream_account_downloads"], 0)
+        self.assertEqual(m["slipstream_account_downloads_waiting"], 0)
         self.assertGreaterEqual(sum(st["link_calls"].values()), 4)
         # Fair turns: once all four files are being fetched (their links
         # come one a second), none waits long without a transfer running.
@@ -241,6 +256,9 @@ class Errors(AliyunTest):
         self.assertIn("mounts=films,wrong", lines[0])
         self.assertIn("set refresh_token in [account ali] (%s:" % gw.ini, lines[0])
         self.assertIn("invalid refresh token", lines[0])
+        m = account_metrics(gw)
+        self.assertEqual(m["slipstream_account_authorized"], 0)
+        self.assertEqual(m["slipstream_account_token_failures_total"], 1)
         # No hammering: the next request fails at once without an exchange.
         n = len(fake.presented)
         self.assertEqual(gw.get("/d/films/Movies/b.mkv").status, 502)
@@ -287,6 +305,8 @@ class RateLimits(AliyunTest):
         print("\n    [fig] %d link requests, %d answered 429, all 3 clients served"
               % (len(links), st["too_many"]["getDownloadUrl"]))
         self.assertIn("event=account_rate_limited", gw.errors())
+        self.assertEqual(account_metrics(gw)["slipstream_account_rate_limited_total"],
+                         st["too_many"]["getDownloadUrl"])
 
 
 class TokenState(AliyunTest):
