@@ -93,13 +93,11 @@ std::optional<int64_t> parseIsoUtc(const std::string& s) {
 struct Entry {
   std::string id, parent, name;
   bool folder = false;
-  uint64_t size = 0;
 };
 
 struct ApiResult {
   Reason reason = Reason::None;
   std::string detail;
-  int status = 0;
   json body;
 };
 using ApiCb = std::function<void(const ApiResult&)>;
@@ -576,7 +574,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
   withToken([this, &g, path, body = std::move(body), cb = std::move(cb), attempt,
              authRetried](Reason r, const std::string& detail) mutable {
     if (r != Reason::None) {
-      cb({r, detail, 0, {}});
+      cb({r, detail, {}});
       return;
     }
     pass(g, [this, &g, path, body = std::move(body), cb = std::move(cb), attempt, authRetried]() mutable {
@@ -600,7 +598,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
                     ApiCall& call_, const TransferResult& tr) mutable {
         std::string what = "aliyundrive " + path.substr(path.rfind('/') + 1);
         if (tr.code != CURLE_OK) {
-          cb({tr.timedOut ? Reason::UpstreamTimeout : Reason::ResolveFailed, what + ": " + tr.error, 0, {}});
+          cb({tr.timedOut ? Reason::UpstreamTimeout : Reason::ResolveFailed, what + ": " + tr.error, {}});
           return;
         }
         int st = call_.xfer->status();
@@ -609,7 +607,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
         std::string code = j.is_object() ? str(j, "code") : "";
         std::string message = j.is_object() ? str(j, "message") : "";
         if (st == 200 && j.is_object()) {
-          cb({Reason::None, "", 200, std::move(j)});
+          cb({Reason::None, "", std::move(j)});
           return;
         }
         if (st == 401 && (code == "AccessTokenInvalid" || code == "AccessTokenExpired") && !authRetried) {
@@ -631,14 +629,14 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
             call(g, path, std::move(body), std::move(cb), attempt + 1, authRetried);
             return;
           }
-          cb({Reason::RateLimited, what + ": 429 " + code + " " + std::to_string(kMaxBusyRetries) + " times", st, {}});
+          cb({Reason::RateLimited, what + ": 429 " + code + " " + std::to_string(kMaxBusyRetries) + " times", {}});
           return;
         }
         std::string detail = what + ": HTTP " + std::to_string(st) + (code.empty() ? "" : " " + code) +
                              (message.empty() ? "" : ": " + message);
         Reason r2 = st == 404 ? Reason::NotFound : Reason::ResolveFailed;
         if (st == 401 || st == 403) r2 = Reason::AccountAuth;
-        cb({r2, detail, st, std::move(j)});
+        cb({r2, detail, std::move(j)});
       };
       c->xfer = std::make_unique<Transfer>(multi_, std::move(o), c);
       calls_.insert(c);
@@ -729,7 +727,6 @@ void Account::listPage(const std::string& folderId, uint64_t gen, const std::str
       e.name = str(item, "name");
       e.parent = folderId;
       e.folder = str(item, "type") == "folder";
-      if (item.contains("size") && item["size"].is_number_unsigned()) e.size = item["size"].get<uint64_t>();
       if (!e.id.empty() && !e.name.empty()) it->second.building[e.name] = e;
     }
     std::string next = str(r.body, "next_marker");

@@ -72,13 +72,12 @@ bool Engine::init(std::string* err) {
       return false;
     }
   }
-  std::vector<int> accountPool;
   for (size_t i = 0; i < e.cfg.accounts.size(); i++) {
-    accountPool.push_back(e.multi.addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
+    e.accountPool.push_back(e.multi.addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
     e.accounts.push_back(makeAliyunAccount(e.cfg, static_cast<int>(i), e.multi));
   }
   for (const auto& m : e.cfg.mounts) {
-    e.poolOf.push_back(m.accountIndex >= 0 ? accountPool[m.accountIndex]
+    e.poolOf.push_back(m.accountIndex >= 0 ? e.accountPool[m.accountIndex]
                                            : e.multi.addPool(static_cast<int>(m.maxConnections)));
     e.sources.push_back(m.source == conf::SourceType::AliyundriveOpen
                             ? makeAliyunSource(m, *e.accounts[m.accountIndex])
@@ -117,13 +116,8 @@ Stats Engine::snapshot() const {
   }
   for (size_t i = 0; i < impl_->accounts.size(); i++) {
     AccountStats a = impl_->accounts[i]->stats();
-    for (size_t m = 0; m < impl_->cfg.mounts.size(); m++) {
-      if (impl_->cfg.mounts[m].accountIndex != static_cast<int>(i)) continue;
-      int pool = impl_->poolOf[m];
-      a.downloads = impl_->multi.poolRunning(pool);
-      a.downloadsWaiting = impl_->multi.poolWaiting(pool);
-      break;
-    }
+    a.downloads = impl_->multi.poolRunning(impl_->accountPool[i]);
+    a.downloadsWaiting = impl_->multi.poolWaiting(impl_->accountPool[i]);
     s.accounts.push_back(std::move(a));
   }
   return s;

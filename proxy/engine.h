@@ -33,6 +33,7 @@ struct Engine::Impl {
   std::vector<int> localRoots;                   // per mount: directory fd, or -1
   std::vector<policy::SourceTraits> traits;
   std::vector<int> poolOf;                       // per mount: its CurlMulti connection pool
+  std::vector<int> accountPool;                  // per account: the pool its mounts share
   LinkCache links;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
   bool quiescing = false;
