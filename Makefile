@@ -21,7 +21,7 @@ CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pt
 LDFLAGS  := -pthread $(OPT)
 LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -linih -lssl -lcrypto
 
-MODULES  := conf policy store proxy src
+MODULES  := conf policy store proxy proxy/sources proxy/fetch src
 LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc)))
 LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o)
 MAIN_OBJ := $(BUILD)/obj/src/main.o

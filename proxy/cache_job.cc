@@ -5,7 +5,7 @@
 // go upstream → disk → client, never piled up in RAM.
 #include <event2/buffer.h>
 
-#include "proxy/fetcher.h"
+#include "proxy/fetch/fetcher.h"
 
 namespace slip::proxy {
 namespace {

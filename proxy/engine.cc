@@ -7,7 +7,7 @@
 #include <ctime>
 #include <filesystem>
 
-#include "proxy/fetcher.h"
+#include "proxy/fetch/fetcher.h"
 #include "store/store.h"
 
 namespace slip::proxy {

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "proxy/aliyun.h"
-#include "proxy/curl_multi.h"
+#include "proxy/sources/aliyun.h"
+#include "proxy/fetch/curl_multi.h"
 #include "proxy/proxy.h"
-#include "proxy/source.h"
+#include "proxy/sources/source.h"
 
 namespace slip::proxy {
 

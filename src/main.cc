@@ -12,7 +12,7 @@
 
 #include "conf/conf.h"
 #include "policy/policy.h"
-#include "proxy/aliyun.h"
+#include "proxy/sources/aliyun.h"
 #include "proxy/proxy.h"
 #include "src/commands.h"
 #include "src/server.h"

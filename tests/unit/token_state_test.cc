@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "proxy/aliyun.h"
+#include "proxy/sources/aliyun.h"
 
 using namespace slip::proxy;
 

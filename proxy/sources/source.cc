@@ -1,6 +1,6 @@
-#include "proxy/source.h"
+#include "proxy/sources/source.h"
 
-#include "proxy/curl_multi.h"
+#include "proxy/fetch/curl_multi.h"
 
 namespace slip::proxy {
 namespace {

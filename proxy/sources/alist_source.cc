@@ -7,8 +7,8 @@
 // message as the reason.
 #include <nlohmann/json.hpp>
 
-#include "proxy/curl_multi.h"
-#include "proxy/source.h"
+#include "proxy/fetch/curl_multi.h"
+#include "proxy/sources/source.h"
 
 namespace slip::proxy {
 namespace {

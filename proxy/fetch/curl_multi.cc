@@ -1,4 +1,4 @@
-#include "proxy/curl_multi.h"
+#include "proxy/fetch/curl_multi.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -1,4 +1,4 @@
-#include "proxy/fetcher.h"
+#include "proxy/fetch/fetcher.h"
 
 #include <climits>
 

@@ -21,7 +21,7 @@
 
 #include "conf/conf.h"
 #include "proxy/proxy.h"
-#include "proxy/source.h"
+#include "proxy/sources/source.h"
 
 struct event_base;
 

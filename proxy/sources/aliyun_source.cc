@@ -28,8 +28,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "proxy/aliyun.h"
-#include "proxy/curl_multi.h"
+#include "proxy/sources/aliyun.h"
+#include "proxy/fetch/curl_multi.h"
 
 extern char** environ;
 

@@ -32,7 +32,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "proxy/aliyun.h"
+#include "proxy/sources/aliyun.h"
 
 namespace slip::proxy {
 namespace {
