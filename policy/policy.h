@@ -277,4 +277,29 @@ enum class SignCheck { Ok, Missing, Invalid, Expired };
 SignCheck verifySign(std::string_view secret, std::string_view path,
                      std::string_view sign, int64_t now);
 
+// ---------------------------------------------------------------- HTTP dates
+
+/// Parses an HTTP-date (RFC 9110 §5.6.7) into Unix seconds: IMF-fixdate
+/// ("Sun, 06 Nov 1994 08:49:37 GMT"), and the obsolete RFC 850
+/// ("Sunday, 06-Nov-94 08:49:37 GMT", two-digit years 70..99 → 19yy, 00..69 →
+/// 20yy) and asctime ("Sun Nov  6 08:49:37 1994") forms that recipients must
+/// accept. The weekday must be a weekday name but is not checked against the
+/// date (nginx and curl do the same). Years 1900..9999; anything else, a
+/// field out of range (Feb 30, 24:00:00) or trailing bytes give nullopt.
+std::optional<int64_t> parseHttpDate(std::string_view value);
+
+/// IMF-fixdate for Unix seconds; times before 1970 or after 9999 are clamped
+/// to those years' ends, so the result always parses back.
+std::string formatHttpDate(int64_t unixSeconds);
+
+/// Longest wait parseRetryAfter reports: larger values (and absurd ones such
+/// as 99999999999999999) saturate to it, so callers may multiply by 1000.
+inline constexpr int64_t kRetryAfterMaxSeconds = 1'000'000'000;
+
+/// `Retry-After` (RFC 9110 §10.2.3): delta-seconds or an HTTP-date, as the
+/// number of seconds to wait from `nowUnixSeconds` (a date in the past is 0).
+/// Never overflows: results are within [0, kRetryAfterMaxSeconds]. Anything
+/// else ("1.5", "-1", "soon", an empty value) is nullopt: no advice.
+std::optional<int64_t> parseRetryAfter(std::string_view value, int64_t nowUnixSeconds);
+
 }  // namespace slip::policy
