@@ -4,50 +4,21 @@
 // as the grammar says) so that a date we cannot fully understand is no date at
 // all; every number is read from a fixed count of digits, so nothing here can
 // overflow, and the calendar arithmetic is Howard Hinnant's days_from_civil.
+#include "policy/civil.h"
 #include "policy/policy.h"
 
 namespace slip::policy {
 namespace {
+
+using civil::civilFromDays;
+using civil::daysFromCivil;
+using civil::daysInMonth;
 
 constexpr const char* kMonths[12] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
 constexpr const char* kDays[7] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 constexpr const char* kLongDays[7] = {"Sunday",   "Monday", "Tuesday", "Wednesday",
                                       "Thursday", "Friday", "Saturday"};
-
-// Days since 1970-01-01 of a proleptic Gregorian date.
-int64_t daysFromCivil(int64_t y, int m, int d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
-struct Civil {
-  int64_t year;
-  int month, day;
-};
-
-Civil civilFromDays(int64_t z) {
-  z += 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const int64_t doe = z - era * 146097;
-  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const int64_t mp = (5 * doy + 2) / 153;
-  const int d = static_cast<int>(doy - (153 * mp + 2) / 5 + 1);
-  const int m = static_cast<int>(mp < 10 ? mp + 3 : mp - 9);
-  return {yoe + era * 400 + (m <= 2), m, d};
-}
-
-bool isLeap(int64_t y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
-
-int daysInMonth(int64_t y, int m) {
-  static constexpr int kLen[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  return m == 2 && isLeap(y) ? 29 : kLen[m - 1];
-}
 
 // A read position over the value; every reader fails without moving on error
 // only in the sense that the whole parse is abandoned.
@@ -152,7 +123,7 @@ std::string formatHttpDate(int64_t t) {
   if (t > kMax) t = kMax;
   const int64_t days = t / 86400;
   const int64_t secs = t % 86400;
-  const Civil cv = civilFromDays(days);
+  const civil::Date cv = civilFromDays(days);
   std::string out = kDays[(days + 4) % 7];
   out += ", " + twoDigits(cv.day) + " " + kMonths[cv.month - 1] + " " + std::to_string(cv.year) +
          " " + twoDigits(static_cast<int>(secs / 3600)) + ":" +

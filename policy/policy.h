@@ -302,4 +302,40 @@ inline constexpr int64_t kRetryAfterMaxSeconds = 1'000'000'000;
 /// else ("1.5", "-1", "soon", an empty value) is nullopt: no advice.
 std::optional<int64_t> parseRetryAfter(std::string_view value, int64_t nowUnixSeconds);
 
+// ---------------------------------------------------------------- link expiry
+// When a signed upstream link stops working, as written in the link itself
+// (issue 11 item 4). The link cache keeps a link until shortly before this
+// instead of a fixed `link_ttl`.
+
+/// Which form the expiry was read from, most specific first (that is also
+/// the order in which linkExpiry looks for them).
+enum class LinkExpiryForm {
+  AmzSigV4,     // X-Amz-Date=20231114T221320Z & X-Amz-Expires=3600 (S3, MinIO, R2)
+  GoogV4,       // X-Goog-Date & X-Goog-Expires (Google Cloud Storage)
+  OssV4,        // x-oss-date & x-oss-expires=<seconds> (Aliyun OSS V4)
+  OssExpires,   // x-oss-expires=<unix s> (Aliyun OSS V2, Aliyundrive links)
+  CosSignTime,  // q-sign-time=<start>;<end> (Tencent COS)
+  Expires,      // Expires=<unix s> (OSS V1, S3 SigV2, CloudFront canned, Quark, 189)
+  Plain,        // e= / t= <unix s or ms> (115, 123pan-style): weakest, see below
+};
+const char* linkExpiryFormName(LinkExpiryForm f);
+
+struct LinkExpiry {
+  int64_t unixMs = 0;
+  LinkExpiryForm form = LinkExpiryForm::Expires;
+};
+
+/// Earliest known-bad instant of a signed URL, in Unix milliseconds, or
+/// nullopt when the link says nothing we recognise (then `link_ttl` applies).
+/// Parameter names match case-insensitively, values are percent-decoded, the
+/// first occurrence of a name wins, and only the query (after '?', before
+/// '#') is read. Absolute times must be plausible: seconds in [2001-09-09,
+/// 2100-01-01) (10 digits), or for `Plain` also milliseconds in that span (13
+/// digits); relative ones (X-Amz-Expires, ...) 0..1e9 s. Anything else in a
+/// parameter makes that form absent, not an error, and the next form is
+/// tried. `Plain` names (e, t) are also used for other things by some sites:
+/// a caller that reads a `Plain` expiry at or before the time it resolved the
+/// link should treat it as "no expiry written" rather than as already expired.
+std::optional<LinkExpiry> linkExpiry(std::string_view url);
+
 }  // namespace slip::policy
