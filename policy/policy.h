@@ -338,4 +338,37 @@ struct LinkExpiry {
 /// link should treat it as "no expiry written" rather than as already expired.
 std::optional<LinkExpiry> linkExpiry(std::string_view url);
 
+// ---------------------------------------------------------------- media index
+// Where a player will look for the index of a media file (issue 11 item 3),
+// read from the first bytes only: MP4/MOV top-level box headers (the `moov`
+// box, or where it must start after `mdat`), Matroska/WebM EBML header,
+// Segment and SeekHead (the `Cues` element). No allocation, bounded loops,
+// every length checked against the file size: the bytes are untrusted.
+
+enum class MediaContainer { Unknown, Mp4, Matroska, WebM };
+const char* mediaContainerName(MediaContainer c);
+
+/// Default bound of the range locateMediaIndex returns.
+inline constexpr uint64_t kMediaIndexMaxBytes = 4ull << 20;
+
+struct MediaIndex {
+  enum class Kind {
+    Unknown,  // not a container we know, or its headers do not say where: take the tail
+    Exact,    // `range` is the whole index element (moov box / Cues element, header included)
+    Starts,   // the index starts at range.begin; its header lies beyond the head, so
+              // `range` is [begin, begin + maxBytes) clipped to the file
+  };
+  MediaContainer container = MediaContainer::Unknown;
+  Kind kind = Kind::Unknown;
+  ByteRange range;       // within [0, fileSize); non-empty unless Unknown
+  bool clipped = false;  // Exact, but the element is longer than maxBytes: range is its start
+  bool inHead = false;   // range lies within the head already: nothing to fetch
+};
+
+/// Says where the index of a file of `fileSize` bytes is, given its first
+/// bytes `head` (a prefix of the file; bytes past fileSize are ignored).
+/// Every returned range is within the file and at most `maxBytes` long.
+MediaIndex locateMediaIndex(uint64_t fileSize, std::string_view head,
+                            uint64_t maxBytes = kMediaIndexMaxBytes);
+
 }  // namespace slip::policy
