@@ -1,7 +1,7 @@
 // Sign verification: a sign verifies iff it was made with the secret for
 // that path (and then says Expired only past its expiry).
 // Input: 8 bytes of `now`, then secret '\n' path '\n' given sign.
-#include <cerrno>
+#include <charconv>
 #include <string>
 
 #include "policy/policy.h"
@@ -20,11 +20,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Accepted: it must be exactly what sign() makes for its expiry.
     size_t colon = given.rfind(':');
     FUZZ_ASSERT(colon != std::string_view::npos);
-    std::string digits(given.substr(colon + 1));
-    char* end = nullptr;
-    errno = 0;
-    long long expiry = std::strtoll(digits.c_str(), &end, 10);
-    FUZZ_ASSERT(errno == 0 && end && *end == '\0');
+    std::string_view digits = given.substr(colon + 1);
+    int64_t expiry = 0;
+    auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), expiry);
+    FUZZ_ASSERT(ec == std::errc() && p == digits.data() + digits.size());
     FUZZ_ASSERT(sign(secret, path, expiry) == given);
     FUZZ_ASSERT((c == SignCheck::Expired) == (expiry != 0 && expiry < now));
   }
