@@ -6,6 +6,7 @@
 #   make demo       the main job end to end on loopback
 #   make run        the gateway on conf/slipstream.ini
 #   make bench      the benchmark against the peers (scripts/bench)
+#   make fuzz       every libFuzzer target, FUZZ_SECONDS (60) each (clang)
 
 CXX      ?= g++
 SAN      ?= 0
@@ -32,7 +33,7 @@ BIN      := $(BUILD)/slipstream
 UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
 
-.PHONY: all deps test unit integration demo run bench clean format
+.PHONY: all deps test unit integration demo run bench clean format fuzz fuzz-build fuzz-smoke
 all: $(BIN)
 
 deps:
@@ -56,10 +57,11 @@ $(RELAY): scripts/bench/ratelimit_relay.cc
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++20 -O2 -Wall -Wextra -Werror -pthread -o $@ $<
 
-# The README's test command: set-up, build, unit tests, integration tests.
+# The README's test command: set-up, build, unit tests, fuzz smoke,
+# integration tests.
 test: deps
-	@$(MAKE) --no-print-directory -j$$(nproc) all $(UNIT)
-	@$(MAKE) --no-print-directory unit integration
+	@$(MAKE) --no-print-directory -j$$(nproc) all $(UNIT) fuzz-build
+	@$(MAKE) --no-print-directory unit fuzz-smoke integration
 
 unit: $(UNIT)
 	$(UNIT)
@@ -80,10 +82,51 @@ bench:
 	@$(MAKE) --no-print-directory -j$$(nproc) all $(RELAY)
 	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY)
 
+# ---------------------------------------------------------------- fuzzing
+# libFuzzer targets (tests/fuzz/<name>_fuzz.cc → build/fuzz/bin/<name>), built
+# with clang, ASan and UBSan (float-cast-overflow included, every report
+# fatal) over the pure modules they exercise. Seeds: tests/fuzz/corpus/<name>/;
+# learnt corpus and findings stay in build/fuzz/ (scripts/fuzz.sh).
+FUZZ_CXX      ?= clang++
+FUZZ_SECONDS  ?= 60
+FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_DIR      := build/fuzz
+FUZZ_SAN      := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
+FUZZ_CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. \
+                 -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN)
+FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc)
+FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o)
+FUZZ_SRCS     := $(wildcard tests/fuzz/*_fuzz.cc)
+FUZZ_BINS     := $(FUZZ_SRCS:tests/fuzz/%_fuzz.cc=$(FUZZ_DIR)/bin/%)
+FUZZ_LIBS     := -linih -lssl -lcrypto
+
+$(FUZZ_DIR)/obj/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/bin/%: $(FUZZ_DIR)/obj/tests/fuzz/%_fuzz.o $(FUZZ_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LIBS)
+
+# The targets' objects are intermediate files of the rule above: keep them.
+.SECONDARY: $(FUZZ_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o) $(FUZZ_LIB_OBJS)
+
+fuzz-build: $(FUZZ_BINS)
+
+# make fuzz [FUZZ_SECONDS=300] [FUZZ_TARGETS="range path"]
+fuzz: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) fuzz-build
+	scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_DIR)/bin $(FUZZ_TARGETS)
+
+# A few seconds per target, in `make test`: fails on any finding.
+fuzz-smoke: fuzz-build
+	scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_DIR)/bin $(FUZZ_TARGETS)
+
 format:
-	clang-format -i $(foreach m,$(MODULES) tests/unit,$(wildcard $(m)/*.cc $(m)/*.h))
+	clang-format -i $(foreach m,$(MODULES) tests/unit tests/fuzz,$(wildcard $(m)/*.cc $(m)/*.h))
 
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(MAIN_OBJ:.o=.d) $(UT_OBJS:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(MAIN_OBJ:.o=.d) $(UT_OBJS:.o=.d) $(FUZZ_LIB_OBJS:.o=.d)
+-include $(FUZZ_SRCS:%.cc=$(FUZZ_DIR)/obj/%.d)

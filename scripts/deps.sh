@@ -13,6 +13,8 @@ pkgs=(
   g++ make pkg-config
   libevent-dev libcurl4-openssl-dev liblmdb-dev libxxhash-dev libssl-dev
   libinih-dev catch2 nlohmann-json3-dev
+  # fuzzing (make fuzz, the fuzz smoke in make test): clang and libFuzzer
+  clang libclang-rt-14-dev
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
 )
