@@ -12,7 +12,7 @@ pkgs=(
   # build
   g++ make pkg-config
   libevent-dev libcurl4-openssl-dev liblmdb-dev libxxhash-dev libssl-dev
-  libinih-dev catch2 nlohmann-json3-dev
+  libinih-dev catch2 nlohmann-json3-dev libexpat1-dev libcrypt-dev
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
 )
