@@ -224,6 +224,9 @@ bool checkPasswordHash(std::string_view hash, std::string* why) {
     return false;
   }
   int method = crypt_checksalt(h.c_str());
+  // Any two salt characters read as a DES setting: only a 13-character
+  // string can be a DES hash.
+  if (h[0] != '$' && h[0] != '_' && h.size() != 13) method = CRYPT_SALT_INVALID;
   if (method == CRYPT_SALT_METHOD_LEGACY || method == CRYPT_SALT_TOO_CHEAP) {
     say(why, std::string("a weak hash method (DES, MD5 or SHA-256-crypt, or too few rounds): use yescrypt") + make);
     return false;
