@@ -131,9 +131,21 @@ Stats Engine::snapshot() const {
 
 void Engine::quiesce() { impl_->quiescing = true; }
 
-void Engine::list(int mount, const std::string& rest, ListCb cb) { impl_->listings.list(mount, rest, std::move(cb)); }
+void Engine::list(int mount, const std::string& rest, ListCb cb) {
+  if (mount < 0 || static_cast<size_t>(mount) >= impl_->sources.size()) {
+    cb({policy::Reason::UnknownMount, "", nullptr});
+    return;
+  }
+  impl_->listings.list(mount, rest, std::move(cb));
+}
 
-void Engine::stat(int mount, const std::string& rest, StatCb cb) { impl_->listings.stat(mount, rest, std::move(cb)); }
+void Engine::stat(int mount, const std::string& rest, StatCb cb) {
+  if (mount < 0 || static_cast<size_t>(mount) >= impl_->sources.size()) {
+    cb({policy::Reason::UnknownMount, "", {}});
+    return;
+  }
+  impl_->listings.stat(mount, rest, std::move(cb));
+}
 
 std::unique_ptr<Job> Engine::start(const Request& req, Sink* sink) {
   Impl& e = *impl_;
