@@ -305,6 +305,11 @@ bool parseOptions(const conf::Config& cfg, const Flags& flags, bool prune, Optio
   return true;
 }
 
+/// The decoded virtual path of a file below the mount ("/films/a b.mkv").
+std::string virtualPath(const conf::Mount& m, const std::string& rel) {
+  return (m.prefix == "/" ? "" : m.prefix) + "/" + rel;
+}
+
 std::string stemOf(const std::string& name) {
   size_t dot = name.rfind('.');
   return dot == std::string::npos || dot == 0 ? name : name.substr(0, dot);
@@ -316,7 +321,6 @@ std::string stemOf(const std::string& name) {
 std::vector<Planned> plan(const conf::Config& cfg, const Options& o, const browse::WalkResult& w,
                           Counts& n) {
   const conf::Mount& m = cfg.mounts[o.mount];
-  std::string prefix = m.prefix == "/" ? "" : m.prefix;
   std::map<std::pair<std::string, std::string>, int> stems;  // (folder, stem) → media files
   std::set<std::string> mediaDirs;
   for (const auto& f : w.files) {
@@ -339,7 +343,7 @@ std::vector<Planned> plan(const conf::Config& cfg, const Options& o, const brows
       bool shared = stems[{dir, stemOf(name)}] > 1;
       p.rel = (dir.empty() ? "" : dir + "/") + (shared ? name : stemOf(name)) + ".strm";
       p.rec.kind = "strm";
-      p.content = gatewayUrl(cfg, o.base, prefix + "/" + f.path, o.expiry) + "\n";
+      p.content = gatewayUrl(cfg, o.base, virtualPath(m, f.path), o.expiry) + "\n";
       p.rec.sha256 = sha256Hex(p.content);
     } else if (mediaDirs.count(dir) && std::find(std::begin(kSidecarExts), std::end(kSidecarExts),
                                                  ext) != std::end(kSidecarExts)) {
@@ -372,12 +376,15 @@ OnDisk judge(const std::string& path, const std::string& rel, const Manifest& m,
   return OnDisk::Foreign;
 }
 
-void writeStrm(const Options& o, const Planned& p, Manifest& m, Counts& n) {
+/// Puts `data` at p.rel unless the same bytes are there already or the file
+/// there is not ours; counts in *written what it wrote.
+void place(const Options& o, const Planned& p, std::string_view data, uint64_t maxRead, Manifest& m,
+           Counts& n, int* written) {
   std::string path = o.out + "/" + p.rel, err;
-  OnDisk d = judge(path, p.rel, m, p.rec.sha256, 1 << 20);
+  OnDisk d = judge(path, p.rel, m, p.rec.sha256, maxRead);
   if (d == OnDisk::Same) {
     n.unchanged++;
-    m.files[p.rel] = p.rec;  // adopt an identical file
+    m.files[p.rel] = p.rec;  // adopts an identical file
     return;
   }
   if (d == OnDisk::Foreign) {
@@ -385,14 +392,18 @@ void writeStrm(const Options& o, const Planned& p, Manifest& m, Counts& n) {
     printf("! %s: exists and was not made by slipstream strm (left alone)\n", p.rel.c_str());
     return;
   }
-  if (!makeDirs(o.out, dirOf(p.rel), m, &err) || !writeAtomic(path, p.content, false, &err)) {
+  if (!makeDirs(o.out, dirOf(p.rel), m, &err) || !writeAtomic(path, data, false, &err)) {
     n.errors++;
     printf("! %s: %s\n", p.rel.c_str(), err.c_str());
     return;
   }
-  n.written++;
+  (*written)++;
   m.files[p.rel] = p.rec;
   printf("%s %s\n", d == OnDisk::Missing ? "+" : "~", p.rel.c_str());
+}
+
+void writeStrm(const Options& o, const Planned& p, Manifest& m, Counts& n) {
+  place(o, p, p.content, 1 << 20, m, n, &n.written);
 }
 
 size_t onBody(char* p, size_t size, size_t nmemb, void* ud) {
@@ -458,34 +469,14 @@ void copySidecar(const conf::Config& cfg, const Options& o, Planned p, Manifest&
            static_cast<unsigned long long>(p.rec.size));
     return;
   }
-  const conf::Mount& mt = cfg.mounts[o.mount];
-  std::string url =
-      gatewayUrl(cfg, o.base, (mt.prefix == "/" ? "" : mt.prefix) + "/" + p.source, o.expiry);
+  std::string url = gatewayUrl(cfg, o.base, virtualPath(cfg.mounts[o.mount], p.source), o.expiry);
   if (!fetch(url, p.rec.size, &body, &err)) {
     n.errors++;
     printf("! %s: %s\n", p.rel.c_str(), err.c_str());
     return;
   }
   p.rec.sha256 = sha256Hex(body);
-  OnDisk d = judge(path, p.rel, m, p.rec.sha256, static_cast<uint64_t>(o.sidecarMax));
-  if (d == OnDisk::Same) {
-    n.unchanged++;
-    m.files[p.rel] = p.rec;
-    return;
-  }
-  if (d == OnDisk::Foreign) {
-    n.conflicts++;
-    printf("! %s: exists and was not made by slipstream strm (left alone)\n", p.rel.c_str());
-    return;
-  }
-  if (!makeDirs(o.out, dirOf(p.rel), m, &err) || !writeAtomic(path, body, false, &err)) {
-    n.errors++;
-    printf("! %s: %s\n", p.rel.c_str(), err.c_str());
-    return;
-  }
-  n.copied++;
-  m.files[p.rel] = p.rec;
-  printf("%s %s\n", d == OnDisk::Missing ? "+" : "~", p.rel.c_str());
+  place(o, p, body, static_cast<uint64_t>(o.sidecarMax), m, n, &n.copied);
 }
 
 /// Removes recorded files that this run no longer wants (if they still hold

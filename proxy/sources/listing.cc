@@ -9,18 +9,11 @@ constexpr size_t kMaxFolders = 1024;  // folders whose listing is kept
 
 using policy::Reason;
 
-ListResult failure(Reason r, std::string detail) {
-  ListResult out;
-  out.reason = r;
-  out.detail = std::move(detail);
-  return out;
-}
-
 }  // namespace
 
 void Source::list(const std::string&, ListCb cb) {
-  cb(failure(Reason::CannotList,
-             "http sources have no folder listing: only paths you know can be fetched"));
+  cb(listFailure(Reason::CannotList,
+                 "http sources have no folder listing: only paths you know can be fetched"));
 }
 
 std::string folderPath(const std::string& rest) {

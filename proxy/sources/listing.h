@@ -30,6 +30,13 @@ namespace slip::proxy {
 /// Most entries one folder may have; a bigger one is an error, not a silent cut.
 inline constexpr size_t kMaxListEntries = 100'000;
 
+inline ListResult listFailure(policy::Reason r, std::string detail) {
+  ListResult out;
+  out.reason = r;
+  out.detail = std::move(detail);
+  return out;
+}
+
 class ListingCache {
  public:
   /// `sources` is indexed like cfg.mounts; neither is owned.

@@ -21,13 +21,6 @@ namespace {
 
 using policy::Reason;
 
-ListResult failure(Reason r, std::string detail) {
-  ListResult out;
-  out.reason = r;
-  out.detail = std::move(detail);
-  return out;
-}
-
 Reason openFailure(int err) {
   if (err == EXDEV || err == ELOOP) return Reason::LocalEscape;
   if (err == ENOENT || err == ENOTDIR) return Reason::NotFound;
@@ -118,21 +111,21 @@ bool hiddenLocalName(const std::string& name) {
 
 ListResult readLocalFolder(int rootFd, const std::string& rest) {
   int pathFd = openBeneath(rootFd, rest, O_PATH | O_CLOEXEC);
-  if (pathFd < 0) return failure(openFailure(-pathFd), rest + ": " + strerror(-pathFd));
+  if (pathFd < 0) return listFailure(openFailure(-pathFd), rest + ": " + strerror(-pathFd));
   struct stat st {};
   int rc = fstat(pathFd, &st);
   if (rc != 0 || !S_ISDIR(st.st_mode)) {
     close(pathFd);
-    return failure(rc != 0 ? Reason::Internal : Reason::NotAFolder,
-                   "'" + rest + "' is not a folder");
+    return listFailure(rc != 0 ? Reason::Internal : Reason::NotAFolder,
+                       "'" + rest + "' is not a folder");
   }
   int dirFd = openat(pathFd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   close(pathFd);
-  if (dirFd < 0) return failure(openFailure(errno), rest + ": " + strerror(errno));
+  if (dirFd < 0) return listFailure(openFailure(errno), rest + ": " + strerror(errno));
   DIR* dir = fdopendir(dirFd);
   if (!dir) {
     close(dirFd);
-    return failure(Reason::Internal, rest + ": " + strerror(errno));
+    return listFailure(Reason::Internal, rest + ": " + strerror(errno));
   }
   auto entries = std::make_shared<DirEntries>();
   std::string base = rest.empty() || rest.back() != '/' ? rest + "/" : rest;
@@ -151,8 +144,8 @@ ListResult readLocalFolder(int rootFd, const std::string& rest) {
     if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) continue;  // devices, FIFOs, sockets
     if (entries->size() >= kMaxListEntries) {
       closedir(dir);
-      return failure(Reason::Internal, "'" + rest + "' has more than " +
-                                           std::to_string(kMaxListEntries) + " entries");
+      return listFailure(Reason::Internal, "'" + rest + "' has more than " +
+                                               std::to_string(kMaxListEntries) + " entries");
     }
     DirEntry e;
     e.name = std::move(name);
