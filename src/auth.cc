@@ -209,14 +209,20 @@ void Authenticator::check(std::string client, std::string authorization, Worker&
     done(*r);
     return;
   }
+  Mac m = mac(authorization);
+  auto& waiting = hashing_[m];
+  waiting.push_back(std::move(done));
+  if (waiting.size() > 1) return;  // that header is being hashed already
   hashings_++;
   auto out = std::make_shared<Result>();
   auto creds = std::make_shared<Credentials>(*parseBasic(authorization));
   const conf::Config& cfg = cfg_;
   worker.post([out, creds, &cfg] { *out = verifyCredentials(cfg, *creds); },
-              [this, out, m = mac(authorization), done = std::move(done)] {
+              [this, out, m] {
                 remember(m, *out);
-                done(*out);
+                auto callbacks = std::move(hashing_[m]);
+                hashing_.erase(m);
+                for (auto& cb : callbacks) cb(*out);
               });
 }
 

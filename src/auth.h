@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "conf/clock.h"
 #include "conf/conf.h"
@@ -76,8 +77,9 @@ class Authenticator {
   /// The full decision, hashing on this thread when needed.
   Result check(std::string_view client, std::string_view authorization);
   /// Like check(), but hashing runs on `worker` and `done` is called on the
-  /// loop (at once when no hashing is needed). The Authenticator must outlive
-  /// the worker's pending jobs.
+  /// loop (at once when no hashing is needed). Requests with the same header
+  /// arriving while it is hashed wait for that one hashing. The
+  /// Authenticator must outlive the worker's pending jobs.
   void check(std::string client, std::string authorization, Worker& worker,
              std::function<void(const Result&)> done);
 
@@ -100,6 +102,7 @@ class Authenticator {
   std::array<unsigned char, 32> key_{};
   std::map<Mac, Cached> cache_;
   std::list<Mac> lru_;  // front = most recently used
+  std::map<Mac, std::vector<std::function<void(const Result&)>>> hashing_;  // on the worker
   uint64_t hashings_ = 0;
 };
 

@@ -255,14 +255,19 @@ TEST_CASE("hashing on a worker thread, answered on the loop", "[auth]") {
     a.check("127.0.0.1", "", w, [&](const Result& r) { got.push_back(r); });  // at once
     REQUIRE(got.size() == 1);
     CHECK(got[0].verdict == Verdict::Trusted);
+    // The same header again while it is being hashed: waits for that hashing.
+    a.check("10.0.0.2", basic("alice:pw"), w, [&](const Result& r) { got.push_back(r); });
+    CHECK(a.hashings() == 2);
     timeval tick{0, 10'000};
-    for (int i = 0; i < 500 && got.size() < 3; i++)
+    for (int i = 0; i < 500 && got.size() < 4; i++)
       event_base_loopexit(base, &tick), event_base_dispatch(base);
-    REQUIRE(got.size() == 3);
+    REQUIRE(got.size() == 4);
     CHECK(got[1].verdict == Verdict::Ok);
     CHECK(got[1].user == "alice");
     CHECK_FALSE(got[1].cached);
-    CHECK(got[2].verdict == Verdict::Refused);
+    CHECK(got[2].verdict == Verdict::Ok);  // the waiter, answered by the same hashing
+    CHECK(got[3].verdict == Verdict::Refused);
+    CHECK(a.hashings() == 2);
     CHECK(a.check("10.0.0.9", basic("alice:pw")).cached);  // remembered on the loop
   }
   event_base_free(base);
