@@ -75,6 +75,7 @@ struct Server {
   std::vector<Cidr> adminAllow;          // default loopback only
   std::string adminToken;
   std::string stateDir = "/var/lib/slipstream";  // persisted state: rotated refresh tokens
+  std::vector<Cidr> davAllow;            // WebDAV without a password; default loopback only
 };
 
 struct Cache {
@@ -103,6 +104,13 @@ struct Account {
   int64_t listTtlMs = 60'000;            // folder listings are reused this long
 };
 
+/// A WebDAV user (`[user NAME]`): HTTP Basic against a crypt(3) hash.
+struct User {
+  std::string name;
+  int line = 0;                          // line of the [user NAME] header
+  std::string passwordHash;              // yescrypt/bcrypt/scrypt/SHA-512-crypt; never logged
+};
+
 struct Mount {
   std::string name;
   int line = 0;                          // line of the [mount NAME] header
@@ -122,6 +130,7 @@ struct Mount {
   int64_t readAhead = 64LL << 20;        // bytes fetched ahead of a sequential reader
   int64_t linkTtlMs = 0;                 // 0 = source default
   LinkBind linkBind = LinkBind::None;
+  int64_t listTtlMs = 60'000;            // local, alist: folder listings are reused this long
   // aliyundrive_open
   std::string account;                   // the [account NAME] it uses
   int accountIndex = -1;                 // index in Config::accounts, set by the loader
@@ -154,6 +163,7 @@ struct Config {
   Server server;
   Cache cache;
   std::vector<Account> accounts;         // in file order
+  std::vector<User> users;               // in file order
   std::vector<Mount> mounts;             // in file order
   std::vector<Rule> rules;               // in file order: first match wins
 };
@@ -192,7 +202,7 @@ std::string referenceMarkdown();
 // The one table of directives (conf/directives.cc). Declared here because the
 // loader, the references and the tests all read it.
 
-enum class SectionKind { Server, Cache, Account, Mount, Rule };
+enum class SectionKind { Server, Cache, Account, User, Mount, Rule };
 enum class ValueType {
   String, Bool, Int, Size, Duration, Enum, List, Header, Listen, CidrList, Url, Path, Secret
 };
@@ -253,6 +263,12 @@ std::optional<bool> parseBool(std::string_view s, std::string* why = nullptr);
 std::optional<Cidr> parseCidr(std::string_view s, std::string* why = nullptr);
 /// "127.0.0.1:8080", "[::1]:8080", ":8080" (all IPv4), "[::]:8080".
 std::optional<ListenAddr> parseListen(std::string_view s, std::string* why = nullptr);
+
+/// A crypt(3) password hash as `mkpasswd` or `slipstream passwd` make it:
+/// yescrypt ($y$), gost-yescrypt ($gy$), scrypt ($7$), bcrypt ($2b$) or
+/// SHA-512-crypt ($6$), complete. Weak or legacy methods (DES, MD5,
+/// SHA-256-crypt) and truncated hashes are refused. Costs one hashing.
+bool checkPasswordHash(std::string_view hash, std::string* why = nullptr);
 
 /// Levenshtein distance, for "did you mean" suggestions.
 size_t editDistance(std::string_view a, std::string_view b);

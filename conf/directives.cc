@@ -46,6 +46,7 @@ std::string lower(std::string_view s) {
 }
 
 Account& account(Config& c) { return c.accounts.back(); }
+User& user(Config& c) { return c.users.back(); }
 Mount& mount(Config& c) { return c.mounts.back(); }
 Rule& rule(Config& c) { return c.rules.back(); }
 
@@ -54,6 +55,8 @@ bool powerOfTwo(V v, std::string* why) {
   *why = "must be a power of two (64K, 1M, 4M, ...)";
   return false;
 }
+
+bool passwordHash(V v, std::string* why) { return checkPasswordHash(v.text, why); }
 
 bool nonEmpty(V v, std::string* why) {
   if (!v.text.empty()) return true;
@@ -170,6 +173,10 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "admin_token", .type = T::Secret,
        .doc = "Bearer token for the /-/ admin routes from other clients. Never logged.",
        .apply = [](Config& c, V v) { c.server.adminToken = v.text; }},
+      {.section = S::Server, .name = "dav_allow", .type = T::CidrList, .def = "127.0.0.0/8 ::1",
+       .doc = "Clients that use the WebDAV front without a password; everyone else needs a "
+              "[user NAME] (HTTP Basic).",
+       .apply = [](Config& c, V v) { c.server.davAllow = v.cidrs; }},
       {.section = S::Server, .name = "state_dir", .type = T::Path, .def = "/var/lib/slipstream",
        .doc = "Directory for state that must survive restarts: each account's rotated refresh "
               "token (mode 0600).",
@@ -235,6 +242,14 @@ std::vector<Directive> makeTable() {
       {.section = S::Account, .name = "list_ttl", .type = T::Duration, .def = "1m",
        .max = kDay, .doc = "Reuse a folder listing this long (path lookups).",
        .apply = [](Config& c, V v) { account(c).listTtlMs = v.num; }},
+
+      // ------------------------------------------------------------ [user NAME]
+      {.section = S::User, .name = "password_hash", .type = T::Secret, .requiredFor = kAllSources,
+       .doc = "crypt(3) hash of the user's WebDAV password, never the password: `slipstream "
+              "passwd` or `mkpasswd` make one (yescrypt $y$, also bcrypt $2b$, scrypt $7$, "
+              "SHA-512 $6$).",
+       .apply = [](Config& c, V v) { user(c).passwordHash = v.text; },
+       .check = passwordHash},
 
       // ------------------------------------------------------------ [mount NAME]
       {.section = S::Mount, .name = "prefix", .type = T::String, .def = "/NAME",
@@ -317,6 +332,11 @@ std::vector<Directive> makeTable() {
        .apply = [](Config& c, V v) {
          mount(c).linkBind = pick(v, {LinkBind::None, LinkBind::Ua, LinkBind::UaIp});
        }},
+      {.section = S::Mount, .name = "list_ttl", .type = T::Duration, .def = "1m", .max = kDay,
+       .sources = kLocal | kAlist,
+       .doc = "Reuse a folder listing this long (WebDAV, strm export); aliyundrive_open: the "
+              "account's list_ttl.",
+       .apply = [](Config& c, V v) { mount(c).listTtlMs = v.num; }},
 
       // ------------------------------------------------------------ [rule NAME]
       {.section = S::Rule, .name = "mount", .type = T::List,

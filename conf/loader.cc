@@ -61,6 +61,8 @@ const char* kindName(SectionKind k) {
       return "cache";
     case S::Account:
       return "account";
+    case S::User:
+      return "user";
     case S::Mount:
       return "mount";
     case S::Rule:
@@ -70,12 +72,14 @@ const char* kindName(SectionKind k) {
 }
 
 std::optional<SectionKind> kindNamed(std::string_view word) {
-  for (SectionKind k : {S::Server, S::Cache, S::Account, S::Mount, S::Rule})
+  for (SectionKind k : {S::Server, S::Cache, S::Account, S::User, S::Mount, S::Rule})
     if (word == kindName(k)) return k;
   return std::nullopt;
 }
 
-bool named(SectionKind k) { return k == S::Account || k == S::Mount || k == S::Rule; }
+bool named(SectionKind k) {
+  return k == S::Account || k == S::User || k == S::Mount || k == S::Rule;
+}
 
 std::string headerForm(SectionKind k) {
   return named(k) ? std::string(kindName(k)) + " NAME" : kindName(k);
@@ -464,12 +468,12 @@ class Loader {
 
     std::optional<SectionKind> kind = kindNamed(kindWord);
     if (!kind) {
-      auto near = kindNamed(nearest(kindWord, {"server", "cache", "account", "mount", "rule"}));
+      auto near = kindNamed(nearest(kindWord, {"server", "cache", "account", "user", "mount", "rule"}));
       error(line_, "", "",
             "unknown section [" + std::string(kindWord) + "]" +
                 (near ? " (did you mean [" + headerForm(*near) + "]?)"
-                      : " (sections: [server], [cache], [account NAME], [mount NAME], "
-                        "[rule NAME])"));
+                      : " (sections: [server], [cache], [account NAME], [user NAME], "
+                        "[mount NAME], [rule NAME])"));
       return;
     }
     std::string label = named(*kind) ? headerForm(*kind) : kindName(*kind);
@@ -496,8 +500,10 @@ class Loader {
       error(line_, label, "", "name may contain only letters, digits, '_', '.' and '-'");
       return;
     }
-    std::vector<Section>& sections =
-        *kind == S::Mount ? mounts_ : *kind == S::Account ? accounts_ : rules_;
+    std::vector<Section>& sections = *kind == S::Mount     ? mounts_
+                                     : *kind == S::Account ? accounts_
+                                     : *kind == S::User    ? users_
+                                                           : rules_;
     for (const Section& s : sections) {
       if (s.label == label) {
         error(line_, label, "",
@@ -510,6 +516,8 @@ class Loader {
       config_.mounts.push_back(Mount{.name = name, .line = line_});
     } else if (*kind == S::Account) {
       config_.accounts.push_back(Account{.name = name, .line = line_});
+    } else if (*kind == S::User) {
+      config_.users.push_back(User{.name = name, .line = line_});
     } else {
       config_.rules.push_back(Rule{.name = name, .line = line_});
     }
@@ -523,8 +531,8 @@ class Loader {
     if (!open_) {
       error(
           line_, "", std::string(name),
-          "key outside any section (put it under [server], [cache], [account NAME], [mount NAME] "
-          "or [rule NAME])");
+          "key outside any section (put it under [server], [cache], [account NAME], [user NAME], "
+          "[mount NAME] or [rule NAME])");
       return;
     }
     const Directive* d = findDirective(open_->kind, name);
@@ -566,6 +574,7 @@ class Loader {
     if (open_ && open_->kind == S::Mount) closeMount(*open_, config_.mounts.back());
     if (open_ && open_->kind == S::Rule) closeRule(*open_, config_.rules.back());
     if (open_ && open_->kind == S::Account) closeAccount(*open_, config_.accounts.back());
+    if (open_ && open_->kind == S::User) closeRequired(*open_);
     open_ = nullptr;
   }
 
@@ -643,11 +652,16 @@ class Loader {
             "token relay)");
   }
 
-  void closeRule(const Section& s, Rule& r) {
+  // Required keys, then defaults: all a section without cross-key checks needs.
+  void closeRequired(const Section& s) {
     for (const Directive& d : directives())
-      if (d.section == S::Rule && d.requiredFor && !s.lineOf(d.name))
+      if (d.section == s.kind && d.requiredFor && !s.lineOf(d.name))
         error(s.line, s.label, d.name, "required key is missing");
     applyDefaults(s, kAllSources);
+  }
+
+  void closeRule(const Section& s, Rule& r) {
+    closeRequired(s);
     if (r.minSize && r.maxSize && *r.minSize > *r.maxSize) {
       bool maxLast = s.lineOf("max_size") > s.lineOf("min_size");
       error(std::max(s.lineOf("max_size"), s.lineOf("min_size")), s.label,
@@ -744,7 +758,7 @@ class Loader {
   std::vector<Error> errors_;
   Section server_{S::Server, "server"};
   Section cache_{S::Cache, "cache"};
-  std::vector<Section> accounts_, mounts_, rules_;  // parallel to config_.accounts / mounts / rules
+  std::vector<Section> accounts_, users_, mounts_, rules_;  // parallel to config_'s vectors
   Section* open_ = nullptr;              // nullptr before the first section
   bool skipping_ = false;                // inside a section whose header was rejected
 };

@@ -1,9 +1,11 @@
 // Value parsers shared by the loader, the command line and the tests.
 #include <arpa/inet.h>
+#include <crypt.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <memory>
 
 #include "conf/conf.h"
 
@@ -212,6 +214,38 @@ std::optional<ListenAddr> parseListen(std::string_view s, std::string* why) {
   l.host = std::string(host);
   l.port = static_cast<uint16_t>(p);
   return l;
+}
+
+bool checkPasswordHash(std::string_view hash, std::string* why) {
+  std::string h(hash);
+  const char* make = " (make one with `slipstream passwd` or `mkpasswd`)";
+  if (h.empty() || h.find_first_of(" \t") != std::string::npos) {
+    say(why, std::string("not a password hash") + make);
+    return false;
+  }
+  int method = crypt_checksalt(h.c_str());
+  // Any two salt characters read as a DES setting: only a 13-character
+  // string can be a DES hash.
+  if (h[0] != '$' && h[0] != '_' && h.size() != 13) method = CRYPT_SALT_INVALID;
+  if (method == CRYPT_SALT_METHOD_LEGACY || method == CRYPT_SALT_TOO_CHEAP) {
+    say(why, std::string("a weak hash method (DES, MD5 or SHA-256-crypt, or too few rounds): use yescrypt") + make);
+    return false;
+  }
+  if (method != CRYPT_SALT_OK) {
+    say(why, std::string("not a crypt(3) hash such as $y$j9T$...") + make +
+                 "; a plain-text password is never accepted");
+    return false;
+  }
+  // Hashing anything with a complete hash as the setting gives a hash of the
+  // same shape; only the salt, or a hash cut short, gives another.
+  auto data = std::make_unique<crypt_data>();
+  const char* out = crypt_rn("", h.c_str(), data.get(), sizeof *data);
+  std::string o = out ? out : "*";
+  if (o[0] == '*' || o.size() != h.size() || o.substr(0, o.rfind('$')) != h.substr(0, h.rfind('$'))) {
+    say(why, std::string("incomplete hash (only the salt, or cut short)") + make);
+    return false;
+  }
+  return true;
 }
 
 size_t editDistance(std::string_view a, std::string_view b) {

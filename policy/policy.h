@@ -42,12 +42,14 @@ namespace slip::policy {
   X(UnknownMount, 404, "no mount serves this path")                                       \
   X(NotFound, 404, "not found")                                                           \
   X(NotAFile, 404, "not a regular file")                                                  \
+  X(NotAFolder, 404, "not a folder")                                                      \
   X(MethodNotAllowed, 405, "method not allowed (GET and HEAD only)")                      \
   X(RequestLineTooLong, 414, "request line too long")                                     \
   X(RangeNotSatisfiable, 416, "requested range not satisfiable")                          \
   X(HeadersTooLarge, 431, "request header fields too large")                              \
   X(Internal, 500, "internal error")                                                      \
   X(RedirectImpossible, 500, "this source has no upstream link to redirect to")          \
+  X(CannotList, 501, "this source cannot list folders")                                   \
   X(UpstreamConnect, 502, "upstream connection failed")                                   \
   X(UpstreamStatus, 502, "upstream answered with an error status")                        \
   X(UpstreamBadResponse, 502, "upstream response is inconsistent")                        \
@@ -184,6 +186,26 @@ std::string_view baseName(std::string_view path);
 
 /// Lower-case extension without the dot ("Movie.MKV" → "mkv"); "" if none.
 std::string extensionOf(std::string_view path);
+
+// ---------------------------------------------------------------- listings
+
+/// Longest name a listing passes on (bytes).
+inline constexpr size_t kMaxNameBytes = 1024;
+
+/// Whether a name from a folder listing can be served and shown: one
+/// non-empty path segment other than "." and "..", valid UTF-8 without
+/// surrogates or U+FFFE/U+FFFF, no '/', '\\', NUL or other control
+/// characters (normalizePath would refuse the path, XML could not carry it),
+/// at most kMaxNameBytes.
+bool listableName(std::string_view name);
+
+/// RFC 3339 date-time as APIs send it ("2024-05-01T10:00:00Z",
+/// "2024-05-01T18:00:00.123456789+08:00") → Unix milliseconds. nullopt when
+/// it is not that form.
+std::optional<int64_t> parseRfc3339Ms(std::string_view s);
+
+/// RFC 9110 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+std::string httpDate(int64_t unixSeconds);
 
 // ---------------------------------------------------------------- mounts
 

@@ -27,9 +27,12 @@ Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s)
       cfg(c),
       store(s),
       multi(b, static_cast<int>(c.server.upstreamConnections)),
-      links(c, sources, &Impl::nowMs, stats) {}
+      worker(std::make_unique<Worker>(b)),
+      links(c, sources, &Impl::nowMs, stats),
+      listings(c, sources, clock) {}
 
 Engine::Impl::~Impl() {
+  worker.reset();  // before the root directories it may be reading close
   fetcher.reset();
   for (int fd : localRoots)
     if (fd >= 0) close(fd);
@@ -79,9 +82,6 @@ bool Engine::init(std::string* err) {
   for (const auto& m : e.cfg.mounts) {
     e.poolOf.push_back(m.accountIndex >= 0 ? e.accountPool[m.accountIndex]
                                            : e.multi.addPool(static_cast<int>(m.maxConnections)));
-    e.sources.push_back(m.source == conf::SourceType::AliyundriveOpen
-                            ? makeAliyunSource(m, *e.accounts[m.accountIndex])
-                            : makeSource(m, e.multi, e.cfg.server));
     int fd = -1;
     if (m.source == conf::SourceType::Local) {
       fd = open(m.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -91,6 +91,12 @@ bool Engine::init(std::string* err) {
       }
     }
     e.localRoots.push_back(fd);
+    if (m.source == conf::SourceType::AliyundriveOpen)
+      e.sources.push_back(makeAliyunSource(m, *e.accounts[m.accountIndex]));
+    else if (m.source == conf::SourceType::Local)
+      e.sources.push_back(makeLocalSource(m, fd, *e.worker));
+    else
+      e.sources.push_back(makeSource(m, e.multi, e.cfg.server));
     e.traits.push_back(sourceTraits(m));
   }
   if (e.store) e.fetcher = std::make_unique<Fetcher>(e);
@@ -124,6 +130,22 @@ Stats Engine::snapshot() const {
 }
 
 void Engine::quiesce() { impl_->quiescing = true; }
+
+void Engine::list(int mount, const std::string& rest, ListCb cb) {
+  if (mount < 0 || static_cast<size_t>(mount) >= impl_->sources.size()) {
+    cb({policy::Reason::UnknownMount, "", nullptr});
+    return;
+  }
+  impl_->listings.list(mount, rest, std::move(cb));
+}
+
+void Engine::stat(int mount, const std::string& rest, StatCb cb) {
+  if (mount < 0 || static_cast<size_t>(mount) >= impl_->sources.size()) {
+    cb({policy::Reason::UnknownMount, "", {}});
+    return;
+  }
+  impl_->listings.stat(mount, rest, std::move(cb));
+}
 
 std::unique_ptr<Job> Engine::start(const Request& req, Sink* sink) {
   Impl& e = *impl_;
@@ -160,14 +182,7 @@ Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache) {
   return h;
 }
 
-std::string httpDate(int64_t unixSeconds) {
-  time_t t = static_cast<time_t>(unixSeconds);
-  tm g{};
-  gmtime_r(&t, &g);
-  char buf[64];
-  strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &g);
-  return buf;
-}
+std::string httpDate(int64_t unixSeconds) { return policy::httpDate(unixSeconds); }
 
 std::string mimeTypeFor(const std::string& path) {
   static const std::pair<const char*, const char*> kTypes[] = {

@@ -10,6 +10,9 @@
 #include "proxy/sources/aliyun.h"
 #include "proxy/fetch/curl_multi.h"
 #include "proxy/proxy.h"
+#include "conf/clock.h"
+#include "conf/worker.h"
+#include "proxy/sources/listing.h"
 #include "proxy/sources/source.h"
 
 namespace slip::proxy {
@@ -28,13 +31,16 @@ struct Engine::Impl {
   store::Store* store;
   Stats stats;
   CurlMulti multi;
+  RealClock clock;
+  std::unique_ptr<Worker> worker;                // blocking calls off the loop (local listings)
   std::vector<std::unique_ptr<AliyunAccount>> accounts;  // per [account]; outlive the sources
-  std::vector<std::unique_ptr<Source>> sources;  // per mount; null for `local`
+  std::vector<std::unique_ptr<Source>> sources;  // per mount
   std::vector<int> localRoots;                   // per mount: directory fd, or -1
   std::vector<policy::SourceTraits> traits;
   std::vector<int> poolOf;                       // per mount: its CurlMulti connection pool
   std::vector<int> accountPool;                  // per account: the pool its mounts share
   LinkCache links;
+  ListingCache listings;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
   bool quiescing = false;
 

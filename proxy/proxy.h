@@ -124,6 +124,31 @@ struct Stats {
   std::vector<AccountStats> accounts;
 };
 
+/// One entry of a folder listing (SPEC §4).
+struct DirEntry {
+  std::string name;        // one path segment: valid UTF-8, no '/', '\\' or control characters
+  bool folder = false;
+  uint64_t size = 0;       // files; 0 for folders
+  int64_t mtimeMs = 0;     // wall clock; 0 = the source does not say
+  std::string etag;        // quoted entity tag; "" = the source has none
+};
+/// A folder's entries, sorted by name (bytewise), names unique.
+using DirEntries = std::vector<DirEntry>;
+
+struct ListResult {
+  policy::Reason reason = policy::Reason::None;
+  std::string detail;
+  std::shared_ptr<const DirEntries> entries;  // set when reason is None; shared, immutable
+};
+using ListCb = std::function<void(const ListResult&)>;
+
+struct StatResult {
+  policy::Reason reason = policy::Reason::None;
+  std::string detail;
+  DirEntry entry;  // the mount's root is a folder named ""
+};
+using StatCb = std::function<void(const StatResult&)>;
+
 /// What a mount's source needs (headers, client binding, a link at all), as
 /// policy's `auto` delivery wants to know it. No I/O: `explain` uses it too.
 policy::SourceTraits sourceTraits(const conf::Mount& m);
@@ -152,6 +177,15 @@ class Engine {
   /// tell. Not called after the Job is destroyed or told the client left.
   std::unique_ptr<Job> probeSize(const Request& req,
                                  std::function<void(std::optional<uint64_t>)> done);
+
+  /// Lists the folder `rest` (decoded, below the mount's prefix; "" or "/" is
+  /// the mount's root). Listings are cached `list_ttl` (aliyundrive_open: the
+  /// account's) and concurrent calls for one folder share one upstream
+  /// listing. May call back synchronously (a cached listing). Reasons:
+  /// CannotList (http), NotFound, NotAFolder, upstream failures.
+  void list(int mount, const std::string& rest, ListCb cb);
+  /// The entry at `rest`, from its parent's listing (the root: a folder).
+  void stat(int mount, const std::string& rest, StatCb cb);
 
   /// Counters now, with the store's usage.
   Stats snapshot() const;

@@ -1,9 +1,14 @@
 #include "src/commands.h"
 
+#include <termios.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <ctime>
+#include <iostream>
 
 #include "policy/policy.h"
+#include "src/auth.h"
 #include "proxy/proxy.h"
 #include "store/store.h"
 
@@ -16,7 +21,64 @@ const std::string* flag(const Flags& f, const std::string& name) {
   return nullptr;
 }
 
+/// One line from stdin, without echo when it is a terminal.
+bool readSecretLine(const char* prompt, std::string* out) {
+  bool tty = isatty(STDIN_FILENO);
+  termios old{};
+  if (tty) {
+    fprintf(stderr, "%s", prompt);
+    tcgetattr(STDIN_FILENO, &old);
+    termios quiet = old;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+  }
+  bool ok = static_cast<bool>(std::getline(std::cin, *out));
+  if (tty) {
+    tcsetattr(STDIN_FILENO, TCSANOW, &old);
+    fprintf(stderr, "\n");
+  }
+  if (!out->empty() && out->back() == '\r') out->pop_back();
+  return ok;
+}
+
 }  // namespace
+
+int passwd() {
+  std::string pw, again, err;
+  if (!readSecretLine("Password: ", &pw) || pw.empty()) {
+    fprintf(stderr, "slipstream passwd: no password on stdin\n");
+    return 2;
+  }
+  if (isatty(STDIN_FILENO) && (!readSecretLine("Again: ", &again) || again != pw)) {
+    fprintf(stderr, "slipstream passwd: the passwords differ\n");
+    return 2;
+  }
+  auto hash = auth::hashPassword(pw, &err);
+  if (!hash) {
+    fprintf(stderr, "slipstream passwd: %s\n", err.c_str());
+    return 1;
+  }
+  printf("%s\n", hash->c_str());
+  return 0;
+}
+
+std::string defaultBaseUrl(const conf::Config& cfg) {
+  if (cfg.server.listen.empty()) return "";
+  const auto& l = cfg.server.listen.front();
+  std::string host = l.host == "0.0.0.0" ? "127.0.0.1" : l.host == "::" ? "[::1]" : l.host;
+  if (host.find(':') != std::string::npos && host.front() != '[') host = "[" + host + "]";
+  return "http://" + host + ":" + std::to_string(l.port);
+}
+
+std::string gatewayUrl(const conf::Config& cfg, std::string base, const std::string& virtualPath,
+                       int64_t expiry) {
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  std::string prefix = cfg.server.role == conf::Role::Edge ? "" : "/d";
+  std::string url = base + prefix + policy::encodePath(virtualPath);
+  if (!cfg.server.signSecret.empty())
+    url += "?sign=" + policy::encodeQueryValue(policy::sign(cfg.server.signSecret, virtualPath, expiry));
+  return url;
+}
 
 int cache(const conf::Config& cfg, const std::string& sub, const std::vector<std::string>& args) {
   bool verbose = !args.empty() && (args[0] == "-v" || args[0] == "--verbose");
@@ -115,18 +177,8 @@ int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Fl
     ttlMs = *d;
   }
   int64_t expiry = ttlMs > 0 ? static_cast<int64_t>(time(nullptr)) + (ttlMs + 999) / 1000 : 0;
-  std::string s = policy::sign(cfg.server.signSecret, pr.path, expiry);
-  std::string base;
-  if (auto* b = flag(flags, "base")) base = *b;
-  else if (!cfg.server.listen.empty()) {
-    const auto& l = cfg.server.listen.front();
-    std::string host = l.host == "0.0.0.0" ? "127.0.0.1" : l.host == "::" ? "[::1]" : l.host;
-    if (host.find(':') != std::string::npos && host.front() != '[') host = "[" + host + "]";
-    base = "http://" + host + ":" + std::to_string(l.port);
-  }
-  std::string prefix = cfg.server.role == conf::Role::Edge ? "" : "/d";
-  printf("%s%s%s?sign=%s\n", base.c_str(), prefix.c_str(), policy::encodePath(pr.path).c_str(),
-         policy::encodeQueryValue(s).c_str());
+  const std::string* base = flag(flags, "base");
+  printf("%s\n", gatewayUrl(cfg, base ? *base : defaultBaseUrl(cfg), pr.path, expiry).c_str());
   return 0;
 }
 

@@ -1,4 +1,4 @@
-// The one-shot subcommands: cache stats/verify, explain, sign.
+// The one-shot subcommands: cache stats/verify, explain, sign, strm.
 #pragma once
 
 #include <string>
@@ -11,8 +11,22 @@ namespace slip::cmd {
 
 using Flags = std::vector<std::pair<std::string, std::string>>;
 
+/// "http://HOST:PORT" of the first `listen` address (a wildcard address
+/// becomes loopback); "" when there is none.
+std::string defaultBaseUrl(const conf::Config& cfg);
+/// The gateway URL of a decoded virtual path ("/movies/a b.mkv"): `base`,
+/// then /d (not on an edge), the percent-encoded path, and ?sign= with
+/// `expiry` (Unix seconds, 0 = never) when sign_secret is set.
+std::string gatewayUrl(const conf::Config& cfg, std::string base, const std::string& virtualPath,
+                       int64_t expiry);
+
 int cache(const conf::Config& cfg, const std::string& sub, const std::vector<std::string>& args);
 int explain(const conf::Config& cfg, const Flags& flags);
 int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags);
+/// `slipstream passwd`: a yescrypt hash of the password on stdin, for
+/// `[user NAME] password_hash`.
+int passwd();
+/// `slipstream strm`: exports a mount as .strm files (src/strm.cc).
+int strm(const conf::Config& cfg, const Flags& flags, bool prune);
 
 }  // namespace slip::cmd

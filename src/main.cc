@@ -5,6 +5,7 @@
 #include <event2/thread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -14,6 +15,7 @@
 #include "policy/policy.h"
 #include "proxy/sources/aliyun.h"
 #include "proxy/proxy.h"
+#include "src/browse.h"
 #include "src/commands.h"
 #include "src/server.h"
 #include "store/store.h"
@@ -29,6 +31,12 @@ const char* kUsage =
     "       slipstream explain -c FILE --path /d/MOUNT/PATH [--client IP] [--user-agent UA]\n"
     "                                       [--method GET|HEAD] [--size N]\n"
     "       slipstream sign -c FILE /MOUNT/PATH [--ttl DURATION]\n"
+    "       slipstream ls -c FILE /MOUNT/PATH [--json]\n"
+    "                                       list a folder through the mount's source\n"
+    "       slipstream strm -c FILE --mount NAME --out DIR [--ext mkv,mp4,...] [--prune]\n"
+    "                       [--sign-ttl 0|DURATION] [--base-url URL] [--sidecar-max SIZE]\n"
+    "                                       export a mount as .strm files for media servers\n"
+    "       slipstream passwd               read a password on stdin, print its hash for [user NAME]\n"
     "       slipstream --help | --help-config\n";
 
 struct Args {
@@ -37,7 +45,11 @@ struct Args {
   std::string config;
   std::vector<std::string> positional;
   std::vector<std::pair<std::string, std::string>> flags;
+  std::vector<std::string> switches;  // flags without a value (--json, --prune)
+  bool has(const char* s) const { return std::find(switches.begin(), switches.end(), s) != switches.end(); }
 };
+
+bool isSwitch(const std::string& name) { return name == "json" || name == "prune"; }
 
 bool parseArgs(int argc, char** argv, Args* a, std::string* err) {
   int i = 1;
@@ -53,6 +65,8 @@ bool parseArgs(int argc, char** argv, Args* a, std::string* err) {
         return false;
       }
       a->config = argv[i];
+    } else if (s.starts_with("--") && isSwitch(s.substr(2))) {
+      a->switches.push_back(s.substr(2));
     } else if (s.starts_with("--") && s.size() > 2) {
       if (++i >= argc) {
         *err = s + " needs a value";
@@ -196,6 +210,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "slipstream: %s\n%s", err.c_str(), kUsage);
     return 2;
   }
+  if (a.command == "passwd") return cmd::passwd();  // needs no configuration
   auto cfg = load(a.config);
   if (!cfg) return 2;
   if (a.command == "run") return run(*cfg);
@@ -207,6 +222,8 @@ int main(int argc, char** argv) {
   if (a.command == "cache") return cmd::cache(*cfg, a.sub, a.positional);
   if (a.command == "explain") return cmd::explain(*cfg, a.flags);
   if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags);
+  if (a.command == "ls") return browse::ls(*cfg, a.positional, a.has("json"));
+  if (a.command == "strm") return cmd::strm(*cfg, a.flags, a.has("prune"));
   fprintf(stderr, "slipstream: unknown command '%s'\n%s", a.command.c_str(), kUsage);
   return 2;
 }

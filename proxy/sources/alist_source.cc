@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "proxy/fetch/curl_multi.h"
+#include "proxy/sources/listing.h"
 #include "proxy/sources/source.h"
 
 namespace slip::proxy {
@@ -30,6 +31,12 @@ class AlistSource : public Source {
   int64_t defaultTtlMs() const override {
     return mount_.linkTtlMs > 0 ? mount_.linkTtlMs : kDefaultAlistTtlMs;
   }
+
+  void list(const std::string& rest, ListCb cb) override {
+    std::string path = root_ == "/" ? rest : rest == "/" ? root_ : root_ + rest;
+    alistList(mount_, multi_, server_, path, std::move(cb));
+  }
+  int64_t listTtlMs() const override { return mount_.listTtlMs; }
 
   void resolve(const std::string& rest, const ClientInfo& client, ResolveCb cb) override {
     std::string path = root_ == "/" ? rest : root_ + rest;

@@ -93,6 +93,9 @@ std::optional<int64_t> parseIsoUtc(const std::string& s) {
 struct Entry {
   std::string id, parent, name;
   bool folder = false;
+  uint64_t size = 0;     // listings (Engine::list)
+  int64_t mtimeMs = 0;   // updated_at; 0 = not given
+  std::string hash;      // content_hash (SHA-1 hex)
 };
 
 struct ApiResult {
@@ -180,6 +183,8 @@ class Account final : public AliyunAccount {
   /// A download URL for file `id` and when it expires (wall clock, ms).
   void downloadUrl(const std::string& id, int64_t expireSec,
                    std::function<void(Reason, const std::string&, const std::string&, int64_t)> cb);
+  /// The entries of the folder at `rest` below `rootId` (its cached listing).
+  void listFolder(const std::string& rootId, const std::string& rest, ListCb cb);
   /// Drops a folder's cached listing (a file in it was not found any more).
   void forget(const std::string& folderId) {
     auto it = listings_.find(folderId);
@@ -727,6 +732,10 @@ void Account::listPage(const std::string& folderId, uint64_t gen, const std::str
       e.name = str(item, "name");
       e.parent = folderId;
       e.folder = str(item, "type") == "folder";
+      if (auto sz = item.find("size"); !e.folder && sz != item.end() && sz->is_number_unsigned())
+        e.size = sz->get<uint64_t>();
+      if (auto t = parseIsoUtc(str(item, "updated_at")); t && *t > 0) e.mtimeMs = *t;
+      e.hash = str(item, "content_hash");
       if (!e.id.empty() && !e.name.empty()) it->second.building[e.name] = e;
     }
     std::string next = str(r.body, "next_marker");
@@ -822,6 +831,22 @@ void Account::walk(std::shared_ptr<Walk> w) {
   });
 }
 
+void Account::listFolder(const std::string& rootId, const std::string& rest, ListCb cb) {
+  lookup(rootId, rest, [this, rest, cb = std::move(cb)](Reason r, const std::string& d, const Entry& e) mutable {
+    if (r != Reason::None || !e.folder) {
+      cb({r != Reason::None ? r : Reason::NotAFolder, r != Reason::None ? d : "'" + rest + "' is a file", nullptr});
+      return;
+    }
+    listing(e.id, [cb = std::move(cb)](Reason r2, const std::string& d2, std::shared_ptr<const Entries> l) {
+      if (r2 != Reason::None) return cb({r2, d2, nullptr});
+      auto out = std::make_shared<DirEntries>();
+      for (const auto& [name, x] : *l)
+        out->push_back({x.name, x.folder, x.size, x.mtimeMs, x.hash.empty() ? "" : "\"" + x.hash + "\""});
+      cb({Reason::None, "", out});
+    });
+  });
+}
+
 void Account::downloadUrl(const std::string& id, int64_t expireSec,
                           std::function<void(Reason, const std::string&, const std::string&, int64_t)> cb) {
   withDrive([this, id, expireSec, cb = std::move(cb)](Reason r, const std::string& detail) mutable {
@@ -864,6 +889,9 @@ class AliyunSource final : public Source {
   int64_t defaultTtlMs() const override { return mount_.linkTtlMs; }
 
   void resolve(const std::string& rest, const ClientInfo&, ResolveCb cb) override { resolveOnce(rest, std::move(cb), false); }
+
+  // listTtlMs() stays 0: the account caches listings (list_ttl) for all its mounts.
+  void list(const std::string& rest, ListCb cb) override { account_.listFolder(mount_.rootFolderId, rest, std::move(cb)); }
 
  private:
   void resolveOnce(const std::string& rest, ResolveCb cb, bool retried) {
