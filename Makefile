@@ -23,7 +23,11 @@ LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -lin
 
 MODULES  := conf policy store proxy proxy/sources proxy/fetch src
 LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc)))
-LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o)
+# Sources made at build time: the version (from VERSION, the one place it is
+# written) and the status page (src/status_page.html as a string literal).
+VERSION  := $(shell cat VERSION)
+GEN_SRCS := $(BUILD)/gen/version.cc $(BUILD)/gen/status_page.cc
+LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o) $(GEN_SRCS:%.cc=$(BUILD)/obj/%.o)
 MAIN_OBJ := $(BUILD)/obj/src/main.o
 UT_SRCS  := $(wildcard tests/unit/*.cc)
 UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
@@ -32,7 +36,7 @@ BIN      := $(BUILD)/slipstream
 UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
 
-.PHONY: all deps test unit integration demo run bench clean format
+.PHONY: all deps test unit integration demo run bench clean format deb
 all: $(BIN)
 
 deps:
@@ -41,6 +45,15 @@ deps:
 $(BUILD)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/gen/version.cc: VERSION
+	@mkdir -p $(dir $@)
+	printf '#include "src/version.h"\nconst char* slip::version() { return "%s"; }\n' "$(VERSION)" > $@
+
+$(BUILD)/gen/status_page.cc: src/status_page.html
+	@mkdir -p $(dir $@)
+	{ printf '#include "src/status_page.h"\nstd::string_view slip::statusPage() {\n  return R"slip_html('; \
+	  cat $<; printf ')slip_html";\n}\n'; } > $@
 
 $(BUILD)/libslip.a: $(LIB_OBJS)
 	@rm -f $@
@@ -79,6 +92,11 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory -j$$(nproc) all $(RELAY)
 	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY)
+
+# The Debian package: build/slipstream_<version>_<arch>.deb (scripts/deb.sh).
+deb: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) all
+	scripts/deb.sh $(BIN) $(VERSION)
 
 format:
 	clang-format -i $(foreach m,$(MODULES) tests/unit,$(wildcard $(m)/*.cc $(m)/*.h))

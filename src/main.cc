@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@
 #include "proxy/proxy.h"
 #include "src/commands.h"
 #include "src/server.h"
+#include "src/status_page.h"
+#include "src/tls.h"
+#include "src/version.h"
 #include "store/store.h"
 
 namespace slip {
@@ -29,7 +33,8 @@ const char* kUsage =
     "       slipstream explain -c FILE --path /d/MOUNT/PATH [--client IP] [--user-agent UA]\n"
     "                                       [--method GET|HEAD] [--size N]\n"
     "       slipstream sign -c FILE /MOUNT/PATH [--ttl DURATION]\n"
-    "       slipstream --help | --help-config\n";
+    "       slipstream status-page              print the status page's HTML\n"
+    "       slipstream --help | --help-config | --version\n";
 
 struct Args {
   std::string command = "run";
@@ -76,6 +81,8 @@ std::optional<conf::Config> load(const std::string& file) {
   if (r.config) {
     auto errs = policy::RuleSet::compile(*r.config, &rules);
     r.errors.insert(r.errors.end(), errs.begin(), errs.end());
+    if (auto e = tls::checkFiles(*r.config, static_cast<int64_t>(time(nullptr))))
+      r.errors.push_back(*e);
   }
   if (!r.errors.empty()) {
     for (const auto& e : r.errors) fprintf(stderr, "%s\n", e.str().c_str());
@@ -113,8 +120,24 @@ void onSignal(evutil_socket_t sig, short, void* arg) {
   l->server->drain(l->graceMs, [l] { event_base_loopexit(l->base, nullptr); });
 }
 
+// Until the front end reloads (issue 12), SIGHUP must not kill the gateway
+// (its default action) when systemd's ExecReload sends it.
+void onHangup(evutil_socket_t, short, void*) {
+  conf::Log::write(conf::LogLevel::Warn, "reload_unsupported",
+                   "what=\"this build does not reload its configuration yet; restart to apply\"");
+}
+
 int run(const conf::Config& cfg) {
   conf::Log::setLevel(cfg.server.logLevel);
+  // The front end does not speak TLS yet (src/tls.h is ready for it): never
+  // serve plain HTTP on an address the user marked tls.
+  for (const conf::ListenAddr& l : cfg.server.listen) {
+    if (l.tls) {
+      fprintf(stderr, "%s:%d: [server] listen: tls listeners are not served by this build yet\n",
+              cfg.file.c_str(), l.line);
+      return 1;
+    }
+  }
   signal(SIGPIPE, SIG_IGN);
   evthread_use_pthreads();  // the store's disk thread posts completions to the loop
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -153,7 +176,8 @@ int run(const conf::Config& cfg) {
     }
     Loop loop{base, &server, cfg.server.shutdownGraceMs};
     event* sigs[] = {evsignal_new(base, SIGTERM, onSignal, &loop),
-                     evsignal_new(base, SIGINT, onSignal, &loop)};
+                     evsignal_new(base, SIGINT, onSignal, &loop),
+                     evsignal_new(base, SIGHUP, onHangup, nullptr)};
     for (event* e : sigs) event_add(e, nullptr);
     conf::Log::write(conf::LogLevel::Info, "started",
                      "config=" + conf::logValue(cfg.file) +
@@ -187,10 +211,18 @@ int main(int argc, char** argv) {
       fputs(conf::helpText().c_str(), stdout);
       return 0;
     }
+    if (!strcmp(argv[i], "--version")) {
+      printf("slipstream %s\n", version());
+      return 0;
+    }
     if (!strcmp(argv[i], "--help-config-markdown")) {  // the README's reference
       fputs(conf::referenceMarkdown().c_str(), stdout);
       return 0;
     }
+  }
+  if (argc == 2 && !strcmp(argv[1], "status-page")) {  // for tests and for a look offline
+    fwrite(statusPage().data(), 1, statusPage().size(), stdout);
+    return 0;
   }
   if (!parseArgs(argc, argv, &a, &err)) {
     fprintf(stderr, "slipstream: %s\n%s", err.c_str(), kUsage);
