@@ -366,6 +366,40 @@ ApiResponse errorResponse(Reason r, std::string_view detail) {
                                  {"detail", std::string(detail)}}}});
 }
 
+Outcome<ObjectPage> objectsFromStore(store::Store* st, const std::vector<conf::Mount>& mounts,
+                                     const ObjectQuery& q) {
+  using Out = Outcome<ObjectPage>;
+  auto mountNamed = [&mounts](const std::string& name) -> const conf::Mount* {
+    for (const conf::Mount& m : mounts)
+      if (m.name == name) return &m;
+    return nullptr;
+  };
+  if (!q.mount.empty() && !mountNamed(q.mount))
+    return Out::fail(Reason::UnknownMount, "no mount named '" + q.mount + "'");
+  if (!st) return Out::fail(Reason::CacheDisabled, "no mount has cache = on");
+  store::ObjectListing l = st->listObjects({q.mount, q.prefix, q.after, q.limit});
+  ObjectPage page;
+  page.next = l.next;
+  for (const store::StoredObject& o : l.objects) {
+    ObjectInfo info;
+    info.mount = o.meta.mount;
+    info.path = o.meta.path;
+    // Objects of a mount removed from the configuration stay listed (until
+    // evicted or purged) but have no virtual path any more.
+    if (const conf::Mount* m = mountNamed(o.meta.mount))
+      info.virtualPath = (m->prefix == "/" ? "" : m->prefix) + o.meta.path;
+    info.etag = o.meta.etag;
+    info.lastModified = o.meta.lastModified;
+    info.contentType = o.meta.contentType;
+    info.validatedUnix = o.meta.validatedMs / 1000;
+    info.blocksPresent = o.presentBlocks;
+    info.bytesPresent = o.presentBytes;
+    info.blocks = {o.meta.size, o.meta.blockSize, blockStates(o.present)};
+    page.objects.push_back(std::move(info));
+  }
+  return Out::ok(std::move(page));
+}
+
 std::string blockStates(const std::vector<bool>& present, const std::vector<bool>& fetching) {
   std::string s(present.size(), kBlockMissing);
   for (size_t i = 0; i < present.size(); i++) {

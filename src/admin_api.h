@@ -19,6 +19,7 @@
 
 #include "conf/conf.h"
 #include "policy/policy.h"
+#include "store/store.h"
 
 namespace slip::admin {
 
@@ -214,6 +215,12 @@ ApiResponse handle(const ApiRequest& req, AdminContext& ctx);
 
 /// The JSON error body: {"error": {"reason", "status", "message", "detail"}}.
 ApiResponse errorResponse(policy::Reason r, std::string_view detail);
+
+/// AdminContext::objects for real: the store's index walk turned into the
+/// API's page (virtual paths from the mounts' prefixes). A null store (no
+/// mount caches) is CacheDisabled; an unknown `mount` is UnknownMount.
+Outcome<ObjectPage> objectsFromStore(store::Store* st, const std::vector<conf::Mount>& mounts,
+                                     const ObjectQuery& q);
 
 /// A block map drawn from which blocks are present (the store's view);
 /// `fetching` marks blocks being filled now (the engine's view).
