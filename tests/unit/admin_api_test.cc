@@ -1,6 +1,8 @@
 // src/admin_api: routes, the cross-site guard, hostile bodies and the JSON
 // schema, against a fake AdminContext that records what reached it.
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "src/admin_api.h"
@@ -429,4 +431,43 @@ TEST_CASE("admin api: admin protection and helpers", "[admin]") {
                     {"status", 403},
                     {"message", "cross-site request refused"},
                     {"detail", "why"}}}});
+}
+
+namespace {
+
+// Every key path of a JSON value ("transfers[].blocks.states"), so two
+// documents of one schema compare equal whatever their values.
+void shape(const json& j, const std::string& at, std::set<std::string>* out) {
+  if (j.is_object()) {
+    for (const auto& [k, v] : j.items()) {
+      out->insert(at + "." + k);
+      shape(v, at + "." + k, out);
+    }
+  } else if (j.is_array()) {
+    for (const auto& v : j) shape(v, at + "[]", out);
+  }
+}
+
+std::set<std::string> shapeOf(const json& j) {
+  std::set<std::string> s;
+  shape(j, "", &s);
+  return s;
+}
+
+}  // namespace
+
+// The status page's browser test (tests/integration/test_status_page.py)
+// feeds the page canned JSON; it must be what the API really sends.
+TEST_CASE("admin api: the status page test's canned JSON has the API's schema", "[admin]") {
+  FakeContext ctx;
+  ctx.jobs.push_back({.id = "p1", .path = "/movies/a.mkv", .state = PrefetchState::Running,
+                      .bytesDone = 5, .bytesTotal = 10});
+  for (const std::string name : {"stats", "transfers", "prefetch"}) {
+    CAPTURE(name);
+    std::ifstream f("tests/integration/data/api_v1_" + name + ".json");
+    REQUIRE(f.good());  // run from the repository root (make unit does)
+    json canned = json::parse(f);
+    json real = parse(handle(get("/-/api/v1/" + name), ctx));
+    CHECK(shapeOf(canned) == shapeOf(real));
+  }
 }
