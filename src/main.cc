@@ -15,6 +15,7 @@
 #include "policy/policy.h"
 #include "proxy/sources/aliyun.h"
 #include "proxy/proxy.h"
+#include "src/admin_client.h"
 #include "src/commands.h"
 #include "src/server.h"
 #include "src/status_page.h"
@@ -33,6 +34,11 @@ const char* kUsage =
     "       slipstream explain -c FILE --path /d/MOUNT/PATH [--client IP] [--user-agent UA]\n"
     "                                       [--method GET|HEAD] [--size N]\n"
     "       slipstream sign -c FILE /MOUNT/PATH [--ttl DURATION]\n"
+    "       slipstream status -c FILE           what the running gateway is doing\n"
+    "       slipstream prefetch -c FILE /MOUNT/PATH [--wait yes|no]\n"
+    "                                       fill the cache with a file, with progress\n"
+    "       slipstream purge -c FILE /MOUNT/PATH | --prefix /MOUNT/DIR\n"
+    "                                       drop a file or a folder from the cache\n"
     "       slipstream status-page              print the status page's HTML\n"
     "       slipstream --help | --help-config | --version\n";
 
@@ -239,6 +245,14 @@ int main(int argc, char** argv) {
   if (a.command == "cache") return cmd::cache(*cfg, a.sub, a.positional);
   if (a.command == "explain") return cmd::explain(*cfg, a.flags);
   if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags);
+  if (a.command == "status" || a.command == "prefetch" || a.command == "purge") {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = a.command == "status"     ? cmd::status(*cfg, a.flags)
+             : a.command == "prefetch" ? cmd::prefetch(*cfg, a.positional, a.flags)
+                                       : cmd::purge(*cfg, a.positional, a.flags);
+    curl_global_cleanup();
+    return rc;
+  }
   fprintf(stderr, "slipstream: unknown command '%s'\n%s", a.command.c_str(), kUsage);
   return 2;
 }
