@@ -12,13 +12,18 @@ SAN      ?= 0
 ifeq ($(SAN),1)
 BUILD    := build/san
 OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-maybe-uninitialized
+HARDEN   :=
 else
 BUILD    := build
 OPT      := -O2 -g
+# Debian's hardening build flags (dpkg-buildflags): fortified libc calls,
+# stack protector, read-only relocations bound at start.
+HARDEN   := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection -fcf-protection
+HARDEN_LD := -Wl,-z,relro -Wl,-z,now
 endif
 
-CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(EXTRA_CXXFLAGS)
-LDFLAGS  := -pthread $(OPT)
+CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(HARDEN) $(EXTRA_CXXFLAGS)
+LDFLAGS  := -pthread $(OPT) $(HARDEN_LD)
 LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -linih -lssl -lcrypto
 
 MODULES  := conf policy store proxy proxy/sources proxy/fetch src
