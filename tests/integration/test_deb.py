@@ -11,7 +11,9 @@ removes it itself when it created it). lintian must report nothing beyond the
 tags explained in the README ("Install from the .deb").
 
 Needs root and dpkg; skipped when a slipstream package or binary is already
-installed (the test never touches a real installation).
+installed (the test never touches a real installation). A /var/cache/slipstream
+or /var/lib/slipstream left by other runs of the gateway on this machine (no
+package installed) is moved aside for the test and put back after it.
 """
 
 import grp
@@ -20,6 +22,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -91,9 +94,15 @@ class DebianPackageTest(unittest.TestCase):
     def setUp(self):
         if package_status() != "not-installed" or os.path.exists("/usr/bin/slipstream"):
             self.skipTest("slipstream is installed on this machine: not touching it")
-        for d in ("/var/lib/slipstream", "/var/cache/slipstream", "/etc/slipstream"):
-            if os.path.exists(d):
-                self.skipTest("%s exists: not touching it" % d)
+        if os.path.exists("/etc/slipstream"):
+            self.skipTest("/etc/slipstream exists: not touching it")
+        self.stash = tempfile.mkdtemp(prefix="slip-deb-stash-", dir="/var/tmp")
+        self.addCleanup(shutil.rmtree, self.stash, True)
+        for d in ("/var/lib/slipstream", "/var/cache/slipstream"):
+            if os.path.lexists(d):
+                aside = os.path.join(self.stash, d.strip("/").replace("/", "_"))
+                shutil.move(d, aside)
+                self.addCleanup(shutil.move, aside, d)
         self.user_before = user_exists()
         self.before = snapshot()
         r = subprocess.run([os.path.join(ROOT, "scripts", "deb.sh"), BIN, VERSION],
