@@ -140,7 +140,7 @@ class DebianPackageTest(unittest.TestCase):
         self.assertEqual(conffiles.returncode, 0)
         if not shutil.which("lintian"):
             self.skipTest("lintian is not installed")
-        r = subprocess.run(["lintian", "--pedantic", "--info", self.deb], capture_output=True,
+        r = subprocess.run(["lintian", "--pedantic", "--display-info", self.deb], capture_output=True,
                            text=True, timeout=600)
         tags = set(re.findall(r"^[EWIPX]: slipstream: ([a-z0-9.+-]+)", r.stdout, re.M))
         self.assertEqual(tags - EXPLAINED, set(), r.stdout)
