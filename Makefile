@@ -13,18 +13,27 @@ SAN      ?= 0
 ifeq ($(SAN),1)
 BUILD    := build/san
 OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-maybe-uninitialized
+HARDEN   :=
 else
 BUILD    := build
 OPT      := -O2 -g
+# Debian's hardening build flags (dpkg-buildflags): fortified libc calls,
+# stack protector, read-only relocations bound at start.
+HARDEN   := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection -fcf-protection
+HARDEN_LD := -Wl,-z,relro -Wl,-z,now
 endif
 
-CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(EXTRA_CXXFLAGS)
-LDFLAGS  := -pthread $(OPT)
+CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(HARDEN) $(EXTRA_CXXFLAGS)
+LDFLAGS  := -pthread $(OPT) $(HARDEN_LD)
 LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -linih -lssl -lcrypto -lexpat -lcrypt
 
 MODULES  := conf policy store proxy proxy/sources proxy/fetch src
 LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc)))
-LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o)
+# Sources made at build time: the version (from VERSION, the one place it is
+# written) and the status page (src/status_page.html as a string literal).
+VERSION  := $(shell cat VERSION)
+GEN_SRCS := $(BUILD)/gen/version.cc $(BUILD)/gen/status_page.cc
+LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o) $(GEN_SRCS:%.cc=$(BUILD)/obj/%.o)
 MAIN_OBJ := $(BUILD)/obj/src/main.o
 UT_SRCS  := $(wildcard tests/unit/*.cc)
 UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
@@ -33,7 +42,7 @@ BIN      := $(BUILD)/slipstream
 UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
 
-.PHONY: all deps test unit integration demo run bench clean format fuzz fuzz-build fuzz-smoke
+.PHONY: all deps test unit integration demo run bench clean format fuzz fuzz-build fuzz-smoke deb
 all: $(BIN)
 
 deps:
@@ -42,6 +51,15 @@ deps:
 $(BUILD)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/gen/version.cc: VERSION
+	@mkdir -p $(dir $@)
+	printf '#include "src/version.h"\nconst char* slip::version() { return "%s"; }\n' "$(VERSION)" > $@
+
+$(BUILD)/gen/status_page.cc: src/status_page.html
+	@mkdir -p $(dir $@)
+	{ printf '#include "src/status_page.h"\nstd::string_view slip::statusPage() {\n  return R"slip_html('; \
+	  cat $<; printf ')slip_html";\n}\n'; } > $@
 
 $(BUILD)/libslip.a: $(LIB_OBJS)
 	@rm -f $@
@@ -98,7 +116,7 @@ FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc)
 FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o)
 FUZZ_SRCS     := $(wildcard tests/fuzz/*_fuzz.cc)
 FUZZ_BINS     := $(FUZZ_SRCS:tests/fuzz/%_fuzz.cc=$(FUZZ_DIR)/bin/%)
-FUZZ_LIBS     := -linih -lssl -lcrypto
+FUZZ_LIBS     := -linih -lssl -lcrypto -lcrypt -levent_pthreads -levent
 
 $(FUZZ_DIR)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)
@@ -121,6 +139,10 @@ fuzz: deps
 # A few seconds per target, in `make test`: fails on any finding.
 fuzz-smoke: fuzz-build
 	scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_DIR)/bin $(FUZZ_TARGETS)
+# The Debian package: build/slipstream_<version>_<arch>.deb (scripts/deb.sh).
+deb: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) all
+	scripts/deb.sh $(BIN) $(VERSION)
 
 format:
 	clang-format -i $(foreach m,$(MODULES) tests/unit tests/fuzz,$(wildcard $(m)/*.cc $(m)/*.h))

@@ -20,10 +20,13 @@ namespace slip::conf {
 // ---------------------------------------------------------------- values
 
 /// One `listen =` address. `host` is a numeric IPv4 or IPv6 address (IPv6
-/// without brackets); port 0 asks the kernel for a free port.
+/// without brackets); port 0 asks the kernel for a free port. `tls`: the
+/// address was written with the `tls` flag (`listen = 0.0.0.0:8443 tls`) and
+/// speaks HTTPS with [server] tls_cert / tls_key.
 struct ListenAddr {
   std::string host;
   uint16_t port = 0;
+  bool tls = false;
   int line = 0;
 };
 
@@ -76,6 +79,15 @@ struct Server {
   std::string adminToken;
   std::string stateDir = "/var/lib/slipstream";  // persisted state: rotated refresh tokens
   std::vector<Cidr> davAllow;            // WebDAV without a password; default loopback only
+  // TLS for the listen addresses with the `tls` flag (src/tls.h loads them)
+  std::string tlsCert;                   // PEM: the certificate, then its chain
+  std::string tlsKey;                    // PEM private key; never logged
+  int tlsCertLine = 0, tlsKeyLine = 0;   // for file:line errors about the files' contents
+  bool anyTls() const {
+    for (const ListenAddr& l : listen)
+      if (l.tls) return true;
+    return false;
+  }
 };
 
 struct Cache {
@@ -261,7 +273,8 @@ std::optional<int64_t> parseDuration(std::string_view s, std::string* why = null
 std::optional<bool> parseBool(std::string_view s, std::string* why = nullptr);
 /// "10.0.0.0/8", "192.168.1.7" (= /32), "::1", "fd00::/8".
 std::optional<Cidr> parseCidr(std::string_view s, std::string* why = nullptr);
-/// "127.0.0.1:8080", "[::1]:8080", ":8080" (all IPv4), "[::]:8080".
+/// "127.0.0.1:8080", "[::1]:8080", ":8080" (all IPv4), "[::]:8080"; each may
+/// end in the word `tls` ("[::]:8443 tls").
 std::optional<ListenAddr> parseListen(std::string_view s, std::string* why = nullptr);
 
 /// A crypt(3) password hash as `mkpasswd` or `slipstream passwd` make it:

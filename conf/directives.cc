@@ -109,7 +109,8 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "listen", .type = T::Listen, .def = "0.0.0.0:8690",
        .repeatable = true,
        .doc = "Address to accept clients on: 127.0.0.1:8690, [::]:8690, :8690 (all IPv4); "
-              "port 0 picks a free port.",
+              "port 0 picks a free port. Add the word tls for HTTPS with tls_cert and tls_key: "
+              "[::]:8443 tls.",
        .apply = [](Config& c, V v) { c.server.listen.push_back(v.listen); }},
       {.section = S::Server, .name = "max_connections", .type = T::Int, .def = "1024", .min = 1,
        .max = 1'000'000, .units = "connections", .doc = "Client connections open at once.",
@@ -181,6 +182,20 @@ std::vector<Directive> makeTable() {
        .doc = "Directory for state that must survive restarts: each account's rotated refresh "
               "token (mode 0600).",
        .apply = [](Config& c, V v) { c.server.stateDir = v.text; }},
+
+      {.section = S::Server, .name = "tls_cert", .type = T::Path,
+       .doc = "PEM certificate for the listen addresses marked tls, followed by its chain "
+              "(e.g. Let's Encrypt's fullchain.pem). Re-read on SIGHUP.",
+       .apply = [](Config& c, V v) {
+         c.server.tlsCert = v.text;
+         c.server.tlsCertLine = v.line;
+       }},
+      {.section = S::Server, .name = "tls_key", .type = T::Path,
+       .doc = "PEM private key of tls_cert (it must match). Re-read on SIGHUP.",
+       .apply = [](Config& c, V v) {
+         c.server.tlsKey = v.text;
+         c.server.tlsKeyLine = v.line;
+       }},
 
       // ------------------------------------------------------------ [cache]
       {.section = S::Cache, .name = "dir", .type = T::Path, .def = "/var/cache/slipstream",

@@ -686,6 +686,8 @@ class Loader {
               "address given twice (first on line " + std::to_string(it->second) + ")");
     }
 
+    checkTls();
+
     // An edge serves /<path>?sign=… to anyone holding a link: without a
     // secret it would be an open proxy for every mount.
     if (config_.server.role == Role::Edge && config_.server.signSecret.empty())
@@ -744,6 +746,28 @@ class Loader {
         error(s.lineOf("action"), s.label, "action",
               "proxy_url needs proxy_url in this rule or on mount " + lacking);
     }
+  }
+
+  // The files themselves are read by src/tls.cc (`check` and start-up report
+  // what is wrong with them); here only the keys must agree.
+  void checkTls() {
+    const conf::Server& sv = config_.server;
+    int cert = server_.lineOf("tls_cert"), key = server_.lineOf("tls_key");
+    if (cert && !key)
+      error(cert, "server", "tls_key", "tls_cert needs tls_key (the certificate's private key)");
+    else if (key && !cert)
+      error(key, "server", "tls_cert", "tls_key needs tls_cert (the certificate it belongs to)");
+    for (const ListenAddr& l : sv.listen) {
+      if (l.tls && !cert && !key) {
+        error(l.line, "server", "listen",
+              "the tls flag needs tls_cert and tls_key in [server]");
+        break;
+      }
+    }
+    if (cert && key && !sv.anyTls())
+      error(cert, "server", "tls_cert",
+            "no listen address has the tls flag, so the certificate would not be used "
+            "(e.g. listen = 0.0.0.0:8443 tls)");
   }
 
   void error(int line, std::string section, std::string key, std::string message) {

@@ -172,6 +172,16 @@ std::optional<Cidr> parseCidr(std::string_view s, std::string* why) {
 std::optional<ListenAddr> parseListen(std::string_view s, std::string* why) {
   s = trim(s);
   ListenAddr l;
+  if (size_t sp = s.find_first_of(" \t"); sp != std::string_view::npos) {
+    std::string_view flag = trim(s.substr(sp));
+    if (flag != "tls") {
+      say(why, "unknown listen flag '" + std::string(flag) + "' (the only flag is tls: " +
+                   "listen = 0.0.0.0:8443 tls)");
+      return std::nullopt;
+    }
+    l.tls = true;
+    s = s.substr(0, sp);
+  }
   std::string_view host, port;
   if (!s.empty() && s.front() == '[') {
     auto close = s.find(']');

@@ -25,7 +25,7 @@ namespace slip::policy {
 #define SLIP_REASONS(X)                                                                  \
   X(None, 200, "ok")                                                                      \
   X(BadPath, 400, "malformed request path")                                               \
-  X(PathTraversal, 400, "path traversal ('..' segment) is not allowed")                  \
+  X(PathTraversal, 400, "path traversal ('..' segment) is not allowed")                   \
   X(PathNul, 400, "NUL byte in path")                                                     \
   X(PathBackslash, 400, "backslash in path")                                              \
   X(PathTooLong, 400, "path too long")                                                    \
@@ -33,22 +33,27 @@ namespace slip::policy {
   X(AbsoluteTarget, 400, "absolute-form request target refused: this is not a proxy")     \
   X(BadRequest, 400, "bad request")                                                       \
   X(RequestBody, 400, "request bodies are not accepted")                                  \
+  X(BadJson, 400, "request body is not the JSON this API route expects")                  \
   X(SignMissing, 401, "missing ?sign= parameter")                                         \
   X(SignInvalid, 403, "invalid signature")                                                \
   X(SignExpired, 403, "signature expired")                                                \
   X(Denied, 403, "denied by rule")                                                        \
   X(LocalEscape, 403, "path resolves outside the mount's directory")                      \
+  X(CrossSiteRequest, 403, "cross-site request refused")                                  \
   X(UnknownRoute, 404, "no such route")                                                   \
   X(UnknownMount, 404, "no mount serves this path")                                       \
   X(NotFound, 404, "not found")                                                           \
   X(NotAFile, 404, "not a regular file")                                                  \
   X(NotAFolder, 404, "not a folder")                                                      \
   X(MethodNotAllowed, 405, "method not allowed (GET and HEAD only)")                      \
+  X(ApiMethodNotAllowed, 405, "method not allowed on this API route")                     \
+  X(CacheDisabled, 409, "no mount keeps a cache")                                         \
+  X(PayloadTooLarge, 413, "request body too large")                                       \
   X(RequestLineTooLong, 414, "request line too long")                                     \
   X(RangeNotSatisfiable, 416, "requested range not satisfiable")                          \
   X(HeadersTooLarge, 431, "request header fields too large")                              \
   X(Internal, 500, "internal error")                                                      \
-  X(RedirectImpossible, 500, "this source has no upstream link to redirect to")          \
+  X(RedirectImpossible, 500, "this source has no upstream link to redirect to")           \
   X(CannotList, 501, "this source cannot list folders")                                   \
   X(UpstreamConnect, 502, "upstream connection failed")                                   \
   X(UpstreamStatus, 502, "upstream answered with an error status")                        \
@@ -57,7 +62,7 @@ namespace slip::policy {
   X(UpstreamDenied, 502, "upstream refused the link (401/403/410), also after re-resolving") \
   X(UpstreamReset, 502, "upstream connection dropped and retries ran out")                \
   X(ResolveFailed, 502, "source could not resolve the path to a link")                    \
-  X(AccountAuth, 502, "the cloud account's credentials were refused")                    \
+  X(AccountAuth, 502, "the cloud account's credentials were refused")                     \
   X(RateLimited, 502, "the cloud service kept answering 429 Too Many Requests")           \
   X(CacheFailed, 500, "cache store failed")                                               \
   X(Overloaded, 503, "too many connections")                                              \

@@ -17,6 +17,10 @@ pkgs=(
   clang libclang-rt-14-dev
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
+  # the status page's browser test
+  chromium
+  # make deb and its test: package tools, lintian, systemd-analyze
+  dpkg-dev fakeroot lintian systemd adduser man-db
 )
 if [ "${1:-}" = bench ]; then
   pkgs+=(wrk hyperfine)

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -16,8 +17,12 @@
 #include "proxy/sources/aliyun.h"
 #include "proxy/proxy.h"
 #include "src/browse.h"
+#include "src/admin_client.h"
 #include "src/commands.h"
 #include "src/server.h"
+#include "src/status_page.h"
+#include "src/tls.h"
+#include "src/version.h"
 #include "store/store.h"
 
 namespace slip {
@@ -37,7 +42,13 @@ const char* kUsage =
     "                       [--sign-ttl 0|DURATION] [--base-url URL] [--sidecar-max SIZE]\n"
     "                                       export a mount as .strm files for media servers\n"
     "       slipstream passwd               read a password on stdin, print its hash for [user NAME]\n"
-    "       slipstream --help | --help-config\n";
+    "       slipstream status -c FILE           what the running gateway is doing\n"
+    "       slipstream prefetch -c FILE /MOUNT/PATH [--wait yes|no]\n"
+    "                                       fill the cache with a file, with progress\n"
+    "       slipstream purge -c FILE /MOUNT/PATH | --prefix /MOUNT/DIR\n"
+    "                                       drop a file or a folder from the cache\n"
+    "       slipstream status-page              print the status page's HTML\n"
+    "       slipstream --help | --help-config | --version\n";
 
 struct Args {
   std::string command = "run";
@@ -90,6 +101,8 @@ std::optional<conf::Config> load(const std::string& file) {
   if (r.config) {
     auto errs = policy::RuleSet::compile(*r.config, &rules);
     r.errors.insert(r.errors.end(), errs.begin(), errs.end());
+    if (auto e = tls::checkFiles(*r.config, static_cast<int64_t>(time(nullptr))))
+      r.errors.push_back(*e);
   }
   if (!r.errors.empty()) {
     for (const auto& e : r.errors) fprintf(stderr, "%s\n", e.str().c_str());
@@ -127,8 +140,24 @@ void onSignal(evutil_socket_t sig, short, void* arg) {
   l->server->drain(l->graceMs, [l] { event_base_loopexit(l->base, nullptr); });
 }
 
+// Until the front end reloads (issue 12), SIGHUP must not kill the gateway
+// (its default action) when systemd's ExecReload sends it.
+void onHangup(evutil_socket_t, short, void*) {
+  conf::Log::write(conf::LogLevel::Warn, "reload_unsupported",
+                   "what=\"this build does not reload its configuration yet; restart to apply\"");
+}
+
 int run(const conf::Config& cfg) {
   conf::Log::setLevel(cfg.server.logLevel);
+  // The front end does not speak TLS yet (src/tls.h is ready for it): never
+  // serve plain HTTP on an address the user marked tls.
+  for (const conf::ListenAddr& l : cfg.server.listen) {
+    if (l.tls) {
+      fprintf(stderr, "%s:%d: [server] listen: tls listeners are not served by this build yet\n",
+              cfg.file.c_str(), l.line);
+      return 1;
+    }
+  }
   signal(SIGPIPE, SIG_IGN);
   evthread_use_pthreads();  // the store's disk thread posts completions to the loop
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -167,7 +196,8 @@ int run(const conf::Config& cfg) {
     }
     Loop loop{base, &server, cfg.server.shutdownGraceMs};
     event* sigs[] = {evsignal_new(base, SIGTERM, onSignal, &loop),
-                     evsignal_new(base, SIGINT, onSignal, &loop)};
+                     evsignal_new(base, SIGINT, onSignal, &loop),
+                     evsignal_new(base, SIGHUP, onHangup, nullptr)};
     for (event* e : sigs) event_add(e, nullptr);
     conf::Log::write(conf::LogLevel::Info, "started",
                      "config=" + conf::logValue(cfg.file) +
@@ -201,10 +231,18 @@ int main(int argc, char** argv) {
       fputs(conf::helpText().c_str(), stdout);
       return 0;
     }
+    if (!strcmp(argv[i], "--version")) {
+      printf("slipstream %s\n", version());
+      return 0;
+    }
     if (!strcmp(argv[i], "--help-config-markdown")) {  // the README's reference
       fputs(conf::referenceMarkdown().c_str(), stdout);
       return 0;
     }
+  }
+  if (argc == 2 && !strcmp(argv[1], "status-page")) {  // for tests and for a look offline
+    fwrite(statusPage().data(), 1, statusPage().size(), stdout);
+    return 0;
   }
   if (!parseArgs(argc, argv, &a, &err)) {
     fprintf(stderr, "slipstream: %s\n%s", err.c_str(), kUsage);
@@ -224,6 +262,14 @@ int main(int argc, char** argv) {
   if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags);
   if (a.command == "ls") return browse::ls(*cfg, a.positional, a.has("json"));
   if (a.command == "strm") return cmd::strm(*cfg, a.flags, a.has("prune"));
+  if (a.command == "status" || a.command == "prefetch" || a.command == "purge") {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = a.command == "status"     ? cmd::status(*cfg, a.flags)
+             : a.command == "prefetch" ? cmd::prefetch(*cfg, a.positional, a.flags)
+                                       : cmd::purge(*cfg, a.positional, a.flags);
+    curl_global_cleanup();
+    return rc;
+  }
   fprintf(stderr, "slipstream: unknown command '%s'\n%s", a.command.c_str(), kUsage);
   return 2;
 }

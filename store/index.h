@@ -152,6 +152,9 @@ inline std::string_view view(const MDB_val& v) {
   return {static_cast<const char*>(v.mv_data), v.mv_size};
 }
 
+/// The listing behind Store::listObjects (store/query.cc).
+ObjectListing queryObjects(MDB_txn* t, const Env& env, const ObjectFilter& f);
+
 /// Data file of one object version: DIR/data/xx/<key>-<gen>.blk
 std::string dataPath(const std::string& dir, const Key& k, uint64_t gen);
 /// Parses a data file name back; false for foreign files.

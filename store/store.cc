@@ -985,6 +985,14 @@ size_t Store::queuedBytes() const { return impl_->queued; }
 
 void Store::setDrainedCallback(std::function<void()> cb) { impl_->onDrained = std::move(cb); }
 
+ObjectListing Store::listObjects(const ObjectFilter& f) {
+  MDB_txn* t = impl_->readTxn();
+  if (!t) return {};
+  ObjectListing out = queryObjects(t, impl_->env, f);
+  impl_->endRead();
+  return out;
+}
+
 Usage Store::usage() const {
   const Impl& s = *impl_;
   Usage u;

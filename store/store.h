@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "conf/conf.h"
 
@@ -69,6 +70,27 @@ struct Usage {
   uint64_t maxBytes = 0;
   uint64_t evictedBlocks = 0;
   uint64_t droppedCorrupt = 0;
+};
+
+/// Which cached objects to list (Store::listObjects).
+struct ObjectFilter {
+  std::string mount;    // "" = all mounts
+  std::string prefix;   // path inside the mount must start with it; "" = all
+  std::string after;    // "mount:path" of the last object of the previous page
+  size_t limit = 100;
+};
+
+/// One cached object version and which of its blocks are present.
+struct StoredObject {
+  ObjectMeta meta;
+  std::vector<bool> present;  // one per block
+  uint32_t presentBlocks = 0;
+  uint64_t presentBytes = 0;
+};
+
+struct ObjectListing {
+  std::vector<StoredObject> objects;  // sorted by (mount, path)
+  std::string next;                   // `after` for the next page; "" = no more
 };
 
 class Store {
@@ -138,6 +160,11 @@ class Store {
   static constexpr size_t kQueueLimit = 16 << 20;
 
   Usage usage() const;
+
+  /// Objects listed in the index (committed ones: an object created in the
+  /// last moments may show up on the next call), sorted by mount and path,
+  /// with their block maps. A read-only walk; the disk thread is not blocked.
+  ObjectListing listObjects(const ObjectFilter& f);
 
   // ---- command line (no event loop, no disk thread)
 

@@ -153,12 +153,12 @@ TEST_CASE("local folders: beneath the root, symlinks checked, hidden and special
   touch(root + "/.DS_Store");
   touch(root + "/Show/S1/e01.mkv");
   touch(outside + "/secret.txt");
-  symlink((outside + "/secret.txt").c_str(), (root + "/abs-out").c_str());
-  symlink("../outside", (root + "/rel-out").c_str());
-  symlink("a.mkv", (root + "/link-in.mkv").c_str());
-  symlink((root + "/Show").c_str(), (root + "/abs-in").c_str());
-  symlink("missing", (root + "/dangling").c_str());
-  symlink("loop", (root + "/loop").c_str());
+  REQUIRE(symlink((outside + "/secret.txt").c_str(), (root + "/abs-out").c_str()) == 0);
+  REQUIRE(symlink("../outside", (root + "/rel-out").c_str()) == 0);
+  REQUIRE(symlink("a.mkv", (root + "/link-in.mkv").c_str()) == 0);
+  REQUIRE(symlink((root + "/Show").c_str(), (root + "/abs-in").c_str()) == 0);
+  REQUIRE(symlink("missing", (root + "/dangling").c_str()) == 0);
+  REQUIRE(symlink("loop", (root + "/loop").c_str()) == 0);
   mkfifo((root + "/fifo").c_str(), 0600);
   int fd = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   REQUIRE(fd >= 0);
