@@ -19,7 +19,7 @@ endif
 
 CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(EXTRA_CXXFLAGS)
 LDFLAGS  := -pthread $(OPT)
-LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -linih -lssl -lcrypto
+LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -lssl -lcrypto
 
 MODULES  := conf policy store proxy proxy/sources proxy/fetch src
 LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc)))
