@@ -84,25 +84,26 @@ OpenFile openData(const std::string& dir, const Key& key, const ObjectMeta& m) {
   return f;
 }
 
-// Why the listed block is bad, or "" when its bytes are all there and match.
+// Why the listed block is bad (": reason", or " page=N: checksum ..."), or ""
+// when its bytes are all there and match.
 std::string checkBlock(const OpenFile& f, const ObjectMeta& m, uint32_t idx, const BlockRecord& r,
                        std::vector<char>& buf) {
-  if (f.fd == -1) return "data file is missing";
-  if (f.fd == -2) return "data file has a wrong header";
+  if (f.fd == -1) return ": data file is missing";
+  if (f.fd == -2) return ": data file has a wrong header";
   uint64_t at = blockOffset(m, idx);
   if (at + r.length > f.size)
-    return "data file is shorter than its listed blocks (ends at " + std::to_string(f.size) +
+    return ": data file is shorter than its listed blocks (ends at " + std::to_string(f.size) +
            ", the block at " + std::to_string(at + r.length) + ")";
   buf.resize(r.length);
   if (pread(f.fd, buf.data(), r.length, static_cast<off_t>(at)) != static_cast<ssize_t>(r.length))
-    return "short read";
+    return ": short read";
   for (size_t p = 0; p < r.pages.size(); p++) {
     size_t off = p * kPageSize;
     size_t len = std::min<size_t>(kPageSize, r.length - off);
     uint64_t h = pageHash(buf.data() + off, len);
     if (h != r.pages[p]) {
       char msg[96];
-      snprintf(msg, sizeof msg, "page=%zu: checksum %016llx, index says %016llx", p,
+      snprintf(msg, sizeof msg, " page=%zu: checksum %016llx, index says %016llx", p,
                static_cast<unsigned long long>(h), static_cast<unsigned long long>(r.pages[p]));
       return msg;
     }
@@ -216,13 +217,13 @@ int Store::verify(const conf::Cache& cfg, FILE* out, bool repairBad) {
       auto f = files.find(key);
       if (f == files.end()) f = files.emplace(key, openData(cfg.dir, key, m)).first;
       std::string why = idx >= m.blockCount() || r.length != m.blockLength(idx)
-                            ? "the record disagrees with its object's size"
+                            ? ": the record disagrees with its object's size"
                             : checkBlock(f->second, m, idx, r, buf);
       if (why.empty()) {
         bytes += r.length;
         return true;
       }
-      fprintf(out, "bad object=%s path=%s%s block=%u: %s\n", key.hex().c_str(), m.mount.c_str(),
+      fprintf(out, "bad object=%s path=%s%s block=%u%s\n", key.hex().c_str(), m.mount.c_str(),
               m.path.c_str(), idx, why.c_str());
       bad.push_back({key, idx, r.prio, blockOffset(m, idx), r.length, r.generation});
       return true;

@@ -22,7 +22,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <ctime>
 #include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -694,14 +693,8 @@ void Account::listPage(const std::string& folderId, uint64_t gen, const std::str
       listingDone(folderId, gen, Reason::SourceBadReply, "aliyundrive list: " + p.why);
       return;
     }
-    for (replies::ListItem& item : pageReply.items) {
-      Entry e;
-      e.id = std::move(item.id);
-      e.name = std::move(item.name);
-      e.parent = folderId;
-      e.folder = item.folder;
-      it->second.building[e.name] = std::move(e);
-    }
+    for (replies::ListItem& item : pageReply.items)
+      it->second.building[item.name] = Entry{std::move(item.id), folderId, item.name, item.folder};
     const std::string& next = pageReply.nextMarker;
     if (!next.empty() && page + 1 < kMaxPages) {
       listPage(folderId, gen, next, page + 1);
