@@ -376,3 +376,32 @@ class CheckCommand(GatewayTest):
         self.assertEqual(len(line), 1, gw.errors())
         self.assertIn("level=warn", line[0])
         self.assertIn("nothing can ever be stored", line[0])
+
+    def test_real_world_values_pass_check(self):
+        # #18/#21: a 1.5G size, a 1.5h duration, a JWT refresh token of 700
+        # characters in the INI, a 4 KiB cookie header, and secrets from files.
+        cache = os.path.join(self.tmp, "cache")
+        jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + "Q" * 600 + "." + "s" * 342
+        secret = os.path.join(self.tmp, "sign_secret")
+        write_file(secret, b"from-a-file\n")
+        ini = os.path.join(self.tmp, "real.ini")
+        with open(ini, "w") as f:
+            f.write("[server]\nlisten = 127.0.0.1:0\nsign_secret_file = sign_secret\nstate_dir = %s/state\n"
+                    "[cache]\ndir = %s\nmax_size = 1.5G\nmin_free = 0.5G\n"
+                    "[account a]\nrefresh_token = %s\noauth_token_url = http://127.0.0.1:9/t\n"
+                    "[mount al]\nsource = aliyundrive_open\naccount = a\nrevalidate = 1.5h\n"
+                    "[mount m]\nsource = http\nbase_url = http://127.0.0.1:9/\n"
+                    "header = Cookie: __puus=%s; __pus=x\n"
+                    % (self.tmp, cache, jwt, "c" * 4096))
+        p = self.check(ini)
+        self.assertEqual(p.returncode, 0, text(p))
+        self.assertIn("ok (2 mounts, 0 rules)", text(p))
+        # Both a secret and its file, and a header that would inject: errors at their lines.
+        with open(ini, "a") as f:
+            f.write("header = X-A: a\rb\n[server]\nsign_secret = also\n")
+        p = self.check(ini)
+        self.assertEqual(p.returncode, 2, text(p))
+        self.assertIn("real.ini:20: [mount m] header: header 'X-A': value contains CR, LF or NUL", text(p))
+        self.assertIn("real.ini:22: [server] sign_secret: give either sign_secret or its _file, not both "
+                      "(sign_secret_file is on line 3)", text(p))
+        self.assertNotIn("from-a-file", text(p))
