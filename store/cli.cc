@@ -31,8 +31,9 @@ bool openWalk(const conf::Cache& cfg, Walk* w, FILE* out, bool write) {
   }
   if (write) {
     if (!w->lock.acquire(cfg.dir, &err)) {
-      fprintf(out, "cache %s: cannot repair: %s; the gateway drops bad blocks itself when it reads "
-                   "them, or stop it and repair\n",
+      fprintf(out,
+              "cache %s: cannot repair: %s; the gateway drops bad blocks itself when it reads "
+              "them, or stop it and repair\n",
               cfg.dir.c_str(), err.c_str());
       return false;
     }
@@ -68,7 +69,7 @@ std::string human(uint64_t n) {
 
 /// One data file of an object version, opened once per verify.
 struct OpenFile {
-  int fd = -1;         // -1 missing, -2 wrong header
+  int fd = -1;  // -1 missing, -2 wrong header
   uint64_t size = 0;
 };
 
@@ -184,8 +185,8 @@ int Store::printStats(const conf::Cache& cfg, FILE* out, bool verbose) {
       auto [b, n] = per[key];
       fprintf(out, "%s %s:%s size=%llu blocks=%llu/%u bytes=%llu etag=%s\n", key.hex().c_str(),
               m.mount.c_str(), m.path.c_str(), static_cast<unsigned long long>(m.size),
-              static_cast<unsigned long long>(b), m.blockCount(), static_cast<unsigned long long>(n),
-              m.etag.empty() ? "-" : m.etag.c_str());
+              static_cast<unsigned long long>(b), m.blockCount(),
+              static_cast<unsigned long long>(n), m.etag.empty() ? "-" : m.etag.c_str());
     }
   }
   return 0;
@@ -211,7 +212,8 @@ int Store::verify(const conf::Cache& cfg, FILE* out, bool repairBad) {
         return true;
       }
       auto it = w.objects.find(key);
-      if (it == w.objects.end() || it->second.generation != r.generation) return true;  // stale, never served
+      if (it == w.objects.end() || it->second.generation != r.generation)
+        return true;  // stale, never served
       const ObjectMeta& m = it->second;
       checked++;
       auto f = files.find(key);
@@ -238,8 +240,9 @@ int Store::verify(const conf::Cache& cfg, FILE* out, bool repairBad) {
     size_t n = repair(cfg, w, bad, out);
     fprintf(out, "repaired: %zu bad blocks unlisted (the gateway fetches them again)\n", n);
   } else if (!bad.empty()) {
-    fprintf(out, "run `slipstream cache verify --repair` to unlist them (the gateway also drops "
-                 "each one the first time it reads it)\n");
+    fprintf(out,
+            "run `slipstream cache verify --repair` to unlist them (the gateway also drops "
+            "each one the first time it reads it)\n");
   }
   return bad.empty() && unreadable == 0 ? 0 : 1;
 }

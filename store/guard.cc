@@ -10,6 +10,7 @@
 // databases, every record through our own decoders — and reports. A child
 // that dies by a signal, or says "corrupt", means the index is corrupt; the
 // parent then refuses to open it and tells the user what to do.
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -22,7 +23,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <dirent.h>
 #include <thread>
 
 #include "store/index.h"
@@ -45,9 +45,7 @@ long pidIn(int fd) {
   return end != buf && pid > 0 ? pid : 0;
 }
 
-std::string holderText(long pid) {
-  return pid > 0 ? "pid " + std::to_string(pid) : "pid unknown";
-}
+std::string holderText(long pid) { return pid > 0 ? "pid " + std::to_string(pid) : "pid unknown"; }
 
 }  // namespace
 
@@ -80,7 +78,8 @@ bool DirLock::acquire(const std::string& dir, std::string* err) {
     return false;
   }
   std::string pid = std::to_string(getpid()) + "\n";
-  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+  if (ftruncate(fd, 0) != 0 ||
+      pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
     // The lock holds without the pid; others just cannot name us.
   }
   fd_ = fd;
@@ -203,7 +202,8 @@ std::string rewriteAll(const Env& env, MDB_dbi dbi, const char* name) {
       if ((rc = mdb_cursor_put(c.get(), &nk, &nv, MDB_CURRENT)) != 0) break;
       from = key;
     }
-    if (rc != 0 && rc != MDB_NOTFOUND) return std::string("rewriting the ") + name + " database: " + mdb_strerror(rc);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+      return std::string("rewriting the ") + name + " database: " + mdb_strerror(rc);
     more = rc == 0;
     if (more) from.push_back('\0');  // the next key after `from`
   }
@@ -217,14 +217,17 @@ std::string rehearseWrites(const std::string& dir) {
   if (!env.open(dir + "/index", false, &err)) return err;
   Reconciled rec;
   if (!reconcile(env, dir, &rec, &err, true)) return err;
-  for (auto [dbi, name] : {std::pair{env.objects, "objects"}, {env.blocks, "blocks"}, {env.lru, "lru"}})
+  for (auto [dbi, name] :
+       {std::pair{env.objects, "objects"}, {env.blocks, "blocks"}, {env.lru, "lru"}})
     if (std::string why = rewriteAll(env, dbi, name); !why.empty()) return why;
   return "";
 }
 
 std::string signalText(int sig) {
-  const char* name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGABRT ? "SIGABRT"
-                                                                                            : nullptr;
+  const char* name = sig == SIGSEGV   ? "SIGSEGV"
+                     : sig == SIGBUS  ? "SIGBUS"
+                     : sig == SIGABRT ? "SIGABRT"
+                                      : nullptr;
   return name ? name : "signal " + std::to_string(sig);
 }
 
@@ -382,8 +385,10 @@ int Store::reset(const conf::Cache& cfg, FILE* out) {
         if (fname == "." || fname == "..") continue;
         Key k;
         uint64_t gen = 0;
-        if (parseDataName(fname, &k, &gen)) remove(subPath + "/" + fname);
-        else left.push_back(subPath + "/" + fname);
+        if (parseDataName(fname, &k, &gen))
+          remove(subPath + "/" + fname);
+        else
+          left.push_back(subPath + "/" + fname);
       }
       closedir(d2);
       rmdir(subPath.c_str());
@@ -392,7 +397,8 @@ int Store::reset(const conf::Cache& cfg, FILE* out) {
     rmdir(data.c_str());
   }
   fprintf(out, "cache %s: removed the index and data, %llu files (%llu bytes on disk)\n",
-          dir.c_str(), static_cast<unsigned long long>(files), static_cast<unsigned long long>(bytes));
+          dir.c_str(), static_cast<unsigned long long>(files),
+          static_cast<unsigned long long>(bytes));
   for (const std::string& p : left) fprintf(out, "left alone (not the cache's): %s\n", p.c_str());
   return left.empty() ? 0 : 1;
 }

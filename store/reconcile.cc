@@ -51,7 +51,8 @@ ListedBlocks listBlocks(MDB_txn* t, const Env& env, const std::map<Key, ObjectMe
     listed[key][idx] = Listed{r.length, r.prio};
     LruKey lk(r.prio, key, idx);
     MDB_val lkv = lk.val(), lv;
-    if (mdb_get(t, env.lru, &lkv, &lv) != 0) lruMissing.push_back({lk, encodeLru({r.generation, r.length})});
+    if (mdb_get(t, env.lru, &lkv, &lv) != 0)
+      lruMissing.push_back({lk, encodeLru({r.generation, r.length})});
     out->used += r.length;
     out->blocks++;
     return true;
@@ -91,9 +92,9 @@ void reconcileFile(MDB_txn* t, const Env& env, int fd, const Key& key, const Obj
     }
     if (!dryRun)
       conf::Log::write(conf::LogLevel::Warn, "cache_block_truncated",
-                     "object=" + key.hex() + " path=" + conf::logValue(m.mount + m.path) +
-                         " block=" + std::to_string(it->first) + " file_size=" +
-                         std::to_string(fileSize) + " block_end=" + std::to_string(end));
+                       "object=" + key.hex() + " path=" + conf::logValue(m.mount + m.path) +
+                           " block=" + std::to_string(it->first) + " file_size=" +
+                           std::to_string(fileSize) + " block_end=" + std::to_string(end));
     unlist(t, env, key, it->first, it->second);
     out->used -= std::min<uint64_t>(out->used, it->second.length);
     out->blocks--;

@@ -36,16 +36,24 @@ const json* field(const json& obj, const char* key) {
 
 const char* typeName(const json& j) {
   switch (j.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::object: return "an object";
-    case json::value_t::array: return "a list";
-    case json::value_t::string: return "a string";
-    case json::value_t::boolean: return "a boolean";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::array:
+      return "a list";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::boolean:
+      return "a boolean";
     case json::value_t::number_integer:
     case json::value_t::number_unsigned:
-    case json::value_t::number_float: return "a number";
-    case json::value_t::binary: return "binary";
-    case json::value_t::discarded: return "invalid";
+    case json::value_t::number_float:
+      return "a number";
+    case json::value_t::binary:
+      return "binary";
+    case json::value_t::discarded:
+      return "invalid";
   }
   return "?";
 }
@@ -74,7 +82,8 @@ Problem integer(const json& obj, const char* key, int64_t* out, bool required) {
 Problem boolean(const json& obj, const char* key, bool* out) {
   const json* v = field(obj, key);
   if (!v) return {};
-  if (!v->is_boolean()) return contract(std::string(key) + " is " + typeName(*v) + ", not a boolean");
+  if (!v->is_boolean())
+    return contract(std::string(key) + " is " + typeName(*v) + ", not a boolean");
   *out = v->get<bool>();
   return {};
 }
@@ -102,11 +111,13 @@ Problem guarded(Fn fn) {
 Problem alistHeaders(const json& data, AlistLink* out) {
   const json* h = field(data, "header");
   if (!h) return {};
-  if (!h->is_object()) return contract("data.header is " + std::string(typeName(*h)) + ", not a map");
+  if (!h->is_object())
+    return contract("data.header is " + std::string(typeName(*h)) + ", not a map");
   for (const auto& [name, values] : h->items()) {
     if (values.is_null()) continue;
     std::string where = "data.header." + conf::printable(name);
-    if (!values.is_array()) return contract(where + " is " + typeName(values) + ", not a list of strings");
+    if (!values.is_array())
+      return contract(where + " is " + typeName(values) + ", not a list of strings");
     for (const json& v : values) {
       if (!v.is_string()) return contract(where + " holds " + typeName(v) + ", not a string");
       const std::string& value = v.get_ref<const std::string&>();
@@ -131,7 +142,8 @@ Problem parseAlistLink(std::string_view body, AlistLink* out) {
     if (out->code != 200) return {};
     const json* data = field(j, "data");
     if (!data) return contract("data is missing");
-    if (!data->is_object()) return contract("data is " + std::string(typeName(*data)) + ", not an object");
+    if (!data->is_object())
+      return contract("data is " + std::string(typeName(*data)) + ", not an object");
     if (Problem p = str(*data, "url", &out->url, true, "data.")) return p;
     if (out->url.starts_with("//")) out->url = "http:" + out->url;
     if (!httpUrl(out->url)) return contract("data.url is not an http(s) URL");
@@ -166,11 +178,13 @@ Problem parseListPage(std::string_view body, ListPage* out) {
     if (Problem p = object(body, &j)) return p;
     const json* items = field(j, "items");
     if (!items) return contract("items is missing");
-    if (!items->is_array()) return contract("items is " + std::string(typeName(*items)) + ", not a list");
+    if (!items->is_array())
+      return contract("items is " + std::string(typeName(*items)) + ", not a list");
     size_t i = 0;
     for (const json& item : *items) {
       std::string where = "items[" + std::to_string(i++) + "].";
-      if (!item.is_object()) return contract(where.substr(0, where.size() - 1) + " is not an object");
+      if (!item.is_object())
+        return contract(where.substr(0, where.size() - 1) + " is not an object");
       ListItem e;
       std::string type;
       if (Problem p = str(item, "file_id", &e.id, true, where)) return p;
@@ -205,8 +219,10 @@ Problem parseTokenReply(std::string_view body, TokenReply* out) {
     if (Problem p = object(body, &j)) return p;
     if (Problem p = str(j, "access_token", &out->accessToken, true)) return p;
     if (Problem p = str(j, "refresh_token", &out->refreshToken, true)) return p;
-    if (!visibleAscii(out->accessToken)) return contract("access_token holds characters a token cannot");
-    if (!visibleAscii(out->refreshToken)) return contract("refresh_token holds characters a token cannot");
+    if (!visibleAscii(out->accessToken))
+      return contract("access_token holds characters a token cannot");
+    if (!visibleAscii(out->refreshToken))
+      return contract("refresh_token holds characters a token cannot");
     if (Problem p = integer(j, "expires_in", &out->expiresInSec, false)) return p;
     if (out->expiresInSec < 1 || out->expiresInSec > kMaxExpiresInSec)
       return contract("expires_in is out of range (1 s..30 days)");
@@ -223,7 +239,8 @@ Problem parseHelperResult(std::string_view body, HelperResult* out) {
     out->ok = ok->get<bool>();
     if (out->ok) {
       if (Problem p = str(j, "access_token", &out->accessToken, true)) return p;
-      if (!visibleAscii(out->accessToken)) return contract("access_token holds characters a token cannot");
+      if (!visibleAscii(out->accessToken))
+        return contract("access_token holds characters a token cannot");
       if (Problem p = integer(j, "access_expires_ms", &out->accessExpiresMs, true)) return p;
       if (Problem p = boolean(j, "reused", &out->reused)) return p;
       if (Problem p = boolean(j, "persisted", &out->persisted)) return p;
@@ -253,7 +270,8 @@ std::optional<int64_t> parseIsoUtc(std::string_view s) {
       !num(8, 2, &day) || (s[10] != 'T' && s[10] != 't') || !num(11, 2, &hour) || s[13] != ':' ||
       !num(14, 2, &min) || s[16] != ':' || !num(17, 2, &sec))
     return std::nullopt;
-  if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60 || year < 1970)
+  if (mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 60 ||
+      year < 1970)
     return std::nullopt;
   size_t i = 19;
   int ms = 0, digits = 0;
@@ -302,10 +320,14 @@ bool validUtf8(std::string_view s) {
     }
     size_t n = 0;
     uint32_t cp = 0;
-    if ((c & 0xe0) == 0xc0) n = 1, cp = c & 0x1f;
-    else if ((c & 0xf0) == 0xe0) n = 2, cp = c & 0x0f;
-    else if ((c & 0xf8) == 0xf0) n = 3, cp = c & 0x07;
-    else return false;
+    if ((c & 0xe0) == 0xc0)
+      n = 1, cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0)
+      n = 2, cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0)
+      n = 3, cp = c & 0x07;
+    else
+      return false;
     if (i + n >= s.size()) return false;
     for (size_t k = 1; k <= n; k++) {
       auto cc = static_cast<unsigned char>(s[i + k]);
@@ -318,6 +340,8 @@ bool validUtf8(std::string_view s) {
   return true;
 }
 
-std::string dumpJson(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dumpJson(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 }  // namespace slip::proxy::replies

@@ -7,9 +7,8 @@
 // for fuzz targets.
 #pragma once
 
-#include <nlohmann/json_fwd.hpp>
-
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -34,9 +33,9 @@ struct Problem {
 
 /// POST /api/fs/link → {"code":200,"message":"success","data":{"url":…,"header":{…}}}.
 struct AlistLink {
-  int64_t code = 0;            // 200 = success; otherwise an error AList reports
+  int64_t code = 0;  // 200 = success; otherwise an error AList reports
   std::string message;
-  std::string url;             // data.url, code 200 only ("//host/…" gets "http:")
+  std::string url;  // data.url, code 200 only ("//host/…" gets "http:")
   std::vector<std::pair<std::string, std::string>> headers;  // data.header, flattened
 };
 

@@ -16,7 +16,8 @@ inline std::string allErrors(const LoadResult& r) {
   return s;
 }
 
-inline bool hasError(const LoadResult& r, int line, const std::string& fragment, const std::string& key) {
+inline bool hasError(const LoadResult& r, int line, const std::string& fragment,
+                     const std::string& key) {
   for (const Error& e : r.errors)
     if (e.line == line && e.message.find(fragment) != std::string::npos &&
         (key.empty() || e.key == key))

@@ -14,16 +14,16 @@ using namespace conf_test;
 
 TEST_CASE("long lines: a JWT refresh token, a 4 KiB cookie, 16 KiB values", "[conf]") {
   // A refresh token as the Open API issues them: header.payload.signature.
-  std::string jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + std::string(600, 'Q') + "." +
-                    std::string(43, 's');
+  std::string jwt =
+      "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + std::string(600, 'Q') + "." + std::string(43, 's');
   std::string cookie = "Cookie: __puus=" + std::string(4096, 'c') + "; __pus=abc";
   std::string big(16 * 1024, 'v');
-  Config c = mustLoad("[server]\nadmin_token = " + big + "\n" + kAcct +
-                      "[account long]\nrefresh_token = " + jwt +
-                      "\noauth_token_url = http://relay/\n"
-                      "[mount m]\nsource = http\nbase_url = http://origin/\nheader = " + cookie +
-                      "\nheader = X-After: 1\n[mount n]\nsource = http\nbase_url = http://o/" +
-                      big + "\n");
+  Config c = mustLoad(
+      "[server]\nadmin_token = " + big + "\n" + kAcct + "[account long]\nrefresh_token = " + jwt +
+      "\noauth_token_url = http://relay/\n"
+      "[mount m]\nsource = http\nbase_url = http://origin/\nheader = " +
+      cookie + "\nheader = X-After: 1\n[mount n]\nsource = http\nbase_url = http://o/" + big +
+      "\n");
   CHECK(c.server.adminToken == big);
   REQUIRE(c.accounts.size() == 2);
   CHECK(c.accounts[1].refreshToken == jwt);
@@ -53,10 +53,10 @@ TEST_CASE("decimal sizes and durations round to a whole byte or millisecond", "[
       {"0.5K", 512, std::nullopt},
       {"2.25M", 2359296, std::nullopt},
       {"1.0T", 1LL << 40, std::nullopt},
-      {"0.001K", 1, std::nullopt},      // 1.024 bytes → 1
-      {"0.0005K", 1, std::nullopt},     // 0.512 → 1 (half up)
-      {"0.0004K", 0, std::nullopt},     // 0.4096 → 0
-      {"1.5", std::nullopt, 1500},      // bytes must be whole; a bare duration is seconds
+      {"0.001K", 1, std::nullopt},   // 1.024 bytes → 1
+      {"0.0005K", 1, std::nullopt},  // 0.512 → 1 (half up)
+      {"0.0004K", 0, std::nullopt},  // 0.4096 → 0
+      {"1.5", std::nullopt, 1500},   // bytes must be whole; a bare duration is seconds
       {"1.5s", std::nullopt, 1500},
       {"0.25m", 262144, 15'000},
       {"1.5h", std::nullopt, 5'400'000},
@@ -71,7 +71,7 @@ TEST_CASE("decimal sizes and durations round to a whole byte or millisecond", "[
       {"1.5.5G", std::nullopt, std::nullopt},
       {"1,5G", std::nullopt, std::nullopt},
       {"1.1234567891G", std::nullopt, std::nullopt},  // ten decimal places
-      {"8388608T", std::nullopt, std::nullopt},  // 2^63: past INT64_MAX
+      {"8388608T", std::nullopt, std::nullopt},       // 2^63: past INT64_MAX
       {"8388607.999999999T", 9223372036854774708LL, std::nullopt},
       {"106751991167.31d", std::nullopt, std::nullopt},  // past INT64_MAX ms
       {"8388607.5T", 9223371487098961920LL, std::nullopt},
@@ -96,8 +96,8 @@ TEST_CASE("decimal sizes and durations round to a whole byte or millisecond", "[
   CHECK_FALSE(parseDuration("2.5ms", &why));
   CHECK(why.find("milliseconds must be whole") != std::string::npos);
 
-  Config cfg = mustLoad("[cache]\nmax_size = 1.5G\nmin_free = 0.5G\n" + kHttp +
-                        "revalidate = 1.5h\n");
+  Config cfg =
+      mustLoad("[cache]\nmax_size = 1.5G\nmin_free = 0.5G\n" + kHttp + "revalidate = 1.5h\n");
   CHECK(cfg.cache.maxSize == 1610612736);
   CHECK(cfg.cache.minFree == 536870912);
   CHECK(cfg.mounts[0].revalidateMs == 5'400'000);
@@ -176,11 +176,15 @@ TEST_CASE("every secret has a _file twin that reads it from a file", "[conf]") {
   std::string admin = t.put("admin", "admin token with spaces");
   std::string alist = t.put("alist", "alist-token\n");
   // Loaded as a file in that folder: relative paths are taken from there.
-  std::string ini = t.put("slipstream.ini",
-                          "[server]\nsign_secret_file = sign\nadmin_token_file = " + admin + "\n"
-                          "[account a]\nrefresh_token_file = " + rt + "\nclient_id = cid\n"
-                          "client_secret_file = ./client_secret\n"
-                          "[mount al]\nsource = alist\nurl = http://alist/\ntoken_file = alist\n");
+  std::string ini =
+      t.put("slipstream.ini",
+            "[server]\nsign_secret_file = sign\nadmin_token_file = " + admin +
+                "\n"
+                "[account a]\nrefresh_token_file = " +
+                rt +
+                "\nclient_id = cid\n"
+                "client_secret_file = ./client_secret\n"
+                "[mount al]\nsource = alist\nurl = http://alist/\ntoken_file = alist\n");
   LoadResult r = loadFile(ini);
   INFO(allErrors(r));
   REQUIRE(r.config);
@@ -238,8 +242,7 @@ TEST_CASE("secret files: both forms, unreadable, empty, several lines", "[conf]"
        "sign_secret_file"},
       {"[server]\nsign_secret_file = " + ctl + "\n", 2, "must not contain line breaks",
        "sign_secret_file"},
-      {"[server]\nsign_secret_file = " + large + "\n", 2, "is larger than 64K",
-       "sign_secret_file"},
+      {"[server]\nsign_secret_file = " + large + "\n", 2, "is larger than 64K", "sign_secret_file"},
       {"[server]\nsign_secret_file = " + dir + "\n", 2, "is not a regular file",
        "sign_secret_file"},
       {"[server]\nsign_secret_file =\n", 2, "empty value", "sign_secret_file"},
@@ -250,8 +253,7 @@ TEST_CASE("secret files: both forms, unreadable, empty, several lines", "[conf]"
        3, "not both", "refresh_token_file"},
       {"[account x]\nclient_id = c\nclient_secret_file = /nonexistent/cs\nrefresh_token = t\n", 3,
        "cannot read", "client_secret_file"},
-      {"[account x]\noauth_token_url = http://r/\n", 1, "required key is missing",
-       "refresh_token"},
+      {"[account x]\noauth_token_url = http://r/\n", 1, "required key is missing", "refresh_token"},
       {kHttp + "token_file = " + good + "\n", 4, "does not apply to http mounts (only alist)",
        "token_file"},
       {"[server]\nsign_secret_file = " + good + "\nsign_secret_file = " + good + "\n", 3,
@@ -272,7 +274,7 @@ TEST_CASE("secret files: both forms, unreadable, empty, several lines", "[conf]"
     CHECK(hasError(r, 2, "Permission denied", "sign_secret_file"));
   }
   // The _file twin satisfies a required secret.
-  Config c = mustLoad("[account x]\nrefresh_token_file = " + good +
-                      "\noauth_token_url = http://r/\n");
+  Config c =
+      mustLoad("[account x]\nrefresh_token_file = " + good + "\noauth_token_url = http://r/\n");
   CHECK(c.accounts[0].refreshToken == "hunter2-secret");
 }

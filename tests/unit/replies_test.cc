@@ -41,12 +41,15 @@ TEST_CASE("AList link replies: good shapes", "[replies]") {
   };
   const Case good[] = {
       {R"({"code":200,"data":{"url":"http://h/x"}})", 200, "http://h/x", 0},
-      {R"({"code":200,"message":null,"data":{"url":"http://h/x","header":null}})", 200, "http://h/x", 0},
+      {R"({"code":200,"message":null,"data":{"url":"http://h/x","header":null}})", 200,
+       "http://h/x", 0},
       {R"({"code":200,"data":{"url":"//h/x","header":{}}})", 200, "http://h/x", 0},
       {R"({"code":200,"data":{"url":"http://h/x","header":{"X-A":null}}})", 200, "http://h/x", 0},
       {R"({"code":200,"data":{"url":"http://h/x","header":{"X-A":[]}}})", 200, "http://h/x", 0},
-      {R"({"code":200.0,"data":{"url":"http://h/x","extra":[1,2]},"more":{}})", 200, "http://h/x", 0},
-      {R"({"code":200,"data":{"url":"http://h/x","header":{"X-Tab":["a\tb"]}}})", 200, "http://h/x", 1},
+      {R"({"code":200.0,"data":{"url":"http://h/x","extra":[1,2]},"more":{}})", 200, "http://h/x",
+       0},
+      {R"({"code":200,"data":{"url":"http://h/x","header":{"X-Tab":["a\tb"]}}})", 200, "http://h/x",
+       1},
       // Errors as HTTP 200 are a valid reply: the caller reports them.
       {R"({"code":500,"message":"object not found","data":null})", 500, "", 0},
       {R"({"code":401,"message":"token is invalidated"})", 401, "", 0},
@@ -79,7 +82,8 @@ TEST_CASE("AList link replies: malformed shapes are problems with reasons", "[re
       {R"({"code":200,"data":{"url":"http://h/x"})", Kind::Contract, "not JSON"},  // cut short
       {R"({"message":"x"})", Kind::Contract, "code is missing"},
       {R"({"code":null})", Kind::Contract, "code is missing"},
-      {R"({"code":"200","data":{"url":"http://h/x"}})", Kind::Contract, "code is a string, not a number"},
+      {R"({"code":"200","data":{"url":"http://h/x"}})", Kind::Contract,
+       "code is a string, not a number"},
       {R"({"code":true})", Kind::Contract, "code is a boolean"},
       {R"({"code":[200]})", Kind::Contract, "code is a list"},
       {R"({"code":{"v":200}})", Kind::Contract, "code is an object"},
@@ -88,7 +92,8 @@ TEST_CASE("AList link replies: malformed shapes are problems with reasons", "[re
       {R"({"code":200.5})", Kind::Contract, "not an integer of 64 bits"},
       {R"({"code":18446744073709551816})", Kind::Contract, "not an integer"},  // past 2^64: a float
       {R"({"code":9223372036854775808})", Kind::Contract, "not an integer of 64 bits"},
-      {R"({"code":200,"message":5,"data":{"url":"http://h/x"}})", Kind::Contract, "message is a number"},
+      {R"({"code":200,"message":5,"data":{"url":"http://h/x"}})", Kind::Contract,
+       "message is a number"},
       {R"({"code":200})", Kind::Contract, "data is missing"},
       {R"({"code":200,"data":null})", Kind::Contract, "data is missing"},
       {R"({"code":200,"data":"http://h/x"})", Kind::Contract, "data is a string, not an object"},
@@ -126,13 +131,14 @@ TEST_CASE("AList link replies: malformed shapes are problems with reasons", "[re
        "bad header name 'Bad Name'"},
       {R"({"code":200,"data":{"url":"http://h/x","header":{"":["1"]}}})", Kind::Header,
        "empty header name"},
-      {R"({"code":200,"data":{"url":"http://h/x","header":{"Content-Length":["0"]}}})", Kind::Header,
-       "'Content-Length' is set by slipstream itself"},
+      {R"({"code":200,"data":{"url":"http://h/x","header":{"Content-Length":["0"]}}})",
+       Kind::Header, "'Content-Length' is set by slipstream itself"},
       {R"({"code":200,"data":{"url":"http://h/x","header":{"Transfer-Encoding":["chunked"]}}})",
        Kind::Header, "set by slipstream itself"},
       {R"({"code":200,"data":{"url":"http://h/x","header":{"Range":["bytes=0-"]}}})", Kind::Header,
        "set by slipstream itself"},
-      {"{\"code\":200,\"data\":{\"url\":\"http://h/\xff\"}}", Kind::Contract, "not JSON"},  // bad UTF-8
+      {"{\"code\":200,\"data\":{\"url\":\"http://h/\xff\"}}", Kind::Contract,
+       "not JSON"},  // bad UTF-8
       {std::string(100'000, '['), Kind::Contract, "not JSON"},
       {std::string(50'000, '[') + std::string(50'000, ']'), Kind::Contract, "not a JSON object"},
   };
@@ -175,14 +181,18 @@ TEST_CASE("Aliyundrive replies: lists, links, drives, tokens", "[replies]") {
   CHECK_FALSE(noExpiry.expirationMs);
 
   std::string drive;
-  REQUIRE_FALSE(parseDriveId(R"({"default_drive_id":"1","resource_drive_id":"2"})", "resource", &drive));
+  REQUIRE_FALSE(
+      parseDriveId(R"({"default_drive_id":"1","resource_drive_id":"2"})", "resource", &drive));
   CHECK(drive == "2");
   drive.clear();
-  REQUIRE_FALSE(parseDriveId(R"({"default_drive_id":"1","backup_drive_id":null})", "backup", &drive));
+  REQUIRE_FALSE(
+      parseDriveId(R"({"default_drive_id":"1","backup_drive_id":null})", "backup", &drive));
   CHECK(drive.empty());
 
   TokenReply t;
-  REQUIRE_FALSE(parseTokenReply(R"({"access_token":"eyJ.a.b","refresh_token":"eyJ.c.d","expires_in":7200,"token_type":"Bearer"})", &t));
+  REQUIRE_FALSE(parseTokenReply(
+      R"({"access_token":"eyJ.a.b","refresh_token":"eyJ.c.d","expires_in":7200,"token_type":"Bearer"})",
+      &t));
   CHECK(t.expiresInSec == 7200);
   TokenReply d;
   REQUIRE_FALSE(parseTokenReply(R"({"access_token":"a","refresh_token":"r"})", &d));
@@ -199,11 +209,15 @@ TEST_CASE("Aliyundrive replies: lists, links, drives, tokens", "[replies]") {
       {"list", R"({"items":"[]"})", "items is a string, not a list"},
       {"list", R"({"items":[5]})", "items[0] is not an object"},
       {"list", R"({"items":[{"name":"x","type":"file"}]})", "items[0].file_id is missing"},
-      {"list", R"({"items":[{"file_id":7,"name":"x","type":"file"}]})", "items[0].file_id is a number"},
-      {"list", R"({"items":[{"file_id":"a","name":null,"type":"file"}]})", "items[0].name is missing"},
+      {"list", R"({"items":[{"file_id":7,"name":"x","type":"file"}]})",
+       "items[0].file_id is a number"},
+      {"list", R"({"items":[{"file_id":"a","name":null,"type":"file"}]})",
+       "items[0].name is missing"},
       {"list", R"({"items":[{"file_id":"a","name":"","type":"file"}]})", "items[0].name is empty"},
-      {"list", R"({"items":[{"file_id":"a","name":"n","type":true}]})", "items[0].type is a boolean"},
-      {"list", R"({"items":[{"file_id":"a","name":"n","type":"file"},{"file_id":"b"}]})", "items[1].name"},
+      {"list", R"({"items":[{"file_id":"a","name":"n","type":true}]})",
+       "items[0].type is a boolean"},
+      {"list", R"({"items":[{"file_id":"a","name":"n","type":"file"},{"file_id":"b"}]})",
+       "items[1].name"},
       {"list", R"({"items":[],"next_marker":5})", "next_marker is a number, not a string"},
       {"list", R"({"items":[],"next_marker":["m"]})", "next_marker is a list"},
       {"link", R"({"expiration":"2024-05-01T10:00:00Z"})", "url is missing"},
@@ -213,24 +227,30 @@ TEST_CASE("Aliyundrive replies: lists, links, drives, tokens", "[replies]") {
       {"link", R"({"url":"http://h/x","expiration":1714557600})", "expiration is a number"},
       {"link", R"({"url":"http://h/x","expiration":"tomorrow"})", "not an ISO 8601 UTC time"},
       {"link", R"({"url":"http://h/x","expiration":"2024-13-01T10:00:00Z"})", "not an ISO 8601"},
-      {"link", R"({"url":"http://h/x","expiration":"2024-05-01T10:00:00+08:00"})", "not an ISO 8601"},
+      {"link", R"({"url":"http://h/x","expiration":"2024-05-01T10:00:00+08:00"})",
+       "not an ISO 8601"},
       {"link", R"({"url":"http://h/x","expiration":"2024-05-01T10:00:00."})", "not an ISO 8601"},
       {"drive", R"({"resource_drive_id":2})", "resource_drive_id is a number, not a string"},
       {"drive", R"([{"resource_drive_id":"2"}])", "not a JSON object"},
       {"token", R"({"refresh_token":"r","expires_in":7200})", "access_token is missing"},
       {"token", R"({"access_token":"a","refresh_token":5})", "refresh_token is a number"},
       {"token", R"({"access_token":"a b","refresh_token":"r"})", "access_token holds characters"},
-      {"token", R"({"access_token":"a\r\nX: 1","refresh_token":"r"})", "access_token holds characters"},
-      {"token", R"({"access_token":"a","refresh_token":"r","expires_in":"7200"})", "expires_in is a string"},
-      {"token", R"({"access_token":"a","refresh_token":"r","expires_in":1e300})", "not an integer of 64 bits"},
+      {"token", R"({"access_token":"a\r\nX: 1","refresh_token":"r"})",
+       "access_token holds characters"},
+      {"token", R"({"access_token":"a","refresh_token":"r","expires_in":"7200"})",
+       "expires_in is a string"},
+      {"token", R"({"access_token":"a","refresh_token":"r","expires_in":1e300})",
+       "not an integer of 64 bits"},
       {"token", R"({"access_token":"a","refresh_token":"r","expires_in":-5})", "out of range"},
       {"token", R"({"access_token":"a","refresh_token":"r","expires_in":0})", "out of range"},
-      {"token", R"({"access_token":"a","refresh_token":"r","expires_in":99999999999})", "out of range"},
+      {"token", R"({"access_token":"a","refresh_token":"r","expires_in":99999999999})",
+       "out of range"},
       {"helper", R"({"access_token":"a"})", "ok is missing"},
       {"helper", R"({"ok":"true","access_token":"a"})", "ok is missing or not a boolean"},
       {"helper", R"({"ok":true,"access_expires_ms":5})", "access_token is missing"},
       {"helper", R"({"ok":true,"access_token":"a","access_expires_ms":1e300})", "not an integer"},
-      {"helper", R"({"ok":true,"access_token":"a","access_expires_ms":5,"persisted":"no"})", "persisted is a string"},
+      {"helper", R"({"ok":true,"access_token":"a","access_expires_ms":5,"persisted":"no"})",
+       "persisted is a string"},
       {"helper", R"({"ok":false,"status":"401"})", "status is a string"},
       {"helper", R"({"ok":false,"refused":1})", "refused is a number"},
   };
@@ -254,7 +274,8 @@ TEST_CASE("Aliyundrive replies: lists, links, drives, tokens", "[replies]") {
   }
 
   std::string code, message;
-  parseApiError(R"({"code":"AccessTokenInvalid","message":"AccessToken is invalid"})", &code, &message);
+  parseApiError(R"({"code":"AccessTokenInvalid","message":"AccessToken is invalid"})", &code,
+                &message);
   CHECK(code == "AccessTokenInvalid");
   CHECK(message == "AccessToken is invalid");
   std::string c2, m2;
