@@ -131,6 +131,8 @@ int run(const conf::Config& cfg) {
       st = store::Store::open(cfg.cache, base, &err);
       if (!st) {
         fprintf(stderr, "slipstream: cache: %s\n", err.c_str());
+        event_base_free(base);
+        curl_global_cleanup();
         return 1;
       }
     }

@@ -27,6 +27,9 @@
 
 #include "store/index.h"
 
+// Set only in sanitizer builds (weak: null otherwise).
+extern "C" void __sanitizer_set_report_fd(void* fd) __attribute__((weak));
+
 namespace slip::store {
 namespace {
 
@@ -254,7 +257,15 @@ bool checkIndex(const std::string& dir, bool writes, std::string* err, uint64_t*
     // sanitizer's report of the crash is not for the user).
     close(p[0]);
     int devnull = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-    if (devnull >= 0) dup2(devnull, 2);
+    if (devnull >= 0) {
+      dup2(devnull, 2);
+      if (__sanitizer_set_report_fd)  // a sanitizer build: its report files too
+        __sanitizer_set_report_fd(reinterpret_cast<void*>(static_cast<intptr_t>(devnull)));
+    }
+    // Die by the signal itself (a sanitizer would turn it into exit status 1).
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) sigaction(sig, &dfl, nullptr);
     uint64_t bad = 0;
     std::string why = walkIndex(indexDir, &bad);
     if (why.empty() && writes) why = rehearseWrites(dir);
