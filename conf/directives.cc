@@ -390,10 +390,10 @@ std::vector<Directive> withSecretFiles(const std::vector<Directive>& table) {
     f.requiredFor = 0;
     f.repeatable = false;
     f.name = text.emplace_back(std::string(d.name) + "_file").c_str();
-    f.doc = text.emplace_back("File holding " + std::string(d.name) +
-                              " instead of this file: its content, line breaks at the end "
-                              "stripped (a relative path is taken from this file's folder). "
-                              "Give one of the two.")
+    f.doc = text.emplace_back("A file holding " + std::string(d.name) +
+                              ", to keep it out of the INI: its content, line breaks at the end "
+                              "stripped (a relative path is taken from the INI's folder). Give "
+                              "one of the two.")
                 .c_str();
     out.push_back(f);
   }
