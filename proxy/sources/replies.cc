@@ -191,6 +191,14 @@ Problem parseListPage(std::string_view body, ListPage* out) {
       if (Problem p = str(item, "name", &e.name, true, where)) return p;
       if (Problem p = str(item, "type", &type, true, where)) return p;
       e.folder = type == "folder";
+      int64_t size = 0;
+      std::string updated;
+      if (Problem p = integer(item, "size", &size, false)) return contract(where + p.why);
+      if (size < 0) return contract(where + "size is negative");
+      e.size = static_cast<uint64_t>(size);
+      if (Problem p = str(item, "updated_at", &updated, false, where)) return p;
+      if (!updated.empty()) e.updatedMs = parseIsoUtc(updated);
+      if (Problem p = str(item, "content_hash", &e.contentHash, false, where)) return p;
       out->items.push_back(std::move(e));
     }
     return str(j, "next_marker", &out->nextMarker, false);

@@ -58,14 +58,19 @@ struct ListItem {
   std::string id;
   std::string name;
   bool folder = false;
+  uint64_t size = 0;                 // files; absent/null = 0
+  std::optional<int64_t> updatedMs;  // `updated_at` when it is an ISO 8601 UTC time
+  std::string contentHash;           // `content_hash` (SHA-1 hex), "" when absent
 };
 struct ListPage {
   std::vector<ListItem> items;
   std::string nextMarker;  // "" = last page
 };
 /// POST /adrive/v1.0/openFile/list: `items` a list of objects with non-empty
-/// string `file_id` and `name` and a string `type`; `next_marker` a string
-/// (absent/null = last page).
+/// string `file_id` and `name` and a string `type`, and where present a
+/// non-negative integer `size` and string `updated_at`/`content_hash` (an
+/// `updated_at` that is not ISO 8601 is ignored: it only dates a listing);
+/// `next_marker` a string (absent/null = last page).
 Problem parseListPage(std::string_view body, ListPage* out);
 
 struct DownloadUrl {

@@ -162,9 +162,21 @@ TEST_CASE("Aliyundrive replies: lists, links, drives, tokens", "[replies]") {
                               &page));
   REQUIRE(page.items.size() == 2);
   CHECK(page.items[0].folder);
+  CHECK(page.items[1].size == 5);
   CHECK(page.items[1].name == "x.mkv");
   CHECK_FALSE(page.items[1].folder);
   CHECK(page.nextMarker == "m2");
+  ListPage dated;
+  REQUIRE_FALSE(
+      parseListPage(R"({"items":[{"file_id":"c","name":"d.mkv","type":"file","size":4294967496,)"
+                    R"("updated_at":"2024-05-01T10:00:00.000Z","content_hash":"AB12"},)"
+                    R"({"file_id":"e","name":"f","type":"file","updated_at":"yesterday"}]})",
+                    &dated));
+  REQUIRE(dated.items.size() == 2);
+  CHECK(dated.items[0].size == 4294967496ULL);
+  CHECK(dated.items[0].updatedMs == 1714557600000LL);
+  CHECK(dated.items[0].contentHash == "AB12");
+  CHECK_FALSE(dated.items[1].updatedMs);  // not ISO: ignored, not a failure
   ListPage last;
   REQUIRE_FALSE(parseListPage(R"({"items":[],"next_marker":""})", &last));
   CHECK(last.nextMarker.empty());
@@ -218,6 +230,16 @@ TEST_CASE("Aliyundrive replies: lists, links, drives, tokens", "[replies]") {
        "items[0].type is a boolean"},
       {"list", R"({"items":[{"file_id":"a","name":"n","type":"file"},{"file_id":"b"}]})",
        "items[1].name"},
+      {"list", R"({"items":[{"file_id":"a","name":"n","type":"file","size":"5"}]})",
+       "items[0].size is a string, not a number"},
+      {"list", R"({"items":[{"file_id":"a","name":"n","type":"file","size":-1}]})",
+       "items[0].size is negative"},
+      {"list", R"({"items":[{"file_id":"a","name":"n","type":"file","size":1e300}]})",
+       "items[0].size is not an integer of 64 bits"},
+      {"list", R"({"items":[{"file_id":"a","name":"n","type":"file","updated_at":5}]})",
+       "items[0].updated_at is a number"},
+      {"list", R"({"items":[{"file_id":"a","name":"n","type":"file","content_hash":[]}]})",
+       "items[0].content_hash is a list"},
       {"list", R"({"items":[],"next_marker":5})", "next_marker is a number, not a string"},
       {"list", R"({"items":[],"next_marker":["m"]})", "next_marker is a list"},
       {"link", R"({"expiration":"2024-05-01T10:00:00Z"})", "url is missing"},
