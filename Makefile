@@ -25,7 +25,7 @@ endif
 
 CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(HARDEN) $(EXTRA_CXXFLAGS)
 LDFLAGS  := -pthread $(OPT) $(HARDEN_LD)
-LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -linih -lssl -lcrypto -lexpat -lcrypt
+LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -lssl -lcrypto -lexpat -lcrypt
 
 MODULES  := conf policy store proxy proxy/sources proxy/fetch src
 LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc)))

@@ -216,7 +216,8 @@ std::string referenceMarkdown();
 
 enum class SectionKind { Server, Cache, Account, User, Mount, Rule };
 enum class ValueType {
-  String, Bool, Int, Size, Duration, Enum, List, Header, Listen, CidrList, Url, Path, Secret
+  String, Bool, Int, Size, Duration, Enum, List, Header, Listen, CidrList, Url, Path, Secret,
+  SecretFile  // `<secret>_file`: a path whose content is the secret
 };
 
 /// Bit per SourceType, for Directive::sources and Directive::requiredFor.
@@ -251,6 +252,9 @@ struct Directive {
   unsigned sources = kAllSources;    // [mount]: the source types the key applies to
   unsigned requiredFor = 0;          // [mount]: source types that need it; others: kAllSources = always
   const char* doc = "";
+  /// SecretFile rows: the name of the Secret key whose value the file holds
+  /// (the row is derived from that key's row and shares its apply/check).
+  const char* fileOf = nullptr;
   /// Stores the value into the open section: the server, the cache, or the
   /// last account / mount / rule of the Config.
   void (*apply)(Config& c, const DirectiveValue& v) = nullptr;
@@ -258,16 +262,20 @@ struct Directive {
   bool (*check)(const DirectiveValue& v, std::string* why) = nullptr;
 };
 
-/// Every directive, grouped by section, in documentation order.
+/// Every directive, grouped by section, in documentation order. Each Secret
+/// key is followed by its derived `<name>_file` row.
 const std::vector<Directive>& directives();
 
 // ---------------------------------------------------------------- value parsers
 // Exposed for the tests and for command-line flags. Each returns nullopt on a
 // bad value and, if `why` is given, says what is wrong.
 
-/// "64K", "4M", "50G", "1T", plain bytes "4096"; binary units (K = 1024).
+/// "64K", "4M", "1.5G", "50G", "1T", plain bytes "4096"; binary units
+/// (K = 1024). Decimals (at most 9 places) are rounded to the nearest byte;
+/// a number of bytes must be whole.
 std::optional<int64_t> parseSize(std::string_view s, std::string* why = nullptr);
-/// "500ms", "90s", "15m", "4h", "2d"; a bare number is seconds. Milliseconds.
+/// "500ms", "90s", "1.5m", "4h", "2d"; a bare number is seconds. Milliseconds,
+/// decimals rounded to the nearest one ("ms" itself must be whole).
 std::optional<int64_t> parseDuration(std::string_view s, std::string* why = nullptr);
 /// "on/off", "yes/no", "true/false", "1/0".
 std::optional<bool> parseBool(std::string_view s, std::string* why = nullptr);
@@ -282,6 +290,14 @@ std::optional<ListenAddr> parseListen(std::string_view s, std::string* why = nul
 /// SHA-512-crypt ($6$), complete. Weak or legacy methods (DES, MD5,
 /// SHA-256-crypt) and truncated hashes are refused. Costs one hashing.
 bool checkPasswordHash(std::string_view hash, std::string* why = nullptr);
+/// Why `name: value` cannot be sent to an upstream, or nullopt when it can.
+/// The name must be an RFC 9110 token and not one the fetcher sets itself
+/// (framing, connection, Range/If-Range, Accept-Encoding); the value must not
+/// contain CR, LF, NUL or another control character (HTAB is allowed). The
+/// message names the header, never its value.
+std::optional<std::string> headerProblem(std::string_view name, std::string_view value);
+/// `s` with bytes outside printable ASCII written as \xNN (for messages).
+std::string printable(std::string_view s);
 
 /// Levenshtein distance, for "did you mean" suggestions.
 size_t editDistance(std::string_view a, std::string_view b);

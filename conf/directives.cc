@@ -8,7 +8,9 @@
 // Defaults here are what the loader applies when a key is absent; they must
 // match the initialisers in conf.h (tests/unit/conf_test.cc checks that).
 #include <cctype>
+#include <deque>
 #include <initializer_list>
+#include <string>
 
 #include "conf/conf.h"
 
@@ -406,8 +408,37 @@ std::vector<Directive> makeTable() {
 
 }  // namespace
 
+namespace {
+
+// Every Secret key gets a `<name>_file` twin right after it: same section,
+// sources, apply and check; the loader reads the value from the file.
+std::vector<Directive> withSecretFiles(const std::vector<Directive>& table) {
+  static std::deque<std::string> text;  // names and docs of the derived rows
+  std::vector<Directive> out;
+  for (const Directive& d : table) {
+    out.push_back(d);
+    if (d.type != T::Secret) continue;
+    Directive f = d;
+    f.type = T::SecretFile;
+    f.fileOf = d.name;
+    f.def = nullptr;
+    f.requiredFor = 0;
+    f.repeatable = false;
+    f.name = text.emplace_back(std::string(d.name) + "_file").c_str();
+    f.doc = text.emplace_back("A file holding " + std::string(d.name) +
+                              ", to keep it out of the INI: its content, line breaks at the end "
+                              "stripped (a relative path is taken from the INI's folder). Give "
+                              "one of the two.")
+                .c_str();
+    out.push_back(f);
+  }
+  return out;
+}
+
+}  // namespace
+
 const std::vector<Directive>& directives() {
-  static const std::vector<Directive> table = makeTable();
+  static const std::vector<Directive> table = withSecretFiles(makeTable());
   return table;
 }
 

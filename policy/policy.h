@@ -62,7 +62,9 @@ namespace slip::policy {
   X(UpstreamDenied, 502, "upstream refused the link (401/403/410), also after re-resolving") \
   X(UpstreamReset, 502, "upstream connection dropped and retries ran out")                \
   X(ResolveFailed, 502, "source could not resolve the path to a link")                    \
-  X(AccountAuth, 502, "the cloud account's credentials were refused")                     \
+  X(SourceBadReply, 502, "the source's reply does not follow its API")                    \
+  X(SourceBadHeader, 502, "the source asked for a header that cannot be sent upstream")    \
+  X(AccountAuth, 502, "the cloud account's credentials were refused")                    \
   X(RateLimited, 502, "the cloud service kept answering 429 Too Many Requests")           \
   X(CacheFailed, 500, "cache store failed")                                               \
   X(Overloaded, 503, "too many connections")                                              \

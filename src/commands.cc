@@ -1,9 +1,12 @@
 #include "src/commands.h"
 
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <iostream>
 
@@ -81,11 +84,89 @@ std::string gatewayUrl(const conf::Config& cfg, std::string base, const std::str
 }
 
 int cache(const conf::Config& cfg, const std::string& sub, const std::vector<std::string>& args) {
-  bool verbose = !args.empty() && (args[0] == "-v" || args[0] == "--verbose");
+  bool verbose = false, repair = false;
+  for (const std::string& a : args) {
+    if ((a == "-v" || a == "--verbose") && sub == "stats") {
+      verbose = true;
+    } else if (a == "--repair" && sub == "verify") {
+      repair = true;
+    } else {
+      fprintf(stderr, "slipstream cache %s: unexpected argument '%s'\n", sub.c_str(), a.c_str());
+      return 2;
+    }
+  }
   if (sub == "stats") return store::Store::printStats(cfg.cache, stdout, verbose);
-  if (sub == "verify") return store::Store::verify(cfg.cache, stdout);
-  fprintf(stderr, "slipstream cache: expected 'stats' or 'verify'\n");
+  if (sub == "verify") return store::Store::verify(cfg.cache, stdout, repair);
+  if (sub == "reset") return store::Store::reset(cfg.cache, stdout);
+  fprintf(stderr, "slipstream cache: expected 'stats', 'verify' or 'reset'\n");
   return 2;
+}
+
+bool cacheInUse(const conf::Config& cfg) {
+  for (const auto& m : cfg.mounts)
+    if (m.cache && m.source != conf::SourceType::Local) return true;
+  for (const auto& r : cfg.rules)
+    if (r.cache.value_or(false)) return true;
+  return false;
+}
+
+namespace {
+
+// Why this user could not use `dir` as a writable directory, or "" if it
+// can. An existing directory is tried for real (a file created and removed);
+// a missing one must be creatable below its nearest existing parent.
+std::string dirProblem(const std::string& dir) {
+  struct stat st {};
+  if (stat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return dir + " exists and is not a directory";
+    std::string probe = dir + "/.slipstream-check-XXXXXX";
+    int fd = mkstemp(probe.data());
+    if (fd < 0)
+      return "cannot write in " + dir + " as uid " + std::to_string(geteuid()) + ": " +
+             strerror(errno);
+    close(fd);
+    unlink(probe.c_str());
+    return "";
+  }
+  if (errno != ENOENT) return "cannot use " + dir + ": " + strerror(errno);
+  std::string parent = dir;
+  while (stat(parent.c_str(), &st) != 0) {
+    if (errno != ENOENT) return "cannot use " + parent + ": " + strerror(errno);
+    size_t slash = parent.find_last_of('/');
+    if (slash == std::string::npos) {
+      parent = ".";
+      break;
+    }
+    parent = slash == 0 ? "/" : parent.substr(0, slash);
+  }
+  if (!S_ISDIR(st.st_mode)) return "cannot create " + dir + ": " + parent + " is not a directory";
+  if (access(parent.c_str(), W_OK | X_OK) != 0)
+    return "cannot create " + dir + " as uid " + std::to_string(geteuid()) + ": " + parent + ": " +
+           strerror(errno);
+  return "";
+}
+
+}  // namespace
+
+int check(const conf::Config& cfg) {
+  std::vector<std::string> errors;
+  if (cacheInUse(cfg)) {
+    if (std::string p = dirProblem(cfg.cache.dir); !p.empty()) errors.push_back("[cache] dir: " + p);
+    if (auto warn = store::Store::minFreeProblem(cfg.cache))
+      fprintf(stderr, "%s: warning: %s\n", cfg.file.c_str(), warn->c_str());
+  }
+  if (!cfg.accounts.empty()) {
+    if (std::string p = dirProblem(cfg.server.stateDir); !p.empty())
+      errors.push_back("[server] state_dir: " + p);
+  }
+  for (const std::string& e : errors) fprintf(stderr, "%s: %s\n", cfg.file.c_str(), e.c_str());
+  if (!errors.empty()) {
+    fprintf(stderr, "slipstream: %zu error%s in %s\n", errors.size(), errors.size() == 1 ? "" : "s",
+            cfg.file.c_str());
+    return 2;
+  }
+  printf("%s: ok (%zu mounts, %zu rules)\n", cfg.file.c_str(), cfg.mounts.size(), cfg.rules.size());
+  return 0;
 }
 
 int explain(const conf::Config& cfg, const Flags& flags) {

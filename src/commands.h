@@ -1,4 +1,4 @@
-// The one-shot subcommands: cache stats/verify, explain, sign, strm.
+// The one-shot subcommands: check, cache stats/verify/reset, explain, sign, strm.
 #pragma once
 
 #include <string>
@@ -20,7 +20,14 @@ std::string defaultBaseUrl(const conf::Config& cfg);
 std::string gatewayUrl(const conf::Config& cfg, std::string base, const std::string& virtualPath,
                        int64_t expiry);
 
+/// `slipstream cache stats|verify|reset`.
 int cache(const conf::Config& cfg, const std::string& sub, const std::vector<std::string>& args);
+/// `slipstream check`: the configuration loaded; now whether this user can
+/// write the cache directory and state_dir (or create them), and a warning
+/// when min_free leaves the cache no room at all.
+int check(const conf::Config& cfg);
+/// Whether any mount or rule caches (the gateway then opens the store).
+bool cacheInUse(const conf::Config& cfg);
 int explain(const conf::Config& cfg, const Flags& flags);
 int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags);
 /// `slipstream passwd`: a yescrypt hash of the password on stdin, for

@@ -32,7 +32,9 @@ const char* kUsage =
     "usage: slipstream [run] -c FILE        start the gateway\n"
     "       slipstream check -c FILE        validate the configuration\n"
     "       slipstream cache stats -c FILE  objects, blocks and bytes in the cache\n"
-    "       slipstream cache verify -c FILE check every stored block's checksum\n"
+    "       slipstream cache verify -c FILE [--repair]\n"
+    "                                       check every stored block (and unlist bad ones)\n"
+    "       slipstream cache reset -c FILE  remove the index and data (not while a gateway runs)\n"
     "       slipstream explain -c FILE --path /d/MOUNT/PATH [--client IP] [--user-agent UA]\n"
     "                                       [--method GET|HEAD] [--size N]\n"
     "       slipstream sign -c FILE /MOUNT/PATH [--ttl DURATION]\n"
@@ -78,6 +80,8 @@ bool parseArgs(int argc, char** argv, Args* a, std::string* err) {
       a->config = argv[i];
     } else if (s.starts_with("--") && isSwitch(s.substr(2))) {
       a->switches.push_back(s.substr(2));
+    } else if (s == "--repair" || s == "--verbose") {  // switches without a value
+      a->positional.push_back(s);
     } else if (s.starts_with("--") && s.size() > 2) {
       if (++i >= argc) {
         *err = s + " needs a value";
@@ -111,14 +115,6 @@ std::optional<conf::Config> load(const std::string& file) {
     return std::nullopt;
   }
   return std::move(*r.config);
-}
-
-bool anyMountCaches(const conf::Config& cfg) {
-  for (const auto& m : cfg.mounts)
-    if (m.cache && m.source != conf::SourceType::Local) return true;
-  for (const auto& r : cfg.rules)
-    if (r.cache.value_or(false)) return true;
-  return false;
 }
 
 struct Loop {
@@ -173,11 +169,13 @@ int run(const conf::Config& cfg) {
   int rc = 0;
   {
     std::unique_ptr<store::Store> st;
-    if (anyMountCaches(cfg)) {
+    if (cmd::cacheInUse(cfg)) {
       std::string err;
       st = store::Store::open(cfg.cache, base, &err);
       if (!st) {
         fprintf(stderr, "slipstream: cache: %s\n", err.c_str());
+        event_base_free(base);
+        curl_global_cleanup();
         return 1;
       }
     }
@@ -252,11 +250,7 @@ int main(int argc, char** argv) {
   auto cfg = load(a.config);
   if (!cfg) return 2;
   if (a.command == "run") return run(*cfg);
-  if (a.command == "check") {
-    printf("%s: ok (%zu mounts, %zu rules)\n", a.config.c_str(), cfg->mounts.size(),
-           cfg->rules.size());
-    return 0;
-  }
+  if (a.command == "check") return cmd::check(*cfg);
   if (a.command == "cache") return cmd::cache(*cfg, a.sub, a.positional);
   if (a.command == "explain") return cmd::explain(*cfg, a.flags);
   if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags);

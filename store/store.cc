@@ -167,6 +167,7 @@ struct Store::Impl {
   Store* self = nullptr;
   conf::Cache cfg;
   event_base* base = nullptr;
+  DirLock lock;  // declared before env: released after the index is closed
   Env env;
 
   // ---- loop thread
@@ -217,8 +218,9 @@ struct Store::Impl {
   uint64_t currentOverhead();
   bool loadBlock(const Key& k, uint32_t idx, BlockRecord* r);
   void flushTouches();
+  void dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, const BlockRecord& r,
+                   const std::string& why);
   void trustFill(const Store::Writer& w);
-  bool reconcile(std::string* err);
   bool sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t idx, uint64_t blockAt,
                        uint64_t blockLen, uint64_t off, uint64_t len, evbuffer* out);
   void sweepSegments(bool all);
@@ -279,9 +281,26 @@ std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, std
   Impl& s = *impl;
   s.cfg = cfg;
   s.base = base;
+  // One gateway per directory, and nothing in this process maps an index
+  // that a child could not walk.
+  if (!makeDirs(cfg.dir, err) || !s.lock.acquire(cfg.dir, err)) return nullptr;
+  if (auto warn = minFreeProblem(cfg))
+    logStore(conf::LogLevel::Warn, "cache_off", "dir=" + conf::logValue(cfg.dir) + " detail=" + conf::logValue(*warn));
+  uint64_t bad = 0;
+  if (!checkIndex(cfg.dir, true, err, &bad)) return nullptr;
   if (!makeDirs(cfg.dir + "/index", err) || !makeDirs(cfg.dir + "/data", err)) return nullptr;
   if (!s.env.open(cfg.dir + "/index", false, err)) return nullptr;
-  if (!s.reconcile(err)) return nullptr;
+  Reconciled rec;
+  if (!reconcile(s.env, cfg.dir, &rec, err)) return nullptr;
+  s.nextGen = rec.nextGen;
+  s.used = rec.used;
+  s.objects = rec.objects;
+  s.blocks = rec.blocks;
+  if (bad || rec.truncated || rec.inconsistent)
+    logStore(conf::LogLevel::Warn, "cache_damage_repaired",
+             "dir=" + conf::logValue(cfg.dir) + " unreadable_records=" + std::to_string(bad) +
+                 " truncated_blocks=" + std::to_string(rec.truncated) +
+                 " inconsistent_blocks=" + std::to_string(rec.inconsistent));
   s.doneEv = event_new(base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->completions();
   }, &s);
@@ -297,116 +316,6 @@ std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, std
                " blocks=" + std::to_string(s.blocks) + " bytes=" + std::to_string(s.used) +
                " max_size=" + std::to_string(cfg.maxSize));
   return std::unique_ptr<Store>(new Store(std::move(impl)));
-}
-
-// Brings data files and index into agreement after a crash or an unclean
-// stop: unlisted bytes are punched out, orphan files and records removed.
-bool Store::Impl::reconcile(std::string* err) {
-  Txn t(env.get(), false);
-  if (!t.ok()) {
-    *err = std::string("index: ") + mdb_strerror(t.error());
-    return false;
-  }
-  std::map<Key, ObjectMeta> objs = readObjects(t.get(), env.objects, true);
-  for (const auto& [key, m] : objs) nextGen = std::max(nextGen, m.generation + 1);
-  // Listed blocks per object; records of unknown objects/versions go.
-  std::map<Key, std::set<uint32_t>> listed;
-  forEach(t.get(), env.blocks, [&](MDB_cursor* c, const MDB_val& k, const MDB_val& v) {
-    BlockRecord r;
-    Key key = BlockKey::object(k);
-    auto it = objs.find(key);
-    if (k.mv_size != 20 || !decodeBlock(view(v), &r) || it == objs.end() ||
-        r.generation != it->second.generation) {
-      mdb_cursor_del(c, 0);
-      return true;
-    }
-    listed[key].insert(BlockKey::index(k));
-    used += r.length;
-    blocks++;
-    return true;
-  });
-  // LRU entries whose block is gone.
-  forEach(t.get(), env.lru, [&](MDB_cursor* c, const MDB_val& k, const MDB_val&) {
-    auto it = listed.find(LruKey::object(k));
-    if (k.mv_size != 28 || it == listed.end() || !it->second.count(LruKey::index(k)))
-      mdb_cursor_del(c, 0);
-    return true;
-  });
-  // Data files: orphans go; unlisted regions of known files are punched.
-  std::set<Key> withFile;
-  std::string dataDir = cfg.dir + "/data";
-  if (DIR* d = opendir(dataDir.c_str())) {
-    while (dirent* sub = readdir(d)) {
-      if (sub->d_name[0] == '.') continue;
-      std::string subPath = dataDir + "/" + sub->d_name;
-      DIR* d2 = opendir(subPath.c_str());
-      if (!d2) continue;
-      while (dirent* e = readdir(d2)) {
-        if (e->d_name[0] == '.') continue;
-        std::string path = subPath + "/" + e->d_name;
-        Key key;
-        uint64_t gen = 0;
-        auto it = parseDataName(e->d_name, &key, &gen) ? objs.find(key) : objs.end();
-        int fd = it != objs.end() && it->second.generation == gen ? ::open(path.c_str(), O_RDWR | O_CLOEXEC) : -1;
-        if (fd < 0 || !checkFileHeader(fd, key, gen)) {
-          if (fd >= 0) close(fd);
-          unlink(path.c_str());
-          continue;
-        }
-        withFile.insert(key);
-        const ObjectMeta& m = it->second;
-        const auto& have = listed[key];
-        struct stat st{};
-        fstat(fd, &st);
-        for (uint32_t i = 0; i < m.blockCount(); i++) {
-          uint64_t off = blockOffset(m, i);
-          if (off >= static_cast<uint64_t>(st.st_size)) break;
-          if (!have.count(i)) {
-            off_t dataAt = lseek(fd, static_cast<off_t>(off), SEEK_DATA);
-            if (dataAt >= 0 && static_cast<uint64_t>(dataAt) < off + m.blockLength(i))
-              fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
-                        static_cast<off_t>(m.blockSize));
-          }
-        }
-        close(fd);
-      }
-      closedir(d2);
-    }
-    closedir(d);
-  }
-  // Objects without a file, or without a block, are dropped with their records.
-  for (auto& [key, m] : objs) {
-    auto it = listed.find(key);
-    bool empty = it == listed.end() || it->second.empty();
-    if (withFile.count(key) && !empty) {
-      objects++;
-      continue;
-    }
-    MDB_val k{16, const_cast<uint8_t*>(key.b)};
-    mdb_del(t.get(), env.objects, &k, nullptr);
-    if (!empty) {
-      for (uint32_t idx : it->second) {
-        BlockRecord r;
-        BlockKey bk(key, idx);
-        MDB_val bkv = bk.val(), v;
-        if (mdb_get(t.get(), env.blocks, &bkv, &v) == 0 && decodeBlock(view(v), &r)) {
-          used -= r.length;
-          blocks--;
-          LruKey lk(r.prio, key, idx);
-          MDB_val lkv = lk.val();
-          mdb_del(t.get(), env.lru, &lkv, nullptr);
-        }
-        mdb_del(t.get(), env.blocks, &bkv, nullptr);
-      }
-    }
-    unlink(dataPath(cfg.dir, key, m.generation).c_str());
-  }
-  int rc = t.commit();
-  if (rc != 0) {
-    *err = std::string("index commit: ") + mdb_strerror(rc);
-    return false;
-  }
-  return true;
 }
 
 // ------------------------------------------------------------------ loop side
@@ -741,41 +650,52 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   uint64_t to = std::min<uint64_t>(r.length, static_cast<uint64_t>(p1 + 1) * kPageSize);
   if (s.scratch.size() < to - from) s.scratch.resize(to - from);
   ssize_t got = pread(f->fd, s.scratch.data(), to - from, static_cast<off_t>(blockOffset(m, idx) + from));
-  if (got != static_cast<ssize_t>(to - from)) return ReadResult::IoError;
+  if (got < 0) return ReadResult::IoError;
+  // A listed block whose bytes are not all there (the data file was cut
+  // short) is as corrupt as one whose bytes changed.
+  if (got != static_cast<ssize_t>(to - from)) {
+    s.dropCorrupt(k, m, idx, r, "data file ends at " + std::to_string(blockOffset(m, idx) + from + got));
+    return ReadResult::Corrupt;
+  }
   for (uint32_t p = p0; p <= p1; p++) {
     uint64_t pb = static_cast<uint64_t>(p) * kPageSize - from;
     uint64_t pl = std::min<uint64_t>(kPageSize, r.length - static_cast<uint64_t>(p) * kPageSize);
     if (pageHash(s.scratch.data() + pb, pl) != r.pages[p]) {
-      // Never served: drop it so the caller fetches it again.
-      s.verified.erase({k, m.generation, idx});
-      s.dropped++;
-      s.leaving.insert({k, idx});
-      if (s.used >= r.length) s.used -= r.length;
-      if (s.blocks) s.blocks--;
-      Op op{OpKind::Drop};
-      op.victims.push_back({k, m.generation, idx, r.length, m.blockSize});
-      if (s.pins.count({k, idx})) {
-        // Verified pages of it may be queued for sendfile to other clients:
-        // unlist it now, punch once they are out (or never, if it is fetched
-        // again first — beginBlock cancels this).
-        op.punch = false;
-        Op later{OpKind::Punch};
-        later.key = k;
-        later.gen = m.generation;
-        later.off = blockOffset(m, idx);
-        later.request = r.length;
-        s.deferredPunch.emplace(BlockId{k, idx}, std::move(later));
-      }
-      s.enqueue(std::move(op));
-      logStore(conf::LogLevel::Warn, "cache_block_corrupt",
-               "object=" + k.hex() + " path=" + conf::logValue(m.path) + " block=" +
-                   std::to_string(idx) + " page=" + std::to_string(p));
+      s.dropCorrupt(k, m, idx, r, "page=" + std::to_string(p) + " checksum mismatch");
       return ReadResult::Corrupt;
     }
     v.pages[p] = true;
   }
   evbuffer_add(out, s.scratch.data() + (off - from), len);
   return ReadResult::Ok;
+}
+
+// Never served: unlists the block so the caller fetches it again.
+void Store::Impl::dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, const BlockRecord& r,
+                              const std::string& why) {
+  verified.erase({k, m.generation, idx});
+  dropped++;
+  leaving.insert({k, idx});
+  if (used >= r.length) used -= r.length;
+  if (blocks) blocks--;
+  Op op{OpKind::Drop};
+  op.victims.push_back({k, m.generation, idx, r.length, m.blockSize});
+  if (pins.count({k, idx})) {
+    // Verified pages of it may be queued for sendfile to other clients:
+    // unlist it now, punch once they are out (or never, if it is fetched
+    // again first — beginBlock cancels this).
+    op.punch = false;
+    Op later{OpKind::Punch};
+    later.key = k;
+    later.gen = m.generation;
+    later.off = blockOffset(m, idx);
+    later.request = r.length;
+    deferredPunch.emplace(BlockId{k, idx}, std::move(later));
+  }
+  enqueue(std::move(op));
+  logStore(conf::LogLevel::Warn, "cache_block_corrupt",
+           "object=" + k.hex() + " path=" + conf::logValue(m.path) + " block=" + std::to_string(idx) +
+               " detail=" + conf::logValue(why));
 }
 
 void Store::touch(const Key& k, uint64_t gen, uint32_t idx, uint64_t requestId) {

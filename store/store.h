@@ -93,6 +93,28 @@ struct ObjectListing {
   std::string next;                   // `after` for the next page; "" = no more
 };
 
+/// The lock on a cache directory (`<dir>/slipstream.lock`, flock): a gateway
+/// holds it for as long as it runs, so a second one on the same directory
+/// refuses to start; `cache reset` and `cache verify --repair` need it too.
+/// The holder's pid is written into the file for the messages of others.
+class DirLock {
+ public:
+  DirLock() = default;
+  ~DirLock();  // releases the lock
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+  DirLock(DirLock&& o) noexcept;
+  /// Takes the lock on the existing directory `dir`. False with *err naming
+  /// the directory and the holder's pid when another process holds it.
+  bool acquire(const std::string& dir, std::string* err);
+  /// Who holds `dir`'s lock without taking it: 0 nobody, -1 someone whose
+  /// pid is unknown, else that pid.
+  static long holder(const std::string& dir);
+
+ private:
+  int fd_ = -1;
+};
+
 class Store {
  public:
   /// Opens (creating if needed) the cache under cfg.dir for the gateway:
@@ -170,9 +192,19 @@ class Store {
 
   /// `slipstream cache stats`: prints objects, blocks, bytes. Exit code.
   static int printStats(const conf::Cache& cfg, FILE* out, bool verbose);
-  /// `slipstream cache verify`: checks every listed block, reports bad ones.
-  /// Returns the exit code (1 when any block is bad or unreadable).
-  static int verify(const conf::Cache& cfg, FILE* out);
+  /// `slipstream cache verify`: checks every listed block, reports bad ones
+  /// (bad checksums, data files shorter than their listed blocks, missing
+  /// files). With `repair`, unlists the bad blocks (they are fetched again);
+  /// that needs the directory lock. Returns the exit code (1 when any block
+  /// was bad, even if repaired).
+  static int verify(const conf::Cache& cfg, FILE* out, bool repair = false);
+  /// `slipstream cache reset`: removes the index and the data files (only
+  /// files the cache made), under the directory lock: refused while a
+  /// gateway runs on it. Exit code.
+  static int reset(const conf::Cache& cfg, FILE* out);
+  /// A warning when min_free is at least the size of the file system that
+  /// holds (or will hold) the cache: then nothing can ever be stored.
+  static std::optional<std::string> minFreeProblem(const conf::Cache& cfg);
 
   struct Impl;
 

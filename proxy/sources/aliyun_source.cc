@@ -22,14 +22,14 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <ctime>
 #include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "proxy/sources/aliyun.h"
 #include "proxy/fetch/curl_multi.h"
+#include "proxy/sources/aliyun.h"
+#include "proxy/sources/replies.h"
 
 extern char** environ;
 
@@ -62,34 +62,6 @@ int64_t wallMs() {
       .count();
 }
 
-std::string str(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
-/// "2024-05-01T10:00:00.000Z" → Unix milliseconds; nullopt if not that form.
-std::optional<int64_t> parseIsoUtc(const std::string& s) {
-  tm t{};
-  int ms = 0;
-  int n = 0;
-  if (sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &t.tm_year, &t.tm_mon, &t.tm_mday, &t.tm_hour,
-             &t.tm_min, &t.tm_sec, &n) != 6)
-    return std::nullopt;
-  const char* rest = s.c_str() + n;
-  if (*rest == '.') {
-    int digits = 0;
-    for (rest++; *rest >= '0' && *rest <= '9'; rest++)
-      if (digits++ < 3) ms = ms * 10 + (*rest - '0');
-    for (; digits < 3; digits++) ms *= 10;
-  }
-  if (*rest != 'Z' && strcmp(rest, "+00:00") != 0) return std::nullopt;
-  t.tm_year -= 1900;
-  t.tm_mon -= 1;
-  time_t secs = timegm(&t);
-  if (secs == static_cast<time_t>(-1)) return std::nullopt;
-  return static_cast<int64_t>(secs) * 1000 + ms;
-}
-
 struct Entry {
   std::string id, parent, name;
   bool folder = false;
@@ -101,7 +73,7 @@ struct Entry {
 struct ApiResult {
   Reason reason = Reason::None;
   std::string detail;
-  json body;
+  std::string body;  // the reply (HTTP 200), for the caller's parser in replies.h
 };
 using ApiCb = std::function<void(const ApiResult&)>;
 using DoneCb = std::function<void(Reason, const std::string&)>;
@@ -381,7 +353,7 @@ void Account::startHelper() {
               {"stale_access_token", accessToken_},
               {"log_level", conf::Log::enabled(conf::LogLevel::Debug) ? "debug" : "info"}};
   if (!unsavedRefresh_.empty()) req["refresh_token"] = unsavedRefresh_;
-  std::string text = req.dump();
+  std::string text = replies::dumpJson(req);
 
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0) {
@@ -509,28 +481,28 @@ void Account::impatient(evutil_socket_t, short, void* arg) {
 
 void Account::helperDone(const std::string& out, int status) {
   std::string who = "account=" + conf::logValue(a_.name) + " mounts=" + conf::logValue(mounts_);
-  json r = json::parse(out, nullptr, false);
-  if (r.is_discarded() || !r.is_object() || !r.contains("ok")) {
+  replies::HelperResult r;
+  if (replies::Problem p = replies::parseHelperResult(out, &r)) {
     exchangeFailed("the token helper ended without an answer (status " +
-                   std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")");
+                   std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ": " + p.why + ")");
     return;
   }
-  if (r.value("ok", false)) {
+  if (r.ok) {
     counters_.tokenExchanges++;
-    accessToken_ = str(r, "access_token");
-    accessExpiresMs_ = r.value("access_expires_ms", int64_t{0});
+    accessToken_ = r.accessToken;
+    accessExpiresMs_ = r.accessExpiresMs;
     accessObtainedMs_ = wallMs();
     refused_ = false;
     failure_.clear();
     retryAtMs_ = 0;
-    if (r.value("reused", false)) {
+    if (r.reused) {
       // A saved access token: whatever was unsaved is still the current one.
-    } else if (r.value("persisted", true)) {
+    } else if (r.persisted) {
       unsavedRefresh_.clear();
     } else {
-      unsavedRefresh_ = str(r, "refresh_token");
+      unsavedRefresh_ = r.refreshToken;
       conf::Log::write(conf::LogLevel::Error, "account_token_unsaved",
-                       who + " detail=" + conf::logValue(str(r, "persist_error")) +
+                       who + " detail=" + conf::logValue(r.persistError) +
                            " action=" + conf::logValue("make state_dir " + cfg_.server.stateDir +
                                                        " writable: until then a restart loses the account"));
     }
@@ -539,9 +511,10 @@ void Account::helperDone(const std::string& out, int status) {
     for (auto& w : waiters) w(Reason::None, "");
     return;
   }
-  std::string message = str(r, "message"), code = str(r, "code");
-  int st = r.value("status", 0);
-  refused_ = r.value("refused", false);
+  const std::string& message = r.message;
+  const std::string& code = r.code;
+  int64_t st = r.status;
+  refused_ = r.refused;
   if (refused_) {
     counters_.tokenFailures++;
     std::string where = cfg_.file + (a_.refreshTokenLine ? ":" + std::to_string(a_.refreshTokenLine) : "");
@@ -592,7 +565,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
       c->token = accessToken_;
       Transfer::Options o;
       o.url = api_ + path;
-      o.postBody = body.dump();
+      o.postBody = replies::dumpJson(body);
       o.headers.push_back({"Content-Type", "application/json"});
       o.headers.push_back({"Authorization", "Bearer " + accessToken_});
       o.connectTimeoutMs = cfg_.server.connectTimeoutMs;
@@ -607,14 +580,12 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
           return;
         }
         int st = call_.xfer->status();
-        json j = json::parse(call_.body, nullptr, false);
-        if (j.is_discarded()) j = json::object();
-        std::string code = j.is_object() ? str(j, "code") : "";
-        std::string message = j.is_object() ? str(j, "message") : "";
-        if (st == 200 && j.is_object()) {
-          cb({Reason::None, "", std::move(j)});
+        if (st == 200) {
+          cb({Reason::None, "", std::move(call_.body)});
           return;
         }
+        std::string code, message;
+        replies::parseApiError(call_.body, &code, &message);
         if (st == 401 && (code == "AccessTokenInvalid" || code == "AccessTokenExpired") && !authRetried) {
           // Refresh, then try once more (unless another call already did).
           if (accessToken_ == call_.token) accessExpiresMs_ = 0;  // the helper is told it is stale
@@ -641,7 +612,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
                              (message.empty() ? "" : ": " + message);
         Reason r2 = st == 404 ? Reason::NotFound : Reason::ResolveFailed;
         if (st == 401 || st == 403) r2 = Reason::AccountAuth;
-        cb({r2, detail, std::move(j)});
+        cb({r2, detail, {}});
       };
       c->xfer = std::make_unique<Transfer>(multi_, std::move(o), c);
       calls_.insert(c);
@@ -667,8 +638,10 @@ void Account::withDrive(DoneCb cb) {
       const char* type = a_.driveType == conf::DriveType::Default  ? "default"
                          : a_.driveType == conf::DriveType::Backup ? "backup"
                                                                    : "resource";
-      driveId_ = str(r.body, (std::string(type) + "_drive_id").c_str());
-      if (driveId_.empty()) {
+      if (replies::Problem p = replies::parseDriveId(r.body, type, &driveId_)) {
+        reason = Reason::SourceBadReply;
+        detail = "aliyundrive getDriveInfo: " + p.why;
+      } else if (driveId_.empty()) {
         reason = Reason::ResolveFailed;
         detail = "account " + a_.name + " has no " + type + " drive (set drive_type in [account " + a_.name + "])";
       }
@@ -720,25 +693,19 @@ void Account::listPage(const std::string& folderId, uint64_t gen, const std::str
       listingDone(folderId, gen, r.reason, r.detail);
       return;
     }
-    const json& items = r.body.contains("items") ? r.body["items"] : json();
-    if (!items.is_array()) {
-      listingDone(folderId, gen, Reason::ResolveFailed, "aliyundrive list: reply has no items");
+    replies::ListPage pageReply;
+    if (replies::Problem p = replies::parseListPage(r.body, &pageReply)) {
+      listingDone(folderId, gen, Reason::SourceBadReply, "aliyundrive list: " + p.why);
       return;
     }
-    for (const json& item : items) {
-      if (!item.is_object()) continue;
-      Entry e;
-      e.id = str(item, "file_id");
-      e.name = str(item, "name");
-      e.parent = folderId;
-      e.folder = str(item, "type") == "folder";
-      if (auto sz = item.find("size"); !e.folder && sz != item.end() && sz->is_number_unsigned())
-        e.size = sz->get<uint64_t>();
-      if (auto t = parseIsoUtc(str(item, "updated_at")); t && *t > 0) e.mtimeMs = *t;
-      e.hash = str(item, "content_hash");
-      if (!e.id.empty() && !e.name.empty()) it->second.building[e.name] = e;
+    for (replies::ListItem& item : pageReply.items) {
+      Entry e{std::move(item.id), folderId, item.name, item.folder};
+      if (!e.folder) e.size = item.size;
+      if (item.updatedMs && *item.updatedMs > 0) e.mtimeMs = *item.updatedMs;
+      e.hash = std::move(item.contentHash);
+      it->second.building[item.name] = std::move(e);
     }
-    std::string next = str(r.body, "next_marker");
+    const std::string& next = pageReply.nextMarker;
     if (!next.empty() && page + 1 < kMaxPages) {
       listPage(folderId, gen, next, page + 1);
       return;
@@ -862,18 +829,17 @@ void Account::downloadUrl(const std::string& id, int64_t expireSec,
              cb(res.reason, res.detail, "", 0);
              return;
            }
-           std::string url = str(res.body, "url");
-           if (!url.starts_with("http://") && !url.starts_with("https://")) {
-             cb(Reason::ResolveFailed, "aliyundrive getDownloadUrl: reply has no http(s) url", "", 0);
+           replies::DownloadUrl link;
+           if (replies::Problem p = replies::parseDownloadUrl(res.body, &link)) {
+             cb(Reason::SourceBadReply, "aliyundrive getDownloadUrl: " + p.why, "", 0);
              return;
            }
            // The service says when the link dies; never trust it longer than
            // asked, and not at all when our clock is ahead of its (the link
            // would look dead on arrival).
            int64_t expires = asked + expireSec * 1000;
-           if (auto e = parseIsoUtc(str(res.body, "expiration")); e && *e > wallMs())
-             expires = std::min(expires, *e);
-           cb(Reason::None, "", url, expires);
+           if (link.expirationMs && *link.expirationMs > wallMs()) expires = std::min(expires, *link.expirationMs);
+           cb(Reason::None, "", link.url, expires);
          });
   });
 }
