@@ -5,7 +5,8 @@
 # the demo start their own nginx on loopback ports with their own config.
 #
 #   scripts/deps.sh            build + test + demo packages
-#   scripts/deps.sh bench      also the benchmark peers (aria2, wrk, hyperfine)
+#   scripts/deps.sh bench      also the benchmark peers and tools (wrk, hyperfine,
+#                              varnish; e2fsprogs + util-linux for the slow-disk row)
 set -euo pipefail
 
 pkgs=(
@@ -17,7 +18,7 @@ pkgs=(
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
 )
 if [ "${1:-}" = bench ]; then
-  pkgs+=(wrk hyperfine)
+  pkgs+=(wrk hyperfine varnish e2fsprogs util-linux)
 fi
 
 missing=()

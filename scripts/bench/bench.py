@@ -252,10 +252,15 @@ http {
 
 
 class Relay:
-    def __init__(self, binary, upstream_port, rate, base):
+    """build/ratelimit_relay in front of an origin port: `rate` bytes/s per
+    connection (0 = no cap), `delay_ms` round trip held before each answer."""
+
+    def __init__(self, binary, upstream_port, rate, base, delay_ms=0):
         self.dir = mkdtemp("relay-", base)
         self.log = os.path.join(self.dir, "conns.log")
-        self.proc = spawn([binary, "--upstream", str(upstream_port), "--rate", str(int(rate)), "--log", self.log],
+        self.rate, self.delay_ms = rate, delay_ms
+        self.proc = spawn([binary, "--upstream", str(upstream_port), "--rate", str(int(rate)),
+                           "--delay-ms", str(int(delay_ms)), "--log", self.log],
                           stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "stderr"), "wb"), text=True)
         self.port = self.stats_port = None
         deadline = time.monotonic() + 10
@@ -269,15 +274,33 @@ class Relay:
             elif m:
                 self.stats_port = int(m.group(2))
 
-    def stats(self):
+    def command(self, cmd):
         with socket.create_connection(("127.0.0.1", self.stats_port), timeout=5) as s:
+            s.sendall(cmd.encode() + b"\n")
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(256)
+            while True:
+                chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", data.decode())}
+        return data.decode()
+
+    def stats(self):
+        """down, up, accepted, active, requests, inflight, max_active, max_inflight."""
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", self.command("stats"))}
+
+    def paths(self):
+        """path -> {requests, inflight, max_inflight, down} for every path requested so far."""
+        out = {}
+        for line in self.command("paths").splitlines():
+            m = re.match(r"path=(\S*) (.*)", line)
+            if m:
+                out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+        return out
+
+    def reset_peaks(self):
+        """max_active / max_inflight (global and per path) restart from now."""
+        self.command("reset")
 
     def down(self):
         return self.stats()["down"]
