@@ -224,9 +224,14 @@ def wait_port(port, proc, timeout, what):
 class Origin:
     """nginx serving `root`, 403 without the right Referer and User-Agent."""
 
-    def __init__(self, root, base):
+    def __init__(self, root, base, tls=None, extra_http=""):
+        """tls = (certificate file, key file): the origin speaks HTTPS (TLS 1.2/1.3)."""
         self.dir = mkdtemp("origin-", base)
         self.port = harness.free_port()
+        ssl = ""
+        if tls:
+            ssl = ("ssl_certificate %s; ssl_certificate_key %s; ssl_protocols TLSv1.2 TLSv1.3; "
+                   "ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h;" % tls)
         self.log = os.path.join(self.dir, "access.log")
         conf = """
 daemon off;
@@ -243,8 +248,10 @@ http {
   client_body_temp_path %(d)s/tmp; proxy_temp_path %(d)s/tmp;
   fastcgi_temp_path %(d)s/tmp; uwsgi_temp_path %(d)s/tmp; scgi_temp_path %(d)s/tmp;
   default_type application/octet-stream;
+  %(extra)s
   server {
-    listen 127.0.0.1:%(port)d backlog=4096;
+    listen 127.0.0.1:%(port)d%(ssl_flag)s backlog=4096;
+    %(ssl)s
     root %(root)s;
     location / {
       valid_referers origin.example;
@@ -253,7 +260,8 @@ http {
     }
   }
 }
-""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log, port=self.port, root=root, ua=USER_AGENT)
+""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log, port=self.port, root=root, ua=USER_AGENT,
+           ssl=ssl, ssl_flag=" ssl" if tls else "", extra=extra_http)
         os.makedirs(os.path.join(self.dir, "tmp"))
         cf = os.path.join(self.dir, "nginx.conf")
         with open(cf, "w") as f:
