@@ -224,8 +224,9 @@ def wait_port(port, proc, timeout, what):
 class Origin:
     """nginx serving `root`, 403 without the right Referer and User-Agent."""
 
-    def __init__(self, root, base, tls=None, extra_http=""):
-        """tls = (certificate file, key file): the origin speaks HTTPS (TLS 1.2/1.3)."""
+    def __init__(self, root, base, tls=None, extra_http="", workers=1, access_log=True):
+        """tls = (certificate file, key file): the origin speaks HTTPS (TLS 1.2/1.3).
+        workers: 1 (one process, no master) or "auto" (a worker per core, as for a ceiling)."""
         self.dir = mkdtemp("origin-", base)
         self.port = harness.free_port()
         ssl = ""
@@ -235,14 +236,15 @@ class Origin:
         self.log = os.path.join(self.dir, "access.log")
         conf = """
 daemon off;
-master_process off;
-worker_processes 1;
+master_process %(master)s;
+worker_processes %(workers)s;
+%(user)s
 pid %(d)s/nginx.pid;
 error_log %(d)s/error.log warn;
 events { worker_connections 4096; }
 http {
   %(fmt)s
-  access_log %(log)s slip;
+  access_log %(log)s;
   sendfile on;
   keepalive_requests 1000000; keepalive_timeout 120s;
   client_body_temp_path %(d)s/tmp; proxy_temp_path %(d)s/tmp;
@@ -260,8 +262,9 @@ http {
     }
   }
 }
-""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log, port=self.port, root=root, ua=USER_AGENT,
-           ssl=ssl, ssl_flag=" ssl" if tls else "", extra=extra_http)
+""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log + " slip" if access_log else "off", port=self.port, root=root, ua=USER_AGENT,
+           ssl=ssl, ssl_flag=" ssl" if tls else "", extra=extra_http, workers=workers,
+           master="off" if workers == 1 else "on", user="user root;" if os.geteuid() == 0 and workers != 1 else "")
         os.makedirs(os.path.join(self.dir, "tmp"))
         cf = os.path.join(self.dir, "nginx.conf")
         with open(cf, "w") as f:
