@@ -31,8 +31,9 @@ UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
 BIN      := $(BUILD)/slipstream
 UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
+BENCH_TABLES := main player https peers fast rss
 
-.PHONY: all deps test unit integration demo run bench clean format
+.PHONY: all deps test unit integration demo run bench $(addprefix bench-,$(BENCH_TABLES)) clean format
 all: $(BIN)
 
 deps:
@@ -75,10 +76,14 @@ run: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all
 	$(BIN) run -c conf/slipstream.ini
 
+# make bench [TABLES=main,player,https,peers,fast,rss] [BENCH_ARGS="--quick ..."]; or make bench-TABLE
 bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory -j$$(nproc) all $(RELAY)
-	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY)
+	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY) $(if $(TABLES),--tables $(TABLES)) $(BENCH_ARGS)
+
+$(addprefix bench-,$(BENCH_TABLES)):
+	@$(MAKE) --no-print-directory bench TABLES=$(@:bench-%=%)
 
 format:
 	clang-format -i $(foreach m,$(MODULES) tests/unit,$(wildcard $(m)/*.cc $(m)/*.h))

@@ -1,13 +1,29 @@
 #!/usr/bin/env python3
-"""slipstream benchmark against its peers (issue 3, item 5). A benchmark, not a test.
+"""slipstream benchmark against its peers (issues 3, 9, 11, 14). A benchmark, not a test.
 
 Setup, all on 127.0.0.1:
   origin  nginx serving a random file, demanding a Referer and a User-Agent
           (valid_referers + UA check); no limit_rate.
   relay   build/ratelimit_relay in front of it: caps EACH TCP connection at R
-          bytes/s origin->client (token bucket), like a cloud drive. Its byte
-          counter is "what the origin sent".
-Rows (servers under test, each with the relay as upstream):
+          bytes/s origin->client (token bucket), like a cloud drive; optionally
+          holds every answer for a round trip (--delay-ms) and counts requests
+          in flight per path. Its byte counter is "what the origin sent".
+
+Tables (--tables, default all; each one documents its rows and columns in
+scripts/bench/table_NAME.py, the main one here):
+  main    issue 3, below
+  player  issue 11: origin 40 ms away; ffprobe cold/warm of a 1 GiB moov-at-end
+          MP4, ffmpeg first frame after -ss 10/50/90 %, the seek storm (with and
+          without the delay), adaptive connections (capped and uncapped origin)
+  https   issue 9: the relay in front of a TLS origin with a bench CA; cold full,
+          seek, warm-hit latency during a cold 16-connection HTTPS open
+  peers   issue 14: warm full and wrk next to nginx, Varnish and the machine's
+          sendfile ceiling
+  fast    issue 14: uncapped relay, cold full by one client: direct, nginx,
+          slipstream cache off / on, and the cache on a throttled slow disk
+  rss     issue 14: RSS over 60 s with 200 slow clients + 2000 idle connections
+
+Main table rows (servers under test, each with the relay as upstream):
   direct      curl with the right headers straight to the relay
   aria2c      aria2c -x16 -s16 -k1M with the headers (download columns only)
   nginx       proxy_cache + slice 1m + proxy_cache_lock on, headers injected
@@ -18,10 +34,13 @@ random 64 KiB ranges, peak RSS of the server. Every cold measurement starts from
 a fresh server with an empty cache; every full download's SHA-256 is checked.
 
     python3 scripts/bench/bench.py --bin build/slipstream --relay build/ratelimit_relay
-        [--rate MiB/s] [--size MiB] [--quick] [--out FILE] [--rows a,b,...]
+        [--tables main,player,https,peers,fast,rss] [--rate MiB/s] [--size MiB]
+        [--quick] [--out FILE] [--rows a,b,...] [--media-size MiB] [--rtt-ms N]
+        [--slow-disk-mibs N] [--rss-seconds N]
 
-Prints one markdown table (with date, machine, parameters), the issue's targets
-as PASS/FAIL lines, and notes. Python standard library only.
+Prints the machine, then each table as markdown with the issues' targets as
+PASS/FAIL lines, and notes. Python standard library only; the slow-disk rows
+need root (losetup, mount, cgroup block throttle) and say n/a otherwise.
 """
 
 import argparse
