@@ -24,6 +24,10 @@ Columns:
                          cold download, and the median before it started
   loop lag               slipstream's slipstream_loop_lag_max_microseconds
                          from /-/metrics after that step
+Targets: cold full ≥ 0.9 × 16 × R and ≥ 0.9 × the plain-HTTP row; cold seek
+total ≤ nginx's; the worst warm hit during the cold HTTPS open ≤ 10 ms (the
+issue measured 470-490 ms against 0.2 ms idle; 10 ms is this bench's line
+for "the loop never stalls").
 """
 
 import http.client
@@ -180,7 +184,8 @@ def row(b, key, srv, small, curl_extra=()):
                 if isinstance(srv, bench.Slipstream):
                     res["lag"] = loop_lag_ms(srv)
         except Exception as e:  # noqa: BLE001
-            res[step] = b.fail("https", "%s %s" % (key, step), str(e), srv if getattr(srv, "proc", None) else None)
+            cell = {"full": "full", "seek": "ttfb", "hits": "hits"}[step]
+            res[cell] = b.fail("https", "%s %s" % (key, step), str(e), srv if getattr(srv, "proc", None) else None)
         finally:
             srv.stop()
             srv.relay.wait_idle(10)
@@ -255,14 +260,15 @@ def report(b, names, res, why):
     p = res.get("plain") or {}
     n = res.get("nginx") or {}
     out = ["Targets (issue 9), slipstream over HTTPS this run:"]
-    hs = s.get("hits") if isinstance(s.get("hits"), dict) else {}
-    tl.target(out, "cold full ≥ 0.9 × 16 × R", s.get("full", "n/a (%s)" % why), 0.9 * 16 * b.args.rate,
+    na = "n/a (%s)" % why if why else "n/a"
+    hits = s.get("hits", na)
+    tl.target(out, "cold full ≥ 0.9 × 16 × R", s.get("full", na), 0.9 * 16 * b.args.rate,
               lambda g, x: g >= x, " MiB/s")
-    tl.target(out, "cold full ≥ 0.9 × the plain-HTTP figure", s.get("full", "n/a (%s)" % why),
+    tl.target(out, "cold full ≥ 0.9 × the plain-HTTP figure", s.get("full", na),
               0.9 * p["full"] if tl.num(p.get("full")) else p.get("full"), lambda g, x: g >= x, " MiB/s")
-    tl.target(out, "cold seek total ≤ nginx slice's", s.get("total", "n/a (%s)" % why), n.get("total"),
+    tl.target(out, "cold seek total ≤ nginx slice's", s.get("total", s.get("ttfb", na)), n.get("total"),
               lambda g, x: g <= x, " ms")
-    tl.target(out, "warm hit during a cold HTTPS open: worst ≤ 10 ms", hs.get("max", "n/a (%s)" % why), 10.0,
-              lambda g, x: g <= x, " ms", "%.2f")
+    tl.target(out, "warm hit during a cold HTTPS open: worst ≤ 10 ms", hits["max"] if isinstance(hits, dict) else hits,
+              10.0, lambda g, x: g <= x, " ms", "%.2f")
     L += out
     return "HTTPS origin (issue 9)", L
