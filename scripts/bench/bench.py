@@ -1282,7 +1282,8 @@ def main():
     ap.add_argument("--wrk-duration", type=int, default=None, help="seconds (default 10, 3 with --quick)")
     ap.add_argument("--wrk-conns", type=int, default=50)
     ap.add_argument("--wrk-threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB file, 3 s wrk")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 64 MiB file, 3 s wrk, 128 MiB MP4, 8 s seek storm, 20 s rss")
     ap.add_argument("--rows", default=",".join(ROWS), help="rows of the main table, subset of " + ",".join(ROWS))
     ap.add_argument("--tables", default=",".join(TABLES), help="tables to run, subset of " + ",".join(TABLES))
     ap.add_argument("--media-size", type=float, default=None,
