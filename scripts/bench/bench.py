@@ -281,7 +281,8 @@ http {
     }
   }
 }
-""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log + " slip" if access_log else "off", port=self.port, root=root, ua=USER_AGENT,
+""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log + " slip" if access_log else "off",
+           port=self.port, root=root, ua=USER_AGENT,
            ssl=ssl, ssl_flag=" ssl" if tls else "", extra=extra_http, workers=workers,
            master="off" if workers == 1 else "on", user="user root;" if os.geteuid() == 0 and workers != 1 else "")
         os.makedirs(os.path.join(self.dir, "tmp"))
