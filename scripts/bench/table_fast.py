@@ -54,6 +54,13 @@ class SlowDisk:
             if not shutil.which(tool):
                 raise RuntimeError("%s not found" % tool)
         self.img = os.path.join(base, "slowdisk.img")
+        try:
+            self.setup(base, size)
+        except BaseException:
+            self.close()  # a half-made disk (loop device, mount) must not outlive the bench
+            raise
+
+    def setup(self, base, size):
         with open(self.img, "wb") as f:
             f.truncate(size)
         self.loop = run_cmd(["losetup", "-f", "--show", self.img])
