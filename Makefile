@@ -41,8 +41,9 @@ UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
 BIN      := $(BUILD)/slipstream
 UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
+BENCH_TABLES := main player https peers fast rss
 
-.PHONY: all deps test unit integration demo run bench clean format fuzz fuzz-build fuzz-smoke deb
+.PHONY: all deps test unit integration demo run bench $(addprefix bench-,$(BENCH_TABLES)) clean format fuzz fuzz-build fuzz-smoke deb
 all: $(BIN)
 
 deps:
@@ -95,10 +96,14 @@ run: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all
 	$(BIN) run -c conf/slipstream.ini
 
+# make bench [TABLES=main,player,https,peers,fast,rss] [BENCH_ARGS="--quick ..."]; or make bench-TABLE
 bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory -j$$(nproc) all $(RELAY)
-	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY)
+	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY) $(if $(TABLES),--tables $(TABLES)) $(BENCH_ARGS)
+
+$(addprefix bench-,$(BENCH_TABLES)):
+	@$(MAKE) --no-print-directory bench TABLES=$(@:bench-%=%)
 
 # ---------------------------------------------------------------- fuzzing
 # libFuzzer targets (tests/fuzz/<name>_fuzz.cc → build/fuzz/bin/<name>), built

@@ -5,7 +5,8 @@
 # the demo start their own nginx on loopback ports with their own config.
 #
 #   scripts/deps.sh            build + test + demo packages
-#   scripts/deps.sh bench      also the benchmark peers (aria2, wrk, hyperfine)
+#   scripts/deps.sh bench      also the benchmark peers and tools (wrk, hyperfine,
+#                              varnish; e2fsprogs + util-linux for the slow-disk row)
 set -euo pipefail
 
 pkgs=(
@@ -23,7 +24,7 @@ pkgs=(
   dpkg-dev fakeroot lintian systemd adduser man-db
 )
 if [ "${1:-}" = bench ]; then
-  pkgs+=(wrk hyperfine)
+  pkgs+=(wrk hyperfine varnish e2fsprogs util-linux)
 fi
 
 missing=()
