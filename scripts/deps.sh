@@ -13,7 +13,7 @@ pkgs=(
   # build
   g++ make pkg-config
   libevent-dev libcurl4-openssl-dev liblmdb-dev libxxhash-dev libssl-dev
-  libinih-dev catch2 nlohmann-json3-dev libexpat1-dev libcrypt-dev
+  catch2 nlohmann-json3-dev libexpat1-dev libcrypt-dev
   # fuzzing (make fuzz, the fuzz smoke in make test): clang and libFuzzer
   clang libclang-rt-14-dev
   # tests and demo: a real nginx origin, real clients, the test runner

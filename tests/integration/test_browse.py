@@ -179,8 +179,8 @@ class AliyunListing(BrowseTest):
         fake.add_folder("/Shows/剧 集/Extras")
         state = os.path.join(self.tmp, "state")
         ini = ("[server]\nlog_level = warn\nstate_dir = %s\n"
-               "[account ali]\nrefresh_token = rt-initial\nclient_id = cid\nclient_secret = csecret\napi_url = %s\n"
-               "[mount shows]\nsource = aliyundrive_open\naccount = ali\n" % (state, fake.api_url))
+               "[account ali]\nrefresh_token = %s\nclient_id = cid\nclient_secret = csecret\napi_url = %s\n"
+               "[mount shows]\nsource = aliyundrive_open\naccount = ali\n" % (state, fake.initial_refresh_token, fake.api_url))
 
         doc = self.ls(ini, "/shows/Shows/剧 集")
         names = [e["name"] for e in doc["entries"]]

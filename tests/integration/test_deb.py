@@ -133,7 +133,7 @@ class DebianPackageTest(unittest.TestCase):
         depends = re.search(r"^Depends: (.*)$", info, re.M).group(1)
         # From dpkg-shlibdeps: the libraries the binary really links.
         for lib in ("libc6", "libcurl4", "libevent-2.1-7", "libevent-openssl-2.1-7", "liblmdb0",
-                    "libssl3", "libxxhash0", "libinih1", "libstdc++6"):
+                    "libssl3", "libxxhash0", "libcrypt1", "libstdc++6"):
             self.assertRegex(depends, r"(^|, )%s \(>= [^)]+\)" % re.escape(lib))
         self.assertIn("adduser", depends)
         conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", self.deb], capture_output=True)
