@@ -1,6 +1,7 @@
 #include "proxy/engine.h"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -27,7 +28,22 @@ Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s)
       cfg(c),
       store(s),
       multi(b, static_cast<int>(c.server.upstreamConnections)),
-      links(c, sources, &Impl::nowMs, stats) {}
+      links(c, sources, &Impl::nowMs, stats) {
+  unsigned char r[16];
+  if (RAND_bytes(r, sizeof r) != 1) {
+    // No randomness: still unique per process, and a guess gains nothing
+    // (the header only ever causes a refusal).
+    uint64_t v = static_cast<uint64_t>(getpid()) ^ static_cast<uint64_t>(time(nullptr)) << 20;
+    memcpy(r, &v, sizeof v);
+    memcpy(r + 8, &v, sizeof v);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  self.name = "X-Slipstream-Self";
+  for (unsigned char b : r) {
+    self.value += kHex[b >> 4];
+    self.value += kHex[b & 15];
+  }
+}
 
 Engine::Impl::~Impl() {
   fetcher.reset();
@@ -40,6 +56,7 @@ Transfer::Options Engine::Impl::transferOptions(const Link& link, int mount) con
   o.pool = poolOf[mount];
   o.url = link.url;
   o.headers = link.headers;
+  o.headers.push_back(self);
   o.connectTimeoutMs = cfg.server.connectTimeoutMs;
   o.headerTimeoutMs = cfg.server.upstreamTimeoutMs;
   o.stallTimeoutMs = cfg.server.stallTimeoutMs;
@@ -124,6 +141,8 @@ Stats Engine::snapshot() const {
 }
 
 void Engine::quiesce() { impl_->quiescing = true; }
+
+const Header& Engine::selfHeader() const { return impl_->self; }
 
 std::unique_ptr<Job> Engine::start(const Request& req, Sink* sink) {
   Impl& e = *impl_;

@@ -37,6 +37,7 @@ struct Engine::Impl {
   LinkCache links;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
   bool quiescing = false;
+  Header self;                                   // see Engine::selfHeader
 
   /// Wall clock in milliseconds (links expire on wall-clock time).
   static int64_t nowMs() {
