@@ -17,13 +17,18 @@ BUILD    := build
 OPT      := -O2 -g
 endif
 
-CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(EXTRA_CXXFLAGS)
+# llhttp (Node.js's HTTP parser) is compiled from the C sources Debian's
+# node-llhttp ships, in strict mode (scripts/deps.sh installs the package).
+LLHTTP_DIR := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include
+CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. -isystem $(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1 $(OPT) $(EXTRA_CXXFLAGS)
+CFLAGS_LLHTTP := -std=c11 -w -isystem $(LLHTTP_INC)/llhttp -DLLHTTP_STRICT_MODE=1 $(OPT)
 LDFLAGS  := -pthread $(OPT)
 LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -linih -lssl -lcrypto
 
 MODULES  := conf policy store proxy proxy/sources proxy/fetch src
 LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc)))
-LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o)
+LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o) $(BUILD)/obj/llhttp/llhttp.o $(BUILD)/obj/llhttp/api.o $(BUILD)/obj/llhttp/http.o
 MAIN_OBJ := $(BUILD)/obj/src/main.o
 UT_SRCS  := $(wildcard tests/unit/*.cc)
 UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
@@ -41,6 +46,10 @@ deps:
 $(BUILD)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_LLHTTP) -c $< -o $@
 
 $(BUILD)/libslip.a: $(LIB_OBJS)
 	@rm -f $@

@@ -13,6 +13,8 @@ pkgs=(
   g++ make pkg-config
   libevent-dev libcurl4-openssl-dev liblmdb-dev libxxhash-dev libssl-dev
   libinih-dev catch2 nlohmann-json3-dev
+  # llhttp's C sources (the front end's HTTP parser), compiled into the build
+  node-llhttp
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
 )
