@@ -99,15 +99,18 @@ void Listener::onAccept(evutil_socket_t fd, short, void* arg) {
     socklen_t len = sizeof peer;
     int c = accept4(fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (c >= 0) {
-      if (l->episode_) {
-        l->episode_ = false;
-        conf::Log::write(conf::LogLevel::Debug, "accept_resumed", "address=" + l->name_);
-      }
       l->fn_(c, peer, *l);  // may close this listener (drain)
       continue;
     }
     int e = errno;
-    if (e == EAGAIN || e == EWOULDBLOCK) return;
+    if (e == EAGAIN || e == EWOULDBLOCK) {
+      // The queue is empty: nobody waits for a descriptor any more.
+      if (l->episode_) {
+        l->episode_ = false;
+        conf::Log::write(conf::LogLevel::Debug, "accept_resumed", "address=" + l->name_);
+      }
+      return;
+    }
     if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
     if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) return l->pause(e);
     conf::Log::write(conf::LogLevel::Warn, "accept_failed",

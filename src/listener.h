@@ -69,7 +69,7 @@ class Listener {
   event* resume_ = nullptr;
   std::string name_;
   bool paused_ = false;    // waiting for the resume timer
-  bool episode_ = false;   // out of descriptors since the last successful accept
+  bool episode_ = false;   // out of descriptors since the accept queue was last empty
   uint64_t pauses_ = 0;
 };
 
