@@ -217,9 +217,11 @@ void Conn::body(evbuffer* data) {
   evbuffer* out = bufferevent_get_output(bev_);
   if (lengthKnown_) {
     if (n > remaining_) {
-      conf::Log::write(conf::LogLevel::Error, "response_overrun",
-                       "peer=" + peer_ + " expected=" + std::to_string(remaining_) +
-                           " actual=" + std::to_string(n));
+      // A job's bug, not the client's: never let it break the framing.
+      if (remaining_ > 0)
+        conf::Log::write(conf::LogLevel::Error, "response_overrun",
+                         "peer=" + peer_ + " expected=" + std::to_string(remaining_) +
+                             " actual=" + std::to_string(n));
       evbuffer_remove_buffer(data, out, remaining_);
       evbuffer_drain(data, evbuffer_get_length(data));
       remaining_ = 0;
