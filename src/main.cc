@@ -137,7 +137,7 @@ int run(const conf::Config& cfg) {
     fprintf(stderr, "slipstream: curl_global_init failed\n");
     return 1;
   }
-  // The changelist folds the add/del pairs libevent's HTTP code makes around
+  // The changelist folds the add/del pairs a bufferevent makes around
   // every response into at most one epoll_ctl per descriptor per loop turn.
   event_config* ecfg = event_config_new();
   event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
