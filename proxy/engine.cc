@@ -7,6 +7,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <random>
 
 #include "proxy/fetch/fetcher.h"
 #include "store/store.h"
@@ -31,11 +32,10 @@ Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s)
       links(c, sources, &Impl::nowMs, stats) {
   unsigned char r[16];
   if (RAND_bytes(r, sizeof r) != 1) {
-    // No randomness: still unique per process, and a guess gains nothing
-    // (the header only ever causes a refusal).
-    uint64_t v = static_cast<uint64_t>(getpid()) ^ static_cast<uint64_t>(time(nullptr)) << 20;
-    memcpy(r, &v, sizeof v);
-    memcpy(r + 8, &v, sizeof v);
+    // OpenSSL without entropy: the kernel's, through the standard library.
+    // (A guessed value gains nothing: the header only ever causes a refusal.)
+    std::random_device rd;
+    for (unsigned char& b : r) b = static_cast<unsigned char>(rd());
   }
   static const char kHex[] = "0123456789abcdef";
   self.name = "X-Slipstream-Self";
