@@ -23,7 +23,12 @@ HARDEN   := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protectio
 HARDEN_LD := -Wl,-z,relro -Wl,-z,now
 endif
 
-CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(HARDEN) $(EXTRA_CXXFLAGS)
+# llhttp (Node.js's HTTP parser) is compiled from the C sources Debian's
+# node-llhttp ships, in strict mode (scripts/deps.sh installs the package).
+LLHTTP_DIR := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include
+CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. -isystem $(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1 $(OPT) $(HARDEN) $(EXTRA_CXXFLAGS)
+CFLAGS_LLHTTP := -std=c11 -w -isystem $(LLHTTP_INC)/llhttp -DLLHTTP_STRICT_MODE=1 $(OPT) $(HARDEN)
 LDFLAGS  := -pthread $(OPT) $(HARDEN_LD)
 LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -lssl -lcrypto -lexpat -lcrypt
 
@@ -33,7 +38,8 @@ LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc
 # written) and the status page (src/status_page.html as a string literal).
 VERSION  := $(shell cat VERSION)
 GEN_SRCS := $(BUILD)/gen/version.cc $(BUILD)/gen/status_page.cc
-LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o) $(GEN_SRCS:%.cc=$(BUILD)/obj/%.o)
+LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o) $(GEN_SRCS:%.cc=$(BUILD)/obj/%.o) \
+            $(BUILD)/obj/llhttp/llhttp.o $(BUILD)/obj/llhttp/api.o $(BUILD)/obj/llhttp/http.o
 MAIN_OBJ := $(BUILD)/obj/src/main.o
 UT_SRCS  := $(wildcard tests/unit/*.cc)
 UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
@@ -61,6 +67,10 @@ $(BUILD)/gen/status_page.cc: src/status_page.html
 	@mkdir -p $(dir $@)
 	{ printf '#include "src/status_page.h"\nstd::string_view slip::statusPage() {\n  return R"slip_html('; \
 	  cat $<; printf ')slip_html";\n}\n'; } > $@
+
+$(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_LLHTTP) -c $< -o $@
 
 $(BUILD)/libslip.a: $(LIB_OBJS)
 	@rm -f $@

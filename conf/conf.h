@@ -61,7 +61,9 @@ struct Server {
   int64_t maxConnections = 1024;         // client connections
   int64_t maxRequestLine = 8 * 1024;     // bytes; longer → 414
   int64_t maxHeaderSize = 32 * 1024;     // bytes, all header lines; larger → 431
-  int64_t idleTimeoutMs = 60'000;        // keep-alive idle / request read
+  int64_t maxRequestBody = 64 * 1024;    // bytes of a request body; larger → 413
+  int64_t headerTimeoutMs = 10'000;      // accept / first byte → whole request received
+  int64_t idleTimeoutMs = 60'000;        // keep-alive: idle between requests
   int64_t sendTimeoutMs = 600'000;       // client not reading for this long → close
   int64_t shutdownGraceMs = 30'000;      // SIGTERM: let transfers finish this long
   std::string accessLog = "-";           // path, "-" = stdout, "off"

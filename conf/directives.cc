@@ -115,7 +115,9 @@ std::vector<Directive> makeTable() {
               "[::]:8443 tls.",
        .apply = [](Config& c, V v) { c.server.listen.push_back(v.listen); }},
       {.section = S::Server, .name = "max_connections", .type = T::Int, .def = "1024", .min = 1,
-       .max = 1'000'000, .units = "connections", .doc = "Client connections open at once.",
+       .max = 1'000'000, .units = "connections",
+       .doc = "Client connections open at once, idle ones included; one more is answered 503 "
+              "and closed.",
        .apply = [](Config& c, V v) { c.server.maxConnections = v.num; }},
       {.section = S::Server, .name = "max_request_line", .type = T::Size, .def = "8K", .min = kK,
        .max = kM, .doc = "Longest request line accepted; a longer one gets 414.",
@@ -123,10 +125,19 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "max_header_size", .type = T::Size, .def = "32K", .min = kK,
        .max = 16 * kM, .doc = "Total size of a request's header lines; more gets 431.",
        .apply = [](Config& c, V v) { c.server.maxHeaderSize = v.num; }},
+      {.section = S::Server, .name = "max_request_body", .type = T::Size, .def = "64K", .min = kK,
+       .max = 16 * kM,
+       .doc = "Largest request body read (a WebDAV PROPFIND's XML); a larger one gets 413.",
+       .apply = [](Config& c, V v) { c.server.maxRequestBody = v.num; }},
+      {.section = S::Server, .name = "header_timeout", .type = T::Duration, .def = "10s",
+       .min = kMinTimeout, .max = 3600 * kSec,
+       .doc = "A new connection must deliver a whole request within this long (and so must a "
+              "keep-alive one from its request's first byte); otherwise it is closed (408 if "
+              "part of a request came).",
+       .apply = [](Config& c, V v) { c.server.headerTimeoutMs = v.num; }},
       {.section = S::Server, .name = "idle_timeout", .type = T::Duration, .def = "60s",
        .min = kMinTimeout, .max = kDay,
-       .doc = "Close a keep-alive connection idle this long, or a client this slow to send "
-              "its request.",
+       .doc = "Close a keep-alive connection that sends no new request for this long.",
        .apply = [](Config& c, V v) { c.server.idleTimeoutMs = v.num; }},
       {.section = S::Server, .name = "send_timeout", .type = T::Duration, .def = "10m",
        .min = kMinTimeout, .max = kDay, .doc = "Close a client that reads nothing for this long.",

@@ -32,7 +32,11 @@ namespace slip::policy {
   X(BadPercentEncoding, 400, "bad percent-encoding in path")                              \
   X(AbsoluteTarget, 400, "absolute-form request target refused: this is not a proxy")     \
   X(BadRequest, 400, "bad request")                                                       \
-  X(RequestBody, 400, "request bodies are not accepted")                                  \
+  X(BadTarget, 400, "malformed request target (non-ASCII bytes, spaces and controls must be percent-encoded)") \
+  X(BadHeader, 400, "malformed header field")                                             \
+  X(BadHost, 400, "an HTTP/1.1 request needs exactly one Host header")                   \
+  X(BadFraming, 400, "conflicting or invalid message framing (Content-Length, Transfer-Encoding)") \
+  X(RequestBody, 400, "GET and HEAD requests must not carry a body")                       \
   X(BadJson, 400, "request body is not the JSON this API route expects")                  \
   X(SignMissing, 401, "missing ?sign= parameter")                                         \
   X(SignInvalid, 403, "invalid signature")                                                \
@@ -49,9 +53,12 @@ namespace slip::policy {
   X(ApiMethodNotAllowed, 405, "method not allowed on this API route")                     \
   X(CacheDisabled, 409, "no mount keeps a cache")                                         \
   X(PayloadTooLarge, 413, "request body too large")                                       \
+  X(RequestTimeout, 408, "the request was not received in time (header_timeout)")         \
+  X(BodyTooLarge, 413, "request body too large (max_request_body)")                       \
   X(RequestLineTooLong, 414, "request line too long")                                     \
   X(RangeNotSatisfiable, 416, "requested range not satisfiable")                          \
   X(HeadersTooLarge, 431, "request header fields too large")                              \
+  X(ClientGone, 499, "the client went away before the response was complete")            \
   X(Internal, 500, "internal error")                                                      \
   X(RedirectImpossible, 500, "this source has no upstream link to redirect to")           \
   X(CannotList, 501, "this source cannot list folders")                                   \
@@ -69,7 +76,11 @@ namespace slip::policy {
   X(CacheFailed, 500, "cache store failed")                                               \
   X(Overloaded, 503, "too many connections")                                              \
   X(ShuttingDown, 503, "shutting down")                                                   \
-  X(UpstreamTimeout, 504, "upstream timed out")
+  X(UpstreamTimeout, 504, "upstream timed out")                                           \
+  X(UnknownMethod, 501, "request method not recognised")                                  \
+  X(UnsupportedCoding, 501, "transfer coding not implemented (only chunked is)")          \
+  X(BadVersion, 505, "HTTP version not supported (1.0 and 1.1 are)")                      \
+  X(SelfRequest, 508, "request made by this gateway itself: a link points back at it")
 
 enum class Reason {
 #define SLIP_REASON_ENUM(name, status, text) name,

@@ -23,6 +23,7 @@ class CacheJob final : public Job, public Reader {
   }
 
   void begin() {
+    sink_->noteProgress(Sink::Progress::Opening);
     auto alive = alive_;
     f_.open(req_, this, [this, alive](const OpenResult& res) {
       if (*alive) opened(res);

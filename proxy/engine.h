@@ -43,6 +43,7 @@ struct Engine::Impl {
   ListingCache listings;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
   bool quiescing = false;
+  Header self;                                   // see Engine::selfHeader
 
   /// Wall clock in milliseconds (links expire on wall-clock time).
   static int64_t nowMs() {

@@ -29,6 +29,7 @@ class LocalJob final : public Job {
   }
 
   void begin() {
+    sink_->noteProgress(Sink::Progress::Opening);
     fd_ = openBeneath(e_.localRoots[req_.mountIndex], req_.rest,
                       O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd_ < 0) {
@@ -117,6 +118,7 @@ class RedirectJob final : public Job {
   ~RedirectJob() override { *alive_ = false; }
 
   void begin() {
+    sink_->noteProgress(Sink::Progress::Resolving);
     auto alive = alive_;
     e_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
                  [this, alive](const ResolveResult& res) {

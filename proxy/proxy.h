@@ -71,6 +71,9 @@ class Sink {
   virtual bool headersSent() const = 0;
   /// For the access log: bytes received from upstream on this request's behalf.
   virtual void noteUpstreamBytes(uint64_t n) = 0;
+  /// Where the job is, for the request's state trail (debug log, status).
+  enum class Progress { Resolving, Opening };
+  virtual void noteProgress(Progress) {}
 };
 
 class Job {
@@ -189,6 +192,12 @@ class Engine {
 
   /// Counters now, with the store's usage.
   Stats snapshot() const;
+
+  /// The header every upstream download request carries: a random value
+  /// new for each process. A client request that arrives with it came from
+  /// this gateway itself (a link pointing back at it), and the front end
+  /// refuses it.
+  const Header& selfHeader() const;
 
   /// Stops scheduling new upstream work (shutdown); running fetches finish.
   void quiesce();

@@ -20,6 +20,7 @@ class StreamJob final : public Job, public Transfer::Handler {
   ~StreamJob() override { *alive_ = false; }
 
   void begin() {
+    if (sink_) sink_->noteProgress(Sink::Progress::Resolving);
     ClientInfo ci{req_.client, req_.userAgent};
     auto alive = alive_;
     e_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
@@ -185,6 +186,7 @@ class StreamJob final : public Job, public Transfer::Handler {
       if (!req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
     }
     state_ = State::AwaitingHeaders;
+    if (sink_) sink_->noteProgress(Sink::Progress::Opening);
     linkSerial_ = link.serial;
     xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
     e_.stats.upstreamRequests++;

@@ -16,6 +16,8 @@ pkgs=(
   catch2 nlohmann-json3-dev libexpat1-dev libcrypt-dev
   # fuzzing (make fuzz, the fuzz smoke in make test): clang and libFuzzer
   clang libclang-rt-14-dev
+  # llhttp's C sources (the front end's HTTP parser), compiled into the build
+  node-llhttp
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
   # the status page's browser test

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
 #include "policy/policy.h"
 #include "proxy/sources/aliyun.h"
@@ -124,6 +125,21 @@ struct Loop {
   bool stopping = false;
 };
 
+/// SIGHUP. Until reload exists (issue 12: re-read the INI, keep running on
+/// the old configuration if the new one has errors, let running transfers
+/// finish on the settings they started with), the signal is logged and the
+/// gateway keeps running: logrotate and `systemctl reload` must not kill it.
+void onReload(evutil_socket_t, short, void* arg) {
+  auto* l = static_cast<Loop*>(arg);
+  if (l->stopping) return;
+  conf::Log::write(conf::LogLevel::Warn, "reload_unsupported",
+                   "signal=SIGHUP action=ignored hint=\"configuration reload is not implemented "
+                   "yet: restart to apply changes\"");
+  // The reload hook goes here: load and compile the file like load() does,
+  // log every error and keep the old Config on failure, else hand the new
+  // one to the Engine and the Server for new requests.
+}
+
 void onSignal(evutil_socket_t sig, short, void* arg) {
   auto* l = static_cast<Loop*>(arg);
   if (l->stopping) {
@@ -138,11 +154,6 @@ void onSignal(evutil_socket_t sig, short, void* arg) {
 
 // Until the front end reloads (issue 12), SIGHUP must not kill the gateway
 // (its default action) when systemd's ExecReload sends it.
-void onHangup(evutil_socket_t, short, void*) {
-  conf::Log::write(conf::LogLevel::Warn, "reload_unsupported",
-                   "what=\"this build does not reload its configuration yet; restart to apply\"");
-}
-
 int run(const conf::Config& cfg) {
   conf::Log::setLevel(cfg.server.logLevel);
   // The front end does not speak TLS yet (src/tls.h is ready for it): never
@@ -160,7 +171,7 @@ int run(const conf::Config& cfg) {
     fprintf(stderr, "slipstream: curl_global_init failed\n");
     return 1;
   }
-  // The changelist folds the add/del pairs libevent's HTTP code makes around
+  // The changelist folds the add/del pairs a bufferevent makes around
   // every response into at most one epoll_ctl per descriptor per loop turn.
   event_config* ecfg = event_config_new();
   event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
@@ -187,7 +198,8 @@ int run(const conf::Config& cfg) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
-    Server server(base, cfg, rules, engine);
+    RealClock clock;
+    Server server(base, cfg, rules, engine, clock);
     if (!server.start(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
@@ -195,7 +207,7 @@ int run(const conf::Config& cfg) {
     Loop loop{base, &server, cfg.server.shutdownGraceMs};
     event* sigs[] = {evsignal_new(base, SIGTERM, onSignal, &loop),
                      evsignal_new(base, SIGINT, onSignal, &loop),
-                     evsignal_new(base, SIGHUP, onHangup, nullptr)};
+                     evsignal_new(base, SIGHUP, onReload, &loop)};
     for (event* e : sigs) event_add(e, nullptr);
     conf::Log::write(conf::LogLevel::Info, "started",
                      "config=" + conf::logValue(cfg.file) +
