@@ -32,7 +32,7 @@ namespace slip::policy {
   X(BadPercentEncoding, 400, "bad percent-encoding in path")                              \
   X(AbsoluteTarget, 400, "absolute-form request target refused: this is not a proxy")     \
   X(BadRequest, 400, "bad request")                                                       \
-  X(BadTarget, 400, "malformed request target (non-ASCII bytes, spaces and controls must be percent-encoded)") \
+  X(BadTarget, 400, "malformed request target (invalid UTF-8, spaces and controls must be percent-encoded)") \
   X(BadHeader, 400, "malformed header field")                                             \
   X(BadHost, 400, "an HTTP/1.1 request needs exactly one Host header")                   \
   X(BadFraming, 400, "conflicting or invalid message framing (Content-Length, Transfer-Encoding)") \
