@@ -203,8 +203,8 @@ std::string indexDate(int64_t ms) {
   return buf;
 }
 
-/// An nginx-autoindex-like page: browsers, and Kodi's and VLC's "web server
-/// directory" sources, which read the links of such pages.
+/// An nginx-autoindex-like page: for browsers, and for Kodi's "web server
+/// directory (HTTP)" source, which reads the links of such pages.
 std::string indexPage(const std::string& virt, const proxy::DirEntries& entries) {
   std::string title = webdav::xmlEscape("Index of " + webdav::href(davPath(virt), true));
   std::string o = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +

@@ -586,6 +586,14 @@ class RawUtf8Targets(DavTest):
         logged = "".join(c if ord(c) < 0x80 else "".join("\\x%02X" % b for b in c.encode())
                          for c in "/电影/千与千寻.mkv")
         self.assertIn(logged, {e["uri"] for e in origin.entries()})
+        # An http mount cannot list: its root is a folder, what is below it is not known.
+        self.assertEqual(propfind(gw, "/dav/web/", "0")[0], 207)
+        st, _, body = propfind(gw, "/dav/web/", "1")
+        self.assertEqual(st, 501)
+        self.assertIn(b"cannot list folders", body)
+        self.assertEqual(gw.get("/dav/web/").status, 501)
+        r = gw.get(urllib.parse.quote("/dav/web/é/a b.mkv"))
+        self.assertEqual((r.status, r.body), (200, files["é/a b.mkv"]))
         # Raw PROPFIND target too.
         p = curl("-X", "PROPFIND", "-H", "Depth: 1", "--request-target", "/dav/loc/电影/", gw.url("/"))
         self.assertIn("/dav/loc/电影/千与千寻.mkv", responses(p.stdout))
@@ -597,6 +605,6 @@ class RawUtf8Targets(DavTest):
             reply = raw_request(gw.port, raw)
             self.assertEqual(raw_status(reply), 400, raw)
             self.assertIn(b"malformed request target", reply)
-        access = gw.wait_access(10)
+        access = gw.wait_access(14)
         self.assertEqual(access[0]["path"], "/p/loc/%E7%94%B5%E5%BD%B1/%E5%8D%83%E4%B8%8E%E5%8D%83%E5%AF%BB.mkv")
         self.assertEqual(sum(1 for e in access if e["reason"] == "bad_target"), 4)
