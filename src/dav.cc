@@ -162,7 +162,7 @@ webdav::Resource resourceOf(const std::string& virt, const proxy::DirEntry& e, b
   return r;
 }
 
-void propfind(Impl& s, Exchange& ex, const std::string& virt) {
+void propfind(Impl& s, Exchange& ex, const std::string& virt, bool slash) {
   const std::string* d = ex.request().headers.find("Depth");
   webdav::Depth depth = webdav::parseDepth(d ? std::string_view(*d) : "", d != nullptr);
   if (depth == webdav::Depth::Infinity)
@@ -173,25 +173,24 @@ void propfind(Impl& s, Exchange& ex, const std::string& virt) {
   webdav::ParseResult body = webdav::parsePropfind(ex.request().body);
   if (!body.ok) return ex.sendError(Reason::BadPropfind, body.error);
   webdav::Propfind req = std::move(body.request);
-  resolve(s, ex, virt, [&s, virt, depth, req](Exchange& ex, Target&& t) {
+  resolve(s, ex, virt, [&s, virt, slash, depth, req](Exchange& ex, Target&& t) {
     if (t.reason != Reason::None) return ex.sendError(t.reason, t.detail);
+    if (slash && !t.collection) return ex.sendError(Reason::NotAFolder, "");  // "a.mkv/"
     std::vector<webdav::Resource> out{resourceOf(virt, t.entry, t.collection)};
-    const proxy::Headers kHead = {{"Content-Type", webdav::kXmlType}, {"Cache-Control", "no-store"}};
+    const proxy::Headers head = {{"Content-Type", webdav::kXmlType}, {"Cache-Control", "no-store"}};
     if (!t.collection || depth == webdav::Depth::Zero)
-      return ex.respond(207, kHead, webdav::multistatus(out, req));
+      return ex.respond(207, head, webdav::multistatus(out, req));
     members(s, ex, t,
-            [virt, req, out, kHead](Exchange& ex, Reason r, const std::string& detail,
-                                    proxy::DirEntries&& entries) mutable {
+            [virt, req, out, head](Exchange& ex, Reason r, const std::string& detail,
+                                   proxy::DirEntries&& entries) mutable {
               if (r != Reason::None) return ex.sendError(r, detail);
               out.reserve(entries.size() + 1);
               for (const proxy::DirEntry& e : entries)
                 out.push_back(resourceOf(child(virt, e.name), e, e.folder));
-              ex.respond(207, kHead, webdav::multistatus(out, req));
+              ex.respond(207, head, webdav::multistatus(out, req));
             });
   });
 }
-
-std::string sizeText(uint64_t n) { return std::to_string(n); }
 
 std::string indexDate(int64_t ms) {
   if (ms <= 0) return "-";
@@ -218,7 +217,7 @@ std::string indexPage(const std::string& virt, const proxy::DirEntries& entries)
     std::string name = e.name + (e.folder ? "/" : "");
     o += "<a href=\"" + webdav::xmlEscape(webdav::href(davPath(child(virt, e.name)), e.folder)) +
          "\">" + webdav::xmlEscape(name) + "</a> " + indexDate(e.mtimeMs) + " " +
-         (e.folder ? "-" : sizeText(e.size)) + "\n";
+         (e.folder ? "-" : std::to_string(e.size)) + "\n";
   }
   o += "</pre><hr></body></html>\n";
   return o;
@@ -253,7 +252,7 @@ void serve(Impl& s, Exchange& ex) {
     case webdav::Action::Forbidden: return ex.sendError(Reason::ReadOnly, "", webdav::kAllow);
     case webdav::Action::NotAllowed:
       return ex.sendError(Reason::DavMethodNotAllowed, "", webdav::kAllow);
-    case webdav::Action::Propfind: return propfind(s, ex, virt);
+    case webdav::Action::Propfind: return propfind(s, ex, virt, slash);
     case webdav::Action::Deliver:
       if (!ex.request().body.empty()) return ex.sendError(Reason::RequestBody, "");
       // A folder answers with an index page; anything else is a file and goes

@@ -23,6 +23,7 @@ import crypt  # noqa: deprecated in 3.11 but present in Debian 12's Python
 import email.utils
 import os
 import re
+import socket
 import subprocess
 import threading
 import http.client
@@ -196,6 +197,7 @@ class DavProtocol(DavTest):
         self.assertEqual(propfind(self.gw, "/dav/m/", "1", body="<propfind")[0], 400)
         self.assertEqual(propfind(self.gw, "/dav/m/", "1", body='<!DOCTYPE x [<!ENTITY a "b">]><x/>')[0], 400)
         self.assertEqual(propfind(self.gw, "/dav/m/nope", "0")[0], 404)
+        self.assertEqual(propfind(self.gw, "/dav/m/top.txt/", "0")[0], 404)  # a file named as a folder
         self.assertEqual(propfind(self.gw, "/dav/nomount/x", "0")[0], 404)
 
         # Writes: 403 (understood, refused), locking and the rest: 405; both with Allow.
@@ -303,6 +305,16 @@ class DavUsers(DavTest):
         for text in (log, gw.errors()):
             self.assertNotIn(secret, text)
             self.assertNotIn("s3cret", text)
+
+        # Clients that leave while their password is hashed on the worker: the
+        # answer meets a closed socket, the gateway goes on (checked under ASan too).
+        for i in range(5):
+            with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                sock.sendall(("PROPFIND /dav/m/ HTTP/1.1\r\nHost: gw\r\nDepth: 1\r\nAuthorization: %s\r\n\r\n"
+                              % basic("alice", "gone %d" % i)).encode())
+        wait_until(lambda: "slipstream_dav_password_checks_total 8\n" in gw.get("/-/metrics").body.decode(), 10,
+                   what="five more hashings")
+        self.assertEqual(propfind(gw, "/dav/m/", "0", headers=good)[0], 207)
 
         # No [user] and not in dav_allow: 403; /p/ is not affected.
         gw2 = self.gateway("[server]\ndav_allow = 10.0.0.0/8\n[mount m]\nsource = local\nroot = %s\n" % root)
