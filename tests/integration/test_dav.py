@@ -130,7 +130,9 @@ class DavProtocol(DavTest):
         self.gw = self.gateway("[server]\nsign_secret = k3y\n"
                                "[mount m]\nsource = local\nroot = %s\n"
                                "[mount films]\nprefix = /media/films\nsource = local\nroot = %s\n"
-                               "[rule no-exe]\next = exe\naction = deny\n" % (self.root, self.root))
+                               "[mount extra]\nprefix = /m/Show #1/extra\nsource = local\nroot = %s\n"
+                               "[rule no-exe]\next = exe\naction = deny\n"
+                               % (self.root, self.root, os.path.join(self.root, "电影")))
 
     def test_propfind_depth_0_and_1(self):
         st, h, body = propfind(self.gw, "/dav/m/" + urllib.parse.quote("电影"), "1")
@@ -183,6 +185,11 @@ class DavProtocol(DavTest):
         self.assertEqual(sorted(responses(body)), ["/dav/media/", "/dav/media/films/"])
         st, _, body = propfind(self.gw, "/dav/media/films/Show%20%231", "1")
         self.assertEqual(sorted(responses(body)), ["/dav/media/films/Show #1/", "/dav/media/films/Show #1/S01/"])
+        # A mount inside another's folder joins that folder's listing.
+        st, _, body = propfind(self.gw, "/dav/m/Show%20%231/", "1")
+        self.assertEqual(sorted(responses(body)), ["/dav/m/Show #1/", "/dav/m/Show #1/S01/", "/dav/m/Show #1/extra/"])
+        st, _, body = propfind(self.gw, "/dav/m/Show%20%231/extra/", "1")
+        self.assertEqual(len(responses(body)), 1 + 3)
 
     def test_refusals(self):
         before = {rel: sha256_file(os.path.join(self.root, rel)) for rel in self.files}
