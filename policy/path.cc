@@ -193,17 +193,37 @@ std::string extensionOf(std::string_view path) {
 
 std::string mimeType(std::string_view path) {
   static const std::pair<const char*, const char*> kTypes[] = {
-      {"mkv", "video/x-matroska"}, {"mp4", "video/mp4"},        {"m4v", "video/mp4"},
-      {"mov", "video/quicktime"},  {"webm", "video/webm"},      {"avi", "video/x-msvideo"},
-      {"ts", "video/mp2t"},        {"m2ts", "video/mp2t"},      {"flv", "video/x-flv"},
-      {"wmv", "video/x-ms-wmv"},   {"mp3", "audio/mpeg"},       {"flac", "audio/flac"},
-      {"m4a", "audio/mp4"},        {"aac", "audio/aac"},        {"ogg", "audio/ogg"},
-      {"opus", "audio/ogg"},       {"wav", "audio/wav"},        {"srt", "application/x-subrip"},
-      {"ass", "text/x-ssa"},       {"vtt", "text/vtt"},         {"txt", "text/plain; charset=utf-8"},
-      {"html", "text/html; charset=utf-8"}, {"json", "application/json"},
-      {"jpg", "image/jpeg"},       {"jpeg", "image/jpeg"},      {"png", "image/png"},
-      {"gif", "image/gif"},        {"webp", "image/webp"},      {"pdf", "application/pdf"},
-      {"zip", "application/zip"},  {"iso", "application/x-iso9660-image"},
+      {"mkv", "video/x-matroska"},
+      {"mp4", "video/mp4"},
+      {"m4v", "video/mp4"},
+      {"mov", "video/quicktime"},
+      {"webm", "video/webm"},
+      {"avi", "video/x-msvideo"},
+      {"ts", "video/mp2t"},
+      {"m2ts", "video/mp2t"},
+      {"flv", "video/x-flv"},
+      {"wmv", "video/x-ms-wmv"},
+      {"mp3", "audio/mpeg"},
+      {"flac", "audio/flac"},
+      {"m4a", "audio/mp4"},
+      {"aac", "audio/aac"},
+      {"ogg", "audio/ogg"},
+      {"opus", "audio/ogg"},
+      {"wav", "audio/wav"},
+      {"srt", "application/x-subrip"},
+      {"ass", "text/x-ssa"},
+      {"vtt", "text/vtt"},
+      {"txt", "text/plain; charset=utf-8"},
+      {"html", "text/html; charset=utf-8"},
+      {"json", "application/json"},
+      {"jpg", "image/jpeg"},
+      {"jpeg", "image/jpeg"},
+      {"png", "image/png"},
+      {"gif", "image/gif"},
+      {"webp", "image/webp"},
+      {"pdf", "application/pdf"},
+      {"zip", "application/zip"},
+      {"iso", "application/x-iso9660-image"},
       {"m3u8", "application/vnd.apple.mpegurl"},
   };
   std::string ext = extensionOf(path);
@@ -236,7 +256,8 @@ std::vector<std::string> mountFolders(const std::vector<conf::Mount>& mounts,
   for (const auto& m : mounts) {
     std::string_view p = m.prefix;
     while (!p.empty() && p.back() == '/') p.remove_suffix(1);
-    if (p.size() <= folder.size() + 1 || !p.starts_with(folder) || p[folder.size()] != '/') continue;
+    if (p.size() <= folder.size() + 1 || !p.starts_with(folder) || p[folder.size()] != '/')
+      continue;
     std::string_view below = p.substr(folder.size() + 1);
     out.emplace_back(below.substr(0, below.find('/')));
   }

@@ -121,10 +121,13 @@ void addMountDirs(proxy::DirEntries& out, const std::vector<std::string>& dirs) 
     proxy::DirEntry d;
     d.name = name;
     d.folder = true;
-    auto it = std::lower_bound(out.begin(), out.end(), name,
-                               [](const proxy::DirEntry& e, const std::string& n) { return e.name < n; });
-    if (it != out.end() && it->name == name) *it = std::move(d);
-    else out.insert(it, std::move(d));
+    auto it =
+        std::lower_bound(out.begin(), out.end(), name,
+                         [](const proxy::DirEntry& e, const std::string& n) { return e.name < n; });
+    if (it != out.end() && it->name == name)
+      *it = std::move(d);
+    else
+      out.insert(it, std::move(d));
   }
 }
 
@@ -210,7 +213,8 @@ std::string indexPage(const std::string& virt, const proxy::DirEntries& entries)
                   "</title></head>\n<body><h1>" + title + "</h1><hr><pre>";
   if (virt != "/") {
     std::string parent = virt.substr(0, virt.rfind('/'));
-    o += "<a href=\"" + webdav::xmlEscape(webdav::href(davPath(parent.empty() ? "/" : parent), true)) +
+    o += "<a href=\"" +
+         webdav::xmlEscape(webdav::href(davPath(parent.empty() ? "/" : parent), true)) +
          "\">../</a>\n";
   }
   for (const proxy::DirEntry& e : entries) {
@@ -249,10 +253,12 @@ void serve(Impl& s, Exchange& ex) {
       for (const auto& o : webdav::optionsHeaders()) h.push_back({o.name, o.value});
       return ex.respond(200, h, "");
     }
-    case webdav::Action::Forbidden: return ex.sendError(Reason::ReadOnly, "", webdav::kAllow);
+    case webdav::Action::Forbidden:
+      return ex.sendError(Reason::ReadOnly, "", webdav::kAllow);
     case webdav::Action::NotAllowed:
       return ex.sendError(Reason::DavMethodNotAllowed, "", webdav::kAllow);
-    case webdav::Action::Propfind: return propfind(s, ex, virt, slash);
+    case webdav::Action::Propfind:
+      return propfind(s, ex, virt, slash);
     case webdav::Action::Deliver:
       if (!ex.request().body.empty()) return ex.sendError(Reason::RequestBody, "");
       // A folder answers with an index page; anything else is a file and goes
@@ -285,8 +291,11 @@ void Server::Impl::davRequest(Exchange& ex) {
                         Exchange* e = ref.get();
                         if (!e) return;
                         switch (r.verdict) {
-                          case auth::Verdict::Trusted: break;
-                          case auth::Verdict::Ok: e->setUser(r.user); break;
+                          case auth::Verdict::Trusted:
+                            break;
+                          case auth::Verdict::Ok:
+                            e->setUser(r.user);
+                            break;
                           case auth::Verdict::NoUsers:
                             return e->sendError(Reason::DavNoUsers, "");
                           case auth::Verdict::Missing:

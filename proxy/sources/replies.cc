@@ -155,7 +155,8 @@ Problem parseAlistLink(std::string_view body, AlistLink* out) {
 namespace {
 
 std::string lowerHex(const std::string& v) {
-  if (v.empty() || v.size() > 128 || v.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
+  if (v.empty() || v.size() > 128 ||
+      v.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
     return "";
   std::string out = v;
   for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -208,8 +209,10 @@ Problem parseAlistList(std::string_view body, AlistList* out) {
       return contract("data.content is " + std::string(typeName(*content)) + ", not a list");
     for (const json& item : *content) {
       AlistItem e;
-      if (alistItem(item, &e)) out->items.push_back(std::move(e));
-      else out->skipped++;
+      if (alistItem(item, &e))
+        out->items.push_back(std::move(e));
+      else
+        out->skipped++;
     }
     return {};
   });

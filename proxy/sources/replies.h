@@ -48,10 +48,11 @@ Problem parseAlistLink(std::string_view body, AlistLink* out);
 /// One entry of /api/fs/list's `data.content` (server/handles/fsread.go ObjResp).
 struct AlistItem {
   std::string name;
-  bool folder = false;                // `is_dir`
-  uint64_t size = 0;                  // files: `size`; 0 when absent, not an integer or negative
-  std::optional<int64_t> modifiedMs;  // `modified` (RFC 3339) when after 1970; Go's zero time is unknown
-  std::string hash;                   // lower-case hex from `hash_info` (sha1, md5, sha256), "" none
+  bool folder = false;  // `is_dir`
+  uint64_t size = 0;    // files: `size`; 0 when absent, not an integer or negative
+  std::optional<int64_t>
+      modifiedMs;    // `modified` (RFC 3339) when after 1970; Go's zero time is unknown
+  std::string hash;  // lower-case hex from `hash_info` (sha1, md5, sha256), "" none
 };
 
 /// POST /api/fs/list → {"code":200,"message":"success","data":{"content":[…] | null,

@@ -36,7 +36,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   AlistLink link;
   if (!parseAlistLink(body, &link) && link.code == 200) {
     FUZZ_ASSERT(httpUrl(link.url));
-    for (const auto& [name, value] : link.headers) FUZZ_ASSERT(!slip::conf::headerProblem(name, value));
+    for (const auto& [name, value] : link.headers)
+      FUZZ_ASSERT(!slip::conf::headerProblem(name, value));
   }
 
   AlistList list;
@@ -77,6 +78,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Whatever the bytes, a JSON string of them dumps without throwing.
   std::string dumped = dumpJson(nlohmann::json(std::string(body)));
   FUZZ_ASSERT(validUtf8(dumped));
-  if (validUtf8(body)) FUZZ_ASSERT(nlohmann::json::parse(dumped, nullptr, false).get<std::string>() == body);
+  if (validUtf8(body))
+    FUZZ_ASSERT(nlohmann::json::parse(dumped, nullptr, false).get<std::string>() == body);
   return 0;
 }
