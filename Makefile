@@ -127,11 +127,13 @@ FUZZ_DIR      := build/fuzz
 FUZZ_SAN      := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
 FUZZ_CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. \
                  -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN)
-FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc)
+# The pure modules, and the sources' reply parsers (they need only conf,
+# policy and the header-only nlohmann JSON).
+FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc) proxy/sources/replies.cc
 FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o)
 FUZZ_SRCS     := $(wildcard tests/fuzz/*_fuzz.cc)
 FUZZ_BINS     := $(FUZZ_SRCS:tests/fuzz/%_fuzz.cc=$(FUZZ_DIR)/bin/%)
-FUZZ_LIBS     := -linih -lssl -lcrypto -lcrypt -levent_pthreads -levent
+FUZZ_LIBS     := -lssl -lcrypto -lcrypt -levent_pthreads -levent
 
 $(FUZZ_DIR)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)

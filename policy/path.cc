@@ -191,6 +191,47 @@ std::string extensionOf(std::string_view path) {
   return ext;
 }
 
+std::string mimeType(std::string_view path) {
+  static const std::pair<const char*, const char*> kTypes[] = {
+      {"mkv", "video/x-matroska"},
+      {"mp4", "video/mp4"},
+      {"m4v", "video/mp4"},
+      {"mov", "video/quicktime"},
+      {"webm", "video/webm"},
+      {"avi", "video/x-msvideo"},
+      {"ts", "video/mp2t"},
+      {"m2ts", "video/mp2t"},
+      {"flv", "video/x-flv"},
+      {"wmv", "video/x-ms-wmv"},
+      {"mp3", "audio/mpeg"},
+      {"flac", "audio/flac"},
+      {"m4a", "audio/mp4"},
+      {"aac", "audio/aac"},
+      {"ogg", "audio/ogg"},
+      {"opus", "audio/ogg"},
+      {"wav", "audio/wav"},
+      {"srt", "application/x-subrip"},
+      {"ass", "text/x-ssa"},
+      {"vtt", "text/vtt"},
+      {"txt", "text/plain; charset=utf-8"},
+      {"html", "text/html; charset=utf-8"},
+      {"json", "application/json"},
+      {"jpg", "image/jpeg"},
+      {"jpeg", "image/jpeg"},
+      {"png", "image/png"},
+      {"gif", "image/gif"},
+      {"webp", "image/webp"},
+      {"pdf", "application/pdf"},
+      {"zip", "application/zip"},
+      {"iso", "application/x-iso9660-image"},
+      {"m3u8", "application/vnd.apple.mpegurl"},
+  };
+  std::string ext = extensionOf(path);
+  for (const auto& [e, t] : kTypes)
+    if (ext == e) return t;
+  return "application/octet-stream";
+}
+
 MountMatch matchMount(const std::vector<conf::Mount>& mounts, std::string_view path) {
   MountMatch best;
   size_t bestLen = 0;
@@ -206,6 +247,23 @@ MountMatch matchMount(const std::vector<conf::Mount>& mounts, std::string_view p
     best.rest = path.size() > prefix.size() ? std::string(path.substr(prefix.size())) : "/";
   }
   return best;
+}
+
+std::vector<std::string> mountFolders(const std::vector<conf::Mount>& mounts,
+                                      std::string_view folder) {
+  while (!folder.empty() && folder.back() == '/') folder.remove_suffix(1);  // "/" → ""
+  std::vector<std::string> out;
+  for (const auto& m : mounts) {
+    std::string_view p = m.prefix;
+    while (!p.empty() && p.back() == '/') p.remove_suffix(1);
+    if (p.size() <= folder.size() + 1 || !p.starts_with(folder) || p[folder.size()] != '/')
+      continue;
+    std::string_view below = p.substr(folder.size() + 1);
+    out.emplace_back(below.substr(0, below.find('/')));
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 std::optional<std::array<uint8_t, 16>> parseAddress(std::string_view ip) {

@@ -32,13 +32,19 @@ namespace slip::policy {
   X(BadPercentEncoding, 400, "bad percent-encoding in path")                              \
   X(AbsoluteTarget, 400, "absolute-form request target refused: this is not a proxy")     \
   X(BadRequest, 400, "bad request")                                                       \
-  X(BadTarget, 400, "malformed request target (non-ASCII bytes, spaces and controls must be percent-encoded)") \
+  X(BadTarget, 400, "malformed request target (invalid UTF-8, spaces and controls must be percent-encoded)") \
   X(BadHeader, 400, "malformed header field")                                             \
   X(BadHost, 400, "an HTTP/1.1 request needs exactly one Host header")                   \
   X(BadFraming, 400, "conflicting or invalid message framing (Content-Length, Transfer-Encoding)") \
   X(RequestBody, 400, "GET and HEAD requests must not carry a body")                       \
   X(BadJson, 400, "request body is not the JSON this API route expects")                  \
+  X(BadPropfind, 400, "PROPFIND body is not a DAV:propfind document")                    \
+  X(BadDepth, 400, "Depth header must be 0, 1 or infinity")                               \
   X(SignMissing, 401, "missing ?sign= parameter")                                         \
+  X(AuthRequired, 401, "WebDAV needs a user name and password")                           \
+  X(DavNoUsers, 403, "WebDAV is open to dav_allow clients only (no [user] configured)")   \
+  X(ReadOnly, 403, "the WebDAV share is read-only")                                       \
+  X(InfiniteDepth, 403, "PROPFIND with Depth: infinity is not supported (use 0 or 1)")     \
   X(SignInvalid, 403, "invalid signature")                                                \
   X(SignExpired, 403, "signature expired")                                                \
   X(Denied, 403, "denied by rule")                                                        \
@@ -51,6 +57,7 @@ namespace slip::policy {
   X(NotAFolder, 404, "not a folder")                                                      \
   X(MethodNotAllowed, 405, "method not allowed (GET and HEAD only)")                      \
   X(ApiMethodNotAllowed, 405, "method not allowed on this API route")                     \
+  X(DavMethodNotAllowed, 405, "method not offered by the read-only WebDAV share")          \
   X(CacheDisabled, 409, "no mount keeps a cache")                                         \
   X(PayloadTooLarge, 413, "request body too large")                                       \
   X(RequestTimeout, 408, "the request was not received in time (header_timeout)")         \
@@ -204,6 +211,9 @@ std::string_view baseName(std::string_view path);
 
 /// Lower-case extension without the dot ("Movie.MKV" → "mkv"); "" if none.
 std::string extensionOf(std::string_view path);
+/// The media type of a file by its extension ("video/x-matroska" for .mkv),
+/// application/octet-stream when unknown.
+std::string mimeType(std::string_view path);
 
 // ---------------------------------------------------------------- listings
 
@@ -236,6 +246,14 @@ struct MountMatch {
 /// prefixes, on whole segments ("/movies" matches "/movies/x", not "/moviesx").
 MountMatch matchMount(const std::vector<conf::Mount>& mounts, std::string_view path);
 
+/// The folders that mount prefixes make directly below `folder` (a
+/// normalised virtual path, "/" for the root, no trailing '/'): with the
+/// prefixes "/movies" and "/media/films", "/" holds "media" and "movies" and
+/// "/media" holds "films". Sorted, unique; a prefix equal to `folder` is not
+/// below it. What the WebDAV front lists above and beside the mounts.
+std::vector<std::string> mountFolders(const std::vector<conf::Mount>& mounts,
+                                      std::string_view folder);
+
 // ---------------------------------------------------------------- addresses
 
 /// Parses a numeric IPv4/IPv6 address into the 16-byte IPv4-mapped form.
@@ -249,7 +267,8 @@ bool globMatch(std::string_view glob, std::string_view path);
 
 // ---------------------------------------------------------------- decision
 
-enum class Route { Download, Proxy, Edge };  // /d/, /p/, edge /<path>?sign=
+// /d/, /p/, edge /<path>?sign=, /dav/ (always proxies, like /p/)
+enum class Route { Download, Proxy, Edge, Dav };
 
 /// What the source layer says about a mount, needed to decide `auto`.
 struct SourceTraits {

@@ -51,6 +51,8 @@ const char* routeName(Route r) {
       return "/p/";
     case Route::Edge:
       return "edge";
+    case Route::Dav:
+      return "/dav/";
   }
   return "?";
 }

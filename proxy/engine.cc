@@ -203,25 +203,6 @@ Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache) {
 
 std::string httpDate(int64_t unixSeconds) { return policy::httpDate(unixSeconds); }
 
-std::string mimeTypeFor(const std::string& path) {
-  static const std::pair<const char*, const char*> kTypes[] = {
-      {"mkv", "video/x-matroska"}, {"mp4", "video/mp4"},        {"m4v", "video/mp4"},
-      {"mov", "video/quicktime"},  {"webm", "video/webm"},      {"avi", "video/x-msvideo"},
-      {"ts", "video/mp2t"},        {"m2ts", "video/mp2t"},      {"flv", "video/x-flv"},
-      {"wmv", "video/x-ms-wmv"},   {"mp3", "audio/mpeg"},       {"flac", "audio/flac"},
-      {"m4a", "audio/mp4"},        {"aac", "audio/aac"},        {"ogg", "audio/ogg"},
-      {"opus", "audio/ogg"},       {"wav", "audio/wav"},        {"srt", "application/x-subrip"},
-      {"ass", "text/x-ssa"},       {"vtt", "text/vtt"},         {"txt", "text/plain; charset=utf-8"},
-      {"html", "text/html; charset=utf-8"}, {"json", "application/json"},
-      {"jpg", "image/jpeg"},       {"jpeg", "image/jpeg"},      {"png", "image/png"},
-      {"gif", "image/gif"},        {"webp", "image/webp"},      {"pdf", "application/pdf"},
-      {"zip", "application/zip"},  {"iso", "application/x-iso9660-image"},
-      {"m3u8", "application/vnd.apple.mpegurl"},
-  };
-  std::string ext = policy::extensionOf(path);
-  for (const auto& [e, t] : kTypes)
-    if (ext == e) return t;
-  return "application/octet-stream";
-}
+std::string mimeTypeFor(const std::string& path) { return policy::mimeType(path); }
 
 }  // namespace slip::proxy

@@ -20,6 +20,8 @@ pkgs=(
   node-llhttp
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
+  # WebDAV clients and the conformance suite (tests/integration/test_dav.py)
+  rclone litmus
   # the status page's browser test
   chromium
   # make deb and its test: package tools, lintian, systemd-analyze

@@ -58,9 +58,10 @@ void AccessLog::write(const AccessEntry& e) {
   char ttfb[32] = "-";
   if (e.ttfbMs >= 0) snprintf(ttfb, sizeof ttfb, "%.1f", e.ttfbMs);
   fprintf(f_,
-          "%s id=%llu client=%s method=%s path=%s status=%d delivery=%s cache=%s bytes=%llu "
+          "%s id=%llu client=%s user=%s method=%s path=%s status=%d delivery=%s cache=%s bytes=%llu "
           "upstream_bytes=%llu ms=%.1f ttfb_ms=%s range=%s ua=%s reason=%s\n",
           isoTime(clock_.wallMs()).c_str(), static_cast<unsigned long long>(e.id), e.client.c_str(),
+          field(e.user).c_str(),
           e.method.empty() ? "-" : conf::logValue(e.method).c_str(), conf::logValue(e.path).c_str(),
           e.status, e.delivery.c_str(), e.cache.c_str(), static_cast<unsigned long long>(e.bytes),
           static_cast<unsigned long long>(e.upstreamBytes), e.ms, ttfb, field(e.range).c_str(),

@@ -16,6 +16,7 @@ class Clock;
 struct AccessEntry {
   uint64_t id = 0;
   std::string client, method, path;  // path: as requested, without the query
+  std::string user;                  // the WebDAV user who authenticated, "" = none
   int status = 0;
   std::string delivery = "-", cache = "-", reason = "-";
   uint64_t bytes = 0;                // body bytes to the client

@@ -63,6 +63,9 @@ std::string Server::Impl::metrics() const {
   for (const auto& l : listeners) pauses += l->pauses();
   metric("slipstream_accept_pauses_total", "counter",
          "Times accepting paused for lack of file descriptors.", pauses);
+  metric("slipstream_dav_password_checks_total", "counter",
+         "WebDAV passwords hashed (verdicts are cached; a worker thread hashes).",
+         authenticator.hashings());
   metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", bytesOut);
   metric("slipstream_upstream_requests_total", "counter", "Upstream HTTP requests started.", st.upstreamRequests);
   metric("slipstream_upstream_bytes_total", "counter", "Body bytes received from upstreams.", st.upstreamBytes);

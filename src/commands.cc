@@ -193,8 +193,11 @@ int explain(const conf::Config& cfg, const Flags& flags) {
   } else if (virt.starts_with("/p/")) {
     f.route = policy::Route::Proxy;
     virt = virt.substr(2);
+  } else if (virt.starts_with("/dav/")) {
+    f.route = policy::Route::Dav;
+    virt = virt.substr(4);
   } else {
-    printf("path %s: not a /d/ or /p/ route\n", pr.path.c_str());
+    printf("path %s: not a /d/, /p/ or /dav/ route\n", pr.path.c_str());
     return 1;
   }
   policy::MountMatch mm = policy::matchMount(cfg.mounts, virt);

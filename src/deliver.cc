@@ -29,7 +29,8 @@ void Server::Impl::deliverPath(Exchange& ex, policy::Route route, std::string vi
   if (mm.index < 0) return ex.sendError(Reason::UnknownMount, "");
 
   // --- signature (SPEC §6): /d/ and edge routes, unless the client is exempt
-  if (!cfg.server.signSecret.empty() && route != policy::Route::Proxy &&
+  if (!cfg.server.signSecret.empty() &&
+      (route == policy::Route::Download || route == policy::Route::Edge) &&
       !policy::anyCidrContains(cfg.server.signExempt, ex.client())) {
     std::string sign = policy::queryParam(ex.query(), "sign").value_or("");
     switch (policy::verifySign(cfg.server.signSecret, virt, sign, clock.wallSeconds())) {

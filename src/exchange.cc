@@ -93,6 +93,28 @@ void Exchange::respond(int status, proxy::Headers headers, std::string_view body
 }
 
 void Exchange::sendError(policy::Reason r, const std::string& detail, const std::string& allow) {
+  proxy::Headers extra;
+  if (!allow.empty()) extra.push_back({"Allow", allow});
+  sendErrorWith(r, detail, extra);
+}
+
+void Exchange::respondError(policy::Reason r, proxy::Headers headers, std::string_view body) {
+  if (!running() || !conn_) return;
+  int st = policy::reasonStatus(r);
+  failure_ = r;
+  entry_.reason = policy::reasonCode(r);
+  headers.push_back({"Content-Length", std::to_string(body.size())});
+  sendHeaders(st, headers);
+  evbuffer* b = evbuffer_new();
+  evbuffer_add(b, body.data(), body.size());
+  sendBody(b);
+  evbuffer_free(b);
+  conn_->endResponse();
+  done(ExState::Failed);
+}
+
+void Exchange::sendErrorWith(policy::Reason r, const std::string& detail,
+                             const proxy::Headers& extra) {
   if (!running() || !conn_) return;
   int st = policy::reasonStatus(r);
   failure_ = r;
@@ -101,7 +123,7 @@ void Exchange::sendError(policy::Reason r, const std::string& detail, const std:
   if (!detail.empty()) body += " (" + detail + ")";
   body += "\n";
   proxy::Headers h = {{"Content-Type", "text/plain; charset=utf-8"}, {"Cache-Control", "no-store"}};
-  if (!allow.empty()) h.push_back({"Allow", allow});
+  h.insert(h.end(), extra.begin(), extra.end());
   // After these the rest of the connection cannot be trusted (a tunnel, a
   // head we refused to read, a body we did not want): close it.
   using R = policy::Reason;

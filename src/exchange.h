@@ -69,11 +69,18 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   /// An error response with the reason's status and text. `allow` fills
   /// the Allow header of a 405.
   void sendError(policy::Reason r, const std::string& detail = "", const std::string& allow = "");
+  /// sendError with headers of its own (a 401's WWW-Authenticate).
+  void sendErrorWith(policy::Reason r, const std::string& detail, const proxy::Headers& extra);
+  /// An error answer with the reason's status and a body of the handler's
+  /// (a WebDAV error document), counted and logged as a failure.
+  void respondError(policy::Reason r, proxy::Headers headers, std::string_view body);
   void setState(ExState s);
   ExState state() const { return state_; }
   /// Still answering (not done, failed or gone).
   bool running() const;
   void setDelivery(const char* d) { entry_.delivery = d; }
+  /// The authenticated user, for the access log.
+  void setUser(std::string user) { entry_.user = std::move(user); }
 
   /// The job producing the response. Jobs replaced (a size probe followed by
   /// the delivery) live on until the exchange is freed: never freed inside

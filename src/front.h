@@ -1,6 +1,6 @@
 // Private to src/: the server's state, shared by server.cc (connections,
-// exchanges, drain), deliver.cc (the download routes) and admin.cc (health,
-// metrics). Today one Impl runs on the one event loop; with worker threads
+// exchanges, drain), deliver.cc (the download routes), dav.cc (WebDAV) and
+// admin.cc (health, metrics). Today one Impl runs on the one event loop; with worker threads
 // (issue 14) each worker would own its loop, listeners, connections and
 // exchanges like this, sharing only the configuration, the rules and the
 // engine's thread-safe parts (see src/DESIGN.md).
@@ -12,7 +12,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "conf/worker.h"
 #include "src/access_log.h"
+#include "src/auth.h"
 #include "src/exchange.h"
 #include "src/http_conn.h"
 #include "src/listener.h"
@@ -45,6 +47,14 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   bool draining = false;
   std::function<void()> drained;
   uint64_t nextId = 1;
+  // WebDAV users. The worker hashes passwords off the loop; it is declared
+  // after the authenticator so that it stops (dropping pending hashings)
+  // before the authenticator its callbacks use goes.
+  auth::Authenticator authenticator;
+  Worker authWorker;
+  // Expires with the server: callbacks that may outlive it (a listing, a
+  // hashing) check it before they look for their exchange.
+  std::shared_ptr<bool> life = std::make_shared<bool>(true);
 
   // counters for /-/metrics
   uint64_t requests = 0, bytesOut = 0;
@@ -72,6 +82,10 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   void addDeliveryRoutes();
   void deliverPath(Exchange& ex, policy::Route route, std::string virt);
   void deliver(Exchange& ex, policy::RequestFacts facts, proxy::Request preq);
+
+  // ---- dav.cc: /dav/ (read-only WebDAV)
+  void addDavRoutes();
+  void davRequest(Exchange& ex);  // authentication, then the method
 
   // ---- admin.cc: /-/health, /-/metrics
   void addAdminRoutes();

@@ -4,6 +4,16 @@
 // oversized head is refused at the limit, never buffered whole), and pause
 // the parser at the end of each message so that pipelined bytes stay for the
 // next request.
+//
+// Raw UTF-8 in the target: llhttp's strict mode refuses every byte >= 0x80
+// in the request-target (its loose mode would accept them, but it also
+// relaxes line ends, header syntax and more). Before llhttp sees the request
+// line, escapeTarget() rewrites each valid UTF-8 character of the target as
+// its %XX escapes, so `GET /电影.mkv` reaches llhttp (and everything after
+// it) as `GET /%E7%94%B5%E5%BD%B1.mkv` — exactly what a client that encodes
+// sends. Invalid UTF-8 and C1 controls are refused (400 bad_target); ASCII
+// passes through untouched, so spaces and controls are still llhttp's to
+// refuse. See src/DESIGN.md.
 #include "src/http_parser.h"
 
 #include <strings.h>
@@ -201,21 +211,123 @@ Reason RequestParser::mapError(llhttp_errno_t e) const {
   }
 }
 
+bool targetChar(const unsigned char* seq, size_t n) {
+  static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};  // shortest form per length
+  if (n < 2 || n > 4) return false;
+  uint32_t cp = seq[0] & (0xFF >> (n + 1));
+  for (size_t k = 1; k < n; k++) {
+    if ((seq[k] & 0xC0) != 0x80) return false;
+    cp = (cp << 6) | (seq[k] & 0x3F);
+  }
+  return cp >= kMin[n] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF) &&
+         !(cp >= 0x80 && cp <= 0x9F);
+}
+
+// Consumes the part of `data` that belongs to the request line (`*n` bytes:
+// up to its LF, or all of it). Until the target holds a byte >= 0x80 nothing
+// is copied (`*copied` false: hand llhttp `data` itself); from then on `out`
+// receives what llhttp should see, with each UTF-8 character of the target
+// as %XX escapes. A character cut by the reads waits in seq_ for its rest.
+// BadTarget on invalid UTF-8; RequestLineTooLong once the escaped line
+// passes the limit (so a huge read is never copied whole).
+Reason RequestParser::escapeTarget(const char* data, size_t len, size_t* n, std::string* out,
+                                 bool* copied) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  *copied = false;
+  size_t i = 0;
+  for (; i < len && line_ != Line::Done; i++) {
+    auto c = static_cast<unsigned char>(data[i]);
+    if (line_ == Line::Target && (c >= 0x80 || need_ > 0)) {
+      if (!*copied) {
+        out->assign(data, i);
+        *copied = true;
+      }
+      if (need_ == 0) {  // a lead byte
+        need_ = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+        if (need_ == 0) return Reason::BadTarget;  // a continuation byte without its lead
+        have_ = 0;
+      } else if ((c & 0xC0) != 0x80) {
+        return Reason::BadTarget;  // the character ends early
+      }
+      seq_[have_++] = c;
+      if (have_ < need_) continue;
+      if (!targetChar(seq_, need_)) return Reason::BadTarget;
+      for (size_t k = 0; k < need_; k++) {
+        out->push_back('%');
+        out->push_back(kHex[seq_[k] >> 4]);
+        out->push_back(kHex[seq_[k] & 15]);
+      }
+      have_ = need_ = 0;
+      if (out->size() > limits_.maxRequestLine) return Reason::RequestLineTooLong;
+      continue;
+    }
+    switch (line_) {
+      case Line::Start:  // llhttp's to judge: empty lines before the request line
+        if (c != '\r' && c != '\n') line_ = Line::Method;
+        break;
+      case Line::Method:
+        if (c == ' ') line_ = Line::Target;
+        break;
+      case Line::Target:
+        if (c == ' ' || c == '\r' || c == '\n') line_ = Line::Rest;
+        break;
+      case Line::Rest:
+        if (c == '\n') line_ = Line::Done;
+        break;
+      case Line::Done:
+        break;
+    }
+    if (*copied) out->push_back(static_cast<char>(c));
+  }
+  *n = i;
+  return Reason::None;
+}
+
 RequestParser::Result RequestParser::feed(const char* data, size_t len, size_t* used) {
   *used = 0;
   if (dead_) return Result::Error;
   if (complete_) return Result::Complete;  // take() first
   if (len == 0) return Result::NeedMore;
   if (!started_) started_ = true;
+  if (line_ != Line::Done) {
+    // The request line: llhttp gets it with raw UTF-8 escaped. It cannot
+    // complete a message, so llhttp either wants more or fails here.
+    size_t n = 0;
+    std::string escaped;
+    bool copied = false;
+    if (Reason r = escapeTarget(data, len, &n, &escaped, &copied); r != Reason::None) {
+      dead_ = true;
+      cur_.error = r;
+      if (r == Reason::BadTarget) cur_.errorDetail = "invalid UTF-8 or a C1 control in the target";
+      return Result::Error;
+    }
+    const char* p = copied ? escaped.data() : data;
+    size_t pn = copied ? escaped.size() : n;
+    if (pn > 0) {
+      llhttp_errno_t e = llhttp_execute(&parser_, p, pn);
+      if (e != HPE_OK) return failed(e);
+    }
+    if (n == len) {
+      *used = len;
+      return Result::NeedMore;
+    }
+    data += n;
+    len -= n;
+    *used = n;
+  }
   llhttp_errno_t e = llhttp_execute(&parser_, data, len);
   if (e == HPE_OK) {
-    *used = len;
+    *used += len;
     return Result::NeedMore;
   }
   if (e == HPE_PAUSED && complete_) {
-    *used = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+    *used += static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
     return Result::Complete;
   }
+  return failed(e);
+}
+
+RequestParser::Result RequestParser::failed(llhttp_errno_t e) {
   dead_ = true;
   if (cur_.error == Reason::None) {
     cur_.error = mapError(e);
@@ -259,6 +371,8 @@ Request RequestParser::take() {
     else llhttp_resume(&parser_);
   }
   upgrade_ = false;
+  line_ = Line::Start;
+  have_ = need_ = 0;
   return r;
 }
 

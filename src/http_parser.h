@@ -42,7 +42,7 @@ class HeaderList {
 /// read (limits, framing, version): answer it and close the connection.
 struct Request {
   std::string method;          // "GET", "PROPFIND", ... (what llhttp recognised)
-  std::string target;          // the request-target as sent
+  std::string target;          // the request-target as sent, raw UTF-8 percent-encoded
   int versionMajor = 1;
   int versionMinor = 1;
   HeaderList headers;
@@ -97,6 +97,9 @@ class RequestParser {
   void endField();
   int refuse(policy::Reason r, std::string detail);
   policy::Reason mapError(llhttp_errno_t e) const;
+  Result failed(llhttp_errno_t e);
+  policy::Reason escapeTarget(const char* data, size_t len, size_t* n, std::string* out,
+                              bool* copied);
 
   Limits limits_;
   llhttp_settings_t settings_;
@@ -110,7 +113,17 @@ class RequestParser {
   bool dead_ = false;
   bool continue_ = false;
   bool upgrade_ = false;
+  // Where the request line is, for escapeTarget (see http_parser.cc).
+  enum class Line { Start, Method, Target, Rest, Done };
+  Line line_ = Line::Start;
+  unsigned char seq_[4] = {};  // a UTF-8 sequence of the target, cut by the reads
+  size_t have_ = 0, need_ = 0;
 };
+
+/// Whether `seq` (`n` bytes, n = the length its lead byte announces) is one
+/// UTF-8 character that a request target may carry raw: shortest form, no
+/// surrogate, at most U+10FFFF, not a C1 control (U+0080..U+009F).
+bool targetChar(const unsigned char* seq, size_t n);
 
 /// Transfer-Encoding check (RFC 9112 §6.1, §6.3): every coding must be
 /// known (we decode only `chunked`: anything else → UnsupportedCoding, 501)

@@ -3,6 +3,7 @@
 namespace slip {
 
 bool Route::allows(std::string_view method) const {
+  if (anyMethod) return true;
   for (const auto& m : methods)
     if (m == method) return true;
   return false;

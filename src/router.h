@@ -1,7 +1,7 @@
 // The router: which handler answers a normalised path, with which methods,
 // behind which protection. The download routes (/d/, /p/, the edge), the
-// admin pages (/-/health, /-/metrics) and the modules to come (WebDAV under
-// /dav/, the JSON API under /-/api/, the status page) register here; the
+// admin pages (/-/health, /-/metrics), WebDAV under /dav/ and the modules to
+// come (the JSON API under /-/api/, the status page) register here; the
 // server does the rest (limits, the loop guard, path normalisation, 405 with
 // Allow, admin checks) before a handler runs.
 #pragma once
@@ -19,13 +19,14 @@ struct Route {
   std::string pattern;                  // "/-/metrics", or a prefix ending in '/' ("/d/")
   bool prefix = false;                  // match every path that starts with `pattern`
   std::vector<std::string> methods{"GET", "HEAD"};
+  bool anyMethod = false;               // every method reaches the handler, which answers 405 itself
   bool admin = false;                   // admin_allow clients or the admin_token only
   bool acceptsBody = false;             // requests with a body are refused (400) unless set
   /// Answers the request through the Exchange (at once or later; exactly
   /// once: respond(), sendError(), or a job streaming through its Sink).
   std::function<void(Exchange&)> handler;
 
-  bool allows(std::string_view method) const;
+  bool allows(std::string_view method) const;  // anyMethod: always
   /// The Allow header's value: "GET, HEAD".
   std::string allow() const;
 };

@@ -44,7 +44,14 @@ std::string clientAddress(const sockaddr_storage& ss) {
 
 Server::Impl::Impl(event_base* b, const conf::Config& c, const policy::RuleSet& r,
                    proxy::Engine& e, const Clock& clk)
-    : base(b), cfg(c), rules(r), engine(e), clock(clk), accessLog(b, clk) {
+    : base(b),
+      cfg(c),
+      rules(r),
+      engine(e),
+      clock(clk),
+      accessLog(b, clk),
+      authenticator(c, clk),
+      authWorker(b) {
   connOpts.limits.maxRequestLine = static_cast<size_t>(c.server.maxRequestLine);
   connOpts.limits.maxHeaderBytes = static_cast<size_t>(c.server.maxHeaderSize);
   connOpts.limits.maxBody = static_cast<size_t>(c.server.maxRequestBody);
@@ -235,6 +242,7 @@ bool Server::start(std::string* err) {
 
   s.addAdminRoutes();
   s.addDeliveryRoutes();
+  s.addDavRoutes();
 
   for (const auto& l : s.cfg.server.listen) {
     Listener::Options o;

@@ -10,11 +10,13 @@
 // `pagination`): pages are asked for until `total` entries arrived or a page
 // comes back empty (the folder shrank meanwhile); a name seen twice (it
 // grew) counts once. `refresh: false` never makes AList re-list its storage
-// for us. Errors arrive as HTTP 200 with code != 200, as for links.
+// for us. Errors arrive as HTTP 200 with code != 200, as for links. The
+// reply is read by replies::parseAlistList (proxy/sources/replies.h).
 #include <nlohmann/json.hpp>
 
 #include "proxy/fetch/curl_multi.h"
 #include "proxy/sources/listing.h"
+#include "proxy/sources/replies.h"
 
 namespace slip::proxy {
 namespace {
@@ -35,22 +37,6 @@ AlistListPage pageFailure(Reason r, std::string detail) {
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-/// The entity tag of an item: a content hash AList reports, if any.
-std::string hashEtag(const json& item) {
-  auto it = item.find("hash_info");
-  if (it == item.end() || !it->is_object()) return "";
-  for (const char* kind : {"sha1", "md5", "sha256"}) {
-    auto h = it->find(kind);
-    if (h != it->end() && h->is_string() && !h->get<std::string>().empty()) {
-      std::string v = h->get<std::string>();
-      bool plain =
-          v.size() <= 128 && v.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos;
-      if (plain) return "\"" + lower(v) + "\"";
-    }
-  }
-  return "";
 }
 
 /// One lister: asks page after page, then answers once and deletes itself.
@@ -142,47 +128,25 @@ struct Lister final : Transfer::Handler {
 }  // namespace
 
 AlistListPage parseAlistListPage(const std::string& body) {
-  json j = json::parse(body, nullptr, false);
-  if (j.is_discarded() || !j.is_object())
-    return pageFailure(Reason::ResolveFailed, "alist list: reply is not JSON");
-  auto code = j.find("code");
-  std::string message;
-  if (auto m = j.find("message"); m != j.end() && m->is_string()) message = m->get<std::string>();
-  if (code == j.end() || !code->is_number_integer())
-    return pageFailure(Reason::ResolveFailed, "alist list: reply has no code");
-  if (code->get<int64_t>() != 200) {
-    std::string l = lower(message);
+  replies::AlistList reply;
+  if (replies::Problem p = replies::parseAlistList(body, &reply))
+    return pageFailure(Reason::SourceBadReply, "alist list: " + p.why);
+  if (reply.code != 200) {
+    std::string l = lower(reply.message);
     Reason r = l.find("not found") != std::string::npos      ? Reason::NotFound
                : l.find("not a folder") != std::string::npos ? Reason::NotAFolder
                                                              : Reason::ResolveFailed;
-    return pageFailure(r,
-                       "alist list: code " + std::to_string(code->get<int64_t>()) + ": " + message);
+    return pageFailure(r, "alist list: code " + std::to_string(reply.code) + ": " + reply.message);
   }
-  auto data = j.find("data");
-  if (data == j.end() || !data->is_object())
-    return pageFailure(Reason::ResolveFailed, "alist list: reply has no data");
   AlistListPage out;
-  if (auto total = data->find("total"); total != data->end() && total->is_number_integer())
-    out.total = total->get<int64_t>();
-  auto content = data->find("content");
-  if (content == data->end() || content->is_null()) return out;  // Go's nil slice: an empty folder
-  if (!content->is_array())
-    return pageFailure(Reason::ResolveFailed, "alist list: data.content is not a list");
-  for (const json& item : *content) {
-    if (!item.is_object()) continue;
-    auto name = item.find("name");
-    if (name == item.end() || !name->is_string()) continue;
+  out.total = reply.total;
+  for (replies::AlistItem& item : reply.items) {
     DirEntry e;
-    e.name = name->get<std::string>();
-    if (auto d = item.find("is_dir"); d != item.end() && d->is_boolean()) e.folder = d->get<bool>();
-    if (auto s = item.find("size");
-        !e.folder && s != item.end() && s->is_number_integer() && s->get<int64_t>() > 0)
-      e.size = static_cast<uint64_t>(s->get<int64_t>());
-    if (auto m = item.find("modified"); m != item.end() && m->is_string()) {
-      auto ms = policy::parseRfc3339Ms(m->get<std::string>());
-      if (ms && *ms > 0) e.mtimeMs = *ms;  // Go's zero time (year 1) means unknown
-    }
-    if (!e.folder) e.etag = hashEtag(item);
+    e.name = std::move(item.name);
+    e.folder = item.folder;
+    e.size = item.size;
+    e.mtimeMs = item.modifiedMs.value_or(0);
+    if (!item.hash.empty()) e.etag = "\"" + item.hash + "\"";
     out.entries.push_back(std::move(e));
   }
   return out;

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "conf/conf.h"
+#include "policy/policy.h"
 
 namespace slip::proxy::replies {
 namespace {
@@ -148,6 +149,72 @@ Problem parseAlistLink(std::string_view body, AlistLink* out) {
     if (out->url.starts_with("//")) out->url = "http:" + out->url;
     if (!httpUrl(out->url)) return contract("data.url is not an http(s) URL");
     return alistHeaders(*data, out);
+  });
+}
+
+namespace {
+
+std::string lowerHex(const std::string& v) {
+  if (v.empty() || v.size() > 128 ||
+      v.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
+    return "";
+  std::string out = v;
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// One content entry; false when it is skipped (not an object with a name).
+bool alistItem(const json& item, AlistItem* e) {
+  if (!item.is_object()) return false;
+  const json* name = field(item, "name");
+  if (!name || !name->is_string() || name->get_ref<const std::string&>().empty()) return false;
+  e->name = name->get<std::string>();
+  if (const json* d = field(item, "is_dir"); d && d->is_boolean()) e->folder = d->get<bool>();
+  if (const json* sz = field(item, "size"); sz && !e->folder && sz->is_number()) {
+    auto n = jsonInt(*sz);
+    if (n && *n > 0) e->size = static_cast<uint64_t>(*n);
+  }
+  if (const json* m = field(item, "modified"); m && m->is_string()) {
+    auto ms = policy::parseRfc3339Ms(m->get_ref<const std::string&>());
+    if (ms && *ms > 0) e->modifiedMs = ms;
+  }
+  if (const json* h = field(item, "hash_info"); h && h->is_object() && !e->folder) {
+    for (const char* kind : {"sha1", "md5", "sha256"}) {
+      const json* v = field(*h, kind);
+      if (v && v->is_string()) e->hash = lowerHex(v->get<std::string>());
+      if (!e->hash.empty()) break;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+Problem parseAlistList(std::string_view body, AlistList* out) {
+  return guarded([&]() -> Problem {
+    json j;
+    if (Problem p = object(body, &j)) return p;
+    if (Problem p = integer(j, "code", &out->code, true)) return p;
+    if (Problem p = str(j, "message", &out->message, false)) return p;
+    if (out->code != 200) return {};
+    const json* data = field(j, "data");
+    if (!data) return contract("data is missing");
+    if (!data->is_object())
+      return contract("data is " + std::string(typeName(*data)) + ", not an object");
+    if (Problem p = integer(*data, "total", &out->total, false)) return contract("data." + p.why);
+    if (out->total < 0) return contract("data.total is negative");
+    const json* content = field(*data, "content");
+    if (!content) return {};  // Go's nil slice: an empty folder
+    if (!content->is_array())
+      return contract("data.content is " + std::string(typeName(*content)) + ", not a list");
+    for (const json& item : *content) {
+      AlistItem e;
+      if (alistItem(item, &e))
+        out->items.push_back(std::move(e));
+      else
+        out->skipped++;
+    }
+    return {};
   });
 }
 

@@ -45,6 +45,35 @@ struct AlistLink {
 /// and value one conf::headerProblem() accepts.
 Problem parseAlistLink(std::string_view body, AlistLink* out);
 
+/// One entry of /api/fs/list's `data.content` (server/handles/fsread.go ObjResp).
+struct AlistItem {
+  std::string name;
+  bool folder = false;  // `is_dir`
+  uint64_t size = 0;    // files: `size`; 0 when absent, not an integer or negative
+  std::optional<int64_t>
+      modifiedMs;    // `modified` (RFC 3339) when after 1970; Go's zero time is unknown
+  std::string hash;  // lower-case hex from `hash_info` (sha1, md5, sha256), "" none
+};
+
+/// POST /api/fs/list → {"code":200,"message":"success","data":{"content":[…] | null,
+/// "total":N, …}}.
+struct AlistList {
+  int64_t code = 0;  // 200 = success; otherwise an error AList reports (as HTTP 200)
+  std::string message;
+  int64_t total = 0;  // data.total: entries in the whole folder (absent = 0)
+  std::vector<AlistItem> items;
+  size_t skipped = 0;  // content entries that were not objects with a non-empty string `name`
+};
+
+/// The envelope is strict: `code` an integer, `message` a string (or
+/// absent/null); with code 200, `data` an object whose `content` is a list
+/// (absent/null: an empty folder) and `total` a non-negative integer (or
+/// absent/null). Entries are lenient, one at a time: an entry that is not an
+/// object with a non-empty string `name` is skipped (counted), and a field
+/// of the wrong type reads as absent — one odd entry must not make a whole
+/// folder unlistable.
+Problem parseAlistList(std::string_view body, AlistList* out);
+
 // ---------------------------------------------------------------- Aliyundrive Open
 
 /// code/message of an error reply, when they are strings (else empty).

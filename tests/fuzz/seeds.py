@@ -41,6 +41,42 @@ SEEDS = {
         b"https://cdnfhnfile.115.com/x/y.mkv?t=1700003600&u=1&s=abc",
         b"https://x.cos.ap-guangzhou.myqcloud.com/a?q-sign-algorithm=sha1&q-sign-time=1700000000%3B1700003600&q-key-time=1700000000%3B1700003600",
         b"http://h/a?e=1700003600000", b"http://h/a?expires=8h&time=1700000000"],
+    # The sources' replies, in the shapes the test fakes send (test_edge.py's
+    # FakeAList, fake_aliyun.py) and the token helper writes.
+    "replies": [
+        b'{"code":200,"message":"success","data":{"url":"http://127.0.0.1:8080/a.mkv?sign=x",'
+        b'"header":{"Referer":["https://www.alipan.com/"],"Cookie":["a=1","b=2"]}}}',
+        b'{"code":200,"message":"success","data":{"url":"//cdn.example/x","header":null}}',
+        b'{"code":401,"message":"token is invalidated","data":null}',
+        b'{"code":500,"message":"object not found","data":null}',
+        '{"code":200,"message":"success","data":{"content":[{"name":"千与千寻 #1 & 100%.mkv",'
+        '"size":42,"is_dir":false,"modified":"2023-11-15T06:13:20.250000000+08:00",'
+        '"created":"0001-01-01T00:00:00Z","sign":"","thumb":"","type":0,"hashinfo":"null",'
+        '"hash_info":{"sha1":"ABCDEF0123"}},{"name":"Sub Folder","size":0,"is_dir":true,'
+        '"modified":"2023-11-15T06:13:20.000000000+08:00","created":"0001-01-01T00:00:00Z",'
+        '"sign":"","thumb":"","type":1,"hashinfo":"null","hash_info":null}],"total":249,'
+        '"readme":"","header":"","write":false,"provider":"Local"}}'.encode(),
+        b'{"code":200,"message":"success","data":{"content":null,"total":0}}',
+        b'{"code":"NotFound.File","message":"The resource file cannot be found."}',
+        b'{"user_id":"u1","name":"Fake User","avatar":"","default_drive_id":"1",'
+        b'"resource_drive_id":"2","backup_drive_id":"3"}',
+        '{"items":[{"drive_id":"2","file_id":"f1","parent_file_id":"root","name":"S01E03 #3.mkv",'
+        '"type":"file","created_at":"2024-05-01T10:00:00.000Z","updated_at":"2024-05-01T10:00:00.123Z",'
+        '"size":103,"content_hash":"0A1B","content_hash_name":"sha1","file_extension":"mkv"},'
+        '{"drive_id":"2","file_id":"f2","parent_file_id":"root","name":"剧 集","type":"folder",'
+        '"created_at":"2024-05-01T10:00:00.000Z","updated_at":"2024-05-01T10:00:00.000Z",'
+        '"file_extension":""}],"next_marker":"m2"}'.encode(),
+        b'{"domain_id":"bj29","drive_id":"2","file_id":"f1","url":"http://127.0.0.1:9/d/f1?md5=x&expires=1",'
+        b'"expiration":"2024-05-01T14:00:00.000Z","method":"GET"}',
+        b'{"token_type":"Bearer","access_token":"eyJhbGciOiJSUzI1NiJ9.e30.c2ln",'
+        b'"refresh_token":"eyJhbGciOiJSUzI1NiJ9.e30.cmVm","expires_in":7200}',
+        b'{"ok":true,"access_token":"eyJ.a.b","access_expires_ms":1714572000000,"reused":false,'
+        b'"persisted":true}',
+        b'{"ok":true,"access_token":"eyJ.a.b","access_expires_ms":1714572000000,"reused":false,'
+        b'"persisted":false,"refresh_token":"eyJ.r.t","persist_error":"disk full"}',
+        b'{"ok":false,"refused":true,"status":401,"code":"InvalidParameter.RefreshToken",'
+        b'"message":"refresh token is invalid"}',
+        b"2024-05-01T10:00:00.000Z", b"2024-05-01T10:00:00+00:00"],
 }
 
 

@@ -110,7 +110,8 @@ class Framing(FrontTest):
             ("two Hosts", b"GET /p/loc/f.bin HTTP/1.1\r\n" + h + h + b"\r\n" + smuggled, 400),
             ("unrecognised method", b"FOO /p/loc/f.bin HTTP/1.1\r\n" + h + b"\r\n" + smuggled, 501),
             ("bare LF", b"GET /p/loc/f.bin HTTP/1.1\nHost: gw\n\n" + smuggled, 400),
-            ("raw UTF-8 target", "GET /p/loc/电影 HTTP/1.1\r\n".encode() + h + b"\r\n" + smuggled, 400),
+            # Raw UTF-8 is read as its percent-encoded form (test_dav.py); invalid UTF-8 is refused.
+            ("Latin-1 target", b"GET /p/loc/caf\xe9 HTTP/1.1\r\n" + h + b"\r\n" + smuggled, 400),
         ]
         for what, raw, want in rows:
             with self.subTest(what):
@@ -138,7 +139,7 @@ class Framing(FrontTest):
     def test_every_other_method_reaches_the_router_as_405(self):
         gw = self.local_gateway()
         for method, path in (("PROPFIND", "/p/loc/f.bin"), ("OPTIONS", "/p/loc/f.bin"), ("MKCOL", "/p/loc/"),
-                             ("PUT", "/p/loc/f.bin"), ("PROPFIND", "/dav/x"), ("DELETE", "/-/metrics")):
+                             ("PUT", "/p/loc/f.bin"), ("PROPFIND", "/davx"), ("DELETE", "/-/metrics")):
             with self.subTest(method=method, path=path):
                 reply, closed = converse(gw.port, ("%s %s HTTP/1.1\r\nHost: gw\r\nDepth: 1\r\n"
                                                    "Content-Length: 0\r\n\r\n" % (method, path)).encode())

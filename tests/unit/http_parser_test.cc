@@ -81,7 +81,20 @@ TEST_CASE("request framing and refusals (RFC 9112 §6.3)", "[http]") {
       {"bare LF line ends", "GET /a HTTP/1.1\nHost: gw\n\n", Reason::BadHeader},
       {"CR inside a value", "GET /a HTTP/1.1\r\n" + kHost + "X: a\rb\r\n\r\n", Reason::BadRequest},
       {"NUL inside a value", "GET /a HTTP/1.1\r\n" + kHost + std::string("X: a\0b\r\n\r\n", 10), Reason::BadHeader},
-      {"raw UTF-8 in the target", "GET /\xe4\xb8\xad HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"raw UTF-8 in the target", "GET /\xe4\xb8\xad HTTP/1.1\r\n" + kHost + "\r\n", Reason::None},
+      {"lone continuation byte", "GET /\x80 HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"Latin-1, not UTF-8", "GET /caf\xe9 HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"overlong '/'", "GET /a\xc0\xaf" "b HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"overlong 3-byte", "GET /\xe0\x80\xaf HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"UTF-16 surrogate", "GET /\xed\xa0\x80 HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"past U+10FFFF", "GET /\xf4\x90\x80\x80 HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"0xFF", "GET /\xff HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"C1 control U+0085", "GET /a\xc2\x85 HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"cut before the space", "GET /\xe4\xb8 HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"raw UTF-8 with a raw space", "GET /\xe4\xb8\xad b HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadRequest},
+      {"raw UTF-8 with a control", "GET /\xe4\xb8\xad\x01 HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadTarget},
+      {"raw UTF-8 in a header value", "GET /a HTTP/1.1\r\n" + kHost + "X: \xe4\xb8\xad\r\n\r\n", Reason::None},
+      {"raw UTF-8 in the method", "G\xc3\xa4T /a HTTP/1.1\r\n" + kHost + "\r\n", Reason::UnknownMethod},
       {"space in the target", "GET /a b HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadRequest},
   };
   for (const auto& row : rows) {
@@ -96,6 +109,48 @@ TEST_CASE("request framing and refusals (RFC 9112 §6.3)", "[http]") {
         CHECK(std::string(reasonCode(o.req.error)) == reasonCode(row.want));
       }
     }
+  }
+}
+
+TEST_CASE("raw UTF-8 in the target reads as its percent-encoded form", "[http]") {
+  struct Row {
+    std::string raw, want;
+  };
+  const Row rows[] = {
+      {"/p/films/\xe7\x94\xb5\xe5\xbd\xb1.mkv", "/p/films/%E7%94%B5%E5%BD%B1.mkv"},
+      {"/\xc3\xa9t\xc3\xa9?q=\xe4\xb8\xad&sign=a:0", "/%C3%A9t%C3%A9?q=%E4%B8%AD&sign=a:0"},
+      {"/a%20b/\xf0\x9f\x8e\xac", "/a%20b/%F0%9F%8E%AC"},  // escapes stay, 4-byte characters too
+      {"/\xe3\x80\x80", "/%E3%80%80"},                      // U+3000 ideographic space is a name's
+      {"/plain", "/plain"},
+  };
+  for (const auto& row : rows) {
+    for (size_t step : {size_t{0}, size_t{1}, size_t{2}, size_t{5}}) {
+      INFO(row.want << " step " << step);
+      Outcome o = parse("GET " + row.raw + " HTTP/1.1\r\n" + kHost + "\r\n", step);
+      REQUIRE(o.result == RequestParser::Result::Complete);
+      CHECK(o.req.target == row.want);
+      CHECK(o.req.headers.get("Host") == "gw");
+    }
+  }
+  // Pipelined: the second request's target is escaped too, and `used` counts raw bytes.
+  std::string two = "GET /\xe4\xb8\xad HTTP/1.1\r\n" + kHost + "\r\nGET /\xe6\x96\x87 HTTP/1.1\r\n" + kHost + "\r\n";
+  RequestParser p(Limits{});
+  size_t used = 0;
+  REQUIRE(p.feed(two.data(), two.size(), &used) == RequestParser::Result::Complete);
+  CHECK(used == two.find("GET /\xe6"));
+  CHECK(p.take().target == "/%E4%B8%AD");
+  size_t rest = two.size() - used;
+  REQUIRE(p.feed(two.data() + used, rest, &used) == RequestParser::Result::Complete);
+  CHECK(used == rest);
+  CHECK(p.take().target == "/%E6%96%87");
+  // The limit applies to the escaped form (what a client that encodes sends).
+  Limits l;
+  l.maxRequestLine = 1024;
+  std::string cjk;
+  for (int i = 0; i < 120; i++) cjk += "\xe4\xb8\xad";  // 360 raw bytes, 1080 escaped
+  for (size_t step : {size_t{0}, size_t{1}}) {
+    Outcome o = parse("GET /" + cjk + " HTTP/1.1\r\n" + kHost + "\r\n", step, l);
+    CHECK(o.req.error == Reason::RequestLineTooLong);
   }
 }
 

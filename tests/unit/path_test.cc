@@ -232,6 +232,26 @@ TEST_CASE("matchMount", "[path]") {
   }
 }
 
+TEST_CASE("mountFolders: the folders mount prefixes make", "[path]") {
+  std::vector<Mount> v;
+  for (const char* p : {"/", "/movies", "/movies/4k", "/tv/", "/media/films", "/media/tv shows", "/电影/新"}) {
+    Mount m;
+    m.name = p;
+    m.prefix = p;
+    v.push_back(m);
+  }
+  using V = std::vector<std::string>;
+  CHECK(mountFolders(v, "/") == V{"media", "movies", "tv", "电影"});
+  CHECK(mountFolders(v, "") == V{"media", "movies", "tv", "电影"});
+  CHECK(mountFolders(v, "/media") == V{"films", "tv shows"});
+  CHECK(mountFolders(v, "/media/") == V{"films", "tv shows"});
+  CHECK(mountFolders(v, "/movies") == V{"4k"});
+  CHECK(mountFolders(v, "/movies/4k").empty());  // a mount itself, nothing below
+  CHECK(mountFolders(v, "/mov").empty());        // whole segments only
+  CHECK(mountFolders(v, "/电影") == V{"新"});
+  CHECK(mountFolders(v, "/tv").empty());
+}
+
 TEST_CASE("CIDR matching, IPv4 and IPv6", "[path]") {
   struct Row {
     const char* net;

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 using namespace slip::proxy::replies;
 using Kind = Problem::Kind;
@@ -151,6 +152,95 @@ TEST_CASE("AList link replies: malformed shapes are problems with reasons", "[re
     CHECK(p.kind == c.kind);
     CHECK(p.why.find(c.why) != std::string::npos);
     CHECK(p.why.find("X-Injected: 1") == std::string::npos);  // values are never quoted
+  }
+}
+
+TEST_CASE("AList list replies: entries are read one at a time, the envelope strictly", "[replies]") {
+  AlistList l;
+  Problem p = parseAlistList(R"({"code":200,"message":"success","data":{"content":[
+    {"name":"Season 1","size":0,"is_dir":true,"modified":"2024-05-01T18:00:00+08:00","sign":"","thumb":"","type":1},
+    {"name":"a.mkv","size":1234567890123,"is_dir":false,"modified":"2023-11-14T22:13:20.5Z","created":"0001-01-01T00:00:00Z",
+     "sign":"abc","thumb":"","type":2,"hashinfo":"null","hash_info":{"sha1":"AbCdEf0123"}},
+    {"name":"b.srt","size":12,"is_dir":false,"modified":"0001-01-01T00:00:00Z","hash_info":null},
+    {"name":"weird","size":"12","is_dir":"no","modified":5,"hash_info":{"sha1":7,"md5":"not hex","sha256":"FF"}},
+    {"name":"neg","size":-5,"is_dir":false,"hash_info":[1]},
+    {"name":"float","size":1.0e3},
+    {"size":1},
+    {"name":""},
+    {"name":null},
+    "not an object",
+    null
+  ],"total":11,"readme":"","header":"","write":false,"provider":"Local"}})",
+                             &l);
+  INFO(p.why);
+  REQUIRE_FALSE(p);
+  CHECK(l.code == 200);
+  CHECK(l.total == 11);
+  CHECK(l.skipped == 5);
+  struct Want {
+    const char* name;
+    bool folder;
+    uint64_t size;
+    std::optional<int64_t> modifiedMs;
+    const char* hash;
+  };
+  const Want want[] = {
+      {"Season 1", true, 0, 1'714'557'600'000, ""},
+      {"a.mkv", false, 1234567890123ULL, 1'700'000'000'500, "abcdef0123"},
+      {"b.srt", false, 12, std::nullopt, ""},  // Go's zero time: unknown
+      {"weird", false, 0, std::nullopt, "ff"},  // wrong types read as absent
+      {"neg", false, 0, std::nullopt, ""},
+      {"float", false, 1000, std::nullopt, ""},
+  };
+  REQUIRE(l.items.size() == std::size(want));
+  for (size_t i = 0; i < std::size(want); i++) {
+    INFO(want[i].name);
+    CHECK(l.items[i].name == want[i].name);
+    CHECK(l.items[i].folder == want[i].folder);
+    CHECK(l.items[i].size == want[i].size);
+    CHECK(l.items[i].modifiedMs == want[i].modifiedMs);
+    CHECK(l.items[i].hash == want[i].hash);
+  }
+
+  struct Case {
+    const char* body;
+    Kind kind;
+    int64_t code;
+    size_t items;
+    const char* why;  // part of Problem::why
+  };
+  const Case cases[] = {
+      {R"({"code":200,"message":"success","data":{"content":null,"total":0}})", Kind::None, 200, 0, ""},
+      {R"({"code":200,"data":{}})", Kind::None, 200, 0, ""},
+      {R"({"code":200,"data":{"content":[],"total":null}})", Kind::None, 200, 0, ""},
+      {R"({"code":200,"data":{"content":[{"name":"x"}]}})", Kind::None, 200, 1, ""},
+      // Errors as HTTP 200: a valid reply, the caller reports them.
+      {R"({"code":500,"message":"object not found","data":null})", Kind::None, 500, 0, ""},
+      {R"({"code":401,"message":"token is invalidated"})", Kind::None, 401, 0, ""},
+      // Not AList's reply.
+      {R"({"code":"200","data":{}})", Kind::Contract, 0, 0, "code is a string"},
+      {R"({"message":"success"})", Kind::Contract, 0, 0, "code is missing"},
+      {R"({"code":200,"message":7})", Kind::Contract, 200, 0, "message is a number"},
+      {R"({"code":200,"message":"success"})", Kind::Contract, 200, 0, "data is missing"},
+      {R"({"code":200,"data":[1]})", Kind::Contract, 200, 0, "data is a list"},
+      {R"({"code":200,"data":{"content":{"name":"x"}}})", Kind::Contract, 200, 0, "data.content is an object"},
+      {R"({"code":200,"data":{"content":[],"total":"9"}})", Kind::Contract, 200, 0, "data.total is a string"},
+      {R"({"code":200,"data":{"content":[],"total":-1}})", Kind::Contract, 200, 0, "data.total is negative"},
+      {R"({"code":200,"data":{"content":[],"total":1e300}})", Kind::Contract, 200, 0, "not an integer"},
+      {R"([1,2])", Kind::Contract, 0, 0, "not a JSON object"},
+      {"<html>502 Bad Gateway</html>", Kind::Contract, 0, 0, "not JSON"},
+      {"", Kind::Contract, 0, 0, "not JSON"},
+  };
+  for (const Case& c : cases) {
+    AlistList out;
+    Problem q = parseAlistList(c.body, &out);
+    INFO(c.body << " → " << q.why);
+    CHECK(std::string(kindName(q.kind)) == kindName(c.kind));
+    CHECK(q.why.find(c.why) != std::string::npos);
+    if (c.kind == Kind::None) {
+      CHECK(out.code == c.code);
+      CHECK(out.items.size() == c.items);
+    }
   }
 }
 

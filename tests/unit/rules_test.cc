@@ -109,6 +109,7 @@ TEST_CASE("RuleSet::decide table", "[rules]") {
   constexpr auto D = Route::Download;
   constexpr auto P = Route::Proxy;
   constexpr auto E = Route::Edge;
+  constexpr auto W = Route::Dav;
   constexpr std::optional<uint64_t> kUnknown;
   struct Row {
     const char* what;
@@ -220,6 +221,15 @@ TEST_CASE("RuleSet::decide table", "[rules]") {
       {"edge with a proxy_url rule", E, "GET", "/movies/a.iso", 0, "1.2.3.4", "VLC/3", 2000, kPlain,
        Delivery::Proxy, "big-iso", 16, true, false, ""},
       {"deny on edge", E, "GET", "/movies/a.mkv", 0, "10.0.0.5", "VLC/3", kUnknown, kPlain,
+       Delivery::Deny, "one-host", 16, true, false, ""},
+      // /dav/ proxies like /p/: rules still pick cache, connections, deny
+      {"/dav/ on a redirect mount", W, "GET", "/tv/a.mkv", 1, "1.2.3.4", "VLC/3", kUnknown, kPlain,
+       Delivery::Proxy, "", 8, false, false, ""},
+      {"/dav/ with a redirect rule", W, "GET", "/movies/a.mkv", 0, "1.2.3.4", "curl/8", kUnknown,
+       kPlain, Delivery::Proxy, "curl-exact", 16, true, false, ""},
+      {"/dav/ LAN rule: no cache, 4 connections", W, "GET", "/movies/a.mkv", 0, "192.168.1.1",
+       "VLC/3", kUnknown, kPlain, Delivery::Proxy, "lan", 4, false, false, ""},
+      {"deny on /dav/", W, "GET", "/movies/a.mkv", 0, "10.0.0.5", "VLC/3", kUnknown, kPlain,
        Delivery::Deny, "one-host", 16, true, false, ""},
   };
   for (const auto& r : rows) {
@@ -347,5 +357,11 @@ TEST_CASE("RuleSet::explain says why", "[rules]") {
         lines.back() ==
         "decision: proxy (rule big-iso action proxy_url; /p/ route always proxies) connections=16 "
         "cache=on");
+    f.route = Route::Dav;
+    lines.clear();
+    rules.explain(cfg, f, traits, &lines);
+    CHECK(lines.back() ==
+          "decision: proxy (rule big-iso action proxy_url; /dav/ route always proxies) "
+          "connections=16 cache=on");
   }
 }
