@@ -6,6 +6,7 @@
 #   make demo       the main job end to end on loopback
 #   make run        the gateway on conf/slipstream.ini
 #   make bench      the benchmark against the peers (scripts/bench)
+#   make fnlen      function and file size limits (scripts/fnlen.py, Universal Ctags)
 
 CXX      ?= g++
 SAN      ?= 0
@@ -32,7 +33,7 @@ BIN      := $(BUILD)/slipstream
 UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
 
-.PHONY: all deps test unit integration demo run bench clean format
+.PHONY: all deps test unit integration demo run bench clean format fnlen
 all: $(BIN)
 
 deps:
@@ -79,6 +80,9 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory -j$$(nproc) all $(RELAY)
 	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY)
+
+fnlen:
+	python3 scripts/fnlen.py
 
 format:
 	clang-format -i $(foreach m,$(MODULES) tests/unit,$(wildcard $(m)/*.cc $(m)/*.h))

@@ -10,7 +10,7 @@ set -euo pipefail
 
 pkgs=(
   # build
-  g++ make pkg-config
+  g++ make pkg-config universal-ctags
   libevent-dev libcurl4-openssl-dev liblmdb-dev libxxhash-dev libssl-dev
   libinih-dev catch2 nlohmann-json3-dev
   # tests and demo: a real nginx origin, real clients, the test runner
