@@ -264,6 +264,40 @@ class RuleSet {
   std::vector<std::unique_ptr<Compiled>> rules_;
 };
 
+// ---------------------------------------------------------------- time
+// Decisions that depend on the time: `now` is always an argument (wall
+// clock ms unless said otherwise), so each is a table test away.
+
+/// A stored version validated at `validatedMs` may be served without asking
+/// the upstream again while less than `revalidateMs` has passed.
+bool isFresh(int64_t validatedMs, int64_t revalidateMs, int64_t nowMs);
+
+/// Until when a link obtained at `obtainedMs` and expiring at `expiresMs`
+/// (0 = never) may start transfers; INT64_MAX = always. A fifth of its life,
+/// at most a minute, is kept in hand so that a transfer starting on it still
+/// finds it alive. The link cache and the fetcher both judge links by this.
+int64_t linkUsableUntil(int64_t obtainedMs, int64_t expiresMs);
+bool linkUsable(int64_t obtainedMs, int64_t expiresMs, int64_t nowMs);
+
+/// How long before its expiry an access token is refreshed: a fifth of its
+/// life, at most 5 minutes.
+int64_t accessMarginMs(int64_t lifeMs);
+/// An access token obtained at `obtainedMs`, expiring at `expiresMs`, may
+/// still be sent at `nowMs` (it is not inside its refresh margin).
+bool tokenUsable(int64_t obtainedMs, int64_t expiresMs, int64_t nowMs);
+
+/// Exponential backoff: the delay before retry number `retry` (1 = the
+/// first) is base × 2^(retry−1), at most `maxMs`.
+struct Backoff {
+  int64_t baseMs;
+  int64_t maxMs;
+};
+int64_t backoffDelayMs(const Backoff& b, int retry);
+/// Upstream fetches (probes, pieces, whole-body streams): 250 ms doubling to 10 s.
+inline constexpr Backoff kFetchBackoff{250, 10'000};
+/// Attempts an upstream fetch gets before it fails for good.
+inline constexpr int kFetchAttempts = 6;
+
 // ---------------------------------------------------------------- signing
 // AList-compatible: sign = base64url_with_padding(HMAC-SHA256(secret,
 // "<decoded path>:<expiry>")) + ":" + expiry; expiry in Unix seconds, 0 = never.

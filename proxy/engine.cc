@@ -22,12 +22,13 @@ const char* cacheStatusName(CacheStatus s) {
   return "?";
 }
 
-Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s)
+Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s, const Clock& clk)
     : base(b),
       cfg(c),
+      clock(clk),
       store(s),
       multi(b, static_cast<int>(c.server.upstreamConnections)),
-      links(c, sources, &Impl::nowMs, stats) {}
+      links(c, sources, clk, stats) {}
 
 Engine::Impl::~Impl() {
   fetcher.reset();
@@ -46,8 +47,8 @@ Transfer::Options Engine::Impl::transferOptions(const Link& link, int mount) con
   return o;
 }
 
-Engine::Engine(event_base* base, const conf::Config& cfg, store::Store* store)
-    : impl_(std::make_unique<Impl>(base, cfg, store)) {}
+Engine::Engine(event_base* base, const conf::Config& cfg, store::Store* store, const Clock& clock)
+    : impl_(std::make_unique<Impl>(base, cfg, store, clock)) {}
 
 Engine::~Engine() = default;
 
@@ -74,7 +75,7 @@ bool Engine::init(std::string* err) {
   }
   for (size_t i = 0; i < e.cfg.accounts.size(); i++) {
     e.accountPool.push_back(e.multi.addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
-    e.accounts.push_back(makeAliyunAccount(e.cfg, static_cast<int>(i), e.multi));
+    e.accounts.push_back(makeAliyunAccount(e.cfg, static_cast<int>(i), e.multi, e.clock));
   }
   for (const auto& m : e.cfg.mounts) {
     e.poolOf.push_back(m.accountIndex >= 0 ? e.accountPool[m.accountIndex]

@@ -2,7 +2,6 @@
 // factories. See proxy/DESIGN.md for how the pieces fit.
 #pragma once
 
-#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,11 +19,12 @@ class Fetcher;
 inline constexpr size_t kReadChunk = 128 * 1024;
 
 struct Engine::Impl {
-  Impl(event_base* b, const conf::Config& c, store::Store* s);
+  Impl(event_base* b, const conf::Config& c, store::Store* s, const Clock& clk);
   ~Impl();
 
   event_base* base;
   const conf::Config& cfg;
+  const Clock& clock;
   store::Store* store;
   Stats stats;
   CurlMulti multi;
@@ -37,13 +37,6 @@ struct Engine::Impl {
   LinkCache links;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
   bool quiescing = false;
-
-  /// Wall clock in milliseconds (links expire on wall-clock time).
-  static int64_t nowMs() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-  }
 
   /// Options for a download transfer of `link` on mount `mount` (in its
   /// connection pool).

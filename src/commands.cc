@@ -91,7 +91,8 @@ int explain(const conf::Config& cfg, const Flags& flags) {
   return 0;
 }
 
-int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags) {
+int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags,
+         const Clock& clock) {
   if (args.size() != 1 || args[0].empty() || args[0][0] != '/') {
     fprintf(stderr, "slipstream sign: expected one path like /movies/a.mkv\n");
     return 2;
@@ -114,7 +115,7 @@ int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Fl
     }
     ttlMs = *d;
   }
-  int64_t expiry = ttlMs > 0 ? static_cast<int64_t>(time(nullptr)) + (ttlMs + 999) / 1000 : 0;
+  int64_t expiry = ttlMs > 0 ? clock.wallSeconds() + (ttlMs + 999) / 1000 : 0;
   std::string s = policy::sign(cfg.server.signSecret, pr.path, expiry);
   std::string base;
   if (auto* b = flag(flags, "base")) base = *b;

@@ -129,10 +129,11 @@ int run(const conf::Config& cfg) {
   event_config_free(ecfg);
   int rc = 0;
   {
+    RealClock clock;  // the one time source the engine and the store read
     std::unique_ptr<store::Store> st;
     if (anyMountCaches(cfg)) {
       std::string err;
-      st = store::Store::open(cfg.cache, base, &err);
+      st = store::Store::open(cfg.cache, base, clock, &err);
       if (!st) {
         fprintf(stderr, "slipstream: cache: %s\n", err.c_str());
         return 1;
@@ -140,7 +141,7 @@ int run(const conf::Config& cfg) {
     }
     policy::RuleSet rules;
     policy::RuleSet::compile(cfg, &rules);
-    proxy::Engine engine(base, cfg, st.get());
+    proxy::Engine engine(base, cfg, st.get(), clock);
     std::string err;
     if (!engine.init(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
@@ -177,7 +178,10 @@ int main(int argc, char** argv) {
   Args a;
   std::string err;
   // The token-exchange helper the gateway spawns (proxy/aliyun_token.cc).
-  if (argc == 2 && !strcmp(argv[1], "token-exchange")) return proxy::tokenExchangeMain();
+  if (argc == 2 && !strcmp(argv[1], "token-exchange")) {
+    RealClock clock;
+    return proxy::tokenExchangeMain(clock);
+  }
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       fputs(kUsage, stdout);
@@ -206,7 +210,10 @@ int main(int argc, char** argv) {
   }
   if (a.command == "cache") return cmd::cache(*cfg, a.sub, a.positional);
   if (a.command == "explain") return cmd::explain(*cfg, a.flags);
-  if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags);
+  if (a.command == "sign") {
+    RealClock clock;
+    return cmd::sign(*cfg, a.positional, a.flags, clock);
+  }
   fprintf(stderr, "slipstream: unknown command '%s'\n%s", a.command.c_str(), kUsage);
   return 2;
 }

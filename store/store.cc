@@ -17,7 +17,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <list>
@@ -31,12 +30,6 @@
 
 namespace slip::store {
 namespace {
-
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 void logStore(conf::LogLevel l, std::string_view ev, const std::string& kv) {
   conf::Log::write(l, ev, kv);
@@ -94,7 +87,7 @@ constexpr int64_t kCtimeCheckNs = 50'000'000;  // how stale a file's change chec
 struct CachedSegment {
   evbuffer_file_segment* seg;
   uint64_t length;
-  int64_t bornMs;
+  int64_t bornMs;  // monotonic
 };
 
 struct Victim {
@@ -111,7 +104,7 @@ struct TouchRec {
   uint64_t gen;
   uint32_t idx;
   uint64_t request;
-  int64_t atMs;
+  int64_t atMs;  // wall clock
 };
 
 }  // namespace
@@ -159,6 +152,7 @@ struct Op {
   std::function<void(bool)> done;
   bool ok = true;
   bool punch = true;  // Abandon/Drop: give the bytes back now (false: later, or never)
+  int64_t atMs = 0;   // wall clock when the loop queued it (the disk thread reads no clock)
 };
 
 }  // namespace
@@ -167,6 +161,7 @@ struct Store::Impl {
   Store* self = nullptr;
   conf::Cache cfg;
   event_base* base = nullptr;
+  const Clock* clock = nullptr;
   Env env;
 
   // ---- loop thread
@@ -181,7 +176,7 @@ struct Store::Impl {
   std::map<BlockId, int> pins;
   std::multimap<BlockId, Store::Writer*> deferredAbandon;  // punched when unpinned
   std::multimap<BlockId, Op> deferredPunch;                // dropped blocks, punched when unpinned
-  int64_t statvfsAtMs = 0;
+  int64_t statvfsAtMs = 0;  // monotonic
   uint64_t diskAvail = UINT64_MAX;
   std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
   std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
@@ -194,7 +189,7 @@ struct Store::Impl {
   std::function<void()> onDrained;
   size_t queued = 0;
   bool wantDrained = false;
-  int64_t overheadAtMs = 0;
+  int64_t overheadAtMs = 0;  // monotonic
   uint64_t overhead = 0;
 
   // ---- shared with the disk thread
@@ -274,11 +269,13 @@ bool makeDirs(const std::string& dir, std::string* err) {
 
 }  // namespace
 
-std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, std::string* err) {
+std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, const Clock& clock,
+                                  std::string* err) {
   auto impl = std::make_unique<Impl>();
   Impl& s = *impl;
   s.cfg = cfg;
   s.base = base;
+  s.clock = &clock;
   if (!makeDirs(cfg.dir + "/index", err) || !makeDirs(cfg.dir + "/data", err)) return nullptr;
   if (!s.env.open(cfg.dir + "/index", false, err)) return nullptr;
   if (!s.reconcile(err)) return nullptr;
@@ -289,7 +286,7 @@ std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, std
   s.touchTimer = event_new(base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->flushTouches();
   }, &s);
-  timeval tv{kTouchFlushMs / 1000, 0};
+  timeval tv = msToTimeval(kTouchFlushMs);
   event_add(s.touchTimer, &tv);
   s.thread = std::thread([&s] { s.run(); });
   logStore(conf::LogLevel::Info, "cache_open",
@@ -428,6 +425,7 @@ void Store::Impl::endRead() {
 
 void Store::Impl::enqueue(Op op) {
   if (op.kind == OpKind::Write) queued += op.data.size();
+  op.atMs = clock->wallMs();
   {
     std::lock_guard<std::mutex> g(mu);
     todo.push_back(std::move(op));
@@ -582,7 +580,7 @@ bool Store::Impl::sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t i
           delete p;
         },
         new SegmentPin{self, k, idx});
-    it = segments.emplace(std::make_tuple(k, gen, idx), CachedSegment{seg, blockLen, wallMs()}).first;
+    it = segments.emplace(std::make_tuple(k, gen, idx), CachedSegment{seg, blockLen, clock->monoMs()}).first;
     if (segments.size() > kMaxSegments) sweepSegments(true);
     it = segments.find({k, gen, idx});
     if (it == segments.end()) {  // swept with the rest: add from a fresh one
@@ -596,7 +594,7 @@ bool Store::Impl::sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t i
 // Drops the store's own reference to segments older than a second (or all):
 // chains still queued keep theirs, and the pin goes with the last one.
 void Store::Impl::sweepSegments(bool all) {
-  int64_t now = wallMs();
+  int64_t now = clock->monoMs();
   for (auto it = segments.begin(); it != segments.end();) {
     if (all || now - it->second.bornMs >= kSegmentLifeMs) {
       evbuffer_file_segment_free(it->second.seg);
@@ -717,7 +715,7 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   uint32_t p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
   // Pages verified in this epoch go out with sendfile. A change of the
   // file's ctime that the disk thread did not cause starts a new epoch.
-  int64_t nowNs = static_cast<int64_t>(wallMs()) * 1'000'000;
+  int64_t nowNs = s.clock->monoNs();
   if (nowNs - f->checkedNs >= kCtimeCheckNs) {
     int64_t ct = ctimeOf(f->fd);
     if (ct < 0) return ReadResult::IoError;
@@ -779,7 +777,7 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
 }
 
 void Store::touch(const Key& k, uint64_t gen, uint32_t idx, uint64_t requestId) {
-  impl_->touches[{k, gen, idx}] = TouchRec{k, gen, idx, requestId, wallMs()};
+  impl_->touches[{k, gen, idx}] = TouchRec{k, gen, idx, requestId, impl_->clock->wallMs()};
 }
 
 // The page checksums of a block just listed were computed from the very
@@ -825,7 +823,7 @@ void Store::unpin(const Key& k, uint32_t idx) {
 }
 
 uint64_t Store::Impl::currentOverhead() {
-  int64_t now = wallMs();
+  int64_t now = clock->monoMs();
   if (now - overheadAtMs > 1000) {
     overheadAtMs = now;
     struct stat st{};
@@ -876,7 +874,7 @@ bool Store::reserve(uint64_t bytes, bool force) {
   uint64_t need = total > static_cast<uint64_t>(s.cfg.maxSize) ? total - s.cfg.maxSize : 0;
   // Free space: asked of the file system at most every 250 ms, and counted
   // down by what was reserved since.
-  int64_t now = wallMs();
+  int64_t now = s.clock->monoMs();
   if (now - s.statvfsAtMs >= 250) {
     struct statvfs vfs{};
     if (statvfs(s.cfg.dir.c_str(), &vfs) == 0) {
@@ -1130,8 +1128,8 @@ void Store::Impl::applyIndex(std::vector<Op*>& group) {
     if (out) *out = r;
     return true;
   };
-  int64_t now = wallMs();
   for (Op* op : group) {
+    const int64_t now = op->atMs;
     switch (op->kind) {
       case OpKind::PutObject: {
         std::string v = encodeObject(op->meta, now);

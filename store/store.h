@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
 
 struct evbuffer;
@@ -76,7 +77,10 @@ class Store {
   /// Opens (creating if needed) the cache under cfg.dir for the gateway:
   /// checks the format version, reconciles the data files with the index
   /// (reclaims what a crash left unlisted) and starts the disk thread.
-  static std::unique_ptr<Store> open(const conf::Cache& cfg, event_base* base, std::string* err);
+  /// `clock` (not owned) is the only time the store reads, on the loop
+  /// thread only: the disk thread gets the time with each operation.
+  static std::unique_ptr<Store> open(const conf::Cache& cfg, event_base* base, const Clock& clock,
+                                     std::string* err);
   ~Store();  // finishes queued disk work, then stops the thread
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;

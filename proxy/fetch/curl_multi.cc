@@ -102,7 +102,7 @@ int CurlMulti::onTimer(CURLM*, long timeoutMs, void* userp) {
     return 0;
   }
   // Never call curl from here: arm our timer and let the loop call back.
-  timeval tv{timeoutMs / 1000, static_cast<suseconds_t>((timeoutMs % 1000) * 1000)};
+  timeval tv = msToTimeval(timeoutMs);
   evtimer_add(self->timer_, &tv);
   return 0;
 }
@@ -191,7 +191,7 @@ void CurlMulti::releaseSlot(int pool, bool cutOff) {
     m->slotFree(p);
   }, g);
   graces_.insert(g);
-  timeval tv{0, static_cast<suseconds_t>(kCutOffGraceMs * 1000)};
+  timeval tv = msToTimeval(kCutOffGraceMs);
   evtimer_add(g->ev, &tv);
 }
 
@@ -336,8 +336,7 @@ void Transfer::start() {
 
 void Transfer::launch() {
   if (opts_.headerTimeoutMs > 0) {
-    timeval tv{opts_.headerTimeoutMs / 1000,
-               static_cast<suseconds_t>((opts_.headerTimeoutMs % 1000) * 1000)};
+    timeval tv = msToTimeval(opts_.headerTimeoutMs);
     evtimer_add(headerTimer_, &tv);
   }
   // The handle is added from the loop, never from inside a curl callback.

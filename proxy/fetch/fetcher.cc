@@ -14,9 +14,7 @@ namespace {
 /// Pieces a block is split into when a client waits on it are at least this
 /// big: smaller requests cost more in round trips than they win in parallelism.
 constexpr uint64_t kMinPiece = 256 * 1024;
-constexpr int kMaxAttempts = 6;
-constexpr int64_t kBackoffBaseMs = 250;
-constexpr int64_t kBackoffMaxMs = 10'000;
+constexpr int kMaxAttempts = policy::kFetchAttempts;
 
 uint64_t pageFloor(uint64_t v) { return v / store::kPageSize * store::kPageSize; }
 
@@ -121,7 +119,7 @@ struct Object final : Transfer::Handler {
   // whole-body stream (upstream ignores Range)
   std::unique_ptr<WholeStream> whole;
   int wholeAttempts = 0;
-  int64_t wholeRetryAtMs = 0;
+  int64_t wholeRetryAtMs = 0;  // monotonic
   int holds = 0;  // call frames that still use the object (see Hold)
 
   ~Object() override;
@@ -163,13 +161,12 @@ struct Fetcher::Impl {
       event_active(schedEv, 0, 0);
     }
   }
-  /// Kicks the scheduler at `atMs` (wall clock), unless it is already due earlier.
+  /// Kicks the scheduler at `atMs` (monotonic), unless it is already due earlier.
   void kickAt(int64_t atMs) {
-    int64_t now = Engine::Impl::nowMs();
+    int64_t now = e.clock.monoMs();
     if (evtimer_pending(retryTimer, nullptr) && retryAtMs > now && retryAtMs <= atMs) return;
     retryAtMs = atMs;
-    int64_t d = std::max<int64_t>(0, atMs - now);
-    timeval tv{d / 1000, static_cast<suseconds_t>((d % 1000) * 1000)};
+    timeval tv = msToTimeval(atMs - now);
     evtimer_add(retryTimer, &tv);
   }
 
@@ -313,8 +310,7 @@ void Fetcher::open(const Request& req, Reader* r, std::function<void(const OpenR
   }
   r->obj = o;
   o->opening.emplace_back(r, std::move(done));
-  int64_t now = Engine::Impl::nowMs();
-  bool fresh = o->ready && now - o->meta.validatedMs < m.revalidateMs;
+  bool fresh = o->ready && policy::isFresh(o->meta.validatedMs, m.revalidateMs, s.e.clock.wallMs());
   if (fresh) {
     // A warm hit: no upstream round trip, no link resolution.
     s.finishOpen(o, {});
@@ -337,8 +333,7 @@ void Fetcher::Impl::finishOpen(Object* o, const OpenResult& res) {
 
 bool Fetcher::Impl::linkUsable(const Object* o) const {
   if (!o->haveLink) return false;
-  if (o->link.expiresAtMs == 0) return true;
-  return Engine::Impl::nowMs() < linkUsableUntil(o->link);
+  return proxy::linkUsable(o->link, e.clock.wallMs());
 }
 
 void Fetcher::Impl::ensureLink(Object* o) {
@@ -466,7 +461,7 @@ void Fetcher::Impl::probeFinished(Object* o, const TransferResult& r) {
       finishOpen(o, {Reason::None, "", true});
       return;
     }
-    int64_t now = Engine::Impl::nowMs();
+    int64_t now = e.clock.wallMs();
     const conf::Mount& m = mountOf(o);
     store::ObjectMeta fresh = pi.meta;
     bool same = o->hasMeta && fresh.size == o->meta.size &&
@@ -526,15 +521,14 @@ void Fetcher::Impl::probeFinished(Object* o, const TransferResult& r) {
   }
   bool retryable = pi.retry || (pi.reason == Reason::None && !pi.denied);
   if (retryable && ++o->probeAttempts < kMaxAttempts) {
-    int64_t delay = pi.retryAfterMs >= 0 ? pi.retryAfterMs
-                                         : std::min(kBackoffMaxMs, kBackoffBaseMs << o->probeAttempts);
+    int64_t delay = pi.retryAfterMs >= 0 ? pi.retryAfterMs : policy::backoffDelayMs(policy::kFetchBackoff, o->probeAttempts);
     e.stats.retries++;
     if (!o->probeTimer)
       o->probeTimer = evtimer_new(e.base, [](evutil_socket_t, short, void* arg) {
         auto* obj = static_cast<Object*>(arg);
         obj->f->startProbe(obj);
       }, o);
-    timeval tv{delay / 1000, static_cast<suseconds_t>((delay % 1000) * 1000)};
+    timeval tv = msToTimeval(delay);
     evtimer_add(o->probeTimer, &tv);
     return;
   }
@@ -1082,8 +1076,7 @@ void Fetcher::Impl::pieceFinished(Piece* p, const TransferResult& r) {
               !detail.empty() ? detail : r.error);
     return;
   }
-  int64_t delay = p->retryAfterMs >= 0 ? p->retryAfterMs
-                                       : std::min(kBackoffMaxMs, kBackoffBaseMs << (p->attempts - 1));
+  int64_t delay = p->retryAfterMs >= 0 ? p->retryAfterMs : policy::backoffDelayMs(policy::kFetchBackoff, p->attempts);
   logf(conf::LogLevel::Info, "piece_retry",
        "path=" + conf::logValue(o->path) + " block=" + std::to_string(b->idx) + " from=" +
            std::to_string(p->begin + p->received) + " attempt=" + std::to_string(p->attempts) +
@@ -1108,7 +1101,7 @@ void Fetcher::Impl::retryPiece(Piece* p, int64_t delayMs) {
       piece->state = Piece::State::Queued;
       piece->f->kick();
     }, p);
-  timeval tv{delayMs / 1000, static_cast<suseconds_t>((delayMs % 1000) * 1000)};
+  timeval tv = msToTimeval(delayMs);
   evtimer_add(p->timer, &tv);
 }
 
@@ -1175,7 +1168,7 @@ void Fetcher::Impl::failBlock(Block* b, Reason r, const std::string& detail) {
 
 void Fetcher::Impl::startWhole(Object* o) {
   if (o->whole || o->readers.empty() || !canStart(o)) return;
-  if (Engine::Impl::nowMs() < o->wholeRetryAtMs) return;
+  if (e.clock.monoMs() < o->wholeRetryAtMs) return;
   // Only worth it while some reader needs a block that is not stored.
   uint64_t bs = o->meta.blockSize;
   bool need = false;
@@ -1297,8 +1290,8 @@ void Fetcher::Impl::wholeFinished(Object* o, const TransferResult& r) {
                  !w->detail.empty() ? w->detail : r.error);
       return;
     }
-    int64_t delay = std::min(kBackoffMaxMs, kBackoffBaseMs << (o->wholeAttempts - 1));
-    o->wholeRetryAtMs = Engine::Impl::nowMs() + delay;
+    int64_t delay = policy::backoffDelayMs(policy::kFetchBackoff, o->wholeAttempts);
+    o->wholeRetryAtMs = e.clock.monoMs() + delay;
     e.stats.retries++;
     kickAt(o->wholeRetryAtMs);
     return;

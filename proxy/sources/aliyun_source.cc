@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -44,23 +43,11 @@ constexpr int kListLimit = 100;           // the API's largest page
 constexpr int kMaxPages = 1000;           // 100 000 entries in one folder
 constexpr size_t kMaxListings = 2048;     // folders whose listing is kept
 constexpr int kMaxBusyRetries = 5;        // 429s in a row before giving up
-constexpr int64_t kBusyBackoffMs = 1000;  // doubled per 429, at most 16 s
+constexpr policy::Backoff kBusyBackoff{1000, 16'000};  // per 429 in a row
 constexpr int64_t kRefusedRetryMs = 600'000;  // try a refused token again after this
 constexpr int64_t kFailedRetryMs = 5'000;     // a failed exchange (network) after this
 constexpr int64_t kHelperPatienceMs = 60'000; // callers wait this long for a helper's answer
 constexpr int64_t kStopWaitMs = 60'000;       // a stopping gateway waits this long for it
-
-int64_t monoMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string str(const json& j, const char* key) {
   auto it = j.find(key);
@@ -136,8 +123,8 @@ struct ApiCall final : Transfer::Handler {
 
 class Account final : public AliyunAccount {
  public:
-  Account(const conf::Config& cfg, int index, CurlMulti& multi)
-      : cfg_(cfg), a_(cfg.accounts[index]), multi_(multi) {
+  Account(const conf::Config& cfg, int index, CurlMulti& multi, const Clock& clock)
+      : cfg_(cfg), a_(cfg.accounts[index]), multi_(multi), clock_(clock) {
     api_ = a_.apiUrl;
     while (!api_.empty() && api_.back() == '/') api_.pop_back();
     tokenUrl_ = a_.clientId.empty() ? a_.oauthTokenUrl : api_ + "/oauth/access_token";
@@ -188,6 +175,8 @@ class Account final : public AliyunAccount {
     else listings_.erase(it);
   }
 
+  const Clock& clock() const { return clock_; }
+
   AccountStats stats() const override {
     AccountStats s = counters_;
     s.name = a_.name;
@@ -234,8 +223,7 @@ class Account final : public AliyunAccount {
   // token
   void loadState();
   bool tokenUsable() const {
-    return !accessToken_.empty() &&
-           wallMs() < accessExpiresMs_ - accessMarginMs(accessExpiresMs_ - accessObtainedMs_);
+    return !accessToken_.empty() && policy::tokenUsable(accessObtainedMs_, accessExpiresMs_, clock_.wallMs());
   }
   void withToken(DoneCb cb);
   void startHelper();
@@ -258,6 +246,7 @@ class Account final : public AliyunAccount {
   const conf::Config& cfg_;
   const conf::Account& a_;
   CurlMulti& multi_;
+  const Clock& clock_;
   std::string api_, tokenUrl_, mounts_;
   Gate linkGate_, listGate_;
   std::set<ApiCall*> calls_;
@@ -301,7 +290,7 @@ void ApiCall::onDone(Transfer&, const TransferResult& r) {
 // ------------------------------------------------------------------ gates
 
 void Account::pump(Gate& g) {
-  int64_t now = monoMs();
+  int64_t now = clock_.monoMs();
   while (!g.queue.empty() && now >= g.nextMs) {
     auto fn = std::move(g.queue.front());
     g.queue.pop_front();
@@ -309,8 +298,7 @@ void Account::pump(Gate& g) {
     fn();
   }
   if (!g.queue.empty() && !evtimer_pending(g.timer, nullptr)) {
-    int64_t d = std::max<int64_t>(1, g.nextMs - now);
-    timeval tv{d / 1000, static_cast<suseconds_t>((d % 1000) * 1000)};
+    timeval tv = msToTimeval(std::max<int64_t>(1, g.nextMs - now));
     evtimer_add(g.timer, &tv);
   }
 }
@@ -346,7 +334,7 @@ void Account::withToken(DoneCb cb) {
     cb(Reason::None, "");
     return;
   }
-  if (helper_.pid < 0 && monoMs() < retryAtMs_) {
+  if (helper_.pid < 0 && clock_.monoMs() < retryAtMs_) {
     cb(refused_ ? Reason::AccountAuth : Reason::ResolveFailed, failure_);
     return;
   }
@@ -441,7 +429,7 @@ void Account::startHelper() {
   helperSlow_ = false;
   if (!patienceTimer_)
     patienceTimer_ = evtimer_new(multi_.base(), &Account::impatient, this);
-  timeval tv{kHelperPatienceMs / 1000, 0};
+  timeval tv = msToTimeval(kHelperPatienceMs);
   evtimer_add(patienceTimer_, &tv);
   conf::Log::write(conf::LogLevel::Debug, "token_helper_started", who + " helper_pid=" + std::to_string(pid));
 }
@@ -471,7 +459,7 @@ void Account::helperOutput() {
     // Closed its output but not exited yet: reap it a little later.
     reaping_.push_back(pid);
     if (!reapTimer_) reapTimer_ = evtimer_new(multi_.base(), &Account::reap, this);
-    timeval tv{0, 20'000};
+    timeval tv = msToTimeval(20);
     evtimer_add(reapTimer_, &tv);
     status = 0;
   }
@@ -487,7 +475,7 @@ void Account::reap(evutil_socket_t, short, void* arg) {
     else ++it;
   }
   if (!a->reaping_.empty()) {
-    timeval tv{0, 200'000};
+    timeval tv = msToTimeval(200);
     evtimer_add(a->reapTimer_, &tv);
   }
 }
@@ -514,7 +502,7 @@ void Account::helperDone(const std::string& out, int status) {
     counters_.tokenExchanges++;
     accessToken_ = str(r, "access_token");
     accessExpiresMs_ = r.value("access_expires_ms", int64_t{0});
-    accessObtainedMs_ = wallMs();
+    accessObtainedMs_ = clock_.wallMs();
     refused_ = false;
     failure_.clear();
     retryAtMs_ = 0;
@@ -543,7 +531,7 @@ void Account::helperDone(const std::string& out, int status) {
     failure_ = "account " + a_.name + ": the service refused the refresh token (HTTP " + std::to_string(st) +
                (code.empty() ? "" : " " + code) + ": " + message + "); put a new refresh_token in [account " +
                a_.name + "] and restart slipstream";
-    retryAtMs_ = monoMs() + kRefusedRetryMs;
+    retryAtMs_ = clock_.monoMs() + kRefusedRetryMs;
     conf::Log::write(conf::LogLevel::Error, "account_auth_failed",
                      who + " status=" + std::to_string(st) + " code=" + conf::logValue(code) +
                          " message=" + conf::logValue(message) + " action=" +
@@ -561,7 +549,7 @@ void Account::helperDone(const std::string& out, int status) {
 void Account::exchangeFailed(const std::string& why) {
   counters_.tokenFailures++;
   failure_ = "account " + a_.name + ": " + why;
-  retryAtMs_ = monoMs() + kFailedRetryMs;
+  retryAtMs_ = clock_.monoMs() + kFailedRetryMs;
   conf::Log::write(conf::LogLevel::Error, "account_token_failed",
                    "account=" + conf::logValue(a_.name) + " mounts=" + conf::logValue(mounts_) +
                        " detail=" + conf::logValue(why));
@@ -620,8 +608,8 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
         }
         if (st == 429) {
           counters_.rateLimited++;
-          int64_t back = std::min<int64_t>(kBusyBackoffMs << std::min(attempt, 4), 16'000);
-          g.nextMs = std::max(g.nextMs, monoMs() + back);
+          int64_t back = policy::backoffDelayMs(kBusyBackoff, attempt + 1);
+          g.nextMs = std::max(g.nextMs, clock_.monoMs() + back);
           conf::Log::write(conf::LogLevel::Warn, "account_rate_limited",
                            "account=" + conf::logValue(a_.name) + " call=" + conf::logValue(path) +
                                " backoff_ms=" + std::to_string(back));
@@ -682,7 +670,7 @@ void Account::listing(const std::string& folderId, ListingCb cb) {
       l.waiters.push_back(std::move(cb));
       return;
     }
-    if (l.entries && !l.stale && monoMs() - l.fetchedMs < a_.listTtlMs) {
+    if (l.entries && !l.stale && clock_.monoMs() - l.fetchedMs < a_.listTtlMs) {
       cb(Reason::None, "", l.entries);
       return;
     }
@@ -757,7 +745,7 @@ void Account::listingDone(const std::string& folderId, uint64_t gen, Reason r, c
     entries = std::make_shared<const Entries>(std::move(l.building));
     l.building.clear();
     l.entries = entries;
-    l.fetchedMs = monoMs();
+    l.fetchedMs = clock_.monoMs();
     // Forgotten while being fetched: answer the waiters, list afresh next time.
     if (l.stale) listings_.erase(it);
   } else {
@@ -830,9 +818,9 @@ void Account::downloadUrl(const std::string& id, int64_t expireSec,
       return;
     }
     json body = {{"drive_id", driveId_}, {"file_id", id}, {"expire_sec", expireSec}};
-    int64_t asked = wallMs();
+    int64_t asked = clock_.wallMs();
     call(linkGate_, "/adrive/v1.0/openFile/getDownloadUrl", std::move(body),
-         [cb = std::move(cb), expireSec, asked](const ApiResult& res) {
+         [this, cb = std::move(cb), expireSec, asked](const ApiResult& res) {
            if (res.reason != Reason::None) {
              cb(res.reason, res.detail, "", 0);
              return;
@@ -846,7 +834,7 @@ void Account::downloadUrl(const std::string& id, int64_t expireSec,
            // asked, and not at all when our clock is ahead of its (the link
            // would look dead on arrival).
            int64_t expires = asked + expireSec * 1000;
-           if (auto e = parseIsoUtc(str(res.body, "expiration")); e && *e > wallMs())
+           if (auto e = parseIsoUtc(str(res.body, "expiration")); e && *e > clock_.wallMs())
              expires = std::min(expires, *e);
            cb(Reason::None, "", url, expires);
          });
@@ -902,7 +890,7 @@ class AliyunSource final : public Source {
                            out.link.headers = headers_;
                            out.link.expiresAtMs = expires;
                            if (mount_.linkTtlMs > 0)
-                             out.link.expiresAtMs = std::min(expires, wallMs() + mount_.linkTtlMs);
+                             out.link.expiresAtMs = std::min(expires, account_.clock().wallMs() + mount_.linkTtlMs);
                            cb(out);
                          });
   }
@@ -921,8 +909,9 @@ class AliyunSource final : public Source {
 
 }  // namespace
 
-std::unique_ptr<AliyunAccount> makeAliyunAccount(const conf::Config& cfg, int index, CurlMulti& multi) {
-  return std::make_unique<Account>(cfg, index, multi);
+std::unique_ptr<AliyunAccount> makeAliyunAccount(const conf::Config& cfg, int index, CurlMulti& multi,
+                                                 const Clock& clock) {
+  return std::make_unique<Account>(cfg, index, multi, clock);
 }
 
 std::unique_ptr<Source> makeAliyunSource(const conf::Mount& m, AliyunAccount& account) {
