@@ -127,6 +127,10 @@ std::string contentRangeUnsatisfied(uint64_t length);
 /// range, as libcurl's CURLOPT_RANGE wants it.
 std::string upstreamRange(const ByteRange& r);
 
+/// The same for a client's wire range forwarded as it is ("first-last",
+/// "first-", "-n"); "" for None and Multiple (nothing to forward).
+std::string upstreamRange(const WireRange& w);
+
 /// The wire form back as a header value ("bytes=0-", "bytes=-500"), for
 /// forwarding a single range upstream when the length is not known yet.
 std::string wireRangeHeader(const WireRange& w);
@@ -263,6 +267,74 @@ class RuleSet {
   struct Compiled;
   std::vector<std::unique_ptr<Compiled>> rules_;
 };
+
+// ---------------------------------------------------------------- upstream answers
+// Every upstream answer (the probe, a block piece, a whole-body stream, a
+// `cache = off` stream, a size probe) is read by one function: what we asked
+// and what the headers say in, one verdict out. What each path then does
+// with a verdict (retry, re-resolve, fail) is the caller's table; see
+// proxy/DESIGN.md, "Upstream answers".
+
+/// What we asked the upstream for.
+struct UpstreamAsk {
+  enum class Kind {
+    Probe,   // bytes=0-0: learn size and validators
+    Piece,   // bytes=`range` of a version whose size and ETag we know
+    Whole,   // no Range: all of a version whose size and ETag we know
+    Stream,  // the client's own range (`wire`), forwarded as it is
+  };
+  Kind kind = Kind::Probe;
+  ByteRange range;    // Piece
+  WireRange wire;     // Stream (None/Multiple: no Range was sent)
+  uint64_t size = 0;  // Piece, Whole
+  std::string etag;   // Piece, Whole ("" = unknown: not compared)
+};
+
+/// The upstream's final response headers.
+struct UpstreamAnswer {
+  int status = 0;
+  std::string contentRange;
+  std::optional<uint64_t> contentLength;
+  std::string etag;
+  std::string contentEncoding;  // carried, not judged yet
+  std::string retryAfter;
+};
+
+#define SLIP_UPSTREAM_VERDICTS(X)                                                     \
+  X(Ok, "usable as asked")                                                           \
+  X(IgnoresRanges, "a 200 with the whole body to a range request")                   \
+  X(Unsatisfiable, "416: the range asked for is outside the object")                 \
+  X(Changed, "the size or ETag differ from the version we know")                     \
+  X(Denied, "401/403/410: the link was refused")                                     \
+  X(Gone, "404")                                                                      \
+  X(Busy, "429/503: try again later")                                                \
+  X(ServerError, "another 5xx")                                                      \
+  X(BadStatus, "any other status")                                                   \
+  X(BadAnswer, "inconsistent headers: a Content-Range we cannot use or did not ask for")
+
+enum class UpstreamVerdict {
+#define SLIP_UPSTREAM_VERDICT_ENUM(name, text) name,
+  SLIP_UPSTREAM_VERDICTS(SLIP_UPSTREAM_VERDICT_ENUM)
+#undef SLIP_UPSTREAM_VERDICT_ENUM
+};
+/// "ok", "ignores_ranges", ... (logs).
+const char* upstreamVerdictName(UpstreamVerdict v);
+
+struct UpstreamJudgement {
+  UpstreamVerdict verdict = UpstreamVerdict::BadStatus;
+  /// The object's size as the answer states it (a 206's or 416's
+  /// Content-Range, a 200's Content-Length), whatever the verdict; a probe's
+  /// Ok always has it.
+  std::optional<uint64_t> total;
+  ByteRange range;            // Ok (Piece, Stream): the bytes the body carries
+  int64_t retryAfterMs = -1;  // Busy, ServerError: the answer's Retry-After; -1 = none
+  std::string detail;         // for logs and error bodies
+};
+
+UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer& answer);
+
+/// Retry-After as delay-seconds; nullopt when absent or an HTTP-date.
+std::optional<int64_t> parseRetryAfterSeconds(std::string_view v);
 
 // ---------------------------------------------------------------- time
 // Decisions that depend on the time: `now` is always an argument (wall

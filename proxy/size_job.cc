@@ -35,7 +35,7 @@ class SizeJob final : public Job, public Transfer::Handler {
                    if (!*alive || gone_) return;
                    if (res.reason != policy::Reason::None) return report(std::nullopt);
                    Transfer::Options o = e_.transferOptions(res.link, req_.mountIndex);
-                   o.range = "0-0";
+                   o.range = policy::upstreamRange(policy::ByteRange{0, 1});
                    xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
                    e_.stats.upstreamRequests++;
                    xfer_->start();
@@ -49,12 +49,7 @@ class SizeJob final : public Job, public Transfer::Handler {
   }
 
   bool onHeaders(Transfer& t) override {
-    if (t.status() == 206 || t.status() == 416) {
-      auto cr = policy::parseContentRange(t.header("content-range"));
-      if (cr && cr->length) size_ = *cr->length;
-    } else if (t.status() == 200) {
-      size_ = t.contentLength();
-    }
+    size_ = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer()).total;  // bytes=0-0
     return false;  // the headers are all we wanted
   }
   size_t onData(Transfer&, const char*, size_t) override { return 0; }

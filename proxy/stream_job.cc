@@ -50,35 +50,46 @@ class StreamJob final : public Job, public Transfer::Handler {
     info.etag = t.header("etag");
     info.lastModified = t.header("last-modified");
     info.contentType = t.header("content-type");
-    const int st = t.status();
-    using K = policy::WireRange::Kind;
-    bool wantsRange = wire_.kind == K::Single || wire_.kind == K::Suffix;
-
-    if (st == 206) {
-      auto cr = policy::parseContentRange(t.header("content-range"));
-      if (!cr || !cr->range || !cr->length) {
-        return failBeforeHeaders(policy::Reason::UpstreamBadResponse,
-                                 "206 without a usable Content-Range: " + t.header("content-range"));
-      }
-      if (!wantsRange || (wire_.kind == K::Single && cr->range->begin != wire_.first)) {
-        return failBeforeHeaders(policy::Reason::UpstreamBadResponse,
-                                 "upstream answered a range we did not ask for: " +
-                                     t.header("content-range"));
-      }
-      info.size = *cr->length;
-      answer_ = {policy::RangeAnswer::Kind::Partial, *cr->range};
-      upstreamOffset_ = cr->range->begin;
-      upstreamEnd_ = cr->range->end;
-    } else if (st == 200) {
-      auto len = t.contentLength();
+    policy::UpstreamAsk ask;
+    ask.kind = policy::UpstreamAsk::Kind::Stream;
+    ask.wire = wire_;
+    policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer());
+    using V = policy::UpstreamVerdict;
+    switch (v.verdict) {
+      case V::Ok:
+      case V::IgnoresRanges:
+        break;
+      case V::Unsatisfiable:
+        info.size = *v.total;
+        sendUnsatisfiable(info);
+        return false;
+      case V::Gone:
+        return failBeforeHeaders(policy::Reason::NotFound, v.detail);
+      case V::Denied:
+        if (!reResolved_) {
+          relink_ = true;  // onDone resolves the link again and retries once
+          return false;
+        }
+        return failBeforeHeaders(policy::Reason::UpstreamDenied, v.detail + " (also after re-resolving it)");
+      case V::BadAnswer:
+        return failBeforeHeaders(policy::Reason::UpstreamBadResponse, v.detail);
+      default:  // no retries on this path: the client's request fails
+        return failBeforeHeaders(policy::Reason::UpstreamStatus, v.detail);
+    }
+    if (t.status() == 206) {
+      info.size = *v.total;
+      answer_ = {policy::RangeAnswer::Kind::Partial, v.range};
+      upstreamOffset_ = v.range.begin;
+      upstreamEnd_ = v.range.end;
+    } else {
       upstreamOffset_ = 0;
-      upstreamEnd_ = len ? *len : UINT64_MAX;
-      if (len) info.size = *len;
-      if (wantsRange && len && req_.ifRange.empty()) {
+      upstreamEnd_ = v.total ? *v.total : UINT64_MAX;
+      if (v.total) info.size = *v.total;
+      if (v.verdict == V::IgnoresRanges && v.total && req_.ifRange.empty()) {
         // The upstream ignored Range: cut the client's range out of the stream.
-        answer_ = policy::resolveRange(wire_, *len);
-      } else if (len) {
-        answer_ = {policy::RangeAnswer::Kind::Full, {0, *len}};
+        answer_ = policy::resolveRange(wire_, *v.total);
+      } else if (v.total) {
+        answer_ = {policy::RangeAnswer::Kind::Full, {0, *v.total}};
       } else {
         unknownLength_ = true;
         answer_ = {policy::RangeAnswer::Kind::Full, {0, UINT64_MAX}};
@@ -87,24 +98,6 @@ class StreamJob final : public Job, public Transfer::Handler {
         sendUnsatisfiable(info);
         return false;
       }
-    } else if (st == 416) {
-      auto cr = policy::parseContentRange(t.header("content-range"));
-      info.size = cr && cr->length ? *cr->length : 0;
-      sendUnsatisfiable(info);
-      return false;
-    } else if (st == 404) {
-      return failBeforeHeaders(policy::Reason::NotFound, "upstream: 404");
-    } else if (st == 401 || st == 403 || st == 410) {
-      if (!reResolved_) {
-        relink_ = true;  // onDone resolves the link again and retries once
-        return false;
-      }
-      return failBeforeHeaders(policy::Reason::UpstreamDenied,
-                               "upstream refused the link: " + std::to_string(st) +
-                                   " (also after re-resolving it)");
-    } else {
-      return failBeforeHeaders(policy::Reason::UpstreamStatus,
-                               "upstream answered " + std::to_string(st));
     }
 
     const std::string& path = req_.path;
@@ -178,12 +171,8 @@ class StreamJob final : public Job, public Transfer::Handler {
  private:
   void startTransfer(const Link& link) {
     Transfer::Options o = e_.transferOptions(link, req_.mountIndex);
-    using K = policy::WireRange::Kind;
-    if (wire_.kind == K::Single || wire_.kind == K::Suffix) {
-      std::string w = policy::wireRangeHeader(wire_);  // "bytes=..."
-      o.range = w.substr(w.find('=') + 1);
-      if (!req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
-    }
+    o.range = policy::upstreamRange(wire_);  // "" for no range or several
+    if (!o.range.empty() && !req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
     state_ = State::AwaitingHeaders;
     linkSerial_ = link.serial;
     xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);

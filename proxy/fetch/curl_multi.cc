@@ -447,7 +447,6 @@ size_t Transfer::onBody(char* p, size_t size, size_t n, void* ud) {
     return CURL_WRITEFUNC_PAUSE;
   }
   if (r != len) t->aborted_ = true;
-  else t->bodyBytes_ += len;
   return r;
 }
 
@@ -467,13 +466,15 @@ std::optional<uint64_t> Transfer::contentLength() const {
   return n;
 }
 
-std::optional<int64_t> Transfer::retryAfterSeconds() const {
-  const std::string& v = header("retry-after");
-  if (v.empty()) return std::nullopt;
-  int64_t n = 0;
-  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-  if (ec != std::errc() || p != v.data() + v.size() || n < 0) return std::nullopt;  // HTTP-date: ignore
-  return n;
+policy::UpstreamAnswer Transfer::answer() const {
+  policy::UpstreamAnswer a;
+  a.status = status_;
+  a.contentRange = header("content-range");
+  a.contentLength = contentLength();
+  a.etag = header("etag");
+  a.contentEncoding = header("content-encoding");
+  a.retryAfter = header("retry-after");
+  return a;
 }
 
 }  // namespace slip::proxy

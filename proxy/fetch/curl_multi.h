@@ -143,18 +143,14 @@ class Transfer {
   /// Stops without calling onDone.
   void cancel();
   bool paused() const { return paused_; }
-  bool active() const { return added_; }
-  /// Queued behind its pool's cap, not yet sent.
-  bool waiting() const { return waiting_; }
 
   // Response, valid from onHeaders on.
   int status() const { return status_; }
   const std::string& header(const std::string& lowerName) const;
   std::optional<uint64_t> contentLength() const;
-  uint64_t bodyBytes() const { return bodyBytes_; }
+  /// The headers policy::classifyUpstream reads.
+  policy::UpstreamAnswer answer() const;
   const Options& options() const { return opts_; }
-  /// Seconds from Retry-After, if the upstream sent one.
-  std::optional<int64_t> retryAfterSeconds() const;
 
  private:
   friend class CurlMulti;
@@ -180,7 +176,6 @@ class Transfer {
   bool waiting_ = false;    // queued in its pool
   bool holdsSlot_ = false;  // counted in its pool's running
   int status_ = 0;
-  uint64_t bodyBytes_ = 0;
   std::vector<std::pair<std::string, std::string>> respHeaders_;
 };
 

@@ -53,8 +53,7 @@ struct Piece final : Transfer::Handler {
   std::unique_ptr<Transfer> xfer;
   event* timer = nullptr;
   // What onHeaders found, acted on in onDone (outside curl).
-  enum class Verdict { None, Changed, Denied, Gone, NoRanges, Busy, BadStatus, BadRange } verdict =
-      Verdict::None;
+  std::optional<policy::UpstreamVerdict> verdict;
   std::string detail;
   int64_t retryAfterMs = -1;
 
@@ -382,7 +381,7 @@ void Fetcher::Impl::startProbe(Object* o) {
   }
   o->probeInfo = {};
   Transfer::Options opts = e.transferOptions(o->link, o->mount);
-  opts.range = "0-0";
+  opts.range = policy::upstreamRange(policy::ByteRange{0, 1});
   o->probe = std::make_unique<Transfer>(e.multi, std::move(opts), o);
   o->probeInfo.meta.blockSize = 0;
   e.stats.upstreamRequests++;
@@ -391,59 +390,45 @@ void Fetcher::Impl::startProbe(Object* o) {
 
 bool Object::onHeaders(Transfer& t) {
   ProbeInfo& pi = probeInfo;
-  const int st = t.status();
-  store::ObjectMeta m;
+  policy::UpstreamAsk ask;  // bytes=0-0
+  policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer());
+  using V = policy::UpstreamVerdict;
+  pi.detail = v.detail;
+  switch (v.verdict) {
+    case V::Ok:
+    case V::IgnoresRanges:
+      break;
+    case V::Denied:
+      pi.denied = true;
+      return false;
+    case V::Gone:
+      pi.reason = Reason::NotFound;
+      return false;
+    case V::Busy:
+    case V::ServerError:
+      pi.retry = true;
+      pi.retryAfterMs = v.retryAfterMs;
+      pi.reason = Reason::UpstreamStatus;
+      return false;
+    case V::BadAnswer:
+      pi.reason = Reason::UpstreamBadResponse;
+      return false;
+    default:
+      pi.reason = Reason::UpstreamStatus;
+      return false;
+  }
+  pi.ok = true;
+  if (!v.total) {  // a 200 without a length: nothing to cut into blocks
+    pi.uncacheable = true;
+    return false;
+  }
+  store::ObjectMeta& m = pi.meta;
+  m.size = *v.total;
+  m.noRanges = v.verdict == V::IgnoresRanges;
   m.etag = t.header("etag");
   m.lastModified = t.header("last-modified");
   m.contentType = t.header("content-type");
-  if (st == 206) {
-    auto cr = policy::parseContentRange(t.header("content-range"));
-    if (!cr || !cr->length) {
-      pi.reason = Reason::UpstreamBadResponse;
-      pi.detail = "probe: 206 without a total length: " + t.header("content-range");
-      return false;
-    }
-    m.size = *cr->length;
-  } else if (st == 200) {
-    auto len = t.contentLength();
-    if (!len) {
-      pi.uncacheable = true;
-      pi.ok = true;
-      return false;
-    }
-    m.size = *len;
-    m.noRanges = true;  // it ignored our Range
-  } else if (st == 416) {
-    auto cr = policy::parseContentRange(t.header("content-range"));
-    m.size = cr && cr->length ? *cr->length : 0;
-    if (m.size != 0) {
-      pi.reason = Reason::UpstreamBadResponse;
-      pi.detail = "probe: 416 for bytes=0-0 on a non-empty object";
-      return false;
-    }
-  } else if (st == 401 || st == 403 || st == 410) {
-    pi.denied = true;
-    pi.detail = "upstream refused the link: " + std::to_string(st);
-    return false;
-  } else if (st == 404) {
-    pi.reason = Reason::NotFound;
-    pi.detail = "upstream: 404";
-    return false;
-  } else if (st == 429 || st == 503 || st >= 500) {
-    pi.retry = true;
-    auto ra = t.retryAfterSeconds();
-    pi.retryAfterMs = ra ? *ra * 1000 : -1;
-    pi.reason = Reason::UpstreamStatus;
-    pi.detail = "upstream answered " + std::to_string(st);
-    return false;
-  } else {
-    pi.reason = Reason::UpstreamStatus;
-    pi.detail = "upstream answered " + std::to_string(st);
-    return false;
-  }
-  pi.ok = true;
-  pi.meta = m;
-  return st == 206;  // the 1-byte body is cheap; a 200 body is not
+  return t.status() == 206;  // the 1-byte body is cheap; a 200 body is not
 }
 
 size_t Object::onData(Transfer&, const char*, size_t n) { return n; }  // the probe's single byte
@@ -934,8 +919,8 @@ void Fetcher::Impl::startPiece(Piece* p) {
     return;
   }
   Transfer::Options opts = e.transferOptions(o->link, o->mount);
-  opts.range = std::to_string(p->begin + p->received) + "-" + std::to_string(p->end - 1);
-  p->verdict = Piece::Verdict::None;
+  opts.range = policy::upstreamRange({p->begin + p->received, p->end});
+  p->verdict.reset();
   p->detail.clear();
   p->retryAfterMs = -1;
   p->linkSerial = o->link.serial;
@@ -948,43 +933,17 @@ void Fetcher::Impl::startPiece(Piece* p) {
 
 bool Piece::onHeaders(Transfer& t) {
   Object* o = blk->obj;
-  const int st = t.status();
-  const std::string& etag = t.header("etag");
-  if (st == 206) {
-    auto cr = policy::parseContentRange(t.header("content-range"));
-    if (!cr || !cr->range || (cr->length && *cr->length != o->meta.size)) {
-      verdict = cr && cr->length ? Verdict::Changed : Verdict::BadRange;
-      detail = "Content-Range " + t.header("content-range") + " for an object of " +
-               std::to_string(o->meta.size) + " bytes";
-      return false;
-    }
-    if (!etag.empty() && !o->meta.etag.empty() && etag != o->meta.etag) {
-      verdict = Verdict::Changed;
-      detail = "ETag " + etag + ", expected " + o->meta.etag;
-      return false;
-    }
-    if (cr->range->begin != begin + received || cr->range->end < end) {
-      verdict = Verdict::BadRange;
-      detail = "asked " + std::to_string(begin + received) + "-" + std::to_string(end - 1) +
-               ", got " + t.header("content-range");
-      return false;
-    }
-    return true;
-  }
-  if (st == 200) {
-    auto len = t.contentLength();
-    verdict = len && *len == o->meta.size ? Verdict::NoRanges : Verdict::Changed;
-    detail = "200 to a range request";
-    return false;
-  }
-  if (st == 401 || st == 403 || st == 410) verdict = Verdict::Denied;
-  else if (st == 404 || st == 416) verdict = st == 404 ? Verdict::Gone : Verdict::Changed;
-  else if (st == 429 || st == 503) {
-    verdict = Verdict::Busy;
-    auto ra = t.retryAfterSeconds();
-    retryAfterMs = ra ? *ra * 1000 : -1;
-  } else verdict = Verdict::BadStatus;
-  detail = "upstream answered " + std::to_string(st);
+  policy::UpstreamAsk ask;
+  ask.kind = policy::UpstreamAsk::Kind::Piece;
+  ask.range = {begin + received, end};
+  ask.size = o->meta.size;
+  ask.etag = o->meta.etag;
+  policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer());
+  if (v.verdict == policy::UpstreamVerdict::Ok) return true;
+  verdict = v.verdict;
+  detail = v.detail;
+  // Only 429/503 say when to come back; other failures back off.
+  retryAfterMs = v.verdict == policy::UpstreamVerdict::Busy ? v.retryAfterMs : -1;
   return false;
 }
 
@@ -1031,21 +990,22 @@ void Fetcher::Impl::pieceFinished(Piece* p, const TransferResult& r) {
   kick();
   // Complete also when we cut the body ourselves (an upstream that sent more
   // than the range asked for).
-  if (verdict == Piece::Verdict::None && p->begin + p->received == p->end) {
+  if (!verdict && p->begin + p->received == p->end) {
     p->state = Piece::State::Done;
     o->reResolvedFrom = 0;
     p->attempts = 0;
     maybeCommit(b);
     return;
   }
-  switch (verdict) {
-    case Piece::Verdict::Changed:
+  using V = policy::UpstreamVerdict;
+  switch (verdict.value_or(V::Ok)) {
+    case V::Changed:
       killObject(o, Reason::UpstreamChanged, detail);
       return;
-    case Piece::Verdict::Gone:
+    case V::Gone:
       killObject(o, Reason::NotFound, detail);
       return;
-    case Piece::Verdict::NoRanges: {
+    case V::IgnoresRanges: {
       // Switch the object to one whole-body stream that caches what passes.
       logf(conf::LogLevel::Warn, "upstream_ignores_range", "path=" + conf::logValue(o->path));
       o->meta.noRanges = true;
@@ -1060,7 +1020,7 @@ void Fetcher::Impl::pieceFinished(Piece* p, const TransferResult& r) {
       wakeStalled(o);
       return;
     }
-    case Piece::Verdict::Denied:
+    case V::Denied:
       if (linkDenied(o, p->linkSerial)) {
         p->state = Piece::State::Queued;  // continue from the byte reached with the new link
         return;
@@ -1194,17 +1154,15 @@ void Fetcher::Impl::startWhole(Object* o) {
 }
 
 bool WholeStream::onHeaders(Transfer& t) {
-  const store::ObjectMeta& m = obj->meta;
-  auto len = t.contentLength();
-  const std::string& etag = t.header("etag");
-  if (t.status() != 200 || (len && *len != m.size) ||
-      (!etag.empty() && !m.etag.empty() && etag != m.etag)) {
-    changed = t.status() == 200;
-    detail = "whole-body request: status " + std::to_string(t.status()) + ", length " +
-             (len ? std::to_string(*len) : std::string("?")) + ", ETag " + etag;
-    return false;
-  }
-  return true;
+  policy::UpstreamAsk ask;
+  ask.kind = policy::UpstreamAsk::Kind::Whole;
+  ask.size = obj->meta.size;
+  ask.etag = obj->meta.etag;
+  policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer());
+  if (v.verdict == policy::UpstreamVerdict::Ok) return true;
+  changed = v.verdict == policy::UpstreamVerdict::Changed;  // anything else is retried
+  detail = v.detail;
+  return false;
 }
 
 size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
