@@ -128,16 +128,13 @@ int Store::verify(const conf::Cache& cfg, FILE* out) {
         continue;
       }
       bytes += r.length;
-      for (size_t p = 0; p < r.pages.size(); p++) {
-        size_t off = p * kPageSize;
-        size_t len = std::min<size_t>(kPageSize, r.length - off);
-        uint64_t h = pageHash(buf.data() + off, len);
-        if (h != r.pages[p]) {
-          fprintf(out, "bad %s page=%zu: checksum %016llx, index says %016llx\n", where.c_str(), p,
-                  static_cast<unsigned long long>(h), static_cast<unsigned long long>(r.pages[p]));
-          bad++;
-          break;
-        }
+      if (r.pages.empty()) continue;
+      if (auto p = firstBadPage(r, buf.data(), 0, static_cast<uint32_t>(r.pages.size() - 1))) {
+        size_t off = static_cast<size_t>(*p) * kPageSize;
+        uint64_t h = pageHash(buf.data() + off, std::min<size_t>(kPageSize, r.length - off));
+        fprintf(out, "bad %s page=%u: checksum %016llx, index says %016llx\n", where.c_str(), *p,
+                static_cast<unsigned long long>(h), static_cast<unsigned long long>(r.pages[*p]));
+        bad++;
       }
     }
   }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -137,6 +138,12 @@ struct BlockRecord {
   uint64_t prio = 0;         // its current LRU key
   std::vector<uint64_t> pages;
 };
+
+/// Checks pages [p0, p1] of a block against its record. `bytes` holds the
+/// block from the start of page p0 through the end of page p1 (or of the
+/// block). Returns the first page whose checksum differs; nullopt when all
+/// match. The one page check of the gateway and `cache verify`.
+std::optional<uint32_t> firstBadPage(const BlockRecord& r, const char* bytes, uint32_t p0, uint32_t p1);
 
 std::string encodeObject(const ObjectMeta& m, int64_t createdMs);
 /// Every object record, by key. With `dropBad`, unreadable records are

@@ -20,6 +20,7 @@
 
 #include "conf/clock.h"
 #include "conf/conf.h"
+#include "conf/loop.h"
 
 struct evbuffer;
 
@@ -137,8 +138,9 @@ class Store {
 
   /// Bytes handed to the disk thread and not yet written (backpressure).
   size_t queuedBytes() const;
-  /// Called on the loop whenever queued bytes fall below half the limit.
-  void setDrainedCallback(std::function<void()> cb);
+  /// Calls `fn` on the loop whenever queued bytes fell below half the limit
+  /// after reaching it, while the subscription lives. Any number of listeners.
+  [[nodiscard]] Subscription onDrained(std::function<void()> fn);
   static constexpr size_t kQueueLimit = 16 << 20;
 
   Usage usage() const;

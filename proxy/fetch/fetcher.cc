@@ -149,6 +149,7 @@ struct Fetcher::Impl {
   event* retryTimer = nullptr;  // kicks the scheduler after a backoff
   int64_t retryAtMs = 0;
   bool kicked = false;
+  Subscription drained;  // the store's queue fell below half
 
   explicit Impl(Engine::Impl& eng) : e(eng), st(*eng.store) {}
 
@@ -236,7 +237,7 @@ Fetcher::Fetcher(Engine::Impl& e) : impl_(std::make_unique<Impl>(e)) {
     static_cast<Impl*>(arg)->kick();
   }, s);
   e.multi.setSlotFreed([s] { s->kick(); });
-  s->st.setDrainedCallback([s] {
+  s->drained = s->st.onDrained([s] {
     std::vector<Piece*> ps(s->paused.begin(), s->paused.end());
     s->paused.clear();
     for (Piece* p : ps)
@@ -258,7 +259,6 @@ Fetcher::~Fetcher() {
     }
     delete o;
   }
-  s.st.setDrainedCallback(nullptr);
   s.e.multi.setSlotFreed(nullptr);
   event_free(s.schedEv);
   event_free(s.retryTimer);
