@@ -27,7 +27,7 @@ Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s, const 
       cfg(c),
       clock(clk),
       store(s),
-      multi(b, static_cast<int>(c.server.upstreamConnections)),
+      multi(b, static_cast<int>(c.server.upstreamConnections), clk),
       links(c, sources, clk, stats) {}
 
 Engine::Impl::~Impl() {
@@ -74,12 +74,12 @@ bool Engine::init(std::string* err) {
     }
   }
   for (size_t i = 0; i < e.cfg.accounts.size(); i++) {
-    e.accountPool.push_back(e.multi.addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
+    e.accountPool.push_back(e.multi.admission().addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
     e.accounts.push_back(makeAliyunAccount(e.cfg, static_cast<int>(i), e.multi, e.clock));
   }
   for (const auto& m : e.cfg.mounts) {
     e.poolOf.push_back(m.accountIndex >= 0 ? e.accountPool[m.accountIndex]
-                                           : e.multi.addPool(static_cast<int>(m.maxConnections)));
+                                           : e.multi.admission().addPool(static_cast<int>(m.maxConnections)));
     e.sources.push_back(m.source == conf::SourceType::AliyundriveOpen
                             ? makeAliyunSource(m, *e.accounts[m.accountIndex])
                             : makeSource(m, e.multi, e.cfg.server));
@@ -117,8 +117,8 @@ Stats Engine::snapshot() const {
   }
   for (size_t i = 0; i < impl_->accounts.size(); i++) {
     AccountStats a = impl_->accounts[i]->stats();
-    a.downloads = impl_->multi.poolRunning(impl_->accountPool[i]);
-    a.downloadsWaiting = impl_->multi.poolWaiting(impl_->accountPool[i]);
+    a.downloads = impl_->multi.admission().running(impl_->accountPool[i]);
+    a.downloadsWaiting = impl_->multi.admission().waiting(impl_->accountPool[i]);
     s.accounts.push_back(std::move(a));
   }
   return s;

@@ -150,6 +150,7 @@ struct Fetcher::Impl {
   int64_t retryAtMs = 0;
   bool kicked = false;
   Subscription drained;  // the store's queue fell below half
+  Subscription spare;    // a pool slot freed that nobody queued took
 
   explicit Impl(Engine::Impl& eng) : e(eng), st(*eng.store) {}
 
@@ -236,7 +237,7 @@ Fetcher::Fetcher(Engine::Impl& e) : impl_(std::make_unique<Impl>(e)) {
   s->retryTimer = evtimer_new(e.base, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->kick();
   }, s);
-  e.multi.setSlotFreed([s] { s->kick(); });
+  s->spare = e.multi.admission().onSpare([s] { s->kick(); });
   s->drained = s->st.onDrained([s] {
     std::vector<Piece*> ps(s->paused.begin(), s->paused.end());
     s->paused.clear();
@@ -259,7 +260,6 @@ Fetcher::~Fetcher() {
     }
     delete o;
   }
-  s.e.multi.setSlotFreed(nullptr);
   event_free(s.schedEv);
   event_free(s.retryTimer);
 }
@@ -679,13 +679,13 @@ int Fetcher::Impl::fairCap(const Object* o) const {
   auto it = contenders.find(poolOf(o));
   int n = it == contenders.end() ? 0 : it->second;
   if (n <= 1) return INT_MAX;
-  int limit = e.multi.poolLimit(poolOf(o));
+  int limit = e.multi.admission().limit(poolOf(o));
   return std::max(1, (limit + n - 1) / n);
 }
 
 bool Fetcher::Impl::canStart(const Object* o) const {
   return o->running < connLimit(o) && o->running < fairCap(o) &&
-         e.multi.poolFree(poolOf(o)) > 0 && running < e.cfg.server.upstreamConnections;
+         e.multi.admission().free(poolOf(o)) > 0 && running < e.cfg.server.upstreamConnections;
 }
 
 // Whether o has work a transfer could do now: queued pieces, or a missing
@@ -831,7 +831,7 @@ void Fetcher::Impl::startWork(Object* o) {
 
 int Fetcher::Impl::freeSlots(const Object* o) const {
   return std::min({connLimit(o) - o->running, fairCap(o) - o->running,
-                   e.multi.poolFree(poolOf(o)),
+                   e.multi.admission().free(poolOf(o)),
                    static_cast<int>(e.cfg.server.upstreamConnections) - running});
 }
 

@@ -4,7 +4,7 @@
 //
 // Credentials belong to the account: one token state, one pair of request
 // gates (download links, other calls) and one download-connection pool
-// (CurlMulti::addPool) for all its mounts.
+// (Admission::addPool) for all its mounts.
 //
 // The refresh token rotates on every use, so the exchange runs in a helper
 // process (`slipstream token-exchange`, proxy/aliyun_token.cc) that writes the
