@@ -112,10 +112,13 @@ class Watch {
 class Lifeline {
  public:
   Lifeline() : flag_(std::make_shared<bool>(true)) {}
-  ~Lifeline() { *flag_ = false; }
+  ~Lifeline() { end(); }
   Lifeline(const Lifeline&) = delete;
   Lifeline& operator=(const Lifeline&) = delete;
   Watch watch() const { return Watch(flag_); }
+  /// The owner is gone for its callbacks from now on (it was retired and
+  /// only waits in a Graveyard to be freed).
+  void end() { *flag_ = false; }
 
  private:
   std::shared_ptr<bool> flag_;

@@ -28,7 +28,9 @@ Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s, const 
       clock(clk),
       store(s),
       multi(b, static_cast<int>(c.server.upstreamConnections), clk),
-      links(c, sources, clk, stats) {}
+      links(c, sources, clk, stats),
+      graveyard(b),
+      ctx{b, c, clk, multi, links, s, stats, graveyard, poolOf, localRoots} {}
 
 Engine::Impl::~Impl() {
   fetcher.reset();
@@ -36,7 +38,7 @@ Engine::Impl::~Impl() {
     if (fd >= 0) close(fd);
 }
 
-Transfer::Options Engine::Impl::transferOptions(const Link& link, int mount) const {
+Transfer::Options Context::transferOptions(const Link& link, int mount) const {
   Transfer::Options o;
   o.pool = poolOf[mount];
   o.url = link.url;
@@ -94,7 +96,10 @@ bool Engine::init(std::string* err) {
     e.localRoots.push_back(fd);
     e.traits.push_back(sourceTraits(m));
   }
-  if (e.store) e.fetcher = std::make_unique<Fetcher>(e);
+  if (e.store) {
+    e.fetcher = std::make_unique<Fetcher>(e.ctx);
+    e.ctx.fetcher = e.fetcher.get();
+  }
   return true;
 }
 
@@ -103,8 +108,8 @@ const std::vector<policy::SourceTraits>& Engine::traits() const { return impl_->
 Stats Engine::snapshot() const {
   Stats s = impl_->stats;
   s.activeTransfers = impl_->multi.running();
-  if (store::Store* st = impl_->store) {
-    store::Usage u = st->usage();
+  if (store::Store* store = impl_->store) {
+    store::Usage u = store->usage();
     s.cacheEnabled = true;
     s.cacheObjects = u.objects;
     s.cacheBlocks = u.blocks;
@@ -113,7 +118,7 @@ Stats Engine::snapshot() const {
     s.cacheMaxBytes = u.maxBytes;
     s.cacheEvictedBlocks = u.evictedBlocks;
     s.cacheDroppedCorrupt = u.droppedCorrupt;
-    s.diskQueueBytes = st->queuedBytes();
+    s.diskQueueBytes = store->queuedBytes();
   }
   for (size_t i = 0; i < impl_->accounts.size(); i++) {
     AccountStats a = impl_->accounts[i]->stats();
@@ -124,15 +129,15 @@ Stats Engine::snapshot() const {
   return s;
 }
 
-void Engine::quiesce() { impl_->quiescing = true; }
+void Engine::quiesce() { impl_->ctx.quiescing = true; }
 
 std::unique_ptr<Job> Engine::start(const Request& req, Sink* sink) {
-  Impl& e = *impl_;
-  const conf::Mount& m = e.cfg.mounts[req.mountIndex];
-  if (m.source == conf::SourceType::Local) return makeLocalJob(e, req, sink);
-  if (req.decision.delivery == conf::Delivery::Redirect) return makeRedirectJob(e, req, sink);
-  if (req.decision.cache && e.fetcher) return makeCacheJob(e, req, sink);
-  return makeStreamJob(e, req, sink);
+  Context& c = impl_->ctx;
+  const conf::Mount& m = c.cfg.mounts[req.mountIndex];
+  if (m.source == conf::SourceType::Local) return makeLocalJob(c, req, sink);
+  if (req.decision.delivery == conf::Delivery::Redirect) return makeRedirectJob(c, req, sink);
+  if (req.decision.cache && c.fetcher) return makeCacheJob(c, req, sink);
+  return makeStreamJob(c, req, sink);
 }
 
 // ------------------------------------------------------------------ headers

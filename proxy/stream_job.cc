@@ -13,17 +13,16 @@ class StreamJob final : public Job, public Transfer::Handler {
  public:
   enum class State { Resolving, AwaitingHeaders, Streaming, Done, Gone };
 
-  StreamJob(Engine::Impl& e, const Request& r, Sink* s) : e_(e), req_(r), sink_(s) {
+  StreamJob(Context& c, const Request& r, Sink* s) : c_(c), req_(r), sink_(s) {
     wire_ = policy::parseRange(req_.range);
   }
 
-  ~StreamJob() override { *alive_ = false; }
 
   void begin() {
     ClientInfo ci{req_.client, req_.userAgent};
-    auto alive = alive_;
-    e_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
-      if (!*alive || state_ != State::Resolving) return;
+    Watch alive = life_.watch();
+    c_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
+      if (!alive || state_ != State::Resolving) return;
       if (res.reason != policy::Reason::None) {
         finishWith(res.reason, res.detail);
         return;
@@ -121,12 +120,11 @@ class StreamJob final : public Job, public Transfer::Handler {
     uint64_t b = std::max(from, answer_.range.begin), en = std::min(to, answer_.range.end);
     upstreamOffset_ = to;
     sink_->noteUpstreamBytes(n);
-    e_.stats.upstreamBytes += n;
+    c_.stats.upstreamBytes += n;
     if (b < en) {
-      evbuffer* buf = evbuffer_new();
-      evbuffer_add(buf, p + (b - from), en - b);
-      sink_->sendBody(buf);
-      evbuffer_free(buf);
+      EvbufferPtr buf = makeEvbuffer();
+      evbuffer_add(buf.get(), p + (b - from), en - b);
+      sink_->sendBody(buf.get());
       sent_ += en - b;
     }
     if (!unknownLength_ && sent_ == answer_.range.size()) {
@@ -148,9 +146,9 @@ class StreamJob final : public Job, public Transfer::Handler {
       conf::Log::write(conf::LogLevel::Info, "link_refused",
                        "path=" + conf::logValue(req_.path) + " serial=" +
                            std::to_string(linkSerial_) + " action=re_resolve");
-      e_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
+      c_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
       state_ = State::Resolving;
-      xferToFree_ = std::move(xfer_);  // we are inside its callback
+      c_.graveyard.bury(std::move(xfer_));  // we are inside its callback
       begin();
       return;
     }
@@ -158,7 +156,7 @@ class StreamJob final : public Job, public Transfer::Handler {
       complete();
       return;
     }
-    if (r.code != CURLE_OK) e_.stats.upstreamErrors++;
+    if (r.code != CURLE_OK) c_.stats.upstreamErrors++;
     if (!sink_->headersSent()) {
       finishWith(r.timedOut ? policy::Reason::UpstreamTimeout : policy::Reason::UpstreamConnect,
                  r.error);
@@ -170,13 +168,13 @@ class StreamJob final : public Job, public Transfer::Handler {
 
  private:
   void startTransfer(const Link& link) {
-    Transfer::Options o = e_.transferOptions(link, req_.mountIndex);
+    Transfer::Options o = c_.transferOptions(link, req_.mountIndex);
     o.range = policy::upstreamRange(wire_);  // "" for no range or several
     if (!o.range.empty() && !req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
     state_ = State::AwaitingHeaders;
     linkSerial_ = link.serial;
-    xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
-    e_.stats.upstreamRequests++;
+    xfer_ = std::make_unique<Transfer>(c_.multi, std::move(o), this);
+    c_.stats.upstreamRequests++;
     xfer_->start();
   }
 
@@ -204,7 +202,7 @@ class StreamJob final : public Job, public Transfer::Handler {
     sink_->fail(r, detail);
   }
 
-  Engine::Impl& e_;
+  Context& c_;
   Request req_;
   Sink* sink_;
   State state_ = State::Resolving;
@@ -215,16 +213,15 @@ class StreamJob final : public Job, public Transfer::Handler {
   uint64_t upstreamEnd_ = 0;     // object offset where the upstream body ends
   uint64_t sent_ = 0;
   std::unique_ptr<Transfer> xfer_;
-  std::unique_ptr<Transfer> xferToFree_;
   uint64_t linkSerial_ = 0;
   bool relink_ = false, reResolved_ = false;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifeline life_;  // link resolutions may answer after the job is gone
 };
 
 }  // namespace
 
-std::unique_ptr<Job> makeStreamJob(Engine::Impl& e, const Request& r, Sink* s) {
-  auto j = std::make_unique<StreamJob>(e, r, s);
+std::unique_ptr<Job> makeStreamJob(Context& c, const Request& r, Sink* s) {
+  auto j = std::make_unique<StreamJob>(c, r, s);
   j->begin();
   return j;
 }
