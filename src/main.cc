@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conf/conf.h"
+#include "conf/loop.h"
 #include "policy/policy.h"
 #include "proxy/sources/aliyun.h"
 #include "proxy/proxy.h"
@@ -153,16 +154,15 @@ int run(const conf::Config& cfg) {
       return 1;
     }
     Loop loop{base, &server, cfg.server.shutdownGraceMs};
-    event* sigs[] = {evsignal_new(base, SIGTERM, onSignal, &loop),
-                     evsignal_new(base, SIGINT, onSignal, &loop)};
-    for (event* e : sigs) event_add(e, nullptr);
+    EventPtr sigs[] = {EventPtr(evsignal_new(base, SIGTERM, onSignal, &loop)),
+                       EventPtr(evsignal_new(base, SIGINT, onSignal, &loop))};
+    for (EventPtr& e : sigs) event_add(e.get(), nullptr);
     conf::Log::write(conf::LogLevel::Info, "started",
                      "config=" + conf::logValue(cfg.file) +
                          " mounts=" + std::to_string(cfg.mounts.size()) +
                          " cache=" + (st ? conf::logValue(cfg.cache.dir) : std::string("off")));
     event_base_dispatch(base);
     engine.quiesce();
-    for (event* e : sigs) event_free(e);
     conf::Log::write(conf::LogLevel::Info, "stopped", "active=" + std::to_string(server.activeRequests()));
   }
   event_base_free(base);

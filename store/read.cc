@@ -106,11 +106,10 @@ bool Store::Impl::sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t i
     evbuffer_file_segment_add_cleanup_cb(
         seg,
         [](const evbuffer_file_segment*, int, void* arg) {
-          auto* p = static_cast<SegmentPin*>(arg);
-          p->store->unpin(p->key, p->idx);
-          delete p;
+          std::unique_ptr<SegmentPin> pin(static_cast<SegmentPin*>(arg));  // libevent hands ownership back
+          pin->store->unpin(pin->key, pin->idx);
         },
-        new SegmentPin{self, k, idx});
+        std::make_unique<SegmentPin>(SegmentPin{self, k, idx}).release());
     it = segments.emplace(std::make_tuple(k, gen, idx), CachedSegment{seg, blockLen, clock->monoMs()}).first;
     if (segments.size() > kMaxSegments) sweepSegments(true);
     it = segments.find({k, gen, idx});
