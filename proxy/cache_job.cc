@@ -13,15 +13,6 @@ namespace {
 class CacheJob final : public Job, public BlockReader::Client {
  public:
   enum class State { Opening, Streaming, Done, Gone };
-  static const char* stateName(State s) {
-    switch (s) {
-      case State::Opening: return "opening";
-      case State::Streaming: return "streaming";
-      case State::Done: return "done";
-      case State::Gone: return "gone";
-    }
-    return "?";
-  }
 
   CacheJob(Context& c, const Request& r, Sink* s) : c_(c), req_(r), sink_(s) {
     reader_ = c.fetcher->reader(this);

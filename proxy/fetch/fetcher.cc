@@ -19,6 +19,15 @@ const char* objectStateName(ObjectState s) {
   return "?";
 }
 
+void Fill::setState(Object* o, ObjectState s) {
+  if (o->state == s) return;
+  if (conf::Log::enabled(conf::LogLevel::Debug))
+    conf::Log::write(conf::LogLevel::Debug, "object_state",
+                     "path=" + conf::logValue(o->path) + " from=" + objectStateName(o->state) +
+                         " to=" + objectStateName(s) + " generation=" + std::to_string(o->meta.generation));
+  o->state = s;
+}
+
 // ------------------------------------------------------------------ lifetimes
 
 Fetcher::Fetcher(Context& ctx) : fill_(std::make_unique<Fill>(ctx)) {}
@@ -87,7 +96,7 @@ void Fill::open(BlockReader* r, const Request& req) {
     if (auto meta = store.lookup(key); meta && meta->blockSize > 0) {
       o->meta = *meta;
       o->hasMeta = true;
-      o->state = ObjectState::Ready;
+      o->state = ObjectState::Ready;  // from the index
     }
   }
   Object* o = slot.get();
@@ -130,7 +139,7 @@ Object* Fill::replace(Object* o) {
 
 void Fill::kill(Object* o, Reason r, const std::string& detail) {
   if (o->state == ObjectState::Dead) return;
-  o->state = ObjectState::Dead;
+  setState(o, ObjectState::Dead);
   auto it = objects_.find(o->key);
   if (it != objects_.end() && it->second.get() == o) {
     retired_.push_back(std::move(it->second));

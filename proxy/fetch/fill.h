@@ -175,6 +175,8 @@ class Fill {
   /// The upstream has a new version: `o` dies, a new object takes its key.
   Object* replace(Object* o);
   void kill(Object* o, policy::Reason r, const std::string& detail);
+  /// Moves o to state s (a debug log line shows each object's trail).
+  void setState(Object* o, ObjectState s);
   /// Forgets reader r everywhere in o (readers, waiters, initiators).
   void unlink(Object* o, BlockReader* r);
   /// Frees idle objects soon (from the sweep's own loop callback).

@@ -24,7 +24,7 @@ void Fill::startProbe(Object* o) {
   o->probe->linkSerial = o->link.serial;
   o->probe->xfer = std::make_unique<Transfer>(ctx.multi, std::move(opts), o->probe.get());
   o->afterProbe = o->state;
-  o->state = ObjectState::Probing;
+  setState(o, ObjectState::Probing);
   ctx.stats.upstreamRequests++;
   o->probe->xfer->start();
 }
@@ -87,7 +87,7 @@ bool sameVersion(const Object& o, const store::ObjectMeta& fresh) {
 void Fill::probeFinished(Object* o, const TransferResult& r) {
   std::unique_ptr<ProbeCall> pc = std::move(o->probe);  // its onDone is on the stack
   graveyard_.bury(std::move(pc->xfer));
-  if (o->state == ObjectState::Probing) o->state = o->afterProbe;
+  if (o->state == ObjectState::Probing) setState(o, o->afterProbe);
   const ProbeCall& p = *pc;
   graveyard_.bury(std::move(pc));
   sweepSoon();
@@ -103,7 +103,7 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
     if (sameVersion(*o, fresh)) {
       o->meta.validatedMs = now;
       store.markValidated(o->key, o->meta, now);
-      if (o->state != ObjectState::Dead) o->state = ObjectState::Ready;
+      if (o->state != ObjectState::Dead) setState(o, ObjectState::Ready);
       finishOpen(o, {});
       return;
     }
@@ -126,7 +126,7 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
     fresh.path = o->rest;
     o->meta = store.create(o->key, fresh);
     o->hasMeta = true;
-    o->state = ObjectState::Ready;
+    setState(o, ObjectState::Ready);
     for (BlockReader* w : waiting) w->obj = o;
     o->opening = std::move(waiting);
     finishOpen(o, {});
@@ -160,7 +160,7 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
     conf::Log::write(conf::LogLevel::Warn, "revalidate_failed",
                      "path=" + conf::logValue(o->path) + " reason=" + policy::reasonCode(reason) +
                          " detail=" + conf::logValue(detail) + " action=serve_stored");
-    if (o->state != ObjectState::Dead) o->state = ObjectState::Ready;
+    if (o->state != ObjectState::Dead) setState(o, ObjectState::Ready);
     finishOpen(o, {});
     return;
   }
