@@ -196,6 +196,14 @@ class Graveyard {
     dead_.push_back(std::shared_ptr<void>(std::move(p)));
     sweep_.fire();
   }
+  /// Takes `key`'s owner out of a map of unique_ptrs and buries it.
+  template <typename Map, typename Key>
+  void buryFrom(Map& owners, const Key& key) {
+    auto it = owners.find(key);
+    if (it == owners.end()) return;
+    bury(std::move(it->second));
+    owners.erase(it);
+  }
   size_t size() const { return dead_.size(); }
 
  private:

@@ -152,19 +152,10 @@ void Fill::kill(Object* o, Reason r, const std::string& detail) {
     graveyard_.bury(std::move(o->whole));
   }
   // Blocks being committed stay: their commit callback finds them.
-  for (auto it2 = o->blocks.begin(); it2 != o->blocks.end();) {
-    Block* b = it2->second.get();
-    for (auto& p : b->pieces) stopPiece(p.get());
-    if (b->writer && !b->committing) store.abandon(b->writer);
-    b->writer = nullptr;
-    if (b->committing) {
-      ++it2;
-      continue;
-    }
-    b->life.end();
-    graveyard_.bury(std::move(it2->second));
-    it2 = o->blocks.erase(it2);
-  }
+  std::vector<Block*> fetching;
+  for (auto& [idx, b] : o->blocks)
+    if (!b->committing) fetching.push_back(b.get());
+  for (Block* b : fetching) removeBlock(b);
   std::vector<BlockReader*> readers = o->readers;
   for (BlockReader* rd : readers) unlink(o, rd);  // committing blocks keep no pointer to them
   for (BlockReader* rd : readers) rd->client->failed(r, detail);

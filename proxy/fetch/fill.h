@@ -213,6 +213,9 @@ class Fill {
   void retryPiece(Piece* p, int64_t delayMs);
   void storeBytes(Piece* p, const char* data, size_t n);
   void maybeCommit(Block* b);
+  /// Stops b's pieces, gives its writer back and takes it out of its object
+  /// (freed from the graveyard). Returns the readers that waited on it.
+  std::vector<BlockReader*> removeBlock(Block* b);
   void dropBlock(Block* b);
   void failBlock(Block* b, policy::Reason r, const std::string& detail);
   void startWhole(Object* o);

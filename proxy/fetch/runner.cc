@@ -90,17 +90,20 @@ void Fill::maybeCommit(Block* b) {
   });
 }
 
-void Fill::dropBlock(Block* b) {
+std::vector<BlockReader*> Fill::removeBlock(Block* b) {
   Object* o = b->obj;
   for (auto& p : b->pieces) stopPiece(p.get());
   if (b->writer && !b->committing) store.abandon(b->writer);
   b->writer = nullptr;
-  std::vector<BlockReader*> w(b->waiters.begin(), b->waiters.end());
+  std::vector<BlockReader*> waiters(b->waiters.begin(), b->waiters.end());
   b->life.end();
-  auto it = o->blocks.find(b->idx);
-  graveyard_.bury(std::move(it->second));
-  o->blocks.erase(it);
-  for (BlockReader* r : w) o->stalled.insert(r);
+  graveyard_.buryFrom(o->blocks, b->idx);
+  return waiters;
+}
+
+void Fill::dropBlock(Block* b) {
+  Object* o = b->obj;
+  for (BlockReader* r : removeBlock(b)) o->stalled.insert(r);
   wakeStalled(o);
   sweepSoon();
 }
@@ -110,18 +113,12 @@ void Fill::failBlock(Block* b, Reason r, const std::string& detail) {
   logf(conf::LogLevel::Warn, "block_failed",
        "path=" + conf::logValue(o->path) + " block=" + std::to_string(b->idx) + " reason=" + policy::reasonCode(r) +
            " detail=" + conf::logValue(detail));
-  for (auto& p : b->pieces) stopPiece(p.get());
-  if (b->writer && !b->committing) store.abandon(b->writer);
-  b->writer = nullptr;
   // Everyone who needs this block can no longer be served.
   std::vector<BlockReader*> victims;
   uint64_t bs = o->meta.blockSize;
   for (BlockReader* rd : o->readers)
     if (rd->pos < rd->end && rd->pos / bs <= b->idx && (rd->end - 1) / bs >= b->idx) victims.push_back(rd);
-  b->life.end();
-  auto it = o->blocks.find(b->idx);
-  graveyard_.bury(std::move(it->second));
-  o->blocks.erase(it);
+  removeBlock(b);
   for (BlockReader* rd : victims) unlink(o, rd);  // other blocks may still list them
   for (BlockReader* rd : victims) rd->client->failed(r, detail);
   sweepSoon();

@@ -135,12 +135,7 @@ class AlistSource : public Source {
     }
   };
 
-  void finished(Call* c) {
-    auto it = calls_.find(c);
-    if (it == calls_.end()) return;
-    graveyard_.bury(std::move(it->second));
-    calls_.erase(it);
-  }
+  void finished(Call* c) { graveyard_.buryFrom(calls_, c); }
 
   const conf::Mount& mount_;
   CurlMulti& multi_;

@@ -124,12 +124,7 @@ class Account final : public AliyunAccount {
   }
 
   /// Called by an ApiCall whose onDone ran: freed later, from the loop.
-  void finished(ApiCall* c) {
-    auto it = calls_.find(c);
-    if (it == calls_.end()) return;
-    graveyard_.bury(std::move(it->second));
-    calls_.erase(it);
-  }
+  void finished(ApiCall* c) { graveyard_.buryFrom(calls_, c); }
 
   struct Gate {
     int64_t intervalMs = 1000;
