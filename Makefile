@@ -6,6 +6,7 @@
 #   make demo       the main job end to end on loopback
 #   make run        the gateway on conf/slipstream.ini
 #   make bench      the benchmark against the peers (scripts/bench)
+#   make fuzz       every libFuzzer target, FUZZ_SECONDS (60) each (clang)
 #   make fnlen      function and file size limits (scripts/fnlen.py, Universal Ctags)
 
 CXX      ?= g++
@@ -13,18 +14,33 @@ SAN      ?= 0
 ifeq ($(SAN),1)
 BUILD    := build/san
 OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-maybe-uninitialized
+HARDEN   :=
 else
 BUILD    := build
 OPT      := -O2 -g
+# Debian's hardening build flags (dpkg-buildflags): fortified libc calls,
+# stack protector, read-only relocations bound at start.
+HARDEN   := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection -fcf-protection
+HARDEN_LD := -Wl,-z,relro -Wl,-z,now
 endif
 
-CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. $(OPT) $(EXTRA_CXXFLAGS)
-LDFLAGS  := -pthread $(OPT)
-LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -linih -lssl -lcrypto
+# llhttp (Node.js's HTTP parser) is compiled from the C sources Debian's
+# node-llhttp ships, in strict mode (scripts/deps.sh installs the package).
+LLHTTP_DIR := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include
+CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. -isystem $(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1 $(OPT) $(HARDEN) $(EXTRA_CXXFLAGS)
+CFLAGS_LLHTTP := -std=c11 -w -isystem $(LLHTTP_INC)/llhttp -DLLHTTP_STRICT_MODE=1 $(OPT) $(HARDEN)
+LDFLAGS  := -pthread $(OPT) $(HARDEN_LD)
+LIBS     := -levent_openssl -levent_pthreads -levent -lcurl -llmdb -lxxhash -lssl -lcrypto -lexpat -lcrypt
 
 MODULES  := conf policy store proxy proxy/sources proxy/fetch src
 LIB_SRCS := $(filter-out src/main.cc,$(foreach m,$(MODULES),$(wildcard $(m)/*.cc)))
-LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o)
+# Sources made at build time: the version (from VERSION, the one place it is
+# written) and the status page (src/status_page.html as a string literal).
+VERSION  := $(shell cat VERSION)
+GEN_SRCS := $(BUILD)/gen/version.cc $(BUILD)/gen/status_page.cc
+LIB_OBJS := $(LIB_SRCS:%.cc=$(BUILD)/obj/%.o) $(GEN_SRCS:%.cc=$(BUILD)/obj/%.o) \
+            $(BUILD)/obj/llhttp/llhttp.o $(BUILD)/obj/llhttp/api.o $(BUILD)/obj/llhttp/http.o
 MAIN_OBJ := $(BUILD)/obj/src/main.o
 UT_SRCS  := $(wildcard tests/unit/*.cc)
 UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
@@ -32,8 +48,9 @@ UT_OBJS  := $(UT_SRCS:%.cc=$(BUILD)/obj/%.o)
 BIN      := $(BUILD)/slipstream
 UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
+BENCH_TABLES := main player https peers fast rss
 
-.PHONY: all deps test unit integration demo run bench clean format fnlen
+.PHONY: all deps test unit integration demo run bench $(addprefix bench-,$(BENCH_TABLES)) clean format fuzz fuzz-build fuzz-smoke deb fnlen
 all: $(BIN)
 
 deps:
@@ -42,6 +59,19 @@ deps:
 $(BUILD)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/gen/version.cc: VERSION
+	@mkdir -p $(dir $@)
+	printf '#include "src/version.h"\nconst char* slip::version() { return "%s"; }\n' "$(VERSION)" > $@
+
+$(BUILD)/gen/status_page.cc: src/status_page.html
+	@mkdir -p $(dir $@)
+	{ printf '#include "src/status_page.h"\nstd::string_view slip::statusPage() {\n  return R"slip_html('; \
+	  cat $<; printf ')slip_html";\n}\n'; } > $@
+
+$(BUILD)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_LLHTTP) -c $< -o $@
 
 $(BUILD)/libslip.a: $(LIB_OBJS)
 	@rm -f $@
@@ -57,10 +87,11 @@ $(RELAY): scripts/bench/ratelimit_relay.cc
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++20 -O2 -Wall -Wextra -Werror -pthread -o $@ $<
 
-# The README's test command: set-up, build, unit tests, integration tests.
+# The README's test command: set-up, build, unit tests, fuzz smoke,
+# integration tests.
 test: deps
-	@$(MAKE) --no-print-directory -j$$(nproc) all $(UNIT)
-	@$(MAKE) --no-print-directory unit integration
+	@$(MAKE) --no-print-directory -j$$(nproc) all $(UNIT) fuzz-build
+	@$(MAKE) --no-print-directory unit fuzz-smoke integration
 
 unit: $(UNIT)
 	$(UNIT)
@@ -76,18 +107,67 @@ run: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all
 	$(BIN) run -c conf/slipstream.ini
 
+# make bench [TABLES=main,player,https,peers,fast,rss] [BENCH_ARGS="--quick ..."]; or make bench-TABLE
 bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory -j$$(nproc) all $(RELAY)
-	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY)
+	python3 scripts/bench/bench.py --bin $(BIN) --relay $(RELAY) $(if $(TABLES),--tables $(TABLES)) $(BENCH_ARGS)
+
+$(addprefix bench-,$(BENCH_TABLES)):
+	@$(MAKE) --no-print-directory bench TABLES=$(@:bench-%=%)
+
+# ---------------------------------------------------------------- fuzzing
+# libFuzzer targets (tests/fuzz/<name>_fuzz.cc → build/fuzz/bin/<name>), built
+# with clang, ASan and UBSan (float-cast-overflow included, every report
+# fatal) over the pure modules they exercise. Seeds: tests/fuzz/corpus/<name>/;
+# learnt corpus and findings stay in build/fuzz/ (scripts/fuzz.sh).
+FUZZ_CXX      ?= clang++
+FUZZ_SECONDS  ?= 60
+FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_DIR      := build/fuzz
+FUZZ_SAN      := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
+FUZZ_CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. \
+                 -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN)
+FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc)
+FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o)
+FUZZ_SRCS     := $(wildcard tests/fuzz/*_fuzz.cc)
+FUZZ_BINS     := $(FUZZ_SRCS:tests/fuzz/%_fuzz.cc=$(FUZZ_DIR)/bin/%)
+FUZZ_LIBS     := -linih -lssl -lcrypto -lcrypt -levent_pthreads -levent
+
+$(FUZZ_DIR)/obj/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/bin/%: $(FUZZ_DIR)/obj/tests/fuzz/%_fuzz.o $(FUZZ_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LIBS)
+
+# The targets' objects are intermediate files of the rule above: keep them.
+.SECONDARY: $(FUZZ_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o) $(FUZZ_LIB_OBJS)
+
+fuzz-build: $(FUZZ_BINS)
+
+# make fuzz [FUZZ_SECONDS=300] [FUZZ_TARGETS="range path"]
+fuzz: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) fuzz-build
+	scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_DIR)/bin $(FUZZ_TARGETS)
+
+# A few seconds per target, in `make test`: fails on any finding.
+fuzz-smoke: fuzz-build
+	scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_DIR)/bin $(FUZZ_TARGETS)
+# The Debian package: build/slipstream_<version>_<arch>.deb (scripts/deb.sh).
+deb: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) all
+	scripts/deb.sh $(BIN) $(VERSION)
 
 fnlen:
 	python3 scripts/fnlen.py
 
 format:
-	clang-format -i $(foreach m,$(MODULES) tests/unit,$(wildcard $(m)/*.cc $(m)/*.h))
+	clang-format -i $(foreach m,$(MODULES) tests/unit tests/fuzz,$(wildcard $(m)/*.cc $(m)/*.h))
 
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(MAIN_OBJ:.o=.d) $(UT_OBJS:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(MAIN_OBJ:.o=.d) $(UT_OBJS:.o=.d) $(FUZZ_LIB_OBJS:.o=.d)
+-include $(FUZZ_SRCS:%.cc=$(FUZZ_DIR)/obj/%.d)

@@ -20,10 +20,13 @@ namespace slip::conf {
 // ---------------------------------------------------------------- values
 
 /// One `listen =` address. `host` is a numeric IPv4 or IPv6 address (IPv6
-/// without brackets); port 0 asks the kernel for a free port.
+/// without brackets); port 0 asks the kernel for a free port. `tls`: the
+/// address was written with the `tls` flag (`listen = 0.0.0.0:8443 tls`) and
+/// speaks HTTPS with [server] tls_cert / tls_key.
 struct ListenAddr {
   std::string host;
   uint16_t port = 0;
+  bool tls = false;
   int line = 0;
 };
 
@@ -58,7 +61,9 @@ struct Server {
   int64_t maxConnections = 1024;         // client connections
   int64_t maxRequestLine = 8 * 1024;     // bytes; longer → 414
   int64_t maxHeaderSize = 32 * 1024;     // bytes, all header lines; larger → 431
-  int64_t idleTimeoutMs = 60'000;        // keep-alive idle / request read
+  int64_t maxRequestBody = 64 * 1024;    // bytes of a request body; larger → 413
+  int64_t headerTimeoutMs = 10'000;      // accept / first byte → whole request received
+  int64_t idleTimeoutMs = 60'000;        // keep-alive: idle between requests
   int64_t sendTimeoutMs = 600'000;       // client not reading for this long → close
   int64_t shutdownGraceMs = 30'000;      // SIGTERM: let transfers finish this long
   std::string accessLog = "-";           // path, "-" = stdout, "off"
@@ -75,6 +80,16 @@ struct Server {
   std::vector<Cidr> adminAllow;          // default loopback only
   std::string adminToken;
   std::string stateDir = "/var/lib/slipstream";  // persisted state: rotated refresh tokens
+  std::vector<Cidr> davAllow;            // WebDAV without a password; default loopback only
+  // TLS for the listen addresses with the `tls` flag (src/tls.h loads them)
+  std::string tlsCert;                   // PEM: the certificate, then its chain
+  std::string tlsKey;                    // PEM private key; never logged
+  int tlsCertLine = 0, tlsKeyLine = 0;   // for file:line errors about the files' contents
+  bool anyTls() const {
+    for (const ListenAddr& l : listen)
+      if (l.tls) return true;
+    return false;
+  }
 };
 
 struct Cache {
@@ -103,6 +118,13 @@ struct Account {
   int64_t listTtlMs = 60'000;            // folder listings are reused this long
 };
 
+/// A WebDAV user (`[user NAME]`): HTTP Basic against a crypt(3) hash.
+struct User {
+  std::string name;
+  int line = 0;                          // line of the [user NAME] header
+  std::string passwordHash;              // yescrypt/bcrypt/scrypt/SHA-512-crypt; never logged
+};
+
 struct Mount {
   std::string name;
   int line = 0;                          // line of the [mount NAME] header
@@ -122,6 +144,7 @@ struct Mount {
   int64_t readAhead = 64LL << 20;        // bytes fetched ahead of a sequential reader
   int64_t linkTtlMs = 0;                 // 0 = source default
   LinkBind linkBind = LinkBind::None;
+  int64_t listTtlMs = 60'000;            // local, alist: folder listings are reused this long
   // aliyundrive_open
   std::string account;                   // the [account NAME] it uses
   int accountIndex = -1;                 // index in Config::accounts, set by the loader
@@ -154,6 +177,7 @@ struct Config {
   Server server;
   Cache cache;
   std::vector<Account> accounts;         // in file order
+  std::vector<User> users;               // in file order
   std::vector<Mount> mounts;             // in file order
   std::vector<Rule> rules;               // in file order: first match wins
 };
@@ -192,9 +216,10 @@ std::string referenceMarkdown();
 // The one table of directives (conf/directives.cc). Declared here because the
 // loader, the references and the tests all read it.
 
-enum class SectionKind { Server, Cache, Account, Mount, Rule };
+enum class SectionKind { Server, Cache, Account, User, Mount, Rule };
 enum class ValueType {
-  String, Bool, Int, Size, Duration, Enum, List, Header, Listen, CidrList, Url, Path, Secret
+  String, Bool, Int, Size, Duration, Enum, List, Header, Listen, CidrList, Url, Path, Secret,
+  SecretFile  // `<secret>_file`: a path whose content is the secret
 };
 
 /// Bit per SourceType, for Directive::sources and Directive::requiredFor.
@@ -229,6 +254,9 @@ struct Directive {
   unsigned sources = kAllSources;    // [mount]: the source types the key applies to
   unsigned requiredFor = 0;          // [mount]: source types that need it; others: kAllSources = always
   const char* doc = "";
+  /// SecretFile rows: the name of the Secret key whose value the file holds
+  /// (the row is derived from that key's row and shares its apply/check).
+  const char* fileOf = nullptr;
   /// Stores the value into the open section: the server, the cache, or the
   /// last account / mount / rule of the Config.
   void (*apply)(Config& c, const DirectiveValue& v) = nullptr;
@@ -236,23 +264,42 @@ struct Directive {
   bool (*check)(const DirectiveValue& v, std::string* why) = nullptr;
 };
 
-/// Every directive, grouped by section, in documentation order.
+/// Every directive, grouped by section, in documentation order. Each Secret
+/// key is followed by its derived `<name>_file` row.
 const std::vector<Directive>& directives();
 
 // ---------------------------------------------------------------- value parsers
 // Exposed for the tests and for command-line flags. Each returns nullopt on a
 // bad value and, if `why` is given, says what is wrong.
 
-/// "64K", "4M", "50G", "1T", plain bytes "4096"; binary units (K = 1024).
+/// "64K", "4M", "1.5G", "50G", "1T", plain bytes "4096"; binary units
+/// (K = 1024). Decimals (at most 9 places) are rounded to the nearest byte;
+/// a number of bytes must be whole.
 std::optional<int64_t> parseSize(std::string_view s, std::string* why = nullptr);
-/// "500ms", "90s", "15m", "4h", "2d"; a bare number is seconds. Milliseconds.
+/// "500ms", "90s", "1.5m", "4h", "2d"; a bare number is seconds. Milliseconds,
+/// decimals rounded to the nearest one ("ms" itself must be whole).
 std::optional<int64_t> parseDuration(std::string_view s, std::string* why = nullptr);
 /// "on/off", "yes/no", "true/false", "1/0".
 std::optional<bool> parseBool(std::string_view s, std::string* why = nullptr);
 /// "10.0.0.0/8", "192.168.1.7" (= /32), "::1", "fd00::/8".
 std::optional<Cidr> parseCidr(std::string_view s, std::string* why = nullptr);
-/// "127.0.0.1:8080", "[::1]:8080", ":8080" (all IPv4), "[::]:8080".
+/// "127.0.0.1:8080", "[::1]:8080", ":8080" (all IPv4), "[::]:8080"; each may
+/// end in the word `tls` ("[::]:8443 tls").
 std::optional<ListenAddr> parseListen(std::string_view s, std::string* why = nullptr);
+
+/// A crypt(3) password hash as `mkpasswd` or `slipstream passwd` make it:
+/// yescrypt ($y$), gost-yescrypt ($gy$), scrypt ($7$), bcrypt ($2b$) or
+/// SHA-512-crypt ($6$), complete. Weak or legacy methods (DES, MD5,
+/// SHA-256-crypt) and truncated hashes are refused. Costs one hashing.
+bool checkPasswordHash(std::string_view hash, std::string* why = nullptr);
+/// Why `name: value` cannot be sent to an upstream, or nullopt when it can.
+/// The name must be an RFC 9110 token and not one the fetcher sets itself
+/// (framing, connection, Range/If-Range, Accept-Encoding); the value must not
+/// contain CR, LF, NUL or another control character (HTAB is allowed). The
+/// message names the header, never its value.
+std::optional<std::string> headerProblem(std::string_view name, std::string_view value);
+/// `s` with bytes outside printable ASCII written as \xNN (for messages).
+std::string printable(std::string_view s);
 
 /// Levenshtein distance, for "did you mean" suggestions.
 size_t editDistance(std::string_view a, std::string_view b);

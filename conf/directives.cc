@@ -8,7 +8,9 @@
 // Defaults here are what the loader applies when a key is absent; they must
 // match the initialisers in conf.h (tests/unit/conf_test.cc checks that).
 #include <cctype>
+#include <deque>
 #include <initializer_list>
+#include <string>
 
 #include "conf/conf.h"
 
@@ -46,6 +48,7 @@ std::string lower(std::string_view s) {
 }
 
 Account& account(Config& c) { return c.accounts.back(); }
+User& user(Config& c) { return c.users.back(); }
 Mount& mount(Config& c) { return c.mounts.back(); }
 Rule& rule(Config& c) { return c.rules.back(); }
 
@@ -54,6 +57,8 @@ bool powerOfTwo(V v, std::string* why) {
   *why = "must be a power of two (64K, 1M, 4M, ...)";
   return false;
 }
+
+bool passwordHash(V v, std::string* why) { return checkPasswordHash(v.text, why); }
 
 bool nonEmpty(V v, std::string* why) {
   if (!v.text.empty()) return true;
@@ -107,10 +112,13 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "listen", .type = T::Listen, .def = "0.0.0.0:8690",
        .repeatable = true,
        .doc = "Address to accept clients on: 127.0.0.1:8690, [::]:8690, :8690 (all IPv4); "
-              "port 0 picks a free port.",
+              "port 0 picks a free port. Add the word tls for HTTPS with tls_cert and tls_key: "
+              "[::]:8443 tls.",
        .apply = [](Config& c, V v) { c.server.listen.push_back(v.listen); }},
       {.section = S::Server, .name = "max_connections", .type = T::Int, .def = "1024", .min = 1,
-       .max = 1'000'000, .units = "connections", .doc = "Client connections open at once.",
+       .max = 1'000'000, .units = "connections",
+       .doc = "Client connections open at once, idle ones included; one more is answered 503 "
+              "and closed.",
        .apply = [](Config& c, V v) { c.server.maxConnections = v.num; }},
       {.section = S::Server, .name = "max_request_line", .type = T::Size, .def = "8K", .min = kK,
        .max = kM, .doc = "Longest request line accepted; a longer one gets 414.",
@@ -118,10 +126,19 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "max_header_size", .type = T::Size, .def = "32K", .min = kK,
        .max = 16 * kM, .doc = "Total size of a request's header lines; more gets 431.",
        .apply = [](Config& c, V v) { c.server.maxHeaderSize = v.num; }},
+      {.section = S::Server, .name = "max_request_body", .type = T::Size, .def = "64K", .min = kK,
+       .max = 16 * kM,
+       .doc = "Largest request body read (a WebDAV PROPFIND's XML); a larger one gets 413.",
+       .apply = [](Config& c, V v) { c.server.maxRequestBody = v.num; }},
+      {.section = S::Server, .name = "header_timeout", .type = T::Duration, .def = "10s",
+       .min = kMinTimeout, .max = 3600 * kSec,
+       .doc = "A new connection must deliver a whole request within this long (and so must a "
+              "keep-alive one from its request's first byte); otherwise it is closed (408 if "
+              "part of a request came).",
+       .apply = [](Config& c, V v) { c.server.headerTimeoutMs = v.num; }},
       {.section = S::Server, .name = "idle_timeout", .type = T::Duration, .def = "60s",
        .min = kMinTimeout, .max = kDay,
-       .doc = "Close a keep-alive connection idle this long, or a client this slow to send "
-              "its request.",
+       .doc = "Close a keep-alive connection that sends no new request for this long.",
        .apply = [](Config& c, V v) { c.server.idleTimeoutMs = v.num; }},
       {.section = S::Server, .name = "send_timeout", .type = T::Duration, .def = "10m",
        .min = kMinTimeout, .max = kDay, .doc = "Close a client that reads nothing for this long.",
@@ -171,10 +188,28 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "admin_token", .type = T::Secret,
        .doc = "Bearer token for the /-/ admin routes from other clients. Never logged.",
        .apply = [](Config& c, V v) { c.server.adminToken = v.text; }},
+      {.section = S::Server, .name = "dav_allow", .type = T::CidrList, .def = "127.0.0.0/8 ::1",
+       .doc = "Clients that use the WebDAV front without a password; everyone else needs a "
+              "[user NAME] (HTTP Basic).",
+       .apply = [](Config& c, V v) { c.server.davAllow = v.cidrs; }},
       {.section = S::Server, .name = "state_dir", .type = T::Path, .def = "/var/lib/slipstream",
        .doc = "Directory for state that must survive restarts: each account's rotated refresh "
               "token (mode 0600).",
        .apply = [](Config& c, V v) { c.server.stateDir = v.text; }},
+
+      {.section = S::Server, .name = "tls_cert", .type = T::Path,
+       .doc = "PEM certificate for the listen addresses marked tls, followed by its chain "
+              "(e.g. Let's Encrypt's fullchain.pem). Re-read on SIGHUP.",
+       .apply = [](Config& c, V v) {
+         c.server.tlsCert = v.text;
+         c.server.tlsCertLine = v.line;
+       }},
+      {.section = S::Server, .name = "tls_key", .type = T::Path,
+       .doc = "PEM private key of tls_cert (it must match). Re-read on SIGHUP.",
+       .apply = [](Config& c, V v) {
+         c.server.tlsKey = v.text;
+         c.server.tlsKeyLine = v.line;
+       }},
 
       // ------------------------------------------------------------ [cache]
       {.section = S::Cache, .name = "dir", .type = T::Path, .def = "/var/cache/slipstream",
@@ -236,6 +271,14 @@ std::vector<Directive> makeTable() {
       {.section = S::Account, .name = "list_ttl", .type = T::Duration, .def = "1m",
        .max = kDay, .doc = "Reuse a folder listing this long (path lookups).",
        .apply = [](Config& c, V v) { account(c).listTtlMs = v.num; }},
+
+      // ------------------------------------------------------------ [user NAME]
+      {.section = S::User, .name = "password_hash", .type = T::Secret, .requiredFor = kAllSources,
+       .doc = "crypt(3) hash of the user's WebDAV password, never the password: `slipstream "
+              "passwd` or `mkpasswd` make one (yescrypt $y$, also bcrypt $2b$, scrypt $7$, "
+              "SHA-512 $6$).",
+       .apply = [](Config& c, V v) { user(c).passwordHash = v.text; },
+       .check = passwordHash},
 
       // ------------------------------------------------------------ [mount NAME]
       {.section = S::Mount, .name = "prefix", .type = T::String, .def = "/NAME",
@@ -318,6 +361,11 @@ std::vector<Directive> makeTable() {
        .apply = [](Config& c, V v) {
          mount(c).linkBind = pick(v, {LinkBind::None, LinkBind::Ua, LinkBind::UaIp});
        }},
+      {.section = S::Mount, .name = "list_ttl", .type = T::Duration, .def = "1m", .max = kDay,
+       .sources = kLocal | kAlist,
+       .doc = "Reuse a folder listing this long (WebDAV, strm export); aliyundrive_open: the "
+              "account's list_ttl.",
+       .apply = [](Config& c, V v) { mount(c).listTtlMs = v.num; }},
 
       // ------------------------------------------------------------ [rule NAME]
       {.section = S::Rule, .name = "mount", .type = T::List,
@@ -372,8 +420,37 @@ std::vector<Directive> makeTable() {
 
 }  // namespace
 
+namespace {
+
+// Every Secret key gets a `<name>_file` twin right after it: same section,
+// sources, apply and check; the loader reads the value from the file.
+std::vector<Directive> withSecretFiles(const std::vector<Directive>& table) {
+  static std::deque<std::string> text;  // names and docs of the derived rows
+  std::vector<Directive> out;
+  for (const Directive& d : table) {
+    out.push_back(d);
+    if (d.type != T::Secret) continue;
+    Directive f = d;
+    f.type = T::SecretFile;
+    f.fileOf = d.name;
+    f.def = nullptr;
+    f.requiredFor = 0;
+    f.repeatable = false;
+    f.name = text.emplace_back(std::string(d.name) + "_file").c_str();
+    f.doc = text.emplace_back("A file holding " + std::string(d.name) +
+                              ", to keep it out of the INI: its content, line breaks at the end "
+                              "stripped (a relative path is taken from the INI's folder). Give "
+                              "one of the two.")
+                .c_str();
+    out.push_back(f);
+  }
+  return out;
+}
+
+}  // namespace
+
 const std::vector<Directive>& directives() {
-  static const std::vector<Directive> table = makeTable();
+  static const std::vector<Directive> table = withSecretFiles(makeTable());
   return table;
 }
 

@@ -1,32 +1,31 @@
 // The configuration loader: INI text → Config, or every error with file:line.
 //
-// inih (Debian's libinih 55) splits `key = value` lines and strips comments;
-// everything else is done here, because that build behaves as follows:
-//  - Lines are read into a 200-byte buffer, so at most 199 characters fit. Its
-//    own readers cut a longer line there and parse the tail as the next line,
-//    shifting every line number after it. Our reader sees the whole physical
-//    line, reports `line is longer than 199 characters` and gives inih an
-//    empty line instead.
-//  - INI_ALLOW_MULTILINE is on: an indented line after a key, even past blank
-//    and comment lines, is handed to the handler as another value of that key
-//    (an indented `b = 2` under `a = 1` sets `a` to "b = 2"). Our reader strips
-//    leading whitespace, so indentation is only cosmetic and nothing continues.
+// Our own line reader, in front of the directive table. It used to feed
+// inih (Debian's libinih), but that build reads lines into a fixed 200-byte
+// buffer: a refresh token (a JWT of several hundred characters) or a cookie
+// in a `header` line could not be written at all. inih did little else for
+// us, so the reader now splits `key = value` itself, keeping inih's syntax:
+//  - A line holds up to kMaxLine bytes; a longer one is one error at its own
+//    line (later lines keep their numbers).
 //  - Comments: a line whose first non-blank character is `;` or `#`; inline,
 //    only `;` preceded by whitespace (`a = x ;note` gives "x"). An inline `#`
-//    is part of the value, as is `;` right after a character (`a=b;c`).
-//  - The handler gets no line number, and section headers reach it only with
-//    a key: an empty [mount x] is never seen, names are cut at 49 characters
-//    and text after `]` is ignored. So our reader numbers the lines, parses
-//    `[...]` headers itself and rejects lines that are neither header, comment
-//    nor `key = value` (inih would report only the first such line, and would
-//    split `key: value` at the colon).
-// The handler then runs for exactly the line the reader returned last.
+//    is part of the value, as is `;` right after a character (`a=b;c`) or at
+//    the very start of the value.
+//  - Leading whitespace is stripped, so indentation is only cosmetic and no
+//    line continues another (inih's INI_ALLOW_MULTILINE is not kept).
+//  - `[kind name]` headers are parsed here, names checked, text after `]`
+//    refused; a line that is neither header, comment nor `key = value` is an
+//    error (`key: value` included).
+//  - A UTF-8 BOM at the start and CR before LF are ignored.
+//
+// Secrets can come from files: every Secret key has a `<key>_file` twin
+// (derived in directives.cc); the file's content, line breaks at the end
+// stripped, is the value. Secret values are never quoted in messages.
 //
 // Invariant: the directive apply functions write to the last mount / rule, so
 // a mount or rule section is closed (defaults applied, checked) before the
 // next section opens.
 #include <fcntl.h>
-#include <ini.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -46,6 +45,8 @@ using S = SectionKind;
 using T = ValueType;
 
 constexpr std::string_view kBlank = " \t";
+constexpr size_t kMaxLine = 64 * 1024;        // bytes in one line
+constexpr size_t kMaxSecretFile = 64 * 1024;  // bytes in a *_file
 
 std::string_view trim(std::string_view s) {
   size_t b = s.find_first_not_of(kBlank);
@@ -61,6 +62,8 @@ const char* kindName(SectionKind k) {
       return "cache";
     case S::Account:
       return "account";
+    case S::User:
+      return "user";
     case S::Mount:
       return "mount";
     case S::Rule:
@@ -70,12 +73,14 @@ const char* kindName(SectionKind k) {
 }
 
 std::optional<SectionKind> kindNamed(std::string_view word) {
-  for (SectionKind k : {S::Server, S::Cache, S::Account, S::Mount, S::Rule})
+  for (SectionKind k : {S::Server, S::Cache, S::Account, S::User, S::Mount, S::Rule})
     if (word == kindName(k)) return k;
   return std::nullopt;
 }
 
-bool named(SectionKind k) { return k == S::Account || k == S::Mount || k == S::Rule; }
+bool named(SectionKind k) {
+  return k == S::Account || k == S::User || k == S::Mount || k == S::Rule;
+}
 
 std::string headerForm(SectionKind k) {
   return named(k) ? std::string(kindName(k)) + " NAME" : kindName(k);
@@ -165,6 +170,8 @@ const char* typeName(ValueType t) {
       return "path";
     case T::Secret:
       return "secret";
+    case T::SecretFile:
+      return "file";
   }
   return "?";
 }
@@ -185,7 +192,7 @@ std::string notesText(const Directive& d) {
   auto add = [&s](const std::string& note) { s += (s.empty() ? "" : "; ") + note; };
   if (d.repeatable) add("repeatable");
   if (d.requiredFor == kAllSources)
-    add("required");
+    add(d.type == T::Secret ? "required: this or " + std::string(d.name) + "_file" : "required");
   else if (d.requiredFor)
     add("required for " + sourcesText(d.requiredFor));
   if (d.section == S::Mount && d.sources != kAllSources) add(sourcesText(d.sources) + " only");
@@ -215,11 +222,6 @@ std::vector<std::string> splitList(std::string_view s) {
 
 bool isControl(char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }
 
-bool isTokenChar(char ch) {
-  return std::isalnum(static_cast<unsigned char>(ch)) ||
-         std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos;
-}
-
 bool parseHeader(std::string_view s, Header* h, std::string* why) {
   size_t colon = s.find(':');
   if (colon == std::string_view::npos) {
@@ -227,15 +229,8 @@ bool parseHeader(std::string_view s, Header* h, std::string* why) {
     return false;
   }
   std::string_view name = trim(s.substr(0, colon)), value = trim(s.substr(colon + 1));
-  if (name.empty() || !std::all_of(name.begin(), name.end(), isTokenChar)) {
-    *why = "bad header name '" + std::string(name) +
-           "' (letters, digits and !#$%&'*+-.^_`|~ only, no spaces)";
-    return false;
-  }
-  // The value is not quoted back: headers often carry cookies or tokens.
-  if (std::any_of(value.begin(), value.end(),
-                  [](char ch) { return ch != '\t' && isControl(ch); })) {
-    *why = "header value must not contain control characters such as CR or LF";
+  if (auto problem = headerProblem(name, value)) {
+    *why = *problem;
     return false;
   }
   h->name = std::string(name);
@@ -261,7 +256,15 @@ bool parseValue(const Directive& d, std::string_view raw, DirectiveValue* v, std
   const std::string text(raw);
   switch (d.type) {
     case T::String:
+      v->text = text;
+      break;
     case T::Secret:
+    case T::SecretFile:  // the loader has read the file: `raw` is its content
+      // Secrets go into headers and JSON: one line of printable text.
+      if (std::any_of(raw.begin(), raw.end(), [](char ch) { return ch != '\t' && isControl(ch); })) {
+        *why = "must not contain line breaks or other control characters";
+        return false;
+      }
       v->text = text;
       break;
     case T::Path:
@@ -353,14 +356,19 @@ class Loader {
   Loader(std::string_view text, std::string file) : text_(text) { config_.file = std::move(file); }
 
   LoadResult run() {
-    int rc = ini_parse_stream(&Loader::readLine, this, &Loader::onKey, this);
-    // The reader hands inih only well-formed lines, so this means a build of
-    // inih that parses differently from the one described above.
-    if (rc != 0) error(rc, "", "", "inih could not parse this line");
+    while (pos_ < text_.size()) {
+      size_t nl = text_.find('\n', pos_);
+      size_t end = nl == std::string_view::npos ? text_.size() : nl;
+      std::string_view line = text_.substr(pos_, end - pos_);
+      pos_ = end + 1;
+      line_++;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      screen(line);
+    }
     finish();
     std::stable_sort(errors_.begin(), errors_.end(),
                      [](const Error& a, const Error& b) { return a.line < b.line; });
-    LoadResult r;
+  LoadResult r;
     if (errors_.empty()) r.config = std::move(config_);
     r.errors = std::move(errors_);
     return r;
@@ -381,6 +389,11 @@ class Loader {
       auto it = given.find(key);
       return it == given.end() ? 0 : it->second.line;
     }
+    // The key's line, or its _file twin's (a secret may be given either way).
+    int lineOfEither(const Directive& d) const {
+      if (int l = lineOf(d.name)) return l;
+      return d.type == T::Secret ? lineOf(std::string(d.name) + "_file") : 0;
+    }
     // Like lineOf, but 0 also when the value was rejected (already reported).
     int goodLine(std::string_view key) const {
       auto it = given.find(key);
@@ -388,45 +401,25 @@ class Loader {
     }
   };
 
-  static char* readLine(char* buf, int size, void* self) {
-    auto* l = static_cast<Loader*>(self);
-    if (l->pos_ >= l->text_.size()) return nullptr;
-    size_t nl = l->text_.find('\n', l->pos_);
-    size_t end = nl == std::string_view::npos ? l->text_.size() : nl;
-    std::string_view line = l->text_.substr(l->pos_, end - l->pos_);
-    l->pos_ = end + 1;
-    l->line_++;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    std::string_view fed = l->screen(line, static_cast<size_t>(size) - 1);
-    buf[fed.copy(buf, fed.size())] = '\0';
-    return buf;
-  }
-
-  static int onKey(void* self, const char* /*section: tracked by the reader*/, const char* name,
-                   const char* value) {
-    static_cast<Loader*>(self)->setKey(name, value);
-    return 1;
-  }
-
-  // Returns what inih should parse: the line itself if it is `key = value`,
-  // else nothing (headers are handled here, bad lines reported here).
-  std::string_view screen(std::string_view line, size_t max) {
+  // One physical line: a header opens a section, `key = value` is set,
+  // comments and blank lines are skipped, anything else is reported.
+  void screen(std::string_view line) {
     if (line_ == 1 && line.starts_with("\xEF\xBB\xBF")) line.remove_prefix(3);
-    if (line.size() > max) {
-      error(line_, "", "", "line is longer than " + std::to_string(max) + " characters");
-      return {};
+    if (line.size() > kMaxLine) {
+      error(line_, "", "", "line is longer than " + std::to_string(kMaxLine) + " characters");
+      return;
     }
     if (line.find('\0') != std::string_view::npos) {
       error(line_, "", "", "line contains a NUL byte");
-      return {};
+      return;
     }
     line = trim(line);
-    if (line.empty() || line[0] == ';' || line[0] == '#') return {};
+    if (line.empty() || line[0] == ';' || line[0] == '#') return;
     if (line[0] == '[') {
       openSection(line);
-      return {};
+      return;
     }
-    // The first separator as inih finds it: '=', ':' or a ';' comment.
+    // The first separator: '=', ':' or a ';' comment.
     size_t sep = 0;
     while (sep < line.size() && line[sep] != '=' && line[sep] != ':' &&
            !(line[sep] == ';' && sep > 0 && (line[sep - 1] == ' ' || line[sep - 1] == '\t')))
@@ -435,13 +428,22 @@ class Loader {
     if (sep == line.size() || line[sep] != '=') {
       error(line_, open_ ? open_->label : "", "",
             "missing '=' (expected 'key = value' or '[section]')");
-      return {};
+      return;
     }
     if (sep == 0) {
       error(line_, open_ ? open_->label : "", "", "missing key name before '='");
-      return {};
+      return;
     }
-    return line;
+    std::string_view key = trim(line.substr(0, sep));
+    std::string_view value = trim(line.substr(sep + 1));
+    // An inline comment: ';' after whitespace inside the value.
+    for (size_t i = 1; i < value.size(); i++) {
+      if (value[i] == ';' && (value[i - 1] == ' ' || value[i - 1] == '\t')) {
+        value = trim(value.substr(0, i));
+        break;
+      }
+    }
+    setKey(key, value);
   }
 
   void openSection(std::string_view line) {
@@ -464,12 +466,12 @@ class Loader {
 
     std::optional<SectionKind> kind = kindNamed(kindWord);
     if (!kind) {
-      auto near = kindNamed(nearest(kindWord, {"server", "cache", "account", "mount", "rule"}));
+      auto near = kindNamed(nearest(kindWord, {"server", "cache", "account", "user", "mount", "rule"}));
       error(line_, "", "",
             "unknown section [" + std::string(kindWord) + "]" +
                 (near ? " (did you mean [" + headerForm(*near) + "]?)"
-                      : " (sections: [server], [cache], [account NAME], [mount NAME], "
-                        "[rule NAME])"));
+                      : " (sections: [server], [cache], [account NAME], [user NAME], "
+                        "[mount NAME], [rule NAME])"));
       return;
     }
     std::string label = named(*kind) ? headerForm(*kind) : kindName(*kind);
@@ -496,8 +498,10 @@ class Loader {
       error(line_, label, "", "name may contain only letters, digits, '_', '.' and '-'");
       return;
     }
-    std::vector<Section>& sections =
-        *kind == S::Mount ? mounts_ : *kind == S::Account ? accounts_ : rules_;
+    std::vector<Section>& sections = *kind == S::Mount     ? mounts_
+                                     : *kind == S::Account ? accounts_
+                                     : *kind == S::User    ? users_
+                                                           : rules_;
     for (const Section& s : sections) {
       if (s.label == label) {
         error(line_, label, "",
@@ -510,6 +514,8 @@ class Loader {
       config_.mounts.push_back(Mount{.name = name, .line = line_});
     } else if (*kind == S::Account) {
       config_.accounts.push_back(Account{.name = name, .line = line_});
+    } else if (*kind == S::User) {
+      config_.users.push_back(User{.name = name, .line = line_});
     } else {
       config_.rules.push_back(Rule{.name = name, .line = line_});
     }
@@ -523,8 +529,8 @@ class Loader {
     if (!open_) {
       error(
           line_, "", std::string(name),
-          "key outside any section (put it under [server], [cache], [account NAME], [mount NAME] "
-          "or [rule NAME])");
+          "key outside any section (put it under [server], [cache], [account NAME], [user NAME], "
+          "[mount NAME] or [rule NAME])");
       return;
     }
     const Directive* d = findDirective(open_->kind, name);
@@ -537,16 +543,76 @@ class Loader {
             "given twice (first on line " + std::to_string(first) + ")");
       return;
     }
+    // A secret and its _file twin are one setting.
+    std::string twin = d->fileOf                  ? std::string(d->fileOf)
+                       : d->type == T::Secret ? std::string(d->name) + "_file"
+                                              : std::string();
+    if (int first = twin.empty() ? 0 : open_->lineOf(twin)) {
+      error(line_, open_->label, d->name,
+            "give either " + std::string(d->fileOf ? d->fileOf : d->name) + " or its _file, not both (" +
+                twin + " is on line " + std::to_string(first) + ")");
+      return;
+    }
     DirectiveValue v;
     v.line = line_;
-    std::string why;
-    bool ok = parseValue(*d, value, &v, &why);
+    std::string why, content;
+    bool ok = d->type != T::SecretFile || readSecretFile(value, &content, &why);
+    if (ok) ok = parseValue(*d, d->type == T::SecretFile ? content : value, &v, &why);
     open_->given.try_emplace(d->name, Given{line_, ok});
     if (!ok) {
       error(line_, open_->label, d->name, why);
       return;
     }
     d->apply(config_, v);
+  }
+
+  // The content of a *_file secret: a regular file of at most
+  // kMaxSecretFile bytes, line breaks at the end stripped, not empty. A
+  // relative path is taken from the configuration file's folder.
+  bool readSecretFile(std::string_view value, std::string* out, std::string* why) {
+    std::string path(value);
+    if (path.empty()) {
+      *why = "empty value (expected the path of a file holding the secret)";
+      return false;
+    }
+    if (path[0] != '/') {
+      size_t slash = config_.file.rfind('/');
+      if (slash != std::string::npos) path = config_.file.substr(0, slash + 1) + path;
+    }
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    struct stat st {};
+    if (fd < 0 || fstat(fd, &st) != 0) {
+      *why = "cannot read '" + path + "': " + std::generic_category().message(errno);
+      if (fd >= 0) close(fd);
+      return false;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      close(fd);
+      *why = "'" + path + "' is not a regular file";
+      return false;
+    }
+    char buf[4096];
+    for (;;) {
+      ssize_t n = read(fd, buf, sizeof buf);
+      if (n > 0) out->append(buf, static_cast<size_t>(n));
+      if (n == 0 || out->size() > kMaxSecretFile) break;
+      if (n < 0 && errno != EINTR) {
+        *why = "cannot read '" + path + "': " + std::generic_category().message(errno);
+        close(fd);
+        return false;
+      }
+    }
+    close(fd);
+    if (out->size() > kMaxSecretFile) {
+      *why = "'" + path + "' is larger than " + formatSize(kMaxSecretFile) + " (is it the right file?)";
+      return false;
+    }
+    while (!out->empty() && (out->back() == '\n' || out->back() == '\r')) out->pop_back();
+    if (out->empty()) {
+      *why = "'" + path + "' is empty";
+      return false;
+    }
+    return true;
   }
 
   std::string unknownKey(SectionKind k, std::string_view name) {
@@ -566,6 +632,7 @@ class Loader {
     if (open_ && open_->kind == S::Mount) closeMount(*open_, config_.mounts.back());
     if (open_ && open_->kind == S::Rule) closeRule(*open_, config_.rules.back());
     if (open_ && open_->kind == S::Account) closeAccount(*open_, config_.accounts.back());
+    if (open_ && open_->kind == S::User) closeRequired(*open_);
     open_ = nullptr;
   }
 
@@ -599,7 +666,7 @@ class Loader {
       if (line && !(d.sources & bit))
         error(line, s.label, d.name,
               "does not apply to " + type + " mounts (only " + sourcesText(d.sources) + ")");
-      if (!line && (d.requiredFor & bit))
+      if (!s.lineOfEither(d) && (d.requiredFor & bit))
         error(s.line, s.label, d.name, "required for " + type + " mounts but missing");
     }
     applyDefaults(s, bit);
@@ -625,7 +692,7 @@ class Loader {
 
   void closeAccount(const Section& s, Account& a) {
     for (const Directive& d : directives())
-      if (d.section == S::Account && d.requiredFor && !s.lineOf(d.name))
+      if (d.section == S::Account && d.requiredFor && !s.lineOfEither(d))
         error(s.line, s.label, d.name, "required key is missing");
     applyDefaults(s, kAllSources);
     // The token exchange needs our own app's credentials, or a relay that
@@ -643,11 +710,16 @@ class Loader {
             "token relay)");
   }
 
-  void closeRule(const Section& s, Rule& r) {
+  // Required keys, then defaults: all a section without cross-key checks needs.
+  void closeRequired(const Section& s) {
     for (const Directive& d : directives())
-      if (d.section == S::Rule && d.requiredFor && !s.lineOf(d.name))
+      if (d.section == s.kind && d.requiredFor && !s.lineOf(d.name))
         error(s.line, s.label, d.name, "required key is missing");
     applyDefaults(s, kAllSources);
+  }
+
+  void closeRule(const Section& s, Rule& r) {
+    closeRequired(s);
     if (r.minSize && r.maxSize && *r.minSize > *r.maxSize) {
       bool maxLast = s.lineOf("max_size") > s.lineOf("min_size");
       error(std::max(s.lineOf("max_size"), s.lineOf("min_size")), s.label,
@@ -671,6 +743,8 @@ class Loader {
         error(l.line, "server", "listen",
               "address given twice (first on line " + std::to_string(it->second) + ")");
     }
+
+    checkTls();
 
     // An edge serves /<path>?sign=… to anyone holding a link: without a
     // secret it would be an open proxy for every mount.
@@ -732,6 +806,28 @@ class Loader {
     }
   }
 
+  // The files themselves are read by src/tls.cc (`check` and start-up report
+  // what is wrong with them); here only the keys must agree.
+  void checkTls() {
+    const conf::Server& sv = config_.server;
+    int cert = server_.lineOf("tls_cert"), key = server_.lineOf("tls_key");
+    if (cert && !key)
+      error(cert, "server", "tls_key", "tls_cert needs tls_key (the certificate's private key)");
+    else if (key && !cert)
+      error(key, "server", "tls_cert", "tls_key needs tls_cert (the certificate it belongs to)");
+    for (const ListenAddr& l : sv.listen) {
+      if (l.tls && !cert && !key) {
+        error(l.line, "server", "listen",
+              "the tls flag needs tls_cert and tls_key in [server]");
+        break;
+      }
+    }
+    if (cert && key && !sv.anyTls())
+      error(cert, "server", "tls_cert",
+            "no listen address has the tls flag, so the certificate would not be used "
+            "(e.g. listen = 0.0.0.0:8443 tls)");
+  }
+
   void error(int line, std::string section, std::string key, std::string message) {
     errors_.push_back(
         Error{config_.file, line, std::move(section), std::move(key), std::move(message)});
@@ -744,7 +840,7 @@ class Loader {
   std::vector<Error> errors_;
   Section server_{S::Server, "server"};
   Section cache_{S::Cache, "cache"};
-  std::vector<Section> accounts_, mounts_, rules_;  // parallel to config_.accounts / mounts / rules
+  std::vector<Section> accounts_, users_, mounts_, rules_;  // parallel to config_'s vectors
   Section* open_ = nullptr;              // nullptr before the first section
   bool skipping_ = false;                // inside a section whose header was rejected
 };
@@ -789,8 +885,10 @@ std::string helpText() {
       "slipstream configuration: one INI file of [section] headers and key = value lines.\n"
       "Sizes take K, M, G or T (binary: 1K = 1024); durations ms, s, m, h or d (a bare\n"
       "number is seconds); bools on/off. Lists are separated by commas or spaces.\n"
+      "Sizes and durations may have decimals (1.5G, 2.5s), rounded to a whole byte or ms.\n"
       "Comments are lines starting with ; or #, and ' ;' after a value. A line holds at\n"
-      "most 199 characters; indentation is ignored.\n";
+      "most 64K characters; indentation is ignored. Every secret key also has a _file twin\n"
+      "that reads the secret from a file.\n";
   std::optional<SectionKind> current;
   for (const Directive& d : directives()) {
     if (d.section != current) {

@@ -1,9 +1,12 @@
 // Value parsers shared by the loader, the command line and the tests.
 #include <arpa/inet.h>
+#include <crypt.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstring>
+#include <memory>
 
 #include "conf/conf.h"
 
@@ -20,15 +23,52 @@ void say(std::string* why, std::string msg) {
   if (why) *why = std::move(msg);
 }
 
-// Splits "123abc" into the number and the unit; false if no digits or overflow.
-bool numberAndUnit(std::string_view s, uint64_t* n, std::string_view* unit) {
+// "1.5G" split into its parts: the number as whole + num/den (den = 10^k
+// for k fraction digits) and the unit. False if there are no digits before
+// or after the point, or too many of them.
+struct Number {
+  uint64_t whole = 0;
+  uint64_t num = 0;
+  uint64_t den = 1;
+  std::string_view unit;
+  bool fraction() const { return num != 0; }
+};
+
+constexpr size_t kMaxFractionDigits = 9;
+
+bool splitNumber(std::string_view s, Number* n, std::string* why, const char* what) {
   size_t i = 0;
   while (i < s.size() && s[i] >= '0' && s[i] <= '9') i++;
   if (i == 0) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + i, *n);
-  if (ec != std::errc() || p != s.data() + i) return false;
-  *unit = trim(s.substr(i));
+  auto [p, ec] = std::from_chars(s.data(), s.data() + i, n->whole);
+  if (ec != std::errc() || p != s.data() + i) {
+    say(why, std::string(what) + " too large: '" + std::string(s) + "'");
+    return false;
+  }
+  if (i < s.size() && s[i] == '.') {
+    size_t b = ++i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') i++;
+    if (i == b) return false;
+    if (i - b > kMaxFractionDigits) {
+      say(why, "too many decimal places in '" + std::string(s) + "' (at most " +
+                   std::to_string(kMaxFractionDigits) + ")");
+      return false;
+    }
+    for (size_t k = b; k < i; k++) {
+      n->num = n->num * 10 + static_cast<uint64_t>(s[k] - '0');
+      n->den *= 10;
+    }
+  }
+  n->unit = trim(s.substr(i));
   return true;
+}
+
+// whole * mult + num * mult / den, rounded half up; nullopt past INT64_MAX.
+std::optional<int64_t> scale(const Number& n, uint64_t mult) {
+  using U = unsigned __int128;
+  U v = static_cast<U>(n.whole) * mult + (static_cast<U>(n.num) * mult * 2 + n.den) / (2 * n.den);
+  if (v > static_cast<U>(INT64_MAX)) return std::nullopt;
+  return static_cast<int64_t>(v);
 }
 
 bool ieq(std::string_view a, std::string_view b) {
@@ -45,8 +85,7 @@ bool ieq(std::string_view a, std::string_view b) {
 
 std::optional<int64_t> parseSize(std::string_view s, std::string* why) {
   s = trim(s);
-  uint64_t n = 0;
-  std::string_view unit;
+  Number n;
   if (s.empty()) {
     say(why, "empty size");
     return std::nullopt;
@@ -55,10 +94,13 @@ std::optional<int64_t> parseSize(std::string_view s, std::string* why) {
     say(why, "size must not be negative: '" + std::string(s) + "'");
     return std::nullopt;
   }
-  if (!numberAndUnit(s, &n, &unit)) {
-    say(why, "not a size: '" + std::string(s) + "' (examples: 4096, 64K, 4M, 50G)");
+  std::string err;
+  if (!splitNumber(s, &n, &err, "size")) {
+    say(why, !err.empty() ? err
+                          : "not a size: '" + std::string(s) + "' (examples: 4096, 64K, 1.5G, 50G)");
     return std::nullopt;
   }
+  const std::string_view unit = n.unit;
   int shift = 0;
   if (unit.empty() || ieq(unit, "b")) shift = 0;
   else if (ieq(unit, "k") || ieq(unit, "kb") || ieq(unit, "kib")) shift = 10;
@@ -69,17 +111,18 @@ std::optional<int64_t> parseSize(std::string_view s, std::string* why) {
     say(why, "unknown size unit '" + std::string(unit) + "' (use K, M, G or T)");
     return std::nullopt;
   }
-  if (n > (static_cast<uint64_t>(INT64_MAX) >> shift)) {
-    say(why, "size too large: '" + std::string(s) + "'");
+  if (shift == 0 && n.fraction()) {
+    say(why, "a number of bytes must be whole: '" + std::string(s) + "' (or give a unit: 1.5K)");
     return std::nullopt;
   }
-  return static_cast<int64_t>(n << shift);
+  auto v = scale(n, uint64_t{1} << shift);
+  if (!v) say(why, "size too large: '" + std::string(s) + "'");
+  return v;
 }
 
 std::optional<int64_t> parseDuration(std::string_view s, std::string* why) {
   s = trim(s);
-  uint64_t n = 0;
-  std::string_view unit;
+  Number n;
   if (s.empty()) {
     say(why, "empty duration");
     return std::nullopt;
@@ -88,10 +131,14 @@ std::optional<int64_t> parseDuration(std::string_view s, std::string* why) {
     say(why, "duration must not be negative: '" + std::string(s) + "'");
     return std::nullopt;
   }
-  if (!numberAndUnit(s, &n, &unit)) {
-    say(why, "not a duration: '" + std::string(s) + "' (examples: 500ms, 90s, 15m, 4h)");
+  std::string err;
+  if (!splitNumber(s, &n, &err, "duration")) {
+    say(why, !err.empty()
+                 ? err
+                 : "not a duration: '" + std::string(s) + "' (examples: 500ms, 90s, 1.5m, 4h)");
     return std::nullopt;
   }
+  const std::string_view unit = n.unit;
   uint64_t mult = 0;
   if (unit == "ms") mult = 1;
   else if (unit.empty() || unit == "s") mult = 1000;
@@ -102,11 +149,13 @@ std::optional<int64_t> parseDuration(std::string_view s, std::string* why) {
     say(why, "unknown duration unit '" + std::string(unit) + "' (use ms, s, m, h or d)");
     return std::nullopt;
   }
-  if (n > static_cast<uint64_t>(INT64_MAX) / mult) {
-    say(why, "duration too large: '" + std::string(s) + "'");
+  if (mult == 1 && n.fraction()) {
+    say(why, "milliseconds must be whole: '" + std::string(s) + "'");
     return std::nullopt;
   }
-  return static_cast<int64_t>(n * mult);
+  auto v = scale(n, mult);
+  if (!v) say(why, "duration too large: '" + std::string(s) + "'");
+  return v;
 }
 
 std::optional<bool> parseBool(std::string_view s, std::string* why) {
@@ -170,6 +219,16 @@ std::optional<Cidr> parseCidr(std::string_view s, std::string* why) {
 std::optional<ListenAddr> parseListen(std::string_view s, std::string* why) {
   s = trim(s);
   ListenAddr l;
+  if (size_t sp = s.find_first_of(" \t"); sp != std::string_view::npos) {
+    std::string_view flag = trim(s.substr(sp));
+    if (flag != "tls") {
+      say(why, "unknown listen flag '" + std::string(flag) + "' (the only flag is tls: " +
+                   "listen = 0.0.0.0:8443 tls)");
+      return std::nullopt;
+    }
+    l.tls = true;
+    s = s.substr(0, sp);
+  }
   std::string_view host, port;
   if (!s.empty() && s.front() == '[') {
     auto close = s.find(']');
@@ -212,6 +271,92 @@ std::optional<ListenAddr> parseListen(std::string_view s, std::string* why) {
   l.host = std::string(host);
   l.port = static_cast<uint16_t>(p);
   return l;
+}
+
+bool checkPasswordHash(std::string_view hash, std::string* why) {
+  std::string h(hash);
+  const char* make = " (make one with `slipstream passwd` or `mkpasswd`)";
+  if (h.empty() || h.find_first_of(" \t") != std::string::npos) {
+    say(why, std::string("not a password hash") + make);
+    return false;
+  }
+  int method = crypt_checksalt(h.c_str());
+  // Any two salt characters read as a DES setting: only a 13-character
+  // string can be a DES hash.
+  if (h[0] != '$' && h[0] != '_' && h.size() != 13) method = CRYPT_SALT_INVALID;
+  if (method == CRYPT_SALT_METHOD_LEGACY || method == CRYPT_SALT_TOO_CHEAP) {
+    say(why, std::string("a weak hash method (DES, MD5 or SHA-256-crypt, or too few rounds): use yescrypt") + make);
+    return false;
+  }
+  if (method != CRYPT_SALT_OK) {
+    say(why, std::string("not a crypt(3) hash such as $y$j9T$...") + make +
+                 "; a plain-text password is never accepted");
+    return false;
+  }
+  // Hashing anything with a complete hash as the setting gives a hash of the
+  // same shape; only the salt, or a hash cut short, gives another.
+  auto data = std::make_unique<crypt_data>();
+  const char* out = crypt_rn("", h.c_str(), data.get(), sizeof *data);
+  std::string o = out ? out : "*";
+  if (o[0] == '*' || o.size() != h.size() || o.substr(0, o.rfind('$')) != h.substr(0, h.rfind('$'))) {
+    say(why, std::string("incomplete hash (only the salt, or cut short)") + make);
+    return false;
+  }
+  return true;
+}
+
+namespace {
+
+bool isTokenChar(char ch) {
+  return std::isalnum(static_cast<unsigned char>(ch)) ||
+         std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos;
+}
+
+// Headers the fetcher sets itself: framing, connection management, ranges
+// and encodings. One from a source or a `header` line would change what the
+// bytes on the wire mean (or smuggle a second request), so none is accepted.
+constexpr std::string_view kOwnedHeaders[] = {
+    "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+    "upgrade",        "te",                "trailer",    "expect",     "range",
+    "if-range",       "accept-encoding"};
+
+}  // namespace
+
+std::string printable(std::string_view s) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (char ch : s) {
+    auto u = static_cast<unsigned char>(ch);
+    if (u < 0x20 || u >= 0x7f) {
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+std::optional<std::string> headerProblem(std::string_view name, std::string_view value) {
+  if (name.empty()) return std::string("empty header name");
+  if (!std::all_of(name.begin(), name.end(), isTokenChar))
+    return "bad header name '" + printable(name) +
+           "' (letters, digits and !#$%&'*+-.^_`|~ only, no spaces)";
+  std::string lower(name);
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  for (std::string_view owned : kOwnedHeaders)
+    if (lower == owned)
+      return "header '" + std::string(name) + "' is set by slipstream itself and cannot be given";
+  // The value is never quoted back: headers often carry cookies or tokens.
+  for (char ch : value) {
+    auto u = static_cast<unsigned char>(ch);
+    if (ch == '\r' || ch == '\n' || ch == '\0')
+      return "header '" + std::string(name) + "': value contains CR, LF or NUL";
+    if ((u < 0x20 && ch != '\t') || u == 0x7f)
+      return "header '" + std::string(name) + "': value contains a control character";
+  }
+  return std::nullopt;
 }
 
 size_t editDistance(std::string_view a, std::string_view b) {

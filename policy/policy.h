@@ -25,29 +25,43 @@ namespace slip::policy {
 #define SLIP_REASONS(X)                                                                  \
   X(None, 200, "ok")                                                                      \
   X(BadPath, 400, "malformed request path")                                               \
-  X(PathTraversal, 400, "path traversal ('..' segment) is not allowed")                  \
+  X(PathTraversal, 400, "path traversal ('..' segment) is not allowed")                   \
   X(PathNul, 400, "NUL byte in path")                                                     \
   X(PathBackslash, 400, "backslash in path")                                              \
   X(PathTooLong, 400, "path too long")                                                    \
   X(BadPercentEncoding, 400, "bad percent-encoding in path")                              \
   X(AbsoluteTarget, 400, "absolute-form request target refused: this is not a proxy")     \
   X(BadRequest, 400, "bad request")                                                       \
-  X(RequestBody, 400, "request bodies are not accepted")                                  \
+  X(BadTarget, 400, "malformed request target (non-ASCII bytes, spaces and controls must be percent-encoded)") \
+  X(BadHeader, 400, "malformed header field")                                             \
+  X(BadHost, 400, "an HTTP/1.1 request needs exactly one Host header")                   \
+  X(BadFraming, 400, "conflicting or invalid message framing (Content-Length, Transfer-Encoding)") \
+  X(RequestBody, 400, "GET and HEAD requests must not carry a body")                       \
+  X(BadJson, 400, "request body is not the JSON this API route expects")                  \
   X(SignMissing, 401, "missing ?sign= parameter")                                         \
   X(SignInvalid, 403, "invalid signature")                                                \
   X(SignExpired, 403, "signature expired")                                                \
   X(Denied, 403, "denied by rule")                                                        \
   X(LocalEscape, 403, "path resolves outside the mount's directory")                      \
+  X(CrossSiteRequest, 403, "cross-site request refused")                                  \
   X(UnknownRoute, 404, "no such route")                                                   \
   X(UnknownMount, 404, "no mount serves this path")                                       \
   X(NotFound, 404, "not found")                                                           \
   X(NotAFile, 404, "not a regular file")                                                  \
+  X(NotAFolder, 404, "not a folder")                                                      \
   X(MethodNotAllowed, 405, "method not allowed (GET and HEAD only)")                      \
+  X(ApiMethodNotAllowed, 405, "method not allowed on this API route")                     \
+  X(CacheDisabled, 409, "no mount keeps a cache")                                         \
+  X(PayloadTooLarge, 413, "request body too large")                                       \
+  X(RequestTimeout, 408, "the request was not received in time (header_timeout)")         \
+  X(BodyTooLarge, 413, "request body too large (max_request_body)")                       \
   X(RequestLineTooLong, 414, "request line too long")                                     \
   X(RangeNotSatisfiable, 416, "requested range not satisfiable")                          \
   X(HeadersTooLarge, 431, "request header fields too large")                              \
+  X(ClientGone, 499, "the client went away before the response was complete")            \
   X(Internal, 500, "internal error")                                                      \
-  X(RedirectImpossible, 500, "this source has no upstream link to redirect to")          \
+  X(RedirectImpossible, 500, "this source has no upstream link to redirect to")           \
+  X(CannotList, 501, "this source cannot list folders")                                   \
   X(UpstreamConnect, 502, "upstream connection failed")                                   \
   X(UpstreamStatus, 502, "upstream answered with an error status")                        \
   X(UpstreamBadResponse, 502, "upstream response is inconsistent")                        \
@@ -55,12 +69,18 @@ namespace slip::policy {
   X(UpstreamDenied, 502, "upstream refused the link (401/403/410), also after re-resolving") \
   X(UpstreamReset, 502, "upstream connection dropped and retries ran out")                \
   X(ResolveFailed, 502, "source could not resolve the path to a link")                    \
+  X(SourceBadReply, 502, "the source's reply does not follow its API")                    \
+  X(SourceBadHeader, 502, "the source asked for a header that cannot be sent upstream")    \
   X(AccountAuth, 502, "the cloud account's credentials were refused")                    \
   X(RateLimited, 502, "the cloud service kept answering 429 Too Many Requests")           \
   X(CacheFailed, 500, "cache store failed")                                               \
   X(Overloaded, 503, "too many connections")                                              \
   X(ShuttingDown, 503, "shutting down")                                                   \
-  X(UpstreamTimeout, 504, "upstream timed out")
+  X(UpstreamTimeout, 504, "upstream timed out")                                           \
+  X(UnknownMethod, 501, "request method not recognised")                                  \
+  X(UnsupportedCoding, 501, "transfer coding not implemented (only chunked is)")          \
+  X(BadVersion, 505, "HTTP version not supported (1.0 and 1.1 are)")                      \
+  X(SelfRequest, 508, "request made by this gateway itself: a link points back at it")
 
 enum class Reason {
 #define SLIP_REASON_ENUM(name, status, text) name,
@@ -188,6 +208,26 @@ std::string_view baseName(std::string_view path);
 
 /// Lower-case extension without the dot ("Movie.MKV" → "mkv"); "" if none.
 std::string extensionOf(std::string_view path);
+
+// ---------------------------------------------------------------- listings
+
+/// Longest name a listing passes on (bytes).
+inline constexpr size_t kMaxNameBytes = 1024;
+
+/// Whether a name from a folder listing can be served and shown: one
+/// non-empty path segment other than "." and "..", valid UTF-8 without
+/// surrogates or U+FFFE/U+FFFF, no '/', '\\', NUL or other control
+/// characters (normalizePath would refuse the path, XML could not carry it),
+/// at most kMaxNameBytes.
+bool listableName(std::string_view name);
+
+/// RFC 3339 date-time as APIs send it ("2024-05-01T10:00:00Z",
+/// "2024-05-01T18:00:00.123456789+08:00") → Unix milliseconds. nullopt when
+/// it is not that form.
+std::optional<int64_t> parseRfc3339Ms(std::string_view s);
+
+/// RFC 9110 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+std::string httpDate(int64_t unixSeconds);
 
 // ---------------------------------------------------------------- mounts
 
@@ -382,5 +422,99 @@ enum class SignCheck { Ok, Missing, Invalid, Expired };
 /// comparison of the MAC.
 SignCheck verifySign(std::string_view secret, std::string_view path,
                      std::string_view sign, int64_t now);
+
+// ---------------------------------------------------------------- HTTP dates
+
+/// Parses an HTTP-date (RFC 9110 §5.6.7) into Unix seconds: IMF-fixdate
+/// ("Sun, 06 Nov 1994 08:49:37 GMT"), and the obsolete RFC 850
+/// ("Sunday, 06-Nov-94 08:49:37 GMT", two-digit years 70..99 → 19yy, 00..69 →
+/// 20yy) and asctime ("Sun Nov  6 08:49:37 1994") forms that recipients must
+/// accept. The weekday must be a weekday name but is not checked against the
+/// date (nginx and curl do the same). Years 1900..9999; anything else, a
+/// field out of range (Feb 30, 24:00:00) or trailing bytes give nullopt.
+std::optional<int64_t> parseHttpDate(std::string_view value);
+
+/// IMF-fixdate for Unix seconds; times before 1970 or after 9999 are clamped
+/// to those years' ends, so the result always parses back.
+std::string formatHttpDate(int64_t unixSeconds);
+
+/// Longest wait parseRetryAfter reports: larger values (and absurd ones such
+/// as 99999999999999999) saturate to it, so callers may multiply by 1000.
+inline constexpr int64_t kRetryAfterMaxSeconds = 1'000'000'000;
+
+/// `Retry-After` (RFC 9110 §10.2.3): delta-seconds or an HTTP-date, as the
+/// number of seconds to wait from `nowUnixSeconds` (a date in the past is 0).
+/// Never overflows: results are within [0, kRetryAfterMaxSeconds]. Anything
+/// else ("1.5", "-1", "soon", an empty value) is nullopt: no advice.
+std::optional<int64_t> parseRetryAfter(std::string_view value, int64_t nowUnixSeconds);
+
+// ---------------------------------------------------------------- link expiry
+// When a signed upstream link stops working, as written in the link itself
+// (issue 11 item 4). The link cache keeps a link until shortly before this
+// instead of a fixed `link_ttl`.
+
+/// Which form the expiry was read from, most specific first (that is also
+/// the order in which linkExpiry looks for them).
+enum class LinkExpiryForm {
+  AmzSigV4,     // X-Amz-Date=20231114T221320Z & X-Amz-Expires=3600 (S3, MinIO, R2)
+  GoogV4,       // X-Goog-Date & X-Goog-Expires (Google Cloud Storage)
+  OssV4,        // x-oss-date & x-oss-expires=<seconds> (Aliyun OSS V4)
+  OssExpires,   // x-oss-expires=<unix s> (Aliyun OSS V2, Aliyundrive links)
+  CosSignTime,  // q-sign-time=<start>;<end> (Tencent COS)
+  Expires,      // Expires=<unix s> (OSS V1, S3 SigV2, CloudFront canned, Quark, 189)
+  Plain,        // e= / t= <unix s or ms> (115, 123pan-style): weakest, see below
+};
+const char* linkExpiryFormName(LinkExpiryForm f);
+
+struct LinkExpiry {
+  int64_t unixMs = 0;
+  LinkExpiryForm form = LinkExpiryForm::Expires;
+};
+
+/// Earliest known-bad instant of a signed URL, in Unix milliseconds, or
+/// nullopt when the link says nothing we recognise (then `link_ttl` applies).
+/// Parameter names match case-insensitively, values are percent-decoded, the
+/// first occurrence of a name wins, and only the query (after '?', before
+/// '#') is read. Absolute times must be plausible: seconds in [2001-09-09,
+/// 2100-01-01) (10 digits), or for `Plain` also milliseconds in that span (13
+/// digits); relative ones (X-Amz-Expires, ...) 0..1e9 s. Anything else in a
+/// parameter makes that form absent, not an error, and the next form is
+/// tried. `Plain` names (e, t) are also used for other things by some sites:
+/// a caller that reads a `Plain` expiry at or before the time it resolved the
+/// link should treat it as "no expiry written" rather than as already expired.
+std::optional<LinkExpiry> linkExpiry(std::string_view url);
+
+// ---------------------------------------------------------------- media index
+// Where a player will look for the index of a media file (issue 11 item 3),
+// read from the first bytes only: MP4/MOV top-level box headers (the `moov`
+// box, or where it must start after `mdat`), Matroska/WebM EBML header,
+// Segment and SeekHead (the `Cues` element). No allocation, bounded loops,
+// every length checked against the file size: the bytes are untrusted.
+
+enum class MediaContainer { Unknown, Mp4, Matroska, WebM };
+const char* mediaContainerName(MediaContainer c);
+
+/// Default bound of the range locateMediaIndex returns.
+inline constexpr uint64_t kMediaIndexMaxBytes = 4ull << 20;
+
+struct MediaIndex {
+  enum class Kind {
+    Unknown,  // not a container we know, or its headers do not say where: take the tail
+    Exact,    // `range` is the whole index element (moov box / Cues element, header included)
+    Starts,   // the index starts at range.begin; its header lies beyond the head, so
+              // `range` is [begin, begin + maxBytes) clipped to the file
+  };
+  MediaContainer container = MediaContainer::Unknown;
+  Kind kind = Kind::Unknown;
+  ByteRange range;       // within [0, fileSize); non-empty unless Unknown
+  bool clipped = false;  // Exact, but the element is longer than maxBytes: range is its start
+  bool inHead = false;   // range lies within the head already: nothing to fetch
+};
+
+/// Says where the index of a file of `fileSize` bytes is, given its first
+/// bytes `head` (a prefix of the file; bytes past fileSize are ignored).
+/// Every returned range is within the file and at most `maxBytes` long.
+MediaIndex locateMediaIndex(uint64_t fileSize, std::string_view head,
+                            uint64_t maxBytes = kMediaIndexMaxBytes);
 
 }  // namespace slip::policy

@@ -176,8 +176,8 @@ std::optional<ContentRange> parseContentRange(std::string_view v) {
   size_t dash = range.find('-');
   uint64_t a = 0, b = 0;
   if (dash == std::string_view::npos || !parseDigits(range.substr(0, dash), &a) ||
-      !parseDigits(range.substr(dash + 1), &b) || a > b)
-    return std::nullopt;
+      !parseDigits(range.substr(dash + 1), &b) || a > b || b == UINT64_MAX)
+    return std::nullopt;  // b == 2^64-1 has no half-open end: no real object is that big
   if (cr.length && b >= *cr.length) return std::nullopt;
   cr.range = ByteRange{a, b + 1};
   return cr;

@@ -87,6 +87,7 @@ const char* statusText(int status) {
       {503, "Service Unavailable"},
       {504, "Gateway Timeout"},
       {505, "HTTP Version Not Supported"},
+      {508, "Loop Detected"},
   };
   for (const auto& p : kPhrases)
     if (p.status == status) return p.text;

@@ -18,7 +18,10 @@ class CacheJob final : public Job, public BlockReader::Client {
     reader_ = c.fetcher->reader(this);
   }
 
-  void begin() { reader_->open(req_); }
+  void begin() {
+    sink_->noteProgress(Sink::Progress::Opening);
+    reader_->open(req_);
+  }
 
   void onWritable() override {
     if (fallback_) return fallback_->onWritable();

@@ -10,7 +10,10 @@
 #include "conf/loop.h"
 #include "proxy/fetch/curl_multi.h"
 #include "proxy/proxy.h"
+#include "conf/clock.h"
+#include "conf/worker.h"
 #include "proxy/sources/aliyun.h"
+#include "proxy/sources/listing.h"
 #include "proxy/sources/source.h"
 
 namespace slip::proxy {
@@ -34,6 +37,7 @@ struct Context {
   const std::vector<int>& localRoots; // per mount: directory fd, or -1
   Fetcher* fetcher = nullptr;         // the block cache's fill; null without a store
   bool quiescing = false;             // shutting down: no new upstream work
+  Header self;                        // on every download (see Engine::selfHeader)
 
   /// Options for a download transfer of `link` on mount `mount` (in its
   /// connection pool).
@@ -50,13 +54,15 @@ struct Engine::Impl {
   store::Store* store;
   Stats stats;
   CurlMulti multi;
+  std::unique_ptr<Worker> worker;                // blocking calls off the loop (local listings)
   std::vector<std::unique_ptr<AliyunAccount>> accounts;  // per [account]; outlive the sources
-  std::vector<std::unique_ptr<Source>> sources;  // per mount; null for `local`
+  std::vector<std::unique_ptr<Source>> sources;  // per mount
   std::vector<int> localRoots;                   // per mount: directory fd, or -1
   std::vector<policy::SourceTraits> traits;
   std::vector<int> poolOf;                       // per mount: its connection pool
   std::vector<int> accountPool;                  // per account: the pool its mounts share
   LinkCache links;
+  ListingCache listings;
   Graveyard graveyard;
   Context ctx;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store

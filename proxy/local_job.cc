@@ -1,61 +1,23 @@
 // `local` mounts: files under a directory on this machine, with the same
 // Range/HEAD semantics as the other sources. Opening goes through
-// openat2(RESOLVE_BENEATH) so no path — `..`, absolute or relative symlinks —
-// resolves outside the mount's directory. Bodies go out as file segments
-// (sendfile), never through a user-space buffer.
+// openBeneath (sources/local_source.cc) so no path — `..`, absolute or
+// relative symlinks — resolves outside the mount's directory. Bodies go out
+// as file segments (sendfile), never through a user-space buffer.
 #include <event2/buffer.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <climits>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 
 #include "proxy/engine.h"
+#include "proxy/sources/listing.h"
 
 namespace slip::proxy {
 namespace {
 
 constexpr uint64_t kSegmentStep = 1 << 20;
-
-/// Opens `rest` below the directory `rootFd`; -errno on failure (-EXDEV when
-/// the path would leave the directory).
-int openBeneath(int rootFd, const std::string& rest) {
-  std::string rel = rest;
-  while (!rel.empty() && rel.front() == '/') rel.erase(0, 1);
-  if (rel.empty()) rel = ".";
-  open_how how{};
-  how.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
-  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-  long fd = syscall(SYS_openat2, rootFd, rel.c_str(), &how, sizeof how);
-  if (fd >= 0) return static_cast<int>(fd);
-  if (errno != ENOSYS && errno != EXDEV) return -errno;
-  // Kernels before 5.6, and absolute symlinks (RESOLVE_BENEATH refuses them
-  // all, even those pointing inside): open, then check where the opened file
-  // really is.
-  int f = openat(rootFd, rel.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (f < 0) return -errno;
-  char rootPath[PATH_MAX], filePath[PATH_MAX], link[64];
-  snprintf(link, sizeof link, "/proc/self/fd/%d", rootFd);
-  ssize_t a = readlink(link, rootPath, sizeof rootPath - 1);
-  snprintf(link, sizeof link, "/proc/self/fd/%d", f);
-  ssize_t b = readlink(link, filePath, sizeof filePath - 1);
-  if (a <= 0 || b <= 0) {
-    close(f);
-    return -EXDEV;
-  }
-  std::string r(rootPath, a), p(filePath, b);
-  if (p != r && !(p.size() > r.size() && p.compare(0, r.size(), r) == 0 && p[r.size()] == '/')) {
-    close(f);
-    return -EXDEV;
-  }
-  return f;
-}
 
 class LocalJob final : public Job {
  public:
@@ -67,7 +29,9 @@ class LocalJob final : public Job {
   }
 
   void begin() {
-    fd_ = openBeneath(c_.localRoots[req_.mountIndex], req_.rest);
+    sink_->noteProgress(Sink::Progress::Opening);
+    fd_ = openBeneath(c_.localRoots[req_.mountIndex], req_.rest,
+                      O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd_ < 0) {
       int err = -fd_;
       fd_ = -1;
@@ -80,10 +44,7 @@ class LocalJob final : public Job {
     if (fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) return fail(policy::Reason::NotAFile, "");
     ObjectInfo info;
     info.size = static_cast<uint64_t>(st.st_size);
-    char etag[64];
-    snprintf(etag, sizeof etag, "\"%llx-%llx\"", static_cast<unsigned long long>(st.st_mtime),
-             static_cast<unsigned long long>(st.st_size));
-    info.etag = etag;
+    info.etag = localEtag(st);
     info.lastModified = httpDate(st.st_mtime);
     info.contentType = mimeTypeFor(req_.path);
 

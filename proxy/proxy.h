@@ -72,6 +72,9 @@ class Sink {
   virtual bool headersSent() const = 0;
   /// For the access log: bytes received from upstream on this request's behalf.
   virtual void noteUpstreamBytes(uint64_t n) = 0;
+  /// Where the job is, for the request's state trail (debug log, status).
+  enum class Progress { Resolving, Opening };
+  virtual void noteProgress(Progress) {}
 };
 
 class Job {
@@ -125,6 +128,31 @@ struct Stats {
   std::vector<AccountStats> accounts;
 };
 
+/// One entry of a folder listing (SPEC §4).
+struct DirEntry {
+  std::string name;        // one path segment: valid UTF-8, no '/', '\\' or control characters
+  bool folder = false;
+  uint64_t size = 0;       // files; 0 for folders
+  int64_t mtimeMs = 0;     // wall clock; 0 = the source does not say
+  std::string etag;        // quoted entity tag; "" = the source has none
+};
+/// A folder's entries, sorted by name (bytewise), names unique.
+using DirEntries = std::vector<DirEntry>;
+
+struct ListResult {
+  policy::Reason reason = policy::Reason::None;
+  std::string detail;
+  std::shared_ptr<const DirEntries> entries;  // set when reason is None; shared, immutable
+};
+using ListCb = std::function<void(const ListResult&)>;
+
+struct StatResult {
+  policy::Reason reason = policy::Reason::None;
+  std::string detail;
+  DirEntry entry;  // the mount's root is a folder named ""
+};
+using StatCb = std::function<void(const StatResult&)>;
+
 /// What a mount's source needs (headers, client binding, a link at all), as
 /// policy's `auto` delivery wants to know it. No I/O: `explain` uses it too.
 policy::SourceTraits sourceTraits(const conf::Mount& m);
@@ -155,8 +183,23 @@ class Engine {
   std::unique_ptr<Job> probeSize(const Request& req,
                                  std::function<void(std::optional<uint64_t>)> done);
 
+  /// Lists the folder `rest` (decoded, below the mount's prefix; "" or "/" is
+  /// the mount's root). Listings are cached `list_ttl` (aliyundrive_open: the
+  /// account's) and concurrent calls for one folder share one upstream
+  /// listing. May call back synchronously (a cached listing). Reasons:
+  /// CannotList (http), NotFound, NotAFolder, upstream failures.
+  void list(int mount, const std::string& rest, ListCb cb);
+  /// The entry at `rest`, from its parent's listing (the root: a folder).
+  void stat(int mount, const std::string& rest, StatCb cb);
+
   /// Counters now, with the store's usage.
   Stats snapshot() const;
+
+  /// The header every upstream download request carries: a random value
+  /// new for each process. A client request that arrives with it came from
+  /// this gateway itself (a link pointing back at it), and the front end
+  /// refuses it.
+  const Header& selfHeader() const;
 
   /// Stops scheduling new upstream work (shutdown); running fetches finish.
   void quiesce();

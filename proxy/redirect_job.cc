@@ -11,6 +11,7 @@ class RedirectJob final : public Job {
   RedirectJob(Context& c, const Request& r, Sink* s) : c_(c), req_(r), sink_(s) {}
 
   void begin() {
+    sink_->noteProgress(Sink::Progress::Resolving);
     Watch alive = life_.watch();
     c_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
                  [this, alive](const ResolveResult& res) {

@@ -19,6 +19,7 @@ class StreamJob final : public Job, public Transfer::Handler {
 
 
   void begin() {
+    if (sink_) sink_->noteProgress(Sink::Progress::Resolving);
     ClientInfo ci{req_.client, req_.userAgent};
     Watch alive = life_.watch();
     c_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
@@ -172,6 +173,7 @@ class StreamJob final : public Job, public Transfer::Handler {
     o.range = policy::upstreamRange(wire_);  // "" for no range or several
     if (!o.range.empty() && !req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
     state_ = State::AwaitingHeaders;
+    if (sink_) sink_->noteProgress(Sink::Progress::Opening);
     linkSerial_ = link.serial;
     xfer_ = std::make_unique<Transfer>(c_.multi, std::move(o), this);
     c_.stats.upstreamRequests++;

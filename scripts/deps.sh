@@ -5,19 +5,28 @@
 # the demo start their own nginx on loopback ports with their own config.
 #
 #   scripts/deps.sh            build + test + demo packages
-#   scripts/deps.sh bench      also the benchmark peers (aria2, wrk, hyperfine)
+#   scripts/deps.sh bench      also the benchmark peers and tools (wrk, hyperfine,
+#                              varnish; e2fsprogs + util-linux for the slow-disk row)
 set -euo pipefail
 
 pkgs=(
   # build
   g++ make pkg-config universal-ctags
   libevent-dev libcurl4-openssl-dev liblmdb-dev libxxhash-dev libssl-dev
-  libinih-dev catch2 nlohmann-json3-dev
+  catch2 nlohmann-json3-dev libexpat1-dev libcrypt-dev
+  # fuzzing (make fuzz, the fuzz smoke in make test): clang and libFuzzer
+  clang libclang-rt-14-dev
+  # llhttp's C sources (the front end's HTTP parser), compiled into the build
+  node-llhttp
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
+  # the status page's browser test
+  chromium
+  # make deb and its test: package tools, lintian, systemd-analyze
+  dpkg-dev fakeroot lintian systemd adduser man-db
 )
 if [ "${1:-}" = bench ]; then
-  pkgs+=(wrk hyperfine)
+  pkgs+=(wrk hyperfine varnish e2fsprogs util-linux)
 fi
 
 missing=()

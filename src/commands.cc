@@ -1,9 +1,17 @@
 #include "src/commands.h"
 
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <iostream>
 
 #include "policy/policy.h"
+#include "src/auth.h"
 #include "proxy/proxy.h"
 #include "store/store.h"
 
@@ -16,14 +24,149 @@ const std::string* flag(const Flags& f, const std::string& name) {
   return nullptr;
 }
 
+/// One line from stdin, without echo when it is a terminal.
+bool readSecretLine(const char* prompt, std::string* out) {
+  bool tty = isatty(STDIN_FILENO);
+  termios old{};
+  if (tty) {
+    fprintf(stderr, "%s", prompt);
+    tcgetattr(STDIN_FILENO, &old);
+    termios quiet = old;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+  }
+  bool ok = static_cast<bool>(std::getline(std::cin, *out));
+  if (tty) {
+    tcsetattr(STDIN_FILENO, TCSANOW, &old);
+    fprintf(stderr, "\n");
+  }
+  if (!out->empty() && out->back() == '\r') out->pop_back();
+  return ok;
+}
+
 }  // namespace
 
+int passwd() {
+  std::string pw, again, err;
+  if (!readSecretLine("Password: ", &pw) || pw.empty()) {
+    fprintf(stderr, "slipstream passwd: no password on stdin\n");
+    return 2;
+  }
+  if (isatty(STDIN_FILENO) && (!readSecretLine("Again: ", &again) || again != pw)) {
+    fprintf(stderr, "slipstream passwd: the passwords differ\n");
+    return 2;
+  }
+  auto hash = auth::hashPassword(pw, &err);
+  if (!hash) {
+    fprintf(stderr, "slipstream passwd: %s\n", err.c_str());
+    return 1;
+  }
+  printf("%s\n", hash->c_str());
+  return 0;
+}
+
+std::string defaultBaseUrl(const conf::Config& cfg) {
+  if (cfg.server.listen.empty()) return "";
+  const auto& l = cfg.server.listen.front();
+  std::string host = l.host == "0.0.0.0" ? "127.0.0.1" : l.host == "::" ? "[::1]" : l.host;
+  if (host.find(':') != std::string::npos && host.front() != '[') host = "[" + host + "]";
+  return "http://" + host + ":" + std::to_string(l.port);
+}
+
+std::string gatewayUrl(const conf::Config& cfg, std::string base, const std::string& virtualPath,
+                       int64_t expiry) {
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  std::string prefix = cfg.server.role == conf::Role::Edge ? "" : "/d";
+  std::string url = base + prefix + policy::encodePath(virtualPath);
+  if (!cfg.server.signSecret.empty())
+    url += "?sign=" + policy::encodeQueryValue(policy::sign(cfg.server.signSecret, virtualPath, expiry));
+  return url;
+}
+
 int cache(const conf::Config& cfg, const std::string& sub, const std::vector<std::string>& args) {
-  bool verbose = !args.empty() && (args[0] == "-v" || args[0] == "--verbose");
+  bool verbose = false, repair = false;
+  for (const std::string& a : args) {
+    if ((a == "-v" || a == "--verbose") && sub == "stats") {
+      verbose = true;
+    } else if (a == "--repair" && sub == "verify") {
+      repair = true;
+    } else {
+      fprintf(stderr, "slipstream cache %s: unexpected argument '%s'\n", sub.c_str(), a.c_str());
+      return 2;
+    }
+  }
   if (sub == "stats") return store::Store::printStats(cfg.cache, stdout, verbose);
-  if (sub == "verify") return store::Store::verify(cfg.cache, stdout);
-  fprintf(stderr, "slipstream cache: expected 'stats' or 'verify'\n");
+  if (sub == "verify") return store::Store::verify(cfg.cache, stdout, repair);
+  if (sub == "reset") return store::Store::reset(cfg.cache, stdout);
+  fprintf(stderr, "slipstream cache: expected 'stats', 'verify' or 'reset'\n");
   return 2;
+}
+
+bool cacheInUse(const conf::Config& cfg) {
+  for (const auto& m : cfg.mounts)
+    if (m.cache && m.source != conf::SourceType::Local) return true;
+  for (const auto& r : cfg.rules)
+    if (r.cache.value_or(false)) return true;
+  return false;
+}
+
+namespace {
+
+// Why this user could not use `dir` as a writable directory, or "" if it
+// can. An existing directory is tried for real (a file created and removed);
+// a missing one must be creatable below its nearest existing parent.
+std::string dirProblem(const std::string& dir) {
+  struct stat st {};
+  if (stat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return dir + " exists and is not a directory";
+    std::string probe = dir + "/.slipstream-check-XXXXXX";
+    int fd = mkstemp(probe.data());
+    if (fd < 0)
+      return "cannot write in " + dir + " as uid " + std::to_string(geteuid()) + ": " +
+             strerror(errno);
+    close(fd);
+    unlink(probe.c_str());
+    return "";
+  }
+  if (errno != ENOENT) return "cannot use " + dir + ": " + strerror(errno);
+  std::string parent = dir;
+  while (stat(parent.c_str(), &st) != 0) {
+    if (errno != ENOENT) return "cannot use " + parent + ": " + strerror(errno);
+    size_t slash = parent.find_last_of('/');
+    if (slash == std::string::npos) {
+      parent = ".";
+      break;
+    }
+    parent = slash == 0 ? "/" : parent.substr(0, slash);
+  }
+  if (!S_ISDIR(st.st_mode)) return "cannot create " + dir + ": " + parent + " is not a directory";
+  if (access(parent.c_str(), W_OK | X_OK) != 0)
+    return "cannot create " + dir + " as uid " + std::to_string(geteuid()) + ": " + parent + ": " +
+           strerror(errno);
+  return "";
+}
+
+}  // namespace
+
+int check(const conf::Config& cfg) {
+  std::vector<std::string> errors;
+  if (cacheInUse(cfg)) {
+    if (std::string p = dirProblem(cfg.cache.dir); !p.empty()) errors.push_back("[cache] dir: " + p);
+    if (auto warn = store::Store::minFreeProblem(cfg.cache))
+      fprintf(stderr, "%s: warning: %s\n", cfg.file.c_str(), warn->c_str());
+  }
+  if (!cfg.accounts.empty()) {
+    if (std::string p = dirProblem(cfg.server.stateDir); !p.empty())
+      errors.push_back("[server] state_dir: " + p);
+  }
+  for (const std::string& e : errors) fprintf(stderr, "%s: %s\n", cfg.file.c_str(), e.c_str());
+  if (!errors.empty()) {
+    fprintf(stderr, "slipstream: %zu error%s in %s\n", errors.size(), errors.size() == 1 ? "" : "s",
+            cfg.file.c_str());
+    return 2;
+  }
+  printf("%s: ok (%zu mounts, %zu rules)\n", cfg.file.c_str(), cfg.mounts.size(), cfg.rules.size());
+  return 0;
 }
 
 int explain(const conf::Config& cfg, const Flags& flags) {
@@ -116,18 +259,8 @@ int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Fl
     ttlMs = *d;
   }
   int64_t expiry = ttlMs > 0 ? clock.wallSeconds() + (ttlMs + 999) / 1000 : 0;
-  std::string s = policy::sign(cfg.server.signSecret, pr.path, expiry);
-  std::string base;
-  if (auto* b = flag(flags, "base")) base = *b;
-  else if (!cfg.server.listen.empty()) {
-    const auto& l = cfg.server.listen.front();
-    std::string host = l.host == "0.0.0.0" ? "127.0.0.1" : l.host == "::" ? "[::1]" : l.host;
-    if (host.find(':') != std::string::npos && host.front() != '[') host = "[" + host + "]";
-    base = "http://" + host + ":" + std::to_string(l.port);
-  }
-  std::string prefix = cfg.server.role == conf::Role::Edge ? "" : "/d";
-  printf("%s%s%s?sign=%s\n", base.c_str(), prefix.c_str(), policy::encodePath(pr.path).c_str(),
-         policy::encodeQueryValue(s).c_str());
+  const std::string* base = flag(flags, "base");
+  printf("%s\n", gatewayUrl(cfg, base ? *base : defaultBaseUrl(cfg), pr.path, expiry).c_str());
   return 0;
 }
 

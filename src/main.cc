@@ -5,18 +5,26 @@
 #include <event2/thread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
 #include "conf/loop.h"
 #include "policy/policy.h"
 #include "proxy/sources/aliyun.h"
 #include "proxy/proxy.h"
+#include "src/browse.h"
+#include "src/admin_client.h"
 #include "src/commands.h"
 #include "src/server.h"
+#include "src/status_page.h"
+#include "src/tls.h"
+#include "src/version.h"
 #include "store/store.h"
 
 namespace slip {
@@ -26,11 +34,25 @@ const char* kUsage =
     "usage: slipstream [run] -c FILE        start the gateway\n"
     "       slipstream check -c FILE        validate the configuration\n"
     "       slipstream cache stats -c FILE  objects, blocks and bytes in the cache\n"
-    "       slipstream cache verify -c FILE check every stored block's checksum\n"
+    "       slipstream cache verify -c FILE [--repair]\n"
+    "                                       check every stored block (and unlist bad ones)\n"
+    "       slipstream cache reset -c FILE  remove the index and data (not while a gateway runs)\n"
     "       slipstream explain -c FILE --path /d/MOUNT/PATH [--client IP] [--user-agent UA]\n"
     "                                       [--method GET|HEAD] [--size N]\n"
     "       slipstream sign -c FILE /MOUNT/PATH [--ttl DURATION]\n"
-    "       slipstream --help | --help-config\n";
+    "       slipstream ls -c FILE /MOUNT/PATH [--json]\n"
+    "                                       list a folder through the mount's source\n"
+    "       slipstream strm -c FILE --mount NAME --out DIR [--ext mkv,mp4,...] [--prune]\n"
+    "                       [--sign-ttl 0|DURATION] [--base-url URL] [--sidecar-max SIZE]\n"
+    "                                       export a mount as .strm files for media servers\n"
+    "       slipstream passwd               read a password on stdin, print its hash for [user NAME]\n"
+    "       slipstream status -c FILE           what the running gateway is doing\n"
+    "       slipstream prefetch -c FILE /MOUNT/PATH [--wait yes|no]\n"
+    "                                       fill the cache with a file, with progress\n"
+    "       slipstream purge -c FILE /MOUNT/PATH | --prefix /MOUNT/DIR\n"
+    "                                       drop a file or a folder from the cache\n"
+    "       slipstream status-page              print the status page's HTML\n"
+    "       slipstream --help | --help-config | --version\n";
 
 struct Args {
   std::string command = "run";
@@ -38,7 +60,11 @@ struct Args {
   std::string config;
   std::vector<std::string> positional;
   std::vector<std::pair<std::string, std::string>> flags;
+  std::vector<std::string> switches;  // flags without a value (--json, --prune)
+  bool has(const char* s) const { return std::find(switches.begin(), switches.end(), s) != switches.end(); }
 };
+
+bool isSwitch(const std::string& name) { return name == "json" || name == "prune"; }
 
 bool parseArgs(int argc, char** argv, Args* a, std::string* err) {
   int i = 1;
@@ -54,6 +80,10 @@ bool parseArgs(int argc, char** argv, Args* a, std::string* err) {
         return false;
       }
       a->config = argv[i];
+    } else if (s.starts_with("--") && isSwitch(s.substr(2))) {
+      a->switches.push_back(s.substr(2));
+    } else if (s == "--repair" || s == "--verbose") {  // switches without a value
+      a->positional.push_back(s);
     } else if (s.starts_with("--") && s.size() > 2) {
       if (++i >= argc) {
         *err = s + " needs a value";
@@ -67,7 +97,7 @@ bool parseArgs(int argc, char** argv, Args* a, std::string* err) {
   return true;
 }
 
-std::optional<conf::Config> load(const std::string& file) {
+std::optional<conf::Config> load(const std::string& file, const Clock& clock) {
   if (file.empty()) {
     fprintf(stderr, "slipstream: -c FILE is required\n%s", kUsage);
     return std::nullopt;
@@ -77,6 +107,8 @@ std::optional<conf::Config> load(const std::string& file) {
   if (r.config) {
     auto errs = policy::RuleSet::compile(*r.config, &rules);
     r.errors.insert(r.errors.end(), errs.begin(), errs.end());
+    if (auto e = tls::checkFiles(*r.config, clock.wallSeconds()))
+      r.errors.push_back(*e);
   }
   if (!r.errors.empty()) {
     for (const auto& e : r.errors) fprintf(stderr, "%s\n", e.str().c_str());
@@ -87,20 +119,27 @@ std::optional<conf::Config> load(const std::string& file) {
   return std::move(*r.config);
 }
 
-bool anyMountCaches(const conf::Config& cfg) {
-  for (const auto& m : cfg.mounts)
-    if (m.cache && m.source != conf::SourceType::Local) return true;
-  for (const auto& r : cfg.rules)
-    if (r.cache.value_or(false)) return true;
-  return false;
-}
-
 struct Loop {
   event_base* base;
   Server* server;
   int64_t graceMs;
   bool stopping = false;
 };
+
+/// SIGHUP. Until reload exists (issue 12: re-read the INI, keep running on
+/// the old configuration if the new one has errors, let running transfers
+/// finish on the settings they started with), the signal is logged and the
+/// gateway keeps running: logrotate and `systemctl reload` must not kill it.
+void onReload(evutil_socket_t, short, void* arg) {
+  auto* l = static_cast<Loop*>(arg);
+  if (l->stopping) return;
+  conf::Log::write(conf::LogLevel::Warn, "reload_unsupported",
+                   "signal=SIGHUP action=ignored hint=\"configuration reload is not implemented "
+                   "yet: restart to apply changes\"");
+  // The reload hook goes here: load and compile the file like load() does,
+  // log every error and keep the old Config on failure, else hand the new
+  // one to the Engine and the Server for new requests.
+}
 
 void onSignal(evutil_socket_t sig, short, void* arg) {
   auto* l = static_cast<Loop*>(arg);
@@ -114,15 +153,26 @@ void onSignal(evutil_socket_t sig, short, void* arg) {
   l->server->drain(l->graceMs, [l] { event_base_loopexit(l->base, nullptr); });
 }
 
-int run(const conf::Config& cfg) {
+// Until the front end reloads (issue 12), SIGHUP must not kill the gateway
+// (its default action) when systemd's ExecReload sends it.
+int run(const conf::Config& cfg, const Clock& clock) {
   conf::Log::setLevel(cfg.server.logLevel);
+  // The front end does not speak TLS yet (src/tls.h is ready for it): never
+  // serve plain HTTP on an address the user marked tls.
+  for (const conf::ListenAddr& l : cfg.server.listen) {
+    if (l.tls) {
+      fprintf(stderr, "%s:%d: [server] listen: tls listeners are not served by this build yet\n",
+              cfg.file.c_str(), l.line);
+      return 1;
+    }
+  }
   signal(SIGPIPE, SIG_IGN);
   evthread_use_pthreads();  // the store's disk thread posts completions to the loop
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     fprintf(stderr, "slipstream: curl_global_init failed\n");
     return 1;
   }
-  // The changelist folds the add/del pairs libevent's HTTP code makes around
+  // The changelist folds the add/del pairs a bufferevent makes around
   // every response into at most one epoll_ctl per descriptor per loop turn.
   event_config* ecfg = event_config_new();
   event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
@@ -130,13 +180,14 @@ int run(const conf::Config& cfg) {
   event_config_free(ecfg);
   int rc = 0;
   {
-    RealClock clock;  // the one time source the engine and the store read
     std::unique_ptr<store::Store> st;
-    if (anyMountCaches(cfg)) {
+    if (cmd::cacheInUse(cfg)) {
       std::string err;
       st = store::Store::open(cfg.cache, base, clock, &err);
       if (!st) {
         fprintf(stderr, "slipstream: cache: %s\n", err.c_str());
+        event_base_free(base);
+        curl_global_cleanup();
         return 1;
       }
     }
@@ -148,14 +199,15 @@ int run(const conf::Config& cfg) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
-    Server server(base, cfg, rules, engine);
+    Server server(base, cfg, rules, engine, clock);
     if (!server.start(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
     Loop loop{base, &server, cfg.server.shutdownGraceMs};
     EventPtr sigs[] = {EventPtr(evsignal_new(base, SIGTERM, onSignal, &loop)),
-                       EventPtr(evsignal_new(base, SIGINT, onSignal, &loop))};
+                       EventPtr(evsignal_new(base, SIGINT, onSignal, &loop)),
+                       EventPtr(evsignal_new(base, SIGHUP, onReload, &loop))};
     for (EventPtr& e : sigs) event_add(e.get(), nullptr);
     conf::Log::write(conf::LogLevel::Info, "started",
                      "config=" + conf::logValue(cfg.file) +
@@ -191,28 +243,41 @@ int main(int argc, char** argv) {
       fputs(conf::helpText().c_str(), stdout);
       return 0;
     }
+    if (!strcmp(argv[i], "--version")) {
+      printf("slipstream %s\n", version());
+      return 0;
+    }
     if (!strcmp(argv[i], "--help-config-markdown")) {  // the README's reference
       fputs(conf::referenceMarkdown().c_str(), stdout);
       return 0;
     }
   }
+  if (argc == 2 && !strcmp(argv[1], "status-page")) {  // for tests and for a look offline
+    fwrite(statusPage().data(), 1, statusPage().size(), stdout);
+    return 0;
+  }
   if (!parseArgs(argc, argv, &a, &err)) {
     fprintf(stderr, "slipstream: %s\n%s", err.c_str(), kUsage);
     return 2;
   }
-  auto cfg = load(a.config);
+  if (a.command == "passwd") return cmd::passwd();  // needs no configuration
+  RealClock clock;  // the one time source: the engine, the store, the front end, the commands
+  auto cfg = load(a.config, clock);
   if (!cfg) return 2;
-  if (a.command == "run") return run(*cfg);
-  if (a.command == "check") {
-    printf("%s: ok (%zu mounts, %zu rules)\n", a.config.c_str(), cfg->mounts.size(),
-           cfg->rules.size());
-    return 0;
-  }
+  if (a.command == "run") return run(*cfg, clock);
+  if (a.command == "check") return cmd::check(*cfg);
   if (a.command == "cache") return cmd::cache(*cfg, a.sub, a.positional);
   if (a.command == "explain") return cmd::explain(*cfg, a.flags);
-  if (a.command == "sign") {
-    RealClock clock;
-    return cmd::sign(*cfg, a.positional, a.flags, clock);
+  if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags, clock);
+  if (a.command == "ls") return browse::ls(*cfg, a.positional, a.has("json"));
+  if (a.command == "strm") return cmd::strm(*cfg, a.flags, a.has("prune"), clock);
+  if (a.command == "status" || a.command == "prefetch" || a.command == "purge") {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = a.command == "status"     ? cmd::status(*cfg, a.flags)
+             : a.command == "prefetch" ? cmd::prefetch(*cfg, a.positional, a.flags)
+                                       : cmd::purge(*cfg, a.positional, a.flags);
+    curl_global_cleanup();
+    return rc;
   }
   fprintf(stderr, "slipstream: unknown command '%s'\n%s", a.command.c_str(), kUsage);
   return 2;

@@ -1,7 +1,9 @@
-// The front end: a libevent (evhttp) HTTP/1.1 server. Parses and limits
-// requests, normalises the path, routes (/d/, /p/, edge, /-/health), checks
-// signatures, asks policy for the delivery and hands the request to the
-// proxy Engine with itself as the Sink. One access-log line per request.
+// The front end: an HTTP/1.1 server of our own on libevent bufferevents and
+// llhttp. Accepts and counts connections, parses and limits requests,
+// normalises the path, routes (/d/, /p/, edge, /-/health, /-/metrics),
+// checks signatures and the admin protection, asks policy for the delivery
+// and hands the request to the proxy Engine with an Exchange as the Sink.
+// One access-log line per request. Design: src/DESIGN.md.
 #pragma once
 
 #include <event2/event.h>
@@ -17,10 +19,13 @@
 
 namespace slip {
 
+class Clock;
+
 class Server {
  public:
+  /// Nothing is owned; all of it must outlive the Server.
   Server(event_base* base, const conf::Config& cfg, const policy::RuleSet& rules,
-         proxy::Engine& engine);
+         proxy::Engine& engine, const Clock& clock);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -29,8 +34,9 @@ class Server {
   /// kernel's choice). False with a message when one cannot be bound.
   bool start(std::string* err);
 
-  /// Stops accepting; new requests on open connections get 503. Calls `done`
-  /// once no request is running, or when `graceMs` has passed.
+  /// Stops accepting and closes idle connections; new requests on open
+  /// connections get 503. Calls `done` once no request is running and their
+  /// bytes are written, or when `graceMs` has passed.
   void drain(int64_t graceMs, std::function<void()> done);
 
   size_t activeRequests() const;

@@ -5,6 +5,7 @@
 #include <xxhash.h>
 
 #include <charconv>
+#include <climits>
 
 namespace slip::store {
 
@@ -48,7 +49,7 @@ std::string Key::hex() const {
 
 // ------------------------------------------------------------------ Env
 
-bool Env::open(const std::string& dir, bool readOnly, std::string* err) {
+bool Env::open(const std::string& dir, bool readOnly, std::string* err, bool* foreign) {
   int rc = mdb_env_create(&env_);
   if (rc == 0) rc = mdb_env_set_maxdbs(env_, 8);
   if (rc == 0) rc = mdb_env_set_mapsize(env_, kMapSize);
@@ -61,6 +62,10 @@ bool Env::open(const std::string& dir, bool readOnly, std::string* err) {
     close();
     return false;
   }
+  // Reader slots of processes that died (a killed gateway or CLI, a crashed
+  // index check) would keep old pages from ever being reused.
+  int dead = 0;
+  if (!readOnly) mdb_reader_check(env_, &dead);
   Txn t(env_, readOnly);
   if (!t.ok()) {
     *err = std::string("index: ") + mdb_strerror(t.error());
@@ -92,6 +97,7 @@ bool Env::open(const std::string& dir, bool readOnly, std::string* err) {
   } else if (rc != 0 || view(v) != want) {
     uint32_t ver = 0;
     if (rc == 0 && v.mv_size >= 12) memcpy(&ver, static_cast<char*>(v.mv_data) + 8, 4);
+    if (foreign) *foreign = rc == 0;
     *err = "cache index format " + std::to_string(ver) + " is not the format this build reads (" +
            std::to_string(kIndexVersion) + "): move the cache directory away or point cache.dir elsewhere";
     close();
@@ -136,6 +142,12 @@ BlockKey::BlockKey(const Key& k, uint32_t idx) {
   memcpy(b, k.b, 16);
   putBe32(b + 16, idx);
 }
+bool BlockKey::parse(const MDB_val& v, Key* k, uint32_t* idx) {
+  if (v.mv_size != sizeof(BlockKey::b)) return false;
+  *k = object(v);
+  *idx = index(v);
+  return true;
+}
 uint32_t BlockKey::index(const MDB_val& v) {
   return getBe32(static_cast<const uint8_t*>(v.mv_data) + 16);
 }
@@ -149,6 +161,13 @@ LruKey::LruKey(uint64_t prio, const Key& k, uint32_t idx) {
   putBe64(b, prio);
   memcpy(b + 8, k.b, 16);
   putBe32(b + 24, idx);
+}
+bool LruKey::parse(const MDB_val& v, uint64_t* prio, Key* k, uint32_t* idx) {
+  if (v.mv_size != sizeof(LruKey::b)) return false;
+  *prio = LruKey::prio(v);
+  *k = object(v);
+  *idx = index(v);
+  return true;
 }
 uint64_t LruKey::prio(const MDB_val& v) { return getBe64(static_cast<const uint8_t*>(v.mv_data)); }
 Key LruKey::object(const MDB_val& v) {
@@ -250,7 +269,11 @@ bool decodeObject(std::string_view v, ObjectMeta* m) {
             r.str(&m->lastModified) && r.str(&m->contentType) && r.str(&m->mount) &&
             r.str(&m->path);
   m->noRanges = flags & 1;
-  return ok && m->blockSize > 0;
+  // A record is trusted only as far as it is consistent: these fields size
+  // reads, files and loops.
+  uint32_t bs = m->blockSize;
+  return ok && r.left() == 0 && bs >= 4096 && bs <= kMaxBlockSize && (bs & (bs - 1)) == 0 &&
+         m->size <= kMaxObjectSize && (m->size + bs - 1) / bs <= UINT32_MAX;
 }
 
 std::string encodeBlock(const BlockRecord& b) {
@@ -277,10 +300,12 @@ bool decodeBlock(std::string_view v, BlockRecord* b) {
         r.num(&b->storedMs) && r.num(&b->accessMs) && r.num(&b->hits) && r.num(&b->lastRequest) &&
         r.num(&b->prio) && r.num(&n)))
     return false;
-  if (r.left() != static_cast<size_t>(n) * 8) return false;
+  if (b->length == 0 || b->length > kMaxBlockSize) return false;
+  if (n != (b->length + kPageSize - 1) / kPageSize || r.left() != static_cast<size_t>(n) * 8)
+    return false;
   b->pages.resize(n);
   for (auto& p : b->pages) r.num(&p);
-  return n == (b->length + kPageSize - 1) / kPageSize;
+  return true;
 }
 
 std::string encodeLru(const LruValue& v) {
@@ -292,7 +317,8 @@ std::string encodeLru(const LruValue& v) {
 
 bool decodeLru(std::string_view s, LruValue* v) {
   Reader r(s);
-  return r.num(&v->generation) && r.num(&v->length);
+  return r.num(&v->generation) && r.num(&v->length) && r.left() == 0 && v->length > 0 &&
+         v->length <= kMaxBlockSize;
 }
 
 // ------------------------------------------------------------------ files

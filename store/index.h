@@ -37,7 +37,9 @@ class Env {
   Env(const Env&) = delete;
   Env& operator=(const Env&) = delete;
   /// Opens the index in `dir` (created by the caller); readOnly for the CLI.
-  bool open(const std::string& dir, bool readOnly, std::string* err);
+  /// *foreign (if given) is set when it failed because the index is of
+  /// another format version.
+  bool open(const std::string& dir, bool readOnly, std::string* err, bool* foreign = nullptr);
   void close();
   MDB_env* get() const { return env_; }
   MDB_dbi meta = 0, objects = 0, blocks = 0, lru = 0;
@@ -107,6 +109,9 @@ struct BlockKey {
   uint8_t b[20];
   BlockKey(const Key& k, uint32_t idx);
   MDB_val val() { return {sizeof b, b}; }
+  /// False when `v` is not a block key (wrong length).
+  static bool parse(const MDB_val& v, Key* k, uint32_t* idx);
+  // Callers have checked the length (20).
   static uint32_t index(const MDB_val& v);
   static Key object(const MDB_val& v);
 };
@@ -116,6 +121,9 @@ struct LruKey {
   uint8_t b[28];
   LruKey(uint64_t prio, const Key& k, uint32_t idx);
   MDB_val val() { return {sizeof b, b}; }
+  /// False when `v` is not an LRU key (wrong length).
+  static bool parse(const MDB_val& v, uint64_t* prio, Key* k, uint32_t* idx);
+  // Callers have checked the length (28).
   static uint64_t prio(const MDB_val& v);
   static Key object(const MDB_val& v);
   static uint32_t index(const MDB_val& v);
@@ -158,6 +166,42 @@ bool decodeLru(std::string_view s, LruValue* v);
 inline std::string_view view(const MDB_val& v) {
   return {static_cast<const char*>(v.mv_data), v.mv_size};
 }
+
+/// The listing behind Store::listObjects (store/query.cc).
+ObjectListing queryObjects(MDB_txn* t, const Env& env, const ObjectFilter& f);
+/// Checks the index under `dir` in a child process (see store/guard.cc):
+/// true when it is readable (or absent); false with *err = "index corrupt:
+/// <what>, move the cache directory away or run `slipstream cache reset`"
+/// when the walk crashed, looped or met an unreadable page. With `writes`
+/// (the caller will write: the gateway, `verify --repair`) the child also
+/// rehearses opening's reconciliation and rewrites every page, in
+/// transactions it aborts. *badRecords counts records our decoders reject
+/// (opening drops them).
+/// `clock` measures the child's time limit.
+bool checkIndex(const std::string& dir, bool writes, const Clock& clock, std::string* err,
+                uint64_t* badRecords = nullptr);
+
+/// What opening found and fixed (store/reconcile.cc).
+struct Reconciled {
+  uint64_t nextGen = 1;       // the next generation to hand out
+  uint64_t used = 0;          // listed block bytes
+  uint64_t objects = 0;
+  uint64_t blocks = 0;
+  uint64_t truncated = 0;     // listed blocks past the end of their data file: unlisted
+  uint64_t inconsistent = 0;  // block records that disagree with their object: deleted
+};
+/// Brings data files and index into agreement after a crash, an unclean stop
+/// or damage: unlisted bytes are punched out, orphan files and records
+/// removed, blocks the data files no longer hold unlisted. With dryRun the
+/// same index operations run in a transaction that is aborted and no file is
+/// touched (the index check's child rehearses what opening will write).
+bool reconcile(const Env& env, const std::string& dir, Reconciled* out, std::string* err,
+               bool dryRun = false);
+
+/// Largest block size a record may claim (the configuration allows 64M).
+inline constexpr uint32_t kMaxBlockSize = 64u << 20;
+/// Largest object size a record may claim (2^50 bytes, a petabyte).
+inline constexpr uint64_t kMaxObjectSize = uint64_t{1} << 50;
 
 /// Data file of one object version: DIR/data/xx/<key>-<gen>.blk
 std::string dataPath(const std::string& dir, const Key& k, uint64_t gen);

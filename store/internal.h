@@ -148,6 +148,7 @@ struct Store::Impl {
   conf::Cache cfg;
   event_base* base = nullptr;
   const Clock* clock = nullptr;
+  DirLock lock;  // declared before env: released after the index is closed
   Env env;
 
   // ---- loop thread
@@ -202,8 +203,8 @@ struct Store::Impl {
   bool loadBlock(const Key& k, uint32_t idx, BlockRecord* r);
   void flushTouches();
   void trustFill(const Store::Writer& w);
-  bool reconcile(std::string* err);
-  void dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, const BlockRecord& r, uint32_t page);
+  void dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, const BlockRecord& r,
+                   const std::string& why);
   bool sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t idx, uint64_t blockAt,
                        uint64_t blockLen, uint64_t off, uint64_t len, evbuffer* out);
   void sweepSegments(bool all);

@@ -182,9 +182,16 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   uint64_t to = std::min<uint64_t>(r.length, static_cast<uint64_t>(p1 + 1) * kPageSize);
   if (s.scratch.size() < to - from) s.scratch.resize(to - from);
   ssize_t got = pread(f->fd, s.scratch.data(), to - from, static_cast<off_t>(blockOffset(m, idx) + from));
-  if (got != static_cast<ssize_t>(to - from)) return ReadResult::IoError;
+  if (got < 0) return ReadResult::IoError;
+  // A listed block whose bytes are not all there (the data file was cut
+  // short) is as corrupt as one whose bytes changed. Neither is served: the
+  // caller fetches it again.
+  if (got != static_cast<ssize_t>(to - from)) {
+    s.dropCorrupt(k, m, idx, r, "data file ends at " + std::to_string(blockOffset(m, idx) + from + got));
+    return ReadResult::Corrupt;
+  }
   if (auto bad = firstBadPage(r, s.scratch.data(), p0, p1)) {
-    s.dropCorrupt(k, m, idx, r, *bad);  // never served: the caller fetches it again
+    s.dropCorrupt(k, m, idx, r, "page=" + std::to_string(*bad) + " checksum mismatch");
     return ReadResult::Corrupt;
   }
   for (uint32_t p = p0; p <= p1; p++) v.pages[p] = true;
@@ -193,7 +200,7 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
 }
 
 void Store::Impl::dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, const BlockRecord& r,
-                              uint32_t page) {
+                              const std::string& why) {
   verified.erase({k, m.generation, idx});
   dropped++;
   leaving.insert({k, idx});
@@ -216,7 +223,7 @@ void Store::Impl::dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, c
   enqueue(std::move(op));
   logStore(conf::LogLevel::Warn, "cache_block_corrupt",
            "object=" + k.hex() + " path=" + conf::logValue(m.path) + " block=" + std::to_string(idx) +
-               " page=" + std::to_string(page));
+               " detail=" + conf::logValue(why));
 }
 
 // The page checksums of a block just listed were computed from the very

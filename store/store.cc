@@ -51,9 +51,26 @@ std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, con
   s.cfg = cfg;
   s.base = base;
   s.clock = &clock;
+  // One gateway per directory, and nothing in this process maps an index
+  // that a child could not walk.
+  if (!Impl::makeDirs(cfg.dir, err) || !s.lock.acquire(cfg.dir, err)) return nullptr;
+  if (auto warn = minFreeProblem(cfg))
+    logStore(conf::LogLevel::Warn, "cache_off", "dir=" + conf::logValue(cfg.dir) + " detail=" + conf::logValue(*warn));
+  uint64_t bad = 0;
+  if (!checkIndex(cfg.dir, true, clock, err, &bad)) return nullptr;
   if (!Impl::makeDirs(cfg.dir + "/index", err) || !Impl::makeDirs(cfg.dir + "/data", err)) return nullptr;
   if (!s.env.open(cfg.dir + "/index", false, err)) return nullptr;
-  if (!s.reconcile(err)) return nullptr;
+  Reconciled rec;
+  if (!reconcile(s.env, cfg.dir, &rec, err)) return nullptr;
+  s.nextGen = rec.nextGen;
+  s.used = rec.used;
+  s.objects = rec.objects;
+  s.blocks = rec.blocks;
+  if (bad || rec.truncated || rec.inconsistent)
+    logStore(conf::LogLevel::Warn, "cache_damage_repaired",
+             "dir=" + conf::logValue(cfg.dir) + " unreadable_records=" + std::to_string(bad) +
+                 " truncated_blocks=" + std::to_string(rec.truncated) +
+                 " inconsistent_blocks=" + std::to_string(rec.inconsistent));
   s.doneEv.reset(event_new(base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->completions();
   }, &s));
@@ -69,116 +86,6 @@ std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, con
                " blocks=" + std::to_string(s.blocks) + " bytes=" + std::to_string(s.used) +
                " max_size=" + std::to_string(cfg.maxSize));
   return std::unique_ptr<Store>(new Store(std::move(impl)));
-}
-
-// Brings data files and index into agreement after a crash or an unclean
-// stop: unlisted bytes are punched out, orphan files and records removed.
-bool Store::Impl::reconcile(std::string* err) {
-  Txn t(env.get(), false);
-  if (!t.ok()) {
-    *err = std::string("index: ") + mdb_strerror(t.error());
-    return false;
-  }
-  std::map<Key, ObjectMeta> objs = readObjects(t.get(), env.objects, true);
-  for (const auto& [key, m] : objs) nextGen = std::max(nextGen, m.generation + 1);
-  // Listed blocks per object; records of unknown objects/versions go.
-  std::map<Key, std::set<uint32_t>> listed;
-  forEach(t.get(), env.blocks, [&](MDB_cursor* c, const MDB_val& k, const MDB_val& v) {
-    BlockRecord r;
-    Key key = BlockKey::object(k);
-    auto it = objs.find(key);
-    if (k.mv_size != 20 || !decodeBlock(view(v), &r) || it == objs.end() ||
-        r.generation != it->second.generation) {
-      mdb_cursor_del(c, 0);
-      return true;
-    }
-    listed[key].insert(BlockKey::index(k));
-    used += r.length;
-    blocks++;
-    return true;
-  });
-  // LRU entries whose block is gone.
-  forEach(t.get(), env.lru, [&](MDB_cursor* c, const MDB_val& k, const MDB_val&) {
-    auto it = listed.find(LruKey::object(k));
-    if (k.mv_size != 28 || it == listed.end() || !it->second.count(LruKey::index(k)))
-      mdb_cursor_del(c, 0);
-    return true;
-  });
-  // Data files: orphans go; unlisted regions of known files are punched.
-  std::set<Key> withFile;
-  std::string dataDir = cfg.dir + "/data";
-  if (DIR* d = opendir(dataDir.c_str())) {
-    while (dirent* sub = readdir(d)) {
-      if (sub->d_name[0] == '.') continue;
-      std::string subPath = dataDir + "/" + sub->d_name;
-      DIR* d2 = opendir(subPath.c_str());
-      if (!d2) continue;
-      while (dirent* e = readdir(d2)) {
-        if (e->d_name[0] == '.') continue;
-        std::string path = subPath + "/" + e->d_name;
-        Key key;
-        uint64_t gen = 0;
-        auto it = parseDataName(e->d_name, &key, &gen) ? objs.find(key) : objs.end();
-        int fd = it != objs.end() && it->second.generation == gen ? ::open(path.c_str(), O_RDWR | O_CLOEXEC) : -1;
-        if (fd < 0 || !checkFileHeader(fd, key, gen)) {
-          if (fd >= 0) close(fd);
-          unlink(path.c_str());
-          continue;
-        }
-        withFile.insert(key);
-        const ObjectMeta& m = it->second;
-        const auto& have = listed[key];
-        struct stat st{};
-        fstat(fd, &st);
-        for (uint32_t i = 0; i < m.blockCount(); i++) {
-          uint64_t off = blockOffset(m, i);
-          if (off >= static_cast<uint64_t>(st.st_size)) break;
-          if (!have.count(i)) {
-            off_t dataAt = lseek(fd, static_cast<off_t>(off), SEEK_DATA);
-            if (dataAt >= 0 && static_cast<uint64_t>(dataAt) < off + m.blockLength(i))
-              fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
-                        static_cast<off_t>(m.blockSize));
-          }
-        }
-        close(fd);
-      }
-      closedir(d2);
-    }
-    closedir(d);
-  }
-  // Objects without a file, or without a block, are dropped with their records.
-  for (auto& [key, m] : objs) {
-    auto it = listed.find(key);
-    bool empty = it == listed.end() || it->second.empty();
-    if (withFile.count(key) && !empty) {
-      objects++;
-      continue;
-    }
-    MDB_val k{16, const_cast<uint8_t*>(key.b)};
-    mdb_del(t.get(), env.objects, &k, nullptr);
-    if (!empty) {
-      for (uint32_t idx : it->second) {
-        BlockRecord r;
-        BlockKey bk(key, idx);
-        MDB_val bkv = bk.val(), v;
-        if (mdb_get(t.get(), env.blocks, &bkv, &v) == 0 && decodeBlock(view(v), &r)) {
-          used -= r.length;
-          blocks--;
-          LruKey lk(r.prio, key, idx);
-          MDB_val lkv = lk.val();
-          mdb_del(t.get(), env.lru, &lkv, nullptr);
-        }
-        mdb_del(t.get(), env.blocks, &bkv, nullptr);
-      }
-    }
-    unlink(dataPath(cfg.dir, key, m.generation).c_str());
-  }
-  int rc = t.commit();
-  if (rc != 0) {
-    *err = std::string("index commit: ") + mdb_strerror(rc);
-    return false;
-  }
-  return true;
 }
 
 // ------------------------------------------------------------------ loop side
@@ -544,6 +451,14 @@ void Store::abandon(Writer* w) {
 size_t Store::queuedBytes() const { return impl_->queued; }
 
 Subscription Store::onDrained(std::function<void()> fn) { return impl_->drained.subscribe(std::move(fn)); }
+
+ObjectListing Store::listObjects(const ObjectFilter& f) {
+  MDB_txn* t = impl_->readTxn();
+  if (!t) return {};
+  ObjectListing out = queryObjects(t, impl_->env, f);
+  impl_->endRead();
+  return out;
+}
 
 Usage Store::usage() const {
   const Impl& s = *impl_;

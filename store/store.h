@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "conf/clock.h"
 #include "conf/conf.h"
@@ -71,6 +72,49 @@ struct Usage {
   uint64_t maxBytes = 0;
   uint64_t evictedBlocks = 0;
   uint64_t droppedCorrupt = 0;
+};
+
+/// Which cached objects to list (Store::listObjects).
+struct ObjectFilter {
+  std::string mount;    // "" = all mounts
+  std::string prefix;   // path inside the mount must start with it; "" = all
+  std::string after;    // "mount:path" of the last object of the previous page
+  size_t limit = 100;
+};
+
+/// One cached object version and which of its blocks are present.
+struct StoredObject {
+  ObjectMeta meta;
+  std::vector<bool> present;  // one per block
+  uint32_t presentBlocks = 0;
+  uint64_t presentBytes = 0;
+};
+
+struct ObjectListing {
+  std::vector<StoredObject> objects;  // sorted by (mount, path)
+  std::string next;                   // `after` for the next page; "" = no more
+};
+
+/// The lock on a cache directory (`<dir>/slipstream.lock`, flock): a gateway
+/// holds it for as long as it runs, so a second one on the same directory
+/// refuses to start; `cache reset` and `cache verify --repair` need it too.
+/// The holder's pid is written into the file for the messages of others.
+class DirLock {
+ public:
+  DirLock() = default;
+  ~DirLock();  // releases the lock
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+  DirLock(DirLock&& o) noexcept;
+  /// Takes the lock on the existing directory `dir`. False with *err naming
+  /// the directory and the holder's pid when another process holds it.
+  bool acquire(const std::string& dir, std::string* err);
+  /// Who holds `dir`'s lock without taking it: 0 nobody, -1 someone whose
+  /// pid is unknown, else that pid.
+  static long holder(const std::string& dir);
+
+ private:
+  int fd_ = -1;
 };
 
 class Store {
@@ -145,13 +189,28 @@ class Store {
 
   Usage usage() const;
 
+  /// Objects listed in the index (committed ones: an object created in the
+  /// last moments may show up on the next call), sorted by mount and path,
+  /// with their block maps. A read-only walk; the disk thread is not blocked.
+  ObjectListing listObjects(const ObjectFilter& f);
+
   // ---- command line (no event loop, no disk thread)
 
   /// `slipstream cache stats`: prints objects, blocks, bytes. Exit code.
   static int printStats(const conf::Cache& cfg, FILE* out, bool verbose);
-  /// `slipstream cache verify`: checks every listed block, reports bad ones.
-  /// Returns the exit code (1 when any block is bad or unreadable).
-  static int verify(const conf::Cache& cfg, FILE* out);
+  /// `slipstream cache verify`: checks every listed block, reports bad ones
+  /// (bad checksums, data files shorter than their listed blocks, missing
+  /// files). With `repair`, unlists the bad blocks (they are fetched again);
+  /// that needs the directory lock. Returns the exit code (1 when any block
+  /// was bad, even if repaired).
+  static int verify(const conf::Cache& cfg, FILE* out, bool repair = false);
+  /// `slipstream cache reset`: removes the index and the data files (only
+  /// files the cache made), under the directory lock: refused while a
+  /// gateway runs on it. Exit code.
+  static int reset(const conf::Cache& cfg, FILE* out);
+  /// A warning when min_free is at least the size of the file system that
+  /// holds (or will hold) the cache: then nothing can ever be stored.
+  static std::optional<std::string> minFreeProblem(const conf::Cache& cfg);
 
   struct Impl;
 

@@ -4,12 +4,17 @@
 // → {"code":200,"message":"success","data":{"url":"...","header":{"Referer":["..."]}}}
 // AList reports errors as HTTP 200 with code != 200: those are errors here too
 // (404 when AList says the object is not found, 502 otherwise), with AList's
-// message as the reason.
+// message as the reason. A reply that is not that shape (replies.h checks
+// every field's type) is a 502 naming the field; a header AList asks for
+// that cannot be sent (CR/LF, control bytes, a framing header) a 502 naming
+// the header.
 #include <nlohmann/json.hpp>
 
 #include <map>
 
 #include "proxy/fetch/curl_multi.h"
+#include "proxy/sources/listing.h"
+#include "proxy/sources/replies.h"
 #include "proxy/sources/source.h"
 
 namespace slip::proxy {
@@ -33,13 +38,27 @@ class AlistSource : public Source {
     return mount_.linkTtlMs > 0 ? mount_.linkTtlMs : kDefaultAlistTtlMs;
   }
 
+  void list(const std::string& rest, ListCb cb) override {
+    std::string path = root_ == "/" ? rest : rest == "/" ? root_ : root_ + rest;
+    alistList(mount_, multi_, server_, path, std::move(cb));
+  }
+  int64_t listTtlMs() const override { return mount_.listTtlMs; }
+
   void resolve(const std::string& rest, const ClientInfo& client, ResolveCb cb) override {
     std::string path = root_ == "/" ? rest : root_ + rest;
+    // AList's paths are JSON strings: UTF-8. Any other bytes name nothing there.
+    if (!replies::validUtf8(path)) {
+      ResolveResult out;
+      out.reason = policy::Reason::NotFound;
+      out.detail = "alist: the path is not UTF-8";
+      cb(out);
+      return;
+    }
     auto owned = std::make_unique<Call>(this, std::move(cb));
     Call* call = owned.get();
     Transfer::Options o;
     o.url = api_;
-    o.postBody = nlohmann::json{{"path", path}}.dump();
+    o.postBody = replies::dumpJson(nlohmann::json{{"path", path}});
     o.headers.push_back({"Content-Type", "application/json"});
     o.headers.push_back({"Authorization", mount_.token});
     if (mount_.linkBind != conf::LinkBind::None && !client.userAgent.empty())
@@ -87,50 +106,24 @@ class AlistSource : public Source {
         out.detail = "alist: HTTP status " + std::to_string(t.status());
         return out;
       }
-      auto j = nlohmann::json::parse(body, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) {
-        out.reason = policy::Reason::ResolveFailed;
-        out.detail = "alist: reply is not JSON";
+      replies::AlistLink reply;
+      if (replies::Problem p = replies::parseAlistLink(body, &reply)) {
+        out.reason = p.kind == replies::Problem::Kind::Header ? policy::Reason::SourceBadHeader
+                                                              : policy::Reason::SourceBadReply;
+        out.detail = "alist: " + p.why;
         return out;
       }
-      int code = j.value("code", 0);
-      std::string message = j.contains("message") && j["message"].is_string()
-                                ? j["message"].get<std::string>()
-                                : std::string();
-      if (code != 200) {
-        std::string lower = message;
+      if (reply.code != 200) {
+        std::string lower = reply.message;
         for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         out.reason = lower.find("not found") != std::string::npos ? policy::Reason::NotFound
                                                                    : policy::Reason::ResolveFailed;
-        out.detail = "alist: code " + std::to_string(code) + ": " + message;
+        out.detail = "alist: code " + std::to_string(reply.code) + ": " + reply.message;
         return out;
       }
-      const auto& data = j["data"];
-      if (!data.is_object() || !data.contains("url") || !data["url"].is_string() ||
-          data["url"].get<std::string>().empty()) {
-        out.reason = policy::Reason::ResolveFailed;
-        out.detail = "alist: reply has no data.url";
-        return out;
-      }
-      std::string url = data["url"].get<std::string>();
-      if (url.starts_with("//")) url = "http:" + url;
-      if (!url.starts_with("http://") && !url.starts_with("https://")) {
-        out.reason = policy::Reason::ResolveFailed;
-        out.detail = "alist: data.url is not an http(s) URL";
-        return out;
-      }
-      out.link.url = url;
+      out.link.url = std::move(reply.url);
       for (const auto& h : src->mount_.headers) out.link.headers.push_back({h.name, h.value});
-      if (data.contains("header") && data["header"].is_object()) {
-        for (const auto& [name, values] : data["header"].items()) {
-          if (values.is_array()) {
-            for (const auto& v : values)
-              if (v.is_string()) out.link.headers.push_back({name, v.get<std::string>()});
-          } else if (values.is_string()) {
-            out.link.headers.push_back({name, values.get<std::string>()});
-          }
-        }
-      }
+      for (auto& [name, value] : reply.headers) out.link.headers.push_back({name, std::move(value)});
       return out;
     }
   };

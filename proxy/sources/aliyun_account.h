@@ -37,12 +37,15 @@ constexpr int64_t kStopWaitMs = 60'000;       // a stopping gateway waits this l
 struct Entry {
   std::string id, parent, name;
   bool folder = false;
+  uint64_t size = 0;     // listings (Engine::list)
+  int64_t mtimeMs = 0;   // updated_at; 0 = not given
+  std::string hash;      // content_hash (SHA-1 hex)
 };
 
 struct ApiResult {
   Reason reason = Reason::None;
   std::string detail;
-  json body;
+  std::string body;  // the reply (HTTP 200), for the caller's parser in replies.h
 };
 using ApiCb = std::function<void(const ApiResult&)>;
 using DoneCb = std::function<void(Reason, const std::string&)>;
@@ -60,10 +63,6 @@ struct Walk {
   }
 };
 
-
-/// "2024-05-01T10:00:00.000Z" → Unix milliseconds; nullopt if not that form.
-std::optional<int64_t> parseIsoUtc(const std::string& s);
-std::string str(const json& j, const char* key);
 
 class Account;
 
@@ -106,6 +105,8 @@ class Account final : public AliyunAccount {
   /// A download URL for file `id` and when it expires (wall clock, ms).
   void downloadUrl(const std::string& id, int64_t expireSec,
                    std::function<void(Reason, const std::string&, const std::string&, int64_t)> cb);
+  /// The entries of the folder at `rest` below `rootId` (its cached listing).
+  void listFolder(const std::string& rootId, const std::string& rest, ListCb cb);
   /// Drops a folder's cached listing (a file in it was not found any more).
   void forget(const std::string& folderId) {
     auto it = listings_.find(folderId);

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "proxy/sources/aliyun_account.h"
+#include "proxy/sources/replies.h"
 
 extern char** environ;
 
@@ -78,7 +79,7 @@ void Account::startHelper() {
               {"stale_access_token", accessToken_},
               {"log_level", conf::Log::enabled(conf::LogLevel::Debug) ? "debug" : "info"}};
   if (!unsavedRefresh_.empty()) req["refresh_token"] = unsavedRefresh_;
-  std::string text = req.dump();
+  std::string text = replies::dumpJson(req);
 
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0) {
@@ -198,28 +199,28 @@ void Account::impatient() {
 
 void Account::helperDone(const std::string& out, int status) {
   std::string who = "account=" + conf::logValue(a_.name) + " mounts=" + conf::logValue(mounts_);
-  json r = json::parse(out, nullptr, false);
-  if (r.is_discarded() || !r.is_object() || !r.contains("ok")) {
+  replies::HelperResult r;
+  if (replies::Problem p = replies::parseHelperResult(out, &r)) {
     exchangeFailed("the token helper ended without an answer (status " +
-                   std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")");
+                   std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ": " + p.why + ")");
     return;
   }
-  if (r.value("ok", false)) {
+  if (r.ok) {
     counters_.tokenExchanges++;
-    accessToken_ = str(r, "access_token");
-    accessExpiresMs_ = r.value("access_expires_ms", int64_t{0});
+    accessToken_ = r.accessToken;
+    accessExpiresMs_ = r.accessExpiresMs;
     accessObtainedMs_ = clock_.wallMs();
     refused_ = false;
     failure_.clear();
     retryAtMs_ = 0;
-    if (r.value("reused", false)) {
+    if (r.reused) {
       // A saved access token: whatever was unsaved is still the current one.
-    } else if (r.value("persisted", true)) {
+    } else if (r.persisted) {
       unsavedRefresh_.clear();
     } else {
-      unsavedRefresh_ = str(r, "refresh_token");
+      unsavedRefresh_ = r.refreshToken;
       conf::Log::write(conf::LogLevel::Error, "account_token_unsaved",
-                       who + " detail=" + conf::logValue(str(r, "persist_error")) +
+                       who + " detail=" + conf::logValue(r.persistError) +
                            " action=" + conf::logValue("make state_dir " + cfg_.server.stateDir +
                                                        " writable: until then a restart loses the account"));
     }
@@ -228,9 +229,10 @@ void Account::helperDone(const std::string& out, int status) {
     for (auto& w : waiters) w(Reason::None, "");
     return;
   }
-  std::string message = str(r, "message"), code = str(r, "code");
-  int httpStatus = r.value("status", 0);
-  refused_ = r.value("refused", false);
+  const std::string& message = r.message;
+  const std::string& code = r.code;
+  int64_t httpStatus = r.status;
+  refused_ = r.refused;
   if (refused_) {
     counters_.tokenFailures++;
     std::string where = cfg_.file + (a_.refreshTokenLine ? ":" + std::to_string(a_.refreshTokenLine) : "");

@@ -17,40 +17,13 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <ctime>
 
 #include "proxy/sources/aliyun_account.h"
+#include "proxy/sources/replies.h"
 
 namespace slip::proxy {
 namespace aliyun {
 
-std::string str(const json& j, const char* key) {
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
-/// "2024-05-01T10:00:00.000Z" → Unix milliseconds; nullopt if not that form.
-std::optional<int64_t> parseIsoUtc(const std::string& s) {
-  tm t{};
-  int ms = 0;
-  int n = 0;
-  if (sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &t.tm_year, &t.tm_mon, &t.tm_mday, &t.tm_hour,
-             &t.tm_min, &t.tm_sec, &n) != 6)
-    return std::nullopt;
-  const char* rest = s.c_str() + n;
-  if (*rest == '.') {
-    int digits = 0;
-    for (rest++; *rest >= '0' && *rest <= '9'; rest++)
-      if (digits++ < 3) ms = ms * 10 + (*rest - '0');
-    for (; digits < 3; digits++) ms *= 10;
-  }
-  if (*rest != 'Z' && strcmp(rest, "+00:00") != 0) return std::nullopt;
-  t.tm_year -= 1900;
-  t.tm_mon -= 1;
-  time_t secs = timegm(&t);
-  if (secs == static_cast<time_t>(-1)) return std::nullopt;
-  return static_cast<int64_t>(secs) * 1000 + ms;
-}
 
 void ApiCall::onDone(Transfer&, const TransferResult& r) {
   Account* a = acct;
@@ -107,7 +80,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
       c->token = accessToken_;
       Transfer::Options o;
       o.url = api_ + path;
-      o.postBody = body.dump();
+      o.postBody = replies::dumpJson(body);
       o.headers.push_back({"Content-Type", "application/json"});
       o.headers.push_back({"Authorization", "Bearer " + accessToken_});
       o.connectTimeoutMs = cfg_.server.connectTimeoutMs;
@@ -122,14 +95,12 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
           return;
         }
         int status = call_.xfer->status();
-        json j = json::parse(call_.body, nullptr, false);
-        if (j.is_discarded()) j = json::object();
-        std::string code = j.is_object() ? str(j, "code") : "";
-        std::string message = j.is_object() ? str(j, "message") : "";
-        if (status == 200 && j.is_object()) {
-          cb({Reason::None, "", std::move(j)});
+        if (status == 200) {
+          cb({Reason::None, "", std::move(call_.body)});
           return;
         }
+        std::string code, message;
+        replies::parseApiError(call_.body, &code, &message);
         if (status == 401 && (code == "AccessTokenInvalid" || code == "AccessTokenExpired") && !authRetried) {
           // Refresh, then try once more (unless another call already did).
           if (accessToken_ == call_.token) accessExpiresMs_ = 0;  // the helper is told it is stale
@@ -156,7 +127,7 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
                              (message.empty() ? "" : ": " + message);
         Reason r2 = status == 404 ? Reason::NotFound : Reason::ResolveFailed;
         if (status == 401 || status == 403) r2 = Reason::AccountAuth;
-        cb({r2, detail, std::move(j)});
+        cb({r2, detail, {}});
       };
       c->xfer = std::make_unique<Transfer>(multi_, std::move(o), c);
       calls_[c] = std::move(owned);
@@ -182,8 +153,10 @@ void Account::withDrive(DoneCb cb) {
       const char* type = a_.driveType == conf::DriveType::Default  ? "default"
                          : a_.driveType == conf::DriveType::Backup ? "backup"
                                                                    : "resource";
-      driveId_ = str(r.body, (std::string(type) + "_drive_id").c_str());
-      if (driveId_.empty()) {
+      if (replies::Problem p = replies::parseDriveId(r.body, type, &driveId_)) {
+        reason = Reason::SourceBadReply;
+        detail = "aliyundrive getDriveInfo: " + p.why;
+      } else if (driveId_.empty()) {
         reason = Reason::ResolveFailed;
         detail = "account " + a_.name + " has no " + type + " drive (set drive_type in [account " + a_.name + "])";
       }
@@ -235,21 +208,19 @@ void Account::listPage(const std::string& folderId, uint64_t gen, const std::str
       listingDone(folderId, gen, r.reason, r.detail);
       return;
     }
-    const json& items = r.body.contains("items") ? r.body["items"] : json();
-    if (!items.is_array()) {
-      listingDone(folderId, gen, Reason::ResolveFailed, "aliyundrive list: reply has no items");
+    replies::ListPage pageReply;
+    if (replies::Problem p = replies::parseListPage(r.body, &pageReply)) {
+      listingDone(folderId, gen, Reason::SourceBadReply, "aliyundrive list: " + p.why);
       return;
     }
-    for (const json& item : items) {
-      if (!item.is_object()) continue;
-      Entry e;
-      e.id = str(item, "file_id");
-      e.name = str(item, "name");
-      e.parent = folderId;
-      e.folder = str(item, "type") == "folder";
-      if (!e.id.empty() && !e.name.empty()) it->second.building[e.name] = e;
+    for (replies::ListItem& item : pageReply.items) {
+      Entry e{std::move(item.id), folderId, item.name, item.folder};
+      if (!e.folder) e.size = item.size;
+      if (item.updatedMs && *item.updatedMs > 0) e.mtimeMs = *item.updatedMs;
+      e.hash = std::move(item.contentHash);
+      it->second.building[item.name] = std::move(e);
     }
-    std::string next = str(r.body, "next_marker");
+    const std::string& next = pageReply.nextMarker;
     if (!next.empty() && page + 1 < kMaxPages) {
       listPage(folderId, gen, next, page + 1);
       return;
@@ -342,6 +313,22 @@ void Account::walk(std::shared_ptr<Walk> w) {
   });
 }
 
+void Account::listFolder(const std::string& rootId, const std::string& rest, ListCb cb) {
+  lookup(rootId, rest, [this, rest, cb = std::move(cb)](Reason r, const std::string& d, const Entry& e) mutable {
+    if (r != Reason::None || !e.folder) {
+      cb({r != Reason::None ? r : Reason::NotAFolder, r != Reason::None ? d : "'" + rest + "' is a file", nullptr});
+      return;
+    }
+    listing(e.id, [cb = std::move(cb)](Reason r2, const std::string& d2, std::shared_ptr<const Entries> l) {
+      if (r2 != Reason::None) return cb({r2, d2, nullptr});
+      auto out = std::make_shared<DirEntries>();
+      for (const auto& [name, x] : *l)
+        out->push_back({x.name, x.folder, x.size, x.mtimeMs, x.hash.empty() ? "" : "\"" + x.hash + "\""});
+      cb({Reason::None, "", out});
+    });
+  });
+}
+
 void Account::downloadUrl(const std::string& id, int64_t expireSec,
                           std::function<void(Reason, const std::string&, const std::string&, int64_t)> cb) {
   withDrive([this, id, expireSec, cb = std::move(cb)](Reason r, const std::string& detail) mutable {
@@ -357,18 +344,18 @@ void Account::downloadUrl(const std::string& id, int64_t expireSec,
              cb(res.reason, res.detail, "", 0);
              return;
            }
-           std::string url = str(res.body, "url");
-           if (!url.starts_with("http://") && !url.starts_with("https://")) {
-             cb(Reason::ResolveFailed, "aliyundrive getDownloadUrl: reply has no http(s) url", "", 0);
+           replies::DownloadUrl link;
+           if (replies::Problem p = replies::parseDownloadUrl(res.body, &link)) {
+             cb(Reason::SourceBadReply, "aliyundrive getDownloadUrl: " + p.why, "", 0);
              return;
            }
            // The service says when the link dies; never trust it longer than
            // asked, and not at all when our clock is ahead of its (the link
            // would look dead on arrival).
            int64_t expires = asked + expireSec * 1000;
-           if (auto e = parseIsoUtc(str(res.body, "expiration")); e && *e > clock_.wallMs())
-             expires = std::min(expires, *e);
-           cb(Reason::None, "", url, expires);
+           if (link.expirationMs && *link.expirationMs > clock_.wallMs())
+             expires = std::min(expires, *link.expirationMs);
+           cb(Reason::None, "", link.url, expires);
          });
   });
 }
@@ -392,6 +379,9 @@ class AliyunSource final : public Source {
   int64_t defaultTtlMs() const override { return mount_.linkTtlMs; }
 
   void resolve(const std::string& rest, const ClientInfo&, ResolveCb cb) override { resolveOnce(rest, std::move(cb), false); }
+
+  // listTtlMs() stays 0: the account caches listings (list_ttl) for all its mounts.
+  void list(const std::string& rest, ListCb cb) override { account_.listFolder(mount_.rootFolderId, rest, std::move(cb)); }
 
  private:
   void resolveOnce(const std::string& rest, ResolveCb cb, bool retried) {

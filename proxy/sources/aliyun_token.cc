@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "proxy/sources/aliyun.h"
+#include "proxy/sources/replies.h"
 
 namespace slip::proxy {
 namespace {
@@ -79,7 +80,8 @@ std::string stringField(const json& j, const char* key) {
 
 int64_t intField(const json& j, const char* key, int64_t def = 0) {
   auto it = j.find(key);
-  return it != j.end() && it->is_number() ? it->get<int64_t>() : def;
+  if (it == j.end()) return def;
+  return replies::jsonInt(*it).value_or(def);  // 1e300, "5", 2^64: the default
 }
 
 size_t collect(char* p, size_t size, size_t n, void* ud) {
@@ -171,7 +173,7 @@ bool writeTokenState(const std::string& path, const TokenState& s, std::string* 
     *err = errnoText("cannot create " + tmp);
     return false;
   }
-  bool ok = writeAll(fd, j.dump() + "\n");
+  bool ok = writeAll(fd, replies::dumpJson(j) + "\n");
   if (!ok) *err = errnoText("cannot write " + tmp);
   if (ok && fsync(fd) != 0) ok = false, *err = errnoText("cannot fsync " + tmp);
   if (close(fd) != 0 && ok) ok = false, *err = errnoText("cannot close " + tmp);
@@ -207,7 +209,7 @@ Exchange post(const json& req, const std::string& refreshToken) {
                {"client_secret", stringField(req, "client_secret")},
                {"grant_type", "refresh_token"},
                {"refresh_token", refreshToken}};
-  std::string payload = body.dump();
+  std::string payload = replies::dumpJson(body);
   std::string url = stringField(req, "token_url");
   CURL* c = curl_easy_init();
   curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
@@ -234,7 +236,7 @@ Exchange post(const json& req, const std::string& refreshToken) {
 }
 
 void reply(const json& j) {
-  std::string line = j.dump() + "\n";
+  std::string line = replies::dumpJson(j) + "\n";
   writeAll(1, line);
 }
 
@@ -311,16 +313,17 @@ int tokenExchangeMain(const Clock& clock) {
   Exchange x = post(req, refresh);
   curl_global_cleanup();
 
-  json j = json::parse(x.body, nullptr, false);
-  if (!j.is_object()) j = json::object();
-  std::string access = stringField(j, "access_token");
-  std::string rotated = stringField(j, "refresh_token");
-  if (x.curlError.empty() && x.status == 200 && !access.empty() && !rotated.empty()) {
+  replies::TokenReply tokens;
+  replies::Problem bad;
+  if (x.curlError.empty() && x.status == 200) bad = replies::parseTokenReply(x.body, &tokens);
+  const std::string& access = tokens.accessToken;
+  const std::string& rotated = tokens.refreshToken;
+  if (x.curlError.empty() && x.status == 200 && !bad) {
     TokenState s;
     s.chain = chain;
     s.refreshToken = rotated;
     s.accessToken = access;
-    s.accessExpiresMs = now + std::max<int64_t>(1, intField(j, "expires_in", 7200)) * 1000;
+    s.accessExpiresMs = now + tokens.expiresInSec * 1000;
     s.updatedMs = clock.wallMs();
     std::string werr;
     bool persisted = writeTokenState(path, s, &werr);
@@ -339,10 +342,10 @@ int tokenExchangeMain(const Clock& clock) {
     return 0;
   }
 
-  std::string code = stringField(j, "code");
-  std::string message = stringField(j, "message");
+  std::string code, message;
+  replies::parseApiError(x.body, &code, &message);
   if (!x.curlError.empty()) message = x.curlError;
-  else if (message.empty() && x.status == 200) message = "the reply has no access_token or refresh_token";
+  else if (x.status == 200) message = "the reply does not follow the API: " + bad.why;
   else if (message.empty()) message = "HTTP status " + std::to_string(x.status);
   // The service refused this refresh token (revoked, consumed, or the app's
   // credentials are wrong): trying again cannot help.

@@ -46,7 +46,7 @@ std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const
   switch (m.source) {
     case conf::SourceType::Http: return std::make_unique<HttpSource>(m);
     case conf::SourceType::Alist: return makeAlistSource(m, multi, s);
-    case conf::SourceType::Local: return nullptr;
+    case conf::SourceType::Local: return nullptr;  // needs its root and worker: the engine makes it
     case conf::SourceType::AliyundriveOpen: return nullptr;  // needs its account: the engine makes it
   }
   return nullptr;

@@ -57,9 +57,17 @@ class Source {
   virtual void resolve(const std::string& rest, const ClientInfo& client, ResolveCb cb) = 0;
   /// How long a link may be used when the source reports no expiry; 0 = forever.
   virtual int64_t defaultTtlMs() const = 0;
+  /// Lists the folder `rest` (decoded; "" or "/" = the mount's root), in any
+  /// order and unfiltered: the ListingCache sorts, filters and caches. May
+  /// call back synchronously. The default answers CannotList.
+  virtual void list(const std::string& rest, ListCb cb);
+  /// How long the ListingCache may reuse a listing; 0 = never (the source
+  /// caches its own, as an aliyundrive_open account does).
+  virtual int64_t listTtlMs() const { return 0; }
 };
 
-/// Builds the source for one mount (`local` mounts have none: null).
+/// Builds the source of an http or alist mount (the engine makes the others:
+/// makeLocalSource, makeAliyunSource).
 std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s);
 
 /// Resolved links by (mount, path[, client]); one resolution in flight per key.

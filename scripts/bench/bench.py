@@ -1,13 +1,29 @@
 #!/usr/bin/env python3
-"""slipstream benchmark against its peers (issue 3, item 5). A benchmark, not a test.
+"""slipstream benchmark against its peers (issues 3, 9, 11, 14). A benchmark, not a test.
 
 Setup, all on 127.0.0.1:
   origin  nginx serving a random file, demanding a Referer and a User-Agent
           (valid_referers + UA check); no limit_rate.
   relay   build/ratelimit_relay in front of it: caps EACH TCP connection at R
-          bytes/s origin->client (token bucket), like a cloud drive. Its byte
-          counter is "what the origin sent".
-Rows (servers under test, each with the relay as upstream):
+          bytes/s origin->client (token bucket), like a cloud drive; optionally
+          holds every answer for a round trip (--delay-ms) and counts requests
+          in flight per path. Its byte counter is "what the origin sent".
+
+Tables (--tables, default all; each one documents its rows and columns in
+scripts/bench/table_NAME.py, the main one here):
+  main    issue 3, below
+  player  issue 11: origin 40 ms away; ffprobe cold/warm of a 1 GiB moov-at-end
+          MP4, ffmpeg first frame after -ss 10/50/90 %, the seek storm (with and
+          without the delay), adaptive connections (capped and uncapped origin)
+  https   issue 9: the relay in front of a TLS origin with a bench CA; cold full,
+          seek, warm-hit latency during a cold 16-connection HTTPS open
+  peers   issue 14: warm full and wrk next to nginx, Varnish and the machine's
+          sendfile ceiling
+  fast    issue 14: uncapped relay, cold full by one client: direct, nginx,
+          slipstream cache off / on, and the cache on a throttled slow disk
+  rss     issue 14: RSS over 60 s with 200 slow clients + 2000 idle connections
+
+Main table rows (servers under test, each with the relay as upstream):
   direct      curl with the right headers straight to the relay
   aria2c      aria2c -x16 -s16 -k1M with the headers (download columns only)
   nginx       proxy_cache + slice 1m + proxy_cache_lock on, headers injected
@@ -18,10 +34,13 @@ random 64 KiB ranges, peak RSS of the server. Every cold measurement starts from
 a fresh server with an empty cache; every full download's SHA-256 is checked.
 
     python3 scripts/bench/bench.py --bin build/slipstream --relay build/ratelimit_relay
-        [--rate MiB/s] [--size MiB] [--quick] [--out FILE] [--rows a,b,...]
+        [--tables main,player,https,peers,fast,rss] [--rate MiB/s] [--size MiB]
+        [--quick] [--out FILE] [--rows a,b,...] [--media-size MiB] [--rtt-ms N]
+        [--slow-disk-mibs N] [--rss-seconds N]
 
-Prints one markdown table (with date, machine, parameters), the issue's targets
-as PASS/FAIL lines, and notes. Python standard library only.
+Prints the machine, then each table as markdown with the issues' targets as
+PASS/FAIL lines, and notes. Python standard library only; the slow-disk rows
+need root (losetup, mount, cgroup block throttle) and say n/a otherwise.
 """
 
 import argparse
@@ -47,12 +66,24 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import harness  # noqa: E402  (REFERER, USER_AGENT, nginx log format, free_port, wait_until)
 
+if __name__ == "__main__":
+    sys.modules["bench"] = sys.modules["__main__"]  # the table_*.py modules share this one's state
+
 MiB = 1 << 20
 REFERER = harness.REFERER
 USER_AGENT = harness.USER_AGENT
 ORIGIN_HEADERS = [("Referer", REFERER), ("User-Agent", USER_AGENT)]
 FILE_NAME = "/bench.bin"
 ROWS = ["direct", "aria2c", "nginx", "slipstream"]
+# --tables: the main table (issue 3) and the ones of issues 9, 11 and 14 (scripts/bench/table_NAME.py)
+TABLES = {
+    "main": "issue 3: cold, warm, seek, 20 clients, wrk, RSS",
+    "player": "Player table (issue 11): 40 ms away, ffprobe, ffmpeg -ss, seek storm, adaptive connections",
+    "https": "HTTPS origin (issue 9): cold full, seek, warm hits during a cold 16-connection open",
+    "peers": "Warm path at the machine's limits (issue 14): sendfile ceiling, nginx, Varnish, slipstream",
+    "fast": "Fast origin (issue 14): uncapped relay, cache on/off, normal and slow disk",
+    "rss": "Memory (issue 14): 200 slow clients on different cold files + 2000 idle connections",
+}
 
 
 def log(msg):
@@ -212,27 +243,36 @@ def wait_port(port, proc, timeout, what):
 class Origin:
     """nginx serving `root`, 403 without the right Referer and User-Agent."""
 
-    def __init__(self, root, base):
+    def __init__(self, root, base, tls=None, extra_http="", workers=1, access_log=True):
+        """tls = (certificate file, key file): the origin speaks HTTPS (TLS 1.2/1.3).
+        workers: 1 (one process, no master) or "auto" (a worker per core, as for a ceiling)."""
         self.dir = mkdtemp("origin-", base)
         self.port = harness.free_port()
+        ssl = ""
+        if tls:
+            ssl = ("ssl_certificate %s; ssl_certificate_key %s; ssl_protocols TLSv1.2 TLSv1.3; "
+                   "ssl_session_cache shared:SSL:10m; ssl_session_timeout 1h;" % tls)
         self.log = os.path.join(self.dir, "access.log")
         conf = """
 daemon off;
-master_process off;
-worker_processes 1;
+master_process %(master)s;
+worker_processes %(workers)s;
+%(user)s
 pid %(d)s/nginx.pid;
 error_log %(d)s/error.log warn;
 events { worker_connections 4096; }
 http {
   %(fmt)s
-  access_log %(log)s slip;
+  access_log %(log)s;
   sendfile on;
   keepalive_requests 1000000; keepalive_timeout 120s;
   client_body_temp_path %(d)s/tmp; proxy_temp_path %(d)s/tmp;
   fastcgi_temp_path %(d)s/tmp; uwsgi_temp_path %(d)s/tmp; scgi_temp_path %(d)s/tmp;
   default_type application/octet-stream;
+  %(extra)s
   server {
-    listen 127.0.0.1:%(port)d backlog=4096;
+    listen 127.0.0.1:%(port)d%(ssl_flag)s backlog=4096;
+    %(ssl)s
     root %(root)s;
     location / {
       valid_referers origin.example;
@@ -241,7 +281,10 @@ http {
     }
   }
 }
-""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log, port=self.port, root=root, ua=USER_AGENT)
+""" % dict(d=self.dir, fmt=harness.NGINX_LOG_FORMAT, log=self.log + " slip" if access_log else "off",
+           port=self.port, root=root, ua=USER_AGENT,
+           ssl=ssl, ssl_flag=" ssl" if tls else "", extra=extra_http, workers=workers,
+           master="off" if workers == 1 else "on", user="user root;" if os.geteuid() == 0 and workers != 1 else "")
         os.makedirs(os.path.join(self.dir, "tmp"))
         cf = os.path.join(self.dir, "nginx.conf")
         with open(cf, "w") as f:
@@ -252,10 +295,15 @@ http {
 
 
 class Relay:
-    def __init__(self, binary, upstream_port, rate, base):
+    """build/ratelimit_relay in front of an origin port: `rate` bytes/s per
+    connection (0 = no cap), `delay_ms` round trip held before each answer."""
+
+    def __init__(self, binary, upstream_port, rate, base, delay_ms=0):
         self.dir = mkdtemp("relay-", base)
         self.log = os.path.join(self.dir, "conns.log")
-        self.proc = spawn([binary, "--upstream", str(upstream_port), "--rate", str(int(rate)), "--log", self.log],
+        self.rate, self.delay_ms = rate, delay_ms
+        self.proc = spawn([binary, "--upstream", str(upstream_port), "--rate", str(int(rate)),
+                           "--delay-ms", str(int(delay_ms)), "--log", self.log],
                           stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "stderr"), "wb"), text=True)
         self.port = self.stats_port = None
         deadline = time.monotonic() + 10
@@ -269,15 +317,33 @@ class Relay:
             elif m:
                 self.stats_port = int(m.group(2))
 
-    def stats(self):
+    def command(self, cmd):
         with socket.create_connection(("127.0.0.1", self.stats_port), timeout=5) as s:
+            s.sendall(cmd.encode() + b"\n")
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(256)
+            while True:
+                chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", data.decode())}
+        return data.decode()
+
+    def stats(self):
+        """down, up, accepted, active, requests, inflight, max_active, max_inflight."""
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", self.command("stats"))}
+
+    def paths(self):
+        """path -> {requests, inflight, max_inflight, down} for every path requested so far."""
+        out = {}
+        for line in self.command("paths").splitlines():
+            m = re.match(r"path=(\S*) (.*)", line)
+            if m:
+                out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+        return out
+
+    def reset_peaks(self):
+        """max_active / max_inflight (global and per path) restart from now."""
+        self.command("reset")
 
     def down(self):
         return self.stats()["down"]
@@ -344,12 +410,22 @@ class NginxCache:
     client_headers = []
     cache = True
 
-    def __init__(self, relay, base, cache_max):
+    def __init__(self, relay, base, cache_max, cache_parent=None, ca_file=None, extra_http=""):
+        """ca_file: the upstream speaks TLS (relay in front of an HTTPS origin), verified against it.
+        cache_parent: where the cache directory goes (default: inside the instance's temp dir)."""
         self.relay, self.base, self.cache_max = relay, base, cache_max
+        self.cache_parent, self.ca_file, self.extra_http = cache_parent, ca_file, extra_http
         self.proc = None
 
     def start(self):
         self.dir = mkdtemp("nginx-cache-", self.base)
+        cache_dir = mkdtemp("nginx-cache-", self.cache_parent) if self.cache_parent else os.path.join(self.dir, "cache")
+        self.cache_dir = cache_dir
+        scheme, tls = "http", ""
+        if self.ca_file:
+            scheme = "https"
+            tls = ("proxy_ssl_trusted_certificate %s; proxy_ssl_verify on; proxy_ssl_name localhost; "
+                   "proxy_ssl_session_reuse on;" % self.ca_file)
         self.port = harness.free_port()
         # Workers keep our uid (the temp dirs are private, 0700).
         user = "user root;" if os.geteuid() == 0 else ""
@@ -364,9 +440,10 @@ http {
   access_log off;
   sendfile on;
   keepalive_requests 1000000;
+  %(extra)s
   client_body_temp_path %(d)s/tmp; proxy_temp_path %(d)s/tmp;
   fastcgi_temp_path %(d)s/tmp; uwsgi_temp_path %(d)s/tmp; scgi_temp_path %(d)s/tmp;
-  proxy_cache_path %(d)s/cache levels=1:2 keys_zone=bench:16m max_size=%(max)dm inactive=1d use_temp_path=off;
+  proxy_cache_path %(cache)s levels=1:2 keys_zone=bench:16m max_size=%(max)dm inactive=1d use_temp_path=off;
   upstream relay { server 127.0.0.1:%(relay)d; keepalive 32; }
   server {
     listen 127.0.0.1:%(port)d backlog=4096;
@@ -381,13 +458,14 @@ http {
       proxy_set_header Connection "";
       proxy_set_header Referer "%(ref)s";
       proxy_set_header User-Agent "%(ua)s";
-      proxy_pass http://relay;
+      %(tls)s
+      proxy_pass %(scheme)s://relay;
       add_header X-Cache $upstream_cache_status;
     }
   }
 }
 """ % dict(d=self.dir, user=user, max=self.cache_max // MiB, relay=self.relay.port, port=self.port, ref=REFERER,
-           ua=USER_AGENT)
+           ua=USER_AGENT, extra=self.extra_http, cache=cache_dir, tls=tls, scheme=scheme)
         os.makedirs(os.path.join(self.dir, "tmp"))
         cf = os.path.join(self.dir, "nginx.conf")
         with open(cf, "w") as f:
@@ -407,6 +485,7 @@ http {
         kill_group(self.proc, signal.SIGTERM)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
         return dict(hwm=hwm, anon=self.sampler.peak_anon, file=self.sampler.peak_file)
 
     def url(self, path=FILE_NAME):
@@ -426,8 +505,13 @@ class Slipstream:
     client_headers = []
     cache = True
 
-    def __init__(self, binary, relay, base, cache_max, mount_extra="", cache_extra=""):
+    def __init__(self, binary, relay, base, cache_max, mount_extra="", cache_extra="", server_extra="",
+                 cache_parent=None, scheme="http", cache_on=True):
+        """scheme https: the relay fronts a TLS origin (pass ca_file = ... in mount_extra).
+        cache_parent: where the cache directory goes (default: inside the instance's temp dir)."""
         self.binary, self.relay, self.base, self.cache_max = binary, relay, base, cache_max
+        self.server_extra, self.cache_parent, self.scheme = server_extra, cache_parent, scheme
+        self.cache_on = cache_on
         # scripts/bench/defaults.py sweeps these; the benchmark row uses connections = 16
         self.mount_extra = mount_extra or "connections = 16"
         self.cache_extra = cache_extra
@@ -436,29 +520,33 @@ class Slipstream:
 
     def start(self):
         self.dir = mkdtemp("slipstream-", self.base)
+        self.cache_dir = (mkdtemp("slip-cache-", self.cache_parent) if self.cache_parent
+                          else os.path.join(self.dir, "cache"))
         self.err = os.path.join(self.dir, "stderr.log")
         ini = """[server]
 listen = 127.0.0.1:0
 access_log = off
 log_level = info
 shutdown_grace = 1s
+%(server_extra)s
 
 [cache]
-dir = %(d)s/cache
+dir = %(cache_dir)s
 max_size = %(max)dM
 %(cache_extra)s
 
 [mount bench]
 prefix = /bench
 source = http
-base_url = http://127.0.0.1:%(relay)d
+base_url = %(scheme)s://127.0.0.1:%(relay)d
 header = Referer: %(ref)s
 header = User-Agent: %(ua)s
 delivery = proxy
-cache = on
+cache = %(cache_on)s
 %(mount_extra)s
 """ % dict(d=self.dir, max=self.cache_max // MiB, relay=self.relay.port, ref=REFERER, ua=USER_AGENT,
-           mount_extra=self.mount_extra, cache_extra=self.cache_extra)
+           mount_extra=self.mount_extra, cache_extra=self.cache_extra, server_extra=self.server_extra,
+           cache_dir=self.cache_dir, scheme=self.scheme, cache_on="on" if self.cache_on else "off")
         self.ini = os.path.join(self.dir, "slipstream.ini")
         with open(self.ini, "w") as f:
             f.write(ini)
@@ -497,6 +585,7 @@ cache = on
         self.err_copies.append((alive, self.proc.returncode, self.stderr_text()))
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
         return dict(hwm=hwm, anon=self.sampler.peak_anon, file=self.sampler.peak_file)
 
     def url(self, path=FILE_NAME):
@@ -559,6 +648,7 @@ class Bench:
         self.notes = []
         self.errors = []
         self.phase_rss = {}  # row -> {phase: {hwm, anon, file}} in bytes
+        self.sections = []  # (title, markdown lines) of the tables after the main one
         self.hwm_marks = {}  # row -> [(step, VmHWM bytes)]
 
     # -- helpers
@@ -900,12 +990,35 @@ end
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
+    # -- the other tables (scripts/bench/table_*.py); each returns (title, markdown lines)
+
+    def run_table(self, table):
+        log("==== table %s" % table)
+        t0 = time.monotonic()
+        mod = __import__("table_" + table)
+        try:
+            title, lines = mod.run(self)
+        except Exception as e:  # noqa: BLE001 - a broken table must not lose the others
+            import traceback
+            log("table %s failed:\n%s" % (table, traceback.format_exc()))
+            title, lines = TABLES[table], ["not measured: %s" % self.fail(table, "setup", str(e))]
+        self.sections.append((title, lines + ["", "(%s table: %.0f s)" % (table, time.monotonic() - t0)]))
+
+    def fail(self, table, what, msg, srv=None):
+        """Records an error of a cell in one of the other tables; returns its "ERRn" reference."""
+        diag = srv.diagnostics() if srv is not None else ""
+        if diag:
+            msg += "\n    " + diag.replace("\n", "\n    ")
+        self.errors.append("%s / %s: %s" % (table, what, msg))
+        log("ERROR %s / %s: %s" % (table, what, msg))
+        return "ERR%d" % len(self.errors)
+
     # -- main
 
     def setup(self):
         a = self.args
         self.tmp = mkdtemp("slip-bench-", a.tmp)
-        root = os.path.join(self.tmp, "www")
+        root = self.www = os.path.join(self.tmp, "www")
         os.makedirs(root)
         self.file = root + FILE_NAME
         # Client output goes to tmpfs when there is room, so writing the
@@ -926,7 +1039,7 @@ end
                 f.write(b)
                 left -= len(b)
         self.sha = h.hexdigest()
-        if "slipstream" in a.rows:
+        if os.access(a.bin, os.X_OK):
             # Run a private copy: other work may rebuild build/slipstream during the run.
             self.bin_copy = os.path.join(self.tmp, "slipstream")
             shutil.copy2(a.bin, self.bin_copy)
@@ -953,7 +1066,7 @@ end
         self.busy0, self.ours0 = machine_busy_seconds(), self.our_cpu()
         self.setup()
         cache_max = max(4096 * MiB, 4 * self.size)
-        for row in self.args.rows:
+        for row in (self.args.rows if "main" in self.args.tables else []):
             log("---- %s" % row)
             if row == "direct":
                 self.run_server_row(row, Direct(self.relay))
@@ -964,11 +1077,14 @@ end
             elif row == "slipstream":
                 self.slip = Slipstream(self.bin_copy, self.relay, self.tmp, cache_max)
                 self.run_server_row(row, self.slip)
-        if self.args.clients > 0 and not self.args.no_ceiling:
+        if "main" in self.args.tables and self.args.clients > 0 and not self.args.no_ceiling:
             # What N plain curl clients cost this machine when the server is as fast as it gets.
             log("---- ceiling: %d clients straight from the origin" % self.args.clients)
             self.results["ceiling"] = {}
             self.many_clients("ceiling", OriginDirect(self.origin))
+        for table in self.args.tables:
+            if table != "main":
+                self.run_table(table)
         self.elapsed = time.monotonic() - t_start
         self.load_end = os.getloadavg()
         self.busy = machine_busy_seconds() - self.busy0
@@ -1031,33 +1147,39 @@ end
                  "worker_processes auto, sendfile on, tcp_nopush off, access_log off)%s" % (
                      rev, versions, "; QUICK run" if a.quick else ""))
         L.append("")
-        hdr = ["server", "cold full MiB/s", "warm full MiB/s", "cold seek TTFB ms", "cold seek total ms",
-               "origin MiB in 1 s", "warm seek TTFB ms", "warm seek total ms", "%d clients wall s" % a.clients,
-               "origin ÷ size", "wrk req/s", "wrk p99 ms", "peak RSS MiB"]
-        L.append("| " + " | ".join(hdr) + " |")
-        L.append("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
-        for row in a.rows:
-            cells = [names[row],
-                     self.cell(row, "cold_full", "%.1f"), self.cell(row, "warm_full", "%.1f"),
-                     self.cell(row, "cold_ttfb", "%.1f"), self.cell(row, "cold_total", "%.1f"),
-                     self.cell(row, "origin_1s", "%.2f"),
-                     self.cell(row, "warm_ttfb", "%.1f"), self.cell(row, "warm_total", "%.1f"),
-                     self.cell(row, "many_wall", "%.2f"), self.cell(row, "many_origin", "%.3f"),
-                     self.cell(row, "wrk_rps", "%.0f"), self.cell(row, "wrk_p99", "%.2f"),
-                     self.cell(row, "rss", "%.1f")]
-            L.append("| " + " | ".join(cells) + " |")
-        L.append("")
-        L.append("direct curl and aria2c have no cache: their warm columns repeat the cold figure; aria2c only "
-                 "downloads. origin bytes are counted by the relay (bytes it passed origin→client, headers "
-                 "included). nginx RSS = VmHWM summed over master, workers and cache processes. Peak RSS = max "
-                 "over the three fresh instances (A: full+wrk, B: seek, C: clients).")
-        L.append("")
-        ceil = self.results.get("ceiling", {}).get("many_wall")
-        if isinstance(ceil, float):
-            L.append("Machine ceiling for the %d-clients column: the same %d curl clients straight from the origin "
-                     "nginx (no relay, no cap, page cache) take %.2f s." % (a.clients, a.clients, ceil))
+        if "main" in a.tables:
+            hdr = ["server", "cold full MiB/s", "warm full MiB/s", "cold seek TTFB ms", "cold seek total ms",
+                   "origin MiB in 1 s", "warm seek TTFB ms", "warm seek total ms", "%d clients wall s" % a.clients,
+                   "origin ÷ size", "wrk req/s", "wrk p99 ms", "peak RSS MiB"]
+            L.append("| " + " | ".join(hdr) + " |")
+            L.append("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
+            for row in a.rows:
+                cells = [names[row],
+                         self.cell(row, "cold_full", "%.1f"), self.cell(row, "warm_full", "%.1f"),
+                         self.cell(row, "cold_ttfb", "%.1f"), self.cell(row, "cold_total", "%.1f"),
+                         self.cell(row, "origin_1s", "%.2f"),
+                         self.cell(row, "warm_ttfb", "%.1f"), self.cell(row, "warm_total", "%.1f"),
+                         self.cell(row, "many_wall", "%.2f"), self.cell(row, "many_origin", "%.3f"),
+                         self.cell(row, "wrk_rps", "%.0f"), self.cell(row, "wrk_p99", "%.2f"),
+                         self.cell(row, "rss", "%.1f")]
+                L.append("| " + " | ".join(cells) + " |")
             L.append("")
-        L += self.targets()
+            L.append("direct curl and aria2c have no cache: their warm columns repeat the cold figure; aria2c only "
+                     "downloads. origin bytes are counted by the relay (bytes it passed origin→client, headers "
+                     "included). nginx RSS = VmHWM summed over master, workers and cache processes. Peak RSS = max "
+                     "over the three fresh instances (A: full+wrk, B: seek, C: clients).")
+            L.append("")
+            ceil = self.results.get("ceiling", {}).get("many_wall")
+            if isinstance(ceil, float):
+                L.append("Machine ceiling for the %d-clients column: the same %d curl clients straight from the origin "
+                         "nginx (no relay, no cap, page cache) take %.2f s." % (a.clients, a.clients, ceil))
+                L.append("")
+            L += self.targets()
+        for title, lines in self.sections:
+            L.append("")
+            L.append("### " + title)
+            L.append("")
+            L += lines
         if self.notes or self.errors:
             L.append("")
             L.append("Notes:")
@@ -1161,24 +1283,40 @@ def main():
     ap.add_argument("--wrk-duration", type=int, default=None, help="seconds (default 10, 3 with --quick)")
     ap.add_argument("--wrk-conns", type=int, default=50)
     ap.add_argument("--wrk-threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB file, 3 s wrk")
-    ap.add_argument("--rows", default=",".join(ROWS), help="subset of " + ",".join(ROWS))
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 64 MiB file, 3 s wrk, 128 MiB MP4, 8 s seek storm, 20 s rss")
+    ap.add_argument("--rows", default=",".join(ROWS), help="rows of the main table, subset of " + ",".join(ROWS))
+    ap.add_argument("--tables", default=",".join(TABLES), help="tables to run, subset of " + ",".join(TABLES))
+    ap.add_argument("--media-size", type=float, default=None,
+                    help="player table MP4 size in MiB (default 1024, 128 with --quick)")
+    ap.add_argument("--rtt-ms", type=int, default=40, help="player table: origin round trip (default 40)")
+    ap.add_argument("--slow-disk-mibs", type=float, default=20.0,
+                    help="fast table: write cap of the slow cache disk in MiB/s (default 20)")
+    ap.add_argument("--rss-seconds", type=int, default=None, help="rss table duration (default 60, 20 with --quick)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the uncapped-origin calibration of the clients column")
     ap.add_argument("--tmp", default=None, help="parent of the temp dirs (default $TMPDIR or /tmp)")
     ap.add_argument("--out", default=None, help="also write the report to this file")
-    ap.add_argument("--timeout", type=float, default=1800, help="abort the whole run after this many seconds")
+    ap.add_argument("--timeout", type=float, default=5400, help="abort the whole run after this many seconds")
     args = ap.parse_args()
     if args.size is None:
         args.size = 64 if args.quick else 256
     if args.wrk_duration is None:
         args.wrk_duration = 3 if args.quick else 10
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    args.tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    for t in args.tables:
+        if t not in TABLES:
+            ap.error("unknown table %r (choose from %s)" % (t, ",".join(TABLES)))
+    if args.media_size is None:
+        args.media_size = 128 if args.quick else 1024
+    if args.rss_seconds is None:
+        args.rss_seconds = 20 if args.quick else 60
     for r in args.rows:
         if r not in ROWS:
             ap.error("unknown row %r" % r)
     args.bin = os.path.abspath(args.bin)
     args.relay = os.path.abspath(args.relay)
-    for exe in (args.relay,) + ((args.bin,) if "slipstream" in args.rows else ()):
+    for exe in (args.relay, args.bin):
         if not os.access(exe, os.X_OK):
             ap.error("%s is not an executable (make all build/ratelimit_relay)" % exe)
     for tool in ("curl", "aria2c", "wrk"):

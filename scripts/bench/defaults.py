@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--relay", default=os.path.join(bench.ROOT, "build", "ratelimit_relay"))
     ap.add_argument("--size", type=int, default=128, help="MiB")
     ap.add_argument("--rate", type=float, default=16.0, help="MiB/s per connection")
+    ap.add_argument("--rtt-ms", type=int, default=0, help="origin round trip held by the relay (--delay-ms)")
     ap.add_argument("--tmp", default=None)
     args = ap.parse_args()
     args.tmp = args.tmp or bench.mkdtemp("defaults-")
@@ -71,7 +72,7 @@ def main():
         f.write(os.urandom(args.size * MiB))
     args.sha = bench.sha256_file(path)
     origin = bench.Origin(www, args.tmp)
-    relay = bench.Relay(args.relay, origin.port, args.rate * MiB, args.tmp)
+    relay = bench.Relay(args.relay, origin.port, args.rate * MiB, args.tmp, delay_ms=args.rtt_ms)
     grid = [("256K", 16, "64M"), ("1M", 16, "64M"), ("4M", 16, "64M"),
             ("1M", 4, "64M"), ("1M", 8, "64M"), ("1M", 32, "64M"),
             ("1M", 16, "16M"), ("1M", 16, "32M"), ("1M", 16, "128M")]

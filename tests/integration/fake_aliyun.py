@@ -40,6 +40,13 @@ limit), an optional `limit_rate`, ranges and ETags. Its access log uses the
 harness format with one more field, "$limit_conn_status", so that the
 requests that really held a connection slot can be told apart.
 
+Tokens look like the real service's: every refresh and access token is a
+JWT (base64url header.payload.signature, RS256-sized signature), a refresh
+token about 600 characters, an access token about 1000, so that the gateway
+handles them at their real size (INI lines, headers, JSON, the state file).
+The first refresh token is one too (`initial_refresh_token`) unless the
+caller names one.
+
 Python standard library only; everything on 127.0.0.1.
 """
 
@@ -56,6 +63,21 @@ import threading
 import time
 
 import harness
+
+def _b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(claims, key):
+    """A JWT shaped like the Open API's (RS256: a 256-byte signature). The
+    signature is a keyed hash stretched to that size: the fake checks tokens
+    by lookup, not by signature."""
+    head = _b64url(json.dumps({"typ": "JWT", "alg": "RS256"}, separators=(",", ":")).encode())
+    body = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    signed = (head + "." + body).encode()
+    sig = b"".join(hashlib.sha256(key + bytes([i]) + signed).digest() for i in range(8))
+    return head + "." + body + "." + _b64url(sig)
+
 
 # path -> short endpoint name (the keys of stats()["too_many"])
 ENDPOINTS = {
@@ -209,7 +231,7 @@ class FakeAliyun:
     limit_conn per account (None/0: unlimited); download_rate is nginx
     limit_rate syntax ("2m") or None."""
 
-    def __init__(self, workdir, refresh_token="rt-initial", client_id="cid", client_secret="csecret",
+    def __init__(self, workdir, refresh_token=None, client_id="cid", client_secret="csecret",
                  access_ttl=3.0, url_life=4.0, page_size=4, link_rate=1.0, list_rate=4.0,
                  download_conns=3, download_rate=None, account_id="acct1"):
         self.workdir = workdir
@@ -225,6 +247,11 @@ class FakeAliyun:
         self.drive_ids = {"default": "10001", "resource": "10002", "backup": "10003"}
         self.lock = threading.Lock()
 
+        self.user_id = secrets.token_hex(16)
+        self._jwt_key = secrets.token_bytes(32)
+        if refresh_token is None:
+            refresh_token = self._refresh_jwt()
+        self.initial_refresh_token = refresh_token
         # tokens: refresh token -> "live" | "used" | "revoked"; access token -> monotonic expiry
         self._refresh = {refresh_token: "live"}
         self._current = refresh_token
@@ -326,6 +353,23 @@ class FakeAliyun:
 
     # ----------------------------------------------------------------- tokens
 
+    def _refresh_jwt(self):
+        now = int(time.time())
+        return make_jwt({"sub": self.user_id, "aud": self.client_id, "iss": "https://open.alipan.com",
+                         "exp": now + 90 * 86400, "iat": now, "jti": secrets.token_hex(16),
+                         "typ": "refresh", "device_id": secrets.token_hex(16)}, self._jwt_key)
+
+    def _access_jwt(self):
+        now = int(time.time())
+        custom = json.dumps({"clientId": self.client_id, "domainId": "bj29", "scope": [
+            "user:base", "file:all:read", "file:all:write", "album:shared:read", "DRIVE.ALL",
+            "FILE.ALL", "USER.ALL", "VIEW.ALL", "STORAGE.ALL", "STORAGEFILE.LIST", "BATCH",
+            "OAUTH.ALL", "IMAGE.ALL", "INVITE.ALL", "ACCOUNT.ALL", "SYNCMAPPING.LIST"],
+            "role": "user", "ref": "https://open.alipan.com", "device_id": secrets.token_hex(16)},
+            separators=(",", ":"))
+        return make_jwt({"userId": self.user_id, "customJson": custom, "exp": now + 7200, "iat": now,
+                         "jti": secrets.token_hex(16)}, self._jwt_key)
+
     @property
     def current_refresh_token(self):
         """The refresh token a correct client holds now (the latest issued)."""
@@ -340,7 +384,7 @@ class FakeAliyun:
         which becomes current_refresh_token."""
         with self.lock:
             self._refresh[self._current] = "revoked"
-            self._current = "rt-" + secrets.token_hex(16)
+            self._current = self._refresh_jwt()
             self._refresh[self._current] = "live"
             return self._current
 
@@ -365,10 +409,10 @@ class FakeAliyun:
             # Rotation: the presented token is consumed as the new pair is
             # issued. Older access tokens stay valid until their own expiry.
             self._refresh[rt] = "used"
-            new_rt = "rt-" + secrets.token_hex(16)
+            new_rt = self._refresh_jwt()
             self._refresh[new_rt] = "live"
             self._current = new_rt
-            at = "at-" + secrets.token_hex(24)
+            at = self._access_jwt()
             self._access[at] = time.monotonic() + self.access_ttl
             self._stats["refreshes"] += 1
         if self.token_delay:

@@ -8,6 +8,7 @@ Every figure asserted comes from the fake's counters or from nginx's own
 access log ($limit_conn_status, $request_time), never from the gateway.
 """
 
+import json
 import os
 import random
 import re
@@ -54,13 +55,22 @@ class AliyunTest(GatewayTest):
         self._fixtures.append(f.stop)
         return f
 
-    def ini(self, fake, mounts, account="", server="", token=None):
+    def ini(self, fake, mounts, account="", server="", token=None, token_file=None):
+        """The refresh token goes into the INI (the fake's first one, a JWT
+        of several hundred characters, unless `token` is given), or with
+        token_file, into that file, named by refresh_token_file."""
         self.state_dir = os.path.join(self.tmp, "state")
+        if token_file:
+            with open(token_file, "w") as f:
+                f.write((token or fake.initial_refresh_token) + "\n")
+            secret = "refresh_token_file = %s" % token_file
+        else:
+            secret = "refresh_token = %s" % (token or fake.initial_refresh_token)
         return ("[server]\nlog_level = debug\nshutdown_grace = 1s\nstate_dir = %s\n%s\n"
                 "[cache]\ndir = @CACHE@\nmin_free = 0\nmax_size = 1G\n"
-                "[account ali]\nrefresh_token = %s\nclient_id = cid\nclient_secret = csecret\n"
+                "[account ali]\n%s\nclient_id = cid\nclient_secret = csecret\n"
                 "api_url = %s\n%s\n%s"
-                % (self.state_dir, server, token or "rt-initial", fake.api_url, account, mounts))
+                % (self.state_dir, server, secret, fake.api_url, account, mounts))
 
     @staticmethod
     def mount(name, extra=""):
@@ -318,14 +328,14 @@ class TokenState(AliyunTest):
             fake.add_file("/f%d.bin" % i, files[i])
         gw = self.gateway(self.ini(fake, self.mount("films")))
         self.assertEqual(gw.get("/d/films/f0.bin").body, files[0])
-        self.assertEqual(fake.presented, ["rt-initial"])
+        self.assertEqual(fake.presented, [fake.initial_refresh_token])
         self.assertIn("refresh_token=ini (no saved state yet)", gw.errors())
         gw.stop()
         time.sleep(1.1)  # the saved access token has expired
         gw.start()
         self.assertEqual(gw.get("/d/films/f1.bin").body, files[1])
         self.assertEqual(len(fake.presented), 2)
-        self.assertNotEqual(fake.presented[1], "rt-initial", "the consumed INI token was used again")
+        self.assertNotEqual(fake.presented[1], fake.initial_refresh_token, "the consumed INI token was used again")
         self.assertIn("refresh_token=saved", gw.errors())
         gw.stop()
 
@@ -334,7 +344,7 @@ class TokenState(AliyunTest):
         with open(gw.ini) as f:
             text = f.read()
         with open(gw.ini, "w") as f:
-            f.write(text.replace("refresh_token = rt-initial", "refresh_token = " + fresh))
+            f.write(text.replace("refresh_token = " + fake.initial_refresh_token, "refresh_token = " + fresh))
         time.sleep(1.1)
         gw.start()
         self.assertEqual(gw.get("/d/films/f2.bin").body, files[2])
@@ -349,6 +359,48 @@ class TokenState(AliyunTest):
         st = fake.stats()
         self.assertEqual(st["reused_tokens"], [])
         self.assertEqual(st["invalid_tokens"], 0)
+
+    def jwt_round(self, token_file):
+        fake = self.fake(access_ttl=1.0, url_life=30.0)
+        first = fake.initial_refresh_token
+        self.assertEqual(first.count("."), 2)
+        self.assertGreater(len(first), 500, "the fake's refresh token is not of a real size")
+        data = random_bytes(300 * 1024, seed=95)
+        fake.add_file("/jwt.bin", data)
+        fake.add_file("/jwt2.bin", data[:1000])
+        gw = self.gateway(self.ini(fake, self.mount("films"), token_file=token_file))
+        if not token_file:
+            with open(gw.ini) as f:
+                self.assertIn("refresh_token = %s\n" % first, f.read())
+        for name in ("/d/films/jwt.bin", "/d/films/jwt.bin"):
+            r = gw.get(name)
+            self.assertEqual((r.status, sha256(r.body)), (200, sha256(data)))
+        gw.stop()
+        time.sleep(1.1)  # the access token expires: a restart rotates again
+        gw.start()
+        r = gw.get("/d/films/jwt2.bin")  # not cached: it needs the API
+        self.assertEqual((r.status, r.body), (200, data[:1000]))
+        st = fake.stats()
+        self.assertEqual(st["reused_tokens"], [])
+        self.assertEqual(st["invalid_tokens"], 0)
+        self.assertEqual(fake.presented[0], first)
+        self.assertGreaterEqual(len(fake.presented), 2)
+        for rt in fake.presented:
+            self.assertGreater(len(rt), 500)
+        with open(os.path.join(self.state_dir, "aliyundrive-ali.token.json")) as f:
+            state = json.load(f)
+        self.assertEqual(state["refresh_token"], fake.current_refresh_token)
+        self.assertGreater(len(state["access_token"]), 900)
+        # Secrets are never logged, whatever their size.
+        log = gw.errors()
+        for token in fake.presented + [fake.current_refresh_token, state["access_token"]]:
+            self.assertNotIn(token[-40:], log)
+
+    def test_jwt_refresh_token_in_the_ini(self):
+        self.jwt_round(None)
+
+    def test_jwt_refresh_token_from_refresh_token_file(self):
+        self.jwt_round(os.path.join(self.tmp, "refresh_token"))
 
     def test_unreadable_state_sends_no_token(self):
         # Not knowing which refresh token is current, the helper must not
@@ -366,7 +418,7 @@ class TokenState(AliyunTest):
         r = gw.get("/d/films/b.bin")
         self.assertEqual(r.status, 502)
         self.assertIn("saved token state is unreadable", r.body.decode())
-        self.assertEqual(fake.presented, ["rt-initial"])
+        self.assertEqual(fake.presented, [fake.initial_refresh_token])
         self.assertIn("event=token_exchange_failed", gw.errors())
 
     def test_token_relay_without_client_credentials(self):

@@ -134,8 +134,19 @@ def last_header_block(dump):
     return int(status_line.split()[1]), hdrs
 
 
+def alist_item(name, size=0, is_dir=False, mtime=1700000000.0, sha1=None):
+    """One `content` entry of AList's /api/fs/list (server/handles/fsread.go
+    ObjResp): Go's time.Time marshals as RFC 3339 with nanoseconds and the
+    server's offset (+08:00 here); hash_info is null when unknown."""
+    t = time.gmtime(mtime + 8 * 3600)
+    modified = time.strftime("%Y-%m-%dT%H:%M:%S", t) + ".%09d+08:00" % int((mtime % 1) * 1e9)
+    return dict(name=name, size=size, is_dir=is_dir, modified=modified, created="0001-01-01T00:00:00Z",
+                sign="", thumb="", type=1 if is_dir else 0, hashinfo="null",
+                hash_info={"sha1": sha1} if sha1 else None)
+
+
 class FakeAList:
-    """AList's POST /api/fs/link, faithful to its wire contract:
+    """AList's POST /api/fs/link and /api/fs/list, faithful to the wire contract:
 
     - `Authorization: <token>` (the raw token, no scheme); a wrong one is
       HTTP 200 {"code":401,"message":"token is invalidated","data":null}.
@@ -146,11 +157,19 @@ class FakeAList:
     `resolve(path, n)` (n = how many link calls for this path came before)
     returns the data dict or None for "object not found". Every call is
     recorded: method, path, authorization, content_type, raw body, parsed
-    JSON, answered code."""
+    JSON, answered code.
 
-    def __init__(self, token, resolve):
+    /api/fs/list: `folders` maps a folder path to its items (alist_item);
+    pages are cut as AList's `pagination` does (page < 1 is 1, per_page < 1
+    is everything, a page past the end is `"content": null`); `list_errors`
+    maps a folder path to (code, message) answered as HTTP 200; any other
+    path is code 500 "object not found"."""
+
+    def __init__(self, token, resolve, folders=None, list_errors=None):
         self.token = token
         self.resolve = resolve
+        self.folders = folders or {}
+        self.list_errors = list_errors or {}
         self.delay = 0.0  # seconds before answering a link call (to overlap requests)
         self.calls = []
         self.lock = threading.Lock()
@@ -170,6 +189,34 @@ class FakeAList:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _list(self, rec):
+                j = rec["json"]
+                if not isinstance(j, dict) or not isinstance(j.get("path"), str):
+                    rec["code"] = 400
+                    fake._record(rec)
+                    return self._json({"code": 400, "message": "invalid character in JSON", "data": None})
+                path = j["path"]
+                if path in fake.list_errors:
+                    code, message = fake.list_errors[path]
+                    rec["code"] = code
+                    fake._record(rec)
+                    return self._json({"code": code, "message": message, "data": None})
+                items = fake.folders.get(path)
+                if items is None:
+                    rec["code"] = 500
+                    fake._record(rec)
+                    return self._json({"code": 500, "message": "object not found", "data": None})
+                page, per_page = j.get("page", 1), j.get("per_page", 0)
+                page = page if isinstance(page, int) and page >= 1 else 1
+                per_page = per_page if isinstance(per_page, int) and per_page >= 1 else 1 << 62
+                start = (page - 1) * per_page
+                part = items[start:start + per_page] if start <= len(items) else []
+                rec["code"] = 200
+                fake._record(rec)
+                return self._json({"code": 200, "message": "success", "data": {
+                    "content": part or None, "total": len(items), "readme": "", "header": "",
+                    "write": False, "provider": "Local"}})
+
             def do_GET(self):
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
@@ -185,7 +232,7 @@ class FakeAList:
                     rec["json"] = json.loads(raw.decode())
                 except ValueError:
                     pass
-                if self.path != "/api/fs/link":
+                if self.path not in ("/api/fs/link", "/api/fs/list"):
                     rec["code"] = 404
                     fake._record(rec)
                     return self._json({"code": 404, "message": "404 page not found", "data": None})
@@ -193,6 +240,8 @@ class FakeAList:
                     rec["code"] = 401
                     fake._record(rec)
                     return self._json({"code": 401, "message": "token is invalidated", "data": None})
+                if self.path == "/api/fs/list":
+                    return self._list(rec)
                 j = rec["json"]
                 if not isinstance(j, dict) or not isinstance(j.get("path"), str):
                     rec["code"] = 400
@@ -201,7 +250,8 @@ class FakeAList:
                 if fake.delay:
                     time.sleep(fake.delay)
                 with fake.lock:
-                    nth = sum(1 for c in fake.calls if c.get("code") == 200 and c["json"]["path"] == j["path"])
+                    nth = sum(1 for c in fake.calls if c["path"] == "/api/fs/link" and c.get("code") == 200
+                              and c["json"]["path"] == j["path"])
                 data = fake.resolve(j["path"], nth)
                 if data is None:
                     rec["code"] = 500
@@ -227,6 +277,11 @@ class FakeAList:
 
     def url(self):
         return "http://127.0.0.1:%d" % self.port
+
+    def list_calls(self, path=None):
+        with self.lock:
+            return [c for c in self.calls if c["path"] == "/api/fs/list"
+                    and (path is None or (isinstance(c["json"], dict) and c["json"].get("path") == path))]
 
     def link_calls(self, path=None):
         with self.lock:

@@ -97,19 +97,19 @@ class FakeAliyunTest(GatewayTest):
 class Tokens(FakeAliyunTest):
     def test_rotation_consumes_the_presented_token(self):
         f = self.fake()
-        a = exchange(f, "rt-initial")
+        a = exchange(f, f.initial_refresh_token)
         self.assertEqual(a.status, 200, a)
         self.assertEqual(sorted(a.json), ["access_token", "expires_in", "refresh_token", "token_type"])
         self.assertEqual(a.json["token_type"], "Bearer")
         self.assertEqual(a.json["expires_in"], 3)
         rt2 = a.json["refresh_token"]
-        self.assertNotEqual(rt2, "rt-initial")
+        self.assertNotEqual(rt2, f.initial_refresh_token)
         self.assertEqual(f.current_refresh_token, rt2)
 
-        again = exchange(f, "rt-initial")
+        again = exchange(f, f.initial_refresh_token)
         self.assertError(again, 401, "InvalidParameter.RefreshToken")
         self.assertEqual(again.json["message"], "invalid refresh token")
-        self.assertEqual(f.stats()["reused_tokens"], ["rt-initial"])
+        self.assertEqual(f.stats()["reused_tokens"], [f.initial_refresh_token])
 
         b = exchange(f, rt2)
         self.assertEqual(b.status, 200, b)
@@ -122,19 +122,46 @@ class Tokens(FakeAliyunTest):
         self.assertError(unknown, 401, "InvalidParameter.RefreshToken")
         s = f.stats()
         self.assertEqual(s["invalid_tokens"], 1)
-        self.assertEqual(s["reused_tokens"], ["rt-initial"], "an unknown token is not a reuse")
+        self.assertEqual(s["reused_tokens"], [f.initial_refresh_token], "an unknown token is not a reuse")
+
+    def test_tokens_are_jwts_of_real_size(self):
+        f = self.fake()
+
+        def claims(token):
+            parts = token.split(".")
+            self.assertEqual(len(parts), 3, token[:80])
+            for p in parts:
+                self.assertRegex(p, r"^[A-Za-z0-9_-]+$")
+            pad = lambda p: p + "=" * (-len(p) % 4)
+            head = json.loads(base64.urlsafe_b64decode(pad(parts[0])))
+            self.assertEqual(head, {"typ": "JWT", "alg": "RS256"})
+            self.assertEqual(len(base64.urlsafe_b64decode(pad(parts[2]))), 256)
+            return json.loads(base64.urlsafe_b64decode(pad(parts[1])))
+
+        first = f.initial_refresh_token
+        c = claims(first)
+        self.assertEqual((c["aud"], c["typ"]), ("cid", "refresh"))
+        a = exchange(f, first)
+        self.assertEqual(a.status, 200, a)
+        rt, at = a.json["refresh_token"], a.json["access_token"]
+        self.assertNotEqual(rt, first)
+        self.assertEqual(claims(rt)["sub"], c["sub"])
+        self.assertIn("customJson", claims(at))
+        self.assertTrue(500 <= len(first) <= 800 and 500 <= len(rt) <= 800, (len(first), len(rt)))
+        self.assertTrue(900 <= len(at) <= 1400, len(at))
+        print("\n    [fig] refresh token %d characters, access token %d" % (len(rt), len(at)), end="")
 
     def test_relay_needs_no_client_credentials(self):
         f = self.fake()
-        a = api(f, RELAY, dict(grant_type="refresh_token", refresh_token="rt-initial"))
+        a = api(f, RELAY, dict(grant_type="refresh_token", refresh_token=f.initial_refresh_token))
         self.assertEqual(a.status, 200, a)
         b = api(f, RELAY, dict(client_id="", client_secret="", grant_type="refresh_token",
                                refresh_token=a.json["refresh_token"]))
         self.assertEqual(b.status, 200, b)
         # The relay rotates the same chain.
-        self.assertError(api(f, RELAY, dict(grant_type="refresh_token", refresh_token="rt-initial")),
+        self.assertError(api(f, RELAY, dict(grant_type="refresh_token", refresh_token=f.initial_refresh_token)),
                          401, "InvalidParameter.RefreshToken")
-        self.assertEqual(f.stats()["reused_tokens"], ["rt-initial"])
+        self.assertEqual(f.stats()["reused_tokens"], [f.initial_refresh_token])
         # The direct endpoint does need them.
         c = api(f, TOKEN, dict(grant_type="refresh_token", refresh_token=b.json["refresh_token"]))
         self.assertError(c, 401, "InvalidClient")
@@ -142,18 +169,18 @@ class Tokens(FakeAliyunTest):
 
     def test_wrong_client_or_grant_is_refused_without_consuming(self):
         f = self.fake()
-        self.assertError(exchange(f, "rt-initial", client_secret="nope"), 401, "InvalidClient")
-        self.assertError(exchange(f, "rt-initial", client_id="other"), 401, "InvalidClient")
-        self.assertError(exchange(f, "rt-initial", grant_type="authorization_code"), 400,
+        self.assertError(exchange(f, f.initial_refresh_token, client_secret="nope"), 401, "InvalidClient")
+        self.assertError(exchange(f, f.initial_refresh_token, client_id="other"), 401, "InvalidClient")
+        self.assertError(exchange(f, f.initial_refresh_token, grant_type="authorization_code"), 400,
                          "InvalidParameter.GrantType")
         self.assertError(exchange(f, ""), 400, "InvalidParameter.RefreshToken")
         # None of those consumed the token.
-        self.assertEqual(exchange(f, "rt-initial").status, 200)
+        self.assertEqual(exchange(f, f.initial_refresh_token).status, 200)
         self.assertEqual(f.stats()["reused_tokens"], [])
 
     def test_revoke(self):
         f = self.fake()
-        rt = exchange(f, "rt-initial").json["refresh_token"]
+        rt = exchange(f, f.initial_refresh_token).json["refresh_token"]
         fresh = f.revoke()
         self.assertNotEqual(fresh, rt)
         self.assertEqual(f.current_refresh_token, fresh)
@@ -172,7 +199,7 @@ class Tokens(FakeAliyunTest):
     def test_post_and_json_only(self):
         f = self.fake()
         good = dict(client_id="cid", client_secret="csecret", grant_type="refresh_token",
-                    refresh_token="rt-initial")
+                    refresh_token=f.initial_refresh_token)
         # A valid JSON body is refused without the JSON Content-Type.
         a = api(f, TOKEN, good, content_type="text/plain")
         self.assertError(a, 400, "InvalidParameter")
@@ -187,7 +214,7 @@ class Tokens(FakeAliyunTest):
         self.assertEqual(api(f, TOKEN, good, content_type="application/json; charset=utf-8").status, 200)
         calls = f.stats()["calls"]
         self.assertEqual([c["status"] for c in calls], [400, 400, 400, 400, 405, 404, 200])
-        self.assertEqual(calls[-1]["json"]["refresh_token"], "rt-initial")
+        self.assertEqual(calls[-1]["json"]["refresh_token"], f.initial_refresh_token)
 
 
 # --------------------------------------------------------------------- access tokens
@@ -196,7 +223,7 @@ class Tokens(FakeAliyunTest):
 class AccessTokens(FakeAliyunTest):
     def test_access_token_expires(self):
         f = self.fake(access_ttl=0.5, list_rate=None)
-        a = exchange(f, "rt-initial")
+        a = exchange(f, f.initial_refresh_token)
         self.assertEqual(a.json["expires_in"], 1, "expires_in is an int, at least 1")
         at1 = a.json["access_token"]
         self.assertEqual(api(f, DRIVE_INFO, {}, at1).status, 200)

@@ -197,6 +197,11 @@ TEST_CASE("parseContentRange", "[range]") {
       {"items 0-1/10", false, {}, {}},
       {"bytes 0 - 1/10", false, {}, {}},
       {"bytes 0-99999999999999999999/*", false, {}, {}},
+      // Found by the content_range fuzz target: the last byte 2^64-1 has no
+      // half-open end, and used to wrap to the empty range [0, 0).
+      {"bytes 0-18446744073709551615/*", false, {}, {}},
+      {"bytes 18446744073709551615-18446744073709551615/*", false, {}, {}},
+      {"bytes 0-18446744073709551614/*", true, ByteRange{0, 18446744073709551615ULL}, std::nullopt},
   };
   for (const auto& r : rows) {
     INFO("Content-Range: [" << r.in << "]");

@@ -1,0 +1,196 @@
+// `alist` listings: AList/OpenList's POST /api/fs/list, page by page.
+//
+// POST <url>/api/fs/list  Authorization: <token>
+//   {"path": "<root + rest>", "password": "", "page": N, "per_page": 100, "refresh": false}
+// → {"code":200,"message":"success","data":{"content":[{"name","size","is_dir",
+//    "modified","created","sign","thumb","type","hashinfo","hash_info"}, ...] | null,
+//    "total":T, "readme", "header", "write", "provider"}}
+//
+// AList slices one listing into pages (server/handles/fsread.go,
+// `pagination`): pages are asked for until `total` entries arrived or a page
+// comes back empty (the folder shrank meanwhile); a name seen twice (it
+// grew) counts once. `refresh: false` never makes AList re-list its storage
+// for us. Errors arrive as HTTP 200 with code != 200, as for links.
+#include <nlohmann/json.hpp>
+
+#include "proxy/fetch/curl_multi.h"
+#include "proxy/sources/listing.h"
+
+namespace slip::proxy {
+namespace {
+
+using json = nlohmann::json;
+using policy::Reason;
+
+constexpr size_t kMaxReply = 16 << 20;
+constexpr int kMaxPages = static_cast<int>(kMaxListEntries / kAlistPerPage) + 1;
+
+AlistListPage pageFailure(Reason r, std::string detail) {
+  AlistListPage p;
+  p.reason = r;
+  p.detail = std::move(detail);
+  return p;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+/// The entity tag of an item: a content hash AList reports, if any.
+std::string hashEtag(const json& item) {
+  auto it = item.find("hash_info");
+  if (it == item.end() || !it->is_object()) return "";
+  for (const char* kind : {"sha1", "md5", "sha256"}) {
+    auto h = it->find(kind);
+    if (h != it->end() && h->is_string() && !h->get<std::string>().empty()) {
+      std::string v = h->get<std::string>();
+      bool plain =
+          v.size() <= 128 && v.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos;
+      if (plain) return "\"" + lower(v) + "\"";
+    }
+  }
+  return "";
+}
+
+/// One lister: asks page after page, then answers once and deletes itself.
+struct Lister final : Transfer::Handler {
+  const conf::Mount& mount;
+  CurlMulti& multi;
+  const conf::Server& server;
+  std::string path;
+  ListCb cb;
+  int page = 1;
+  std::map<std::string, DirEntry> got;  // by name: a page boundary that moved is harmless
+  std::string body;
+  std::unique_ptr<Transfer> xfer;
+
+  Lister(const conf::Mount& m, CurlMulti& mu, const conf::Server& s, std::string p, ListCb c)
+      : mount(m), multi(mu), server(s), path(std::move(p)), cb(std::move(c)) {}
+
+  void ask() {
+    std::string api = mount.url;
+    while (!api.empty() && api.back() == '/') api.pop_back();
+    Transfer::Options o;
+    o.url = api + "/api/fs/list";
+    o.postBody = json{
+        {"path", path},
+        {"password", ""},
+        {"page", page},
+        {"per_page", kAlistPerPage},
+        {"refresh",
+         false}}.dump();
+    o.headers.push_back({"Content-Type", "application/json"});
+    o.headers.push_back({"Authorization", mount.token});
+    o.connectTimeoutMs = server.connectTimeoutMs;
+    o.headerTimeoutMs = server.upstreamTimeoutMs;
+    o.stallTimeoutMs = server.stallTimeoutMs;
+    body.clear();
+    xfer = std::make_unique<Transfer>(multi, std::move(o), this);
+    xfer->start();
+  }
+
+  bool onHeaders(Transfer&) override { return true; }
+  size_t onData(Transfer&, const char* p, size_t n) override {
+    if (body.size() + n > kMaxReply) return 0;
+    body.append(p, n);
+    return n;
+  }
+
+  void onDone(Transfer& t, const TransferResult& r) override {
+    AlistListPage pg;
+    if (r.code != CURLE_OK)
+      pg = pageFailure(r.timedOut ? Reason::UpstreamTimeout : Reason::ResolveFailed,
+                       "alist list: " + r.error);
+    else if (t.status() != 200)
+      pg = pageFailure(Reason::ResolveFailed,
+                       "alist list: HTTP status " + std::to_string(t.status()));
+    else
+      pg = parseAlistListPage(body);
+    xfer.reset();  // safe: onDone runs from the loop, outside curl
+    if (pg.reason != Reason::None) return finish(pg.reason, pg.detail);
+    size_t before = got.size();
+    for (DirEntry& e : pg.entries) got.try_emplace(e.name, std::move(e));
+    if (got.size() > kMaxListEntries)
+      return finish(Reason::ResolveFailed, "alist list: folder has more than " +
+                                               std::to_string(kMaxListEntries) + " entries");
+    bool more =
+        pg.entries.size() > 0 && static_cast<int64_t>(got.size()) < pg.total && got.size() > before;
+    if (more && page < kMaxPages) {
+      page++;
+      ask();
+      return;
+    }
+    finish(Reason::None, "");
+  }
+
+  void finish(Reason reason, const std::string& detail) {
+    ListResult out;
+    out.reason = reason;
+    out.detail = detail;
+    if (reason == Reason::None) {
+      auto entries = std::make_shared<DirEntries>();
+      for (auto& [name, e] : got) entries->push_back(std::move(e));
+      out.entries = entries;
+    }
+    ListCb done = std::move(cb);
+    delete this;
+    done(out);
+  }
+};
+
+}  // namespace
+
+AlistListPage parseAlistListPage(const std::string& body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return pageFailure(Reason::ResolveFailed, "alist list: reply is not JSON");
+  auto code = j.find("code");
+  std::string message;
+  if (auto m = j.find("message"); m != j.end() && m->is_string()) message = m->get<std::string>();
+  if (code == j.end() || !code->is_number_integer())
+    return pageFailure(Reason::ResolveFailed, "alist list: reply has no code");
+  if (code->get<int64_t>() != 200) {
+    std::string l = lower(message);
+    Reason r = l.find("not found") != std::string::npos      ? Reason::NotFound
+               : l.find("not a folder") != std::string::npos ? Reason::NotAFolder
+                                                             : Reason::ResolveFailed;
+    return pageFailure(r,
+                       "alist list: code " + std::to_string(code->get<int64_t>()) + ": " + message);
+  }
+  auto data = j.find("data");
+  if (data == j.end() || !data->is_object())
+    return pageFailure(Reason::ResolveFailed, "alist list: reply has no data");
+  AlistListPage out;
+  if (auto total = data->find("total"); total != data->end() && total->is_number_integer())
+    out.total = total->get<int64_t>();
+  auto content = data->find("content");
+  if (content == data->end() || content->is_null()) return out;  // Go's nil slice: an empty folder
+  if (!content->is_array())
+    return pageFailure(Reason::ResolveFailed, "alist list: data.content is not a list");
+  for (const json& item : *content) {
+    if (!item.is_object()) continue;
+    auto name = item.find("name");
+    if (name == item.end() || !name->is_string()) continue;
+    DirEntry e;
+    e.name = name->get<std::string>();
+    if (auto d = item.find("is_dir"); d != item.end() && d->is_boolean()) e.folder = d->get<bool>();
+    if (auto s = item.find("size");
+        !e.folder && s != item.end() && s->is_number_integer() && s->get<int64_t>() > 0)
+      e.size = static_cast<uint64_t>(s->get<int64_t>());
+    if (auto m = item.find("modified"); m != item.end() && m->is_string()) {
+      auto ms = policy::parseRfc3339Ms(m->get<std::string>());
+      if (ms && *ms > 0) e.mtimeMs = *ms;  // Go's zero time (year 1) means unknown
+    }
+    if (!e.folder) e.etag = hashEtag(item);
+    out.entries.push_back(std::move(e));
+  }
+  return out;
+}
+
+void alistList(const conf::Mount& m, CurlMulti& multi, const conf::Server& s,
+               const std::string& path, ListCb cb) {
+  (new Lister(m, multi, s, path, std::move(cb)))->ask();
+}
+
+}  // namespace slip::proxy

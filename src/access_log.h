@@ -1,0 +1,48 @@
+// The access log: one `key=value` line per request (SPEC §9), buffered and
+// flushed every 200 ms rather than once per request.
+#pragma once
+
+#include <event2/event.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace slip {
+
+class Clock;
+
+/// What one line says.
+struct AccessEntry {
+  uint64_t id = 0;
+  std::string client, method, path;  // path: as requested, without the query
+  int status = 0;
+  std::string delivery = "-", cache = "-", reason = "-";
+  uint64_t bytes = 0;                // body bytes to the client
+  uint64_t upstreamBytes = 0;
+  double ms = 0;                     // request's first byte → response handed to the socket
+  double ttfbMs = -1;                // request's first byte → response head queued; <0 = none
+  std::string range, userAgent;      // the client's headers, "" if absent
+};
+
+class AccessLog {
+ public:
+  AccessLog(event_base* base, const Clock& clock) : base_(base), clock_(clock) {}
+  ~AccessLog();
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  /// `spec`: a path, "-" for stdout, "off". False with a message when the
+  /// file cannot be opened.
+  bool open(const std::string& spec, std::string* err);
+  void write(const AccessEntry& e);
+
+ private:
+  event_base* base_;
+  const Clock& clock_;
+  FILE* f_ = nullptr;
+  bool own_ = false;
+  event* flush_ = nullptr;
+};
+
+}  // namespace slip

@@ -1,0 +1,113 @@
+// The admin routes: /-/health (anyone) and /-/metrics (admin_allow clients
+// or `Authorization: Bearer <admin_token>`). The status page and the JSON
+// API (issue 12) register here too.
+#include <openssl/crypto.h>
+
+#include <algorithm>
+
+#include "src/front.h"
+
+namespace slip {
+
+void Server::Impl::addAdminRoutes() {
+  router.add({.pattern = "/-/health", .handler = [this](Exchange& ex) {
+                std::string body = "{\"status\":\"ok\",\"active\":" + std::to_string(active.size()) + "}\n";
+                ex.respond(200, {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}}, body);
+              }});
+  router.add({.pattern = "/-/metrics", .admin = true, .handler = [this](Exchange& ex) {
+                ex.respond(200, {{"Content-Type", "text/plain; version=0.0.4"}, {"Cache-Control", "no-store"}},
+                           metrics());
+              }});
+  // The rest of /-/ is reserved for admin pages, on every role.
+  router.add({.pattern = "/-/", .prefix = true, .handler = [](Exchange& ex) {
+                ex.sendError(policy::Reason::UnknownRoute, "");
+              }});
+}
+
+bool Server::Impl::adminAllowed(const Exchange& ex) const {
+  if (policy::anyCidrContains(cfg.server.adminAllow, ex.client())) return true;
+  if (cfg.server.adminToken.empty()) return false;
+  const std::string* auth = ex.request().headers.find("Authorization");
+  std::string want = "Bearer " + cfg.server.adminToken;
+  return auth && auth->size() == want.size() &&
+         CRYPTO_memcmp(auth->data(), want.data(), want.size()) == 0;
+}
+
+std::string Server::Impl::metrics() const {
+  proxy::Stats st = engine.snapshot();
+  std::string o;
+  auto metric = [&o](const char* name, const char* type, const char* help, uint64_t v) {
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name +
+         " " + std::to_string(v) + "\n";
+  };
+  o += "# HELP slipstream_requests_total Requests answered, by status.\n"
+       "# TYPE slipstream_requests_total counter\n";
+  for (const auto& [code, n] : byStatus)
+    o += "slipstream_requests_total{status=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
+  metric("slipstream_active_requests", "gauge", "Requests running now.", active.size());
+  metric("slipstream_loop_lag_max_microseconds", "gauge", "Longest the event loop was late for a timer.",
+         static_cast<uint64_t>(lagMaxUs));
+  metric("slipstream_loop_lag_over_10ms_total", "counter", "Timer ticks the loop served over 10 ms late.",
+         lagOver10ms);
+  metric("slipstream_loop_lag_over_100ms_total", "counter", "Timer ticks the loop served over 100 ms late.",
+         lagOver100ms);
+  o += "# HELP slipstream_request_failures_total Requests that failed, by reason (policy/reasons.cc).\n"
+       "# TYPE slipstream_request_failures_total counter\n";
+  for (const auto& [reason, n] : failures)
+    o += "slipstream_request_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
+  metric("slipstream_client_connections", "gauge", "Client connections open.", conns.size());
+  metric("slipstream_accepted_connections_total", "counter", "Client connections accepted.", accepted);
+  metric("slipstream_refused_connections_total", "counter",
+         "Connections answered 503 and closed because max_connections were open.", refusedConns);
+  uint64_t pauses = 0;
+  for (const auto& l : listeners) pauses += l->pauses();
+  metric("slipstream_accept_pauses_total", "counter",
+         "Times accepting paused for lack of file descriptors.", pauses);
+  metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", bytesOut);
+  metric("slipstream_upstream_requests_total", "counter", "Upstream HTTP requests started.", st.upstreamRequests);
+  metric("slipstream_upstream_bytes_total", "counter", "Body bytes received from upstreams.", st.upstreamBytes);
+  metric("slipstream_upstream_errors_total", "counter", "Upstream requests that failed.", st.upstreamErrors);
+  metric("slipstream_upstream_retries_total", "counter", "Upstream retries after a failure.", st.retries);
+  metric("slipstream_upstream_transfers", "gauge", "Upstream transfers running now.",
+         static_cast<uint64_t>(std::max(0, st.activeTransfers)));
+  metric("slipstream_link_resolutions_total", "counter", "Links resolved by sources.", st.linkResolutions);
+  metric("slipstream_cache_hit_bytes_total", "counter", "Bytes served from stored blocks.", st.cacheHitBytes);
+  if (st.cacheEnabled) {
+    metric("slipstream_cache_objects", "gauge", "Object versions in the cache.", st.cacheObjects);
+    metric("slipstream_cache_blocks", "gauge", "Blocks listed in the cache.", st.cacheBlocks);
+    metric("slipstream_cache_bytes", "gauge", "Bytes of listed blocks.", st.cacheBytes);
+    metric("slipstream_cache_reserved_bytes", "gauge", "Bytes reserved by fetches in flight.", st.cacheReserved);
+    metric("slipstream_cache_max_bytes", "gauge", "Configured max_size.", st.cacheMaxBytes);
+    metric("slipstream_cache_evicted_blocks_total", "counter", "Blocks evicted.", st.cacheEvictedBlocks);
+    metric("slipstream_cache_corrupt_blocks_total", "counter", "Blocks dropped for a bad checksum.",
+           st.cacheDroppedCorrupt);
+    metric("slipstream_disk_queue_bytes", "gauge", "Bytes waiting for the disk thread.", st.diskQueueBytes);
+  }
+  // One family per figure, one sample per [account].
+  auto perAccount = [&o, &st](const char* name, const char* type, const char* help,
+                              uint64_t (*get)(const proxy::AccountStats&)) {
+    if (st.accounts.empty()) return;
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+    for (const auto& a : st.accounts)
+      o += std::string(name) + "{account=\"" + a.name + "\"} " + std::to_string(get(a)) + "\n";
+  };
+  using A = const proxy::AccountStats&;
+  perAccount("slipstream_account_authorized", "gauge",
+             "1 while the account's refresh token works, 0 once the service refused it.",
+             [](A a) -> uint64_t { return a.authorized; });
+  perAccount("slipstream_account_token_exchanges_total", "counter", "Access tokens obtained.",
+             [](A a) { return a.tokenExchanges; });
+  perAccount("slipstream_account_token_failures_total", "counter", "Token exchanges that failed.",
+             [](A a) { return a.tokenFailures; });
+  perAccount("slipstream_account_api_calls_total", "counter", "Open API calls sent.",
+             [](A a) { return a.apiCalls; });
+  perAccount("slipstream_account_rate_limited_total", "counter", "Open API calls answered 429.",
+             [](A a) { return a.rateLimited; });
+  perAccount("slipstream_account_downloads", "gauge", "Download connections open (max_connections caps them).",
+             [](A a) -> uint64_t { return static_cast<uint64_t>(a.downloads); });
+  perAccount("slipstream_account_downloads_waiting", "gauge", "Download transfers queued for a connection.",
+             [](A a) -> uint64_t { return static_cast<uint64_t>(a.downloadsWaiting); });
+  return o;
+}
+
+}  // namespace slip

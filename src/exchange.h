@@ -1,0 +1,129 @@
+// One request and its response: what route handlers read (method, path,
+// query, headers, body, client) and answer through, and the proxy::Sink a
+// Job streams the response into. See src/DESIGN.md for its lifetime.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "policy/policy.h"
+#include "proxy/proxy.h"
+#include "src/access_log.h"
+#include "src/http_conn.h"
+
+namespace slip {
+
+class Clock;
+class Exchange;
+
+/// Where a request is. The trail of states is logged (debug) when it ends.
+enum class ExState {
+  Parsing,      // its bytes are arriving (the connection's parser)
+  Deciding,     // routing, limits, signs, policy
+  ProbingSize,  // a rule needs the file's size first
+  Resolving,    // the source turns the path into a link
+  Opening,      // the object or the upstream transfer is being opened
+  Streaming,    // the response head is out, the body flows
+  Done,         // answered completely
+  Failed,       // answered with an error, or cut off after the head
+  ClientGone,   // the client vanished first
+};
+const char* exStateName(ExState s);
+
+/// The server side of an Exchange.
+class ExchangeHost {
+ public:
+  virtual ~ExchangeHost() = default;
+  /// The exchange ended (answered, failed or abandoned): log and count it,
+  /// free it later from the loop — never inside this call.
+  virtual void retire(Exchange& ex) = 0;
+};
+
+class Exchange final : public proxy::Sink, public http::ResponseHandler {
+ public:
+  Exchange(ExchangeHost& host, http::Conn& conn, http::Request&& req, uint64_t id,
+           const Clock& clock);
+  ~Exchange() override;
+  Exchange(const Exchange&) = delete;
+  Exchange& operator=(const Exchange&) = delete;
+
+  // ---- the request, for handlers
+  uint64_t id() const { return id_; }
+  const http::Request& request() const { return req_; }
+  const std::string& method() const { return req_.method; }
+  bool isHead() const { return req_.isHead(); }
+  const std::string& client() const { return client_; }
+  /// The request-target's path as sent (not decoded) and its query.
+  std::string_view rawPath() const { return rawPath_; }
+  std::string_view query() const { return query_; }
+  /// The decoded, normalised path (set by the server before the handler runs).
+  const std::string& path() const { return path_; }
+  void setPath(std::string p) { path_ = std::move(p); }
+
+  // ---- answering
+  /// A whole response at once (Content-Length is added).
+  void respond(int status, proxy::Headers headers, std::string_view body);
+  /// An error response with the reason's status and text. `allow` fills
+  /// the Allow header of a 405.
+  void sendError(policy::Reason r, const std::string& detail = "", const std::string& allow = "");
+  void setState(ExState s);
+  ExState state() const { return state_; }
+  /// Still answering (not done, failed or gone).
+  bool running() const;
+  void setDelivery(const char* d) { entry_.delivery = d; }
+
+  /// The job producing the response. Jobs replaced (a size probe followed by
+  /// the delivery) live on until the exchange is freed: never freed inside
+  /// one of their own callbacks.
+  std::unique_ptr<proxy::Job> job;
+  std::vector<std::unique_ptr<proxy::Job>> retired;
+
+  /// The server is going away under a running request: treat the client as
+  /// gone (the job is told and must stop using the Sink).
+  void abandon();
+
+  // ---- what the log and the counters see when it ended
+  const AccessEntry& entry() const { return entry_; }
+  /// The failure reason, None when answered.
+  policy::Reason failure() const { return failure_; }
+  /// "parsing>deciding>opening>streaming>done".
+  std::string trail() const;
+
+  // ---- proxy::Sink
+  void sendHeaders(int status, const proxy::Headers& headers) override;
+  void sendBody(evbuffer* data) override;
+  size_t queued() const override;
+  void finish() override;
+  void fail(policy::Reason reason, const std::string& detail) override;
+  bool headersSent() const override { return headersSent_; }
+  void noteUpstreamBytes(uint64_t n) override { entry_.upstreamBytes += n; }
+  void noteProgress(Progress p) override;
+
+  // ---- http::ResponseHandler
+  void onWritable() override;
+  void onPeerGone() override;
+
+ private:
+  void done(ExState s);
+  double sinceStartMs() const;
+
+  ExchangeHost& host_;
+  http::Conn* conn_;  // null once the exchange ended or the client is gone
+  http::Request req_;
+  uint64_t id_;
+  const Clock& clock_;
+  int64_t startNs_;
+  std::string client_;
+  std::string_view rawPath_, query_;  // into req_.target
+  std::string path_;
+  ExState state_ = ExState::Parsing;
+  std::vector<ExState> trail_;
+  bool headersSent_ = false;
+  policy::Reason failure_ = policy::Reason::None;
+  AccessEntry entry_;
+};
+
+}  // namespace slip
