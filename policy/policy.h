@@ -367,14 +367,15 @@ struct UpstreamJudgement {
   /// Ok always has it.
   std::optional<uint64_t> total;
   ByteRange range;            // Ok (Piece, Stream): the bytes the body carries
-  int64_t retryAfterMs = -1;  // Busy, ServerError: the answer's Retry-After; -1 = none
+  int64_t retryAfterMs = -1;  // Busy, ServerError: the answer's Retry-After (at most
+                              // kRetryAfterMaxSeconds × 1000); -1 = none or unreadable
   std::string detail;         // for logs and error bodies
 };
 
-UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer& answer);
-
-/// Retry-After as delay-seconds; nullopt when absent or an HTTP-date.
-std::optional<int64_t> parseRetryAfterSeconds(std::string_view v);
+/// `nowUnixSeconds` is when the answer arrived: a Retry-After HTTP-date
+/// counts from it (parseRetryAfter, below, is the one Retry-After parser).
+UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer& answer,
+                                   int64_t nowUnixSeconds);
 
 // ---------------------------------------------------------------- time
 // Decisions that depend on the time: `now` is always an argument (wall

@@ -2,8 +2,6 @@
 // "upstream answers"). What we asked decides what a status means: a 200 is
 // the answer to a whole-body request but a refusal of Range to a piece; a 416
 // to bytes=0-0 is an empty object, to a piece a changed one.
-#include <charconv>
-#include <climits>
 
 #include "policy/policy.h"
 #include "policy/snake_name.h"
@@ -17,10 +15,9 @@ bool etagDiffers(const std::string& got, const std::string& want) {
   return !got.empty() && !want.empty() && got != want;
 }
 
-int64_t retryAfterMsOf(const UpstreamAnswer& a) {
-  auto s = parseRetryAfterSeconds(a.retryAfter);
-  if (!s) return -1;
-  return *s > INT64_MAX / 1000 ? INT64_MAX : *s * 1000;
+int64_t retryAfterMsOf(const UpstreamAnswer& a, int64_t now) {
+  auto s = parseRetryAfter(a.retryAfter, now);
+  return s ? *s * 1000 : -1;  // at most kRetryAfterMaxSeconds: no overflow
 }
 
 /// The statuses every kind of ask reads the same way.
@@ -36,10 +33,8 @@ UpstreamJudgement byStatus(const UpstreamAnswer& a) {
     j.detail = "upstream: 404";
   } else if (st == 429 || st == 503) {
     j.verdict = V::Busy;
-    j.retryAfterMs = retryAfterMsOf(a);
   } else if (st >= 500) {
     j.verdict = V::ServerError;
-    j.retryAfterMs = retryAfterMsOf(a);
   } else {
     j.verdict = V::BadStatus;
   }
@@ -176,15 +171,9 @@ const char* upstreamVerdictName(UpstreamVerdict v) {
   return "unknown";
 }
 
-std::optional<int64_t> parseRetryAfterSeconds(std::string_view v) {
-  if (v.empty()) return std::nullopt;
-  int64_t n = 0;
-  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-  if (ec != std::errc() || p != v.data() + v.size() || n < 0) return std::nullopt;  // an HTTP-date: ignored
-  return n;
-}
+namespace {
 
-UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer& answer) {
+UpstreamJudgement judge(const UpstreamAsk& ask, const UpstreamAnswer& answer) {
   switch (ask.kind) {
     case UpstreamAsk::Kind::Probe: return probe(answer);
     case UpstreamAsk::Kind::Piece: return piece(ask, answer);
@@ -192,6 +181,16 @@ UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer&
     case UpstreamAsk::Kind::Stream: return stream(ask, answer);
   }
   return byStatus(answer);
+}
+
+}  // namespace
+
+UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer& answer,
+                                   int64_t nowUnixSeconds) {
+  UpstreamJudgement j = judge(ask, answer);
+  if (j.verdict == V::Busy || j.verdict == V::ServerError)
+    j.retryAfterMs = retryAfterMsOf(answer, nowUnixSeconds);
+  return j;
 }
 
 }  // namespace slip::policy

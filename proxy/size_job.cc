@@ -48,7 +48,7 @@ class SizeJob final : public Job, public Transfer::Handler {
   }
 
   bool onHeaders(Transfer& t) override {
-    size_ = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer()).total;  // bytes=0-0
+    size_ = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer(), c_.clock.wallSeconds()).total;  // bytes=0-0
     return false;  // the headers are all we wanted
   }
   size_t onData(Transfer&, const char*, size_t) override { return 0; }

@@ -53,7 +53,7 @@ class StreamJob final : public Job, public Transfer::Handler {
     policy::UpstreamAsk ask;
     ask.kind = policy::UpstreamAsk::Kind::Stream;
     ask.wire = wire_;
-    policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer());
+    policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer(), c_.clock.wallSeconds());
     using V = policy::UpstreamVerdict;
     switch (v.verdict) {
       case V::Ok:

@@ -30,7 +30,7 @@ void Fill::startProbe(Object* o) {
 }
 
 bool ProbeCall::onHeaders(Transfer& t) {
-  policy::UpstreamJudgement v = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer());  // bytes=0-0
+  policy::UpstreamJudgement v = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer(), fill.ctx.clock.wallSeconds());  // bytes=0-0
   using V = policy::UpstreamVerdict;
   detail = v.detail;
   switch (v.verdict) {

@@ -154,7 +154,7 @@ bool Piece::onHeaders(Transfer& t) {
   ask.range = {begin + received, end};
   ask.size = o->meta.size;
   ask.etag = o->meta.etag;
-  policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer());
+  policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer(), fill.ctx.clock.wallSeconds());
   if (v.verdict == policy::UpstreamVerdict::Ok) return true;
   verdict = v.verdict;
   detail = v.detail;
@@ -314,7 +314,7 @@ bool WholeStream::onHeaders(Transfer& t) {
   ask.kind = policy::UpstreamAsk::Kind::Whole;
   ask.size = obj.meta.size;
   ask.etag = obj.meta.etag;
-  policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer());
+  policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer(), fill.ctx.clock.wallSeconds());
   if (v.verdict == policy::UpstreamVerdict::Ok) return true;
   changed = v.verdict == policy::UpstreamVerdict::Changed;  // anything else is retried
   detail = v.detail;

@@ -9,6 +9,9 @@ using V = UpstreamVerdict;
 
 namespace {
 
+// When the answers arrive: 90 s before Wed, 21 Oct 2015 07:28:00 GMT.
+constexpr int64_t kNow = 1445412480 - 90;
+
 UpstreamAnswer ans(int status, std::string cr = "", std::optional<uint64_t> len = std::nullopt,
                    std::string etag = "", std::string retryAfter = "") {
   UpstreamAnswer a;
@@ -31,7 +34,7 @@ struct Row {
 void check(const UpstreamAsk& ask, const std::vector<Row>& rows) {
   for (const auto& r : rows) {
     INFO(r.what << " (status " << r.answer.status << ", Content-Range '" << r.answer.contentRange << "')");
-    UpstreamJudgement j = classifyUpstream(ask, r.answer);
+    UpstreamJudgement j = classifyUpstream(ask, r.answer, kNow);
     CHECK(upstreamVerdictName(j.verdict) == std::string(upstreamVerdictName(r.verdict)));
     CHECK(j.total == r.total);
     CHECK(j.retryAfterMs == r.retryAfterMs);
@@ -60,7 +63,8 @@ TEST_CASE("classify: the probe (bytes=0-0)", "[upstream]") {
       {"429 with Retry-After", ans(429, "", {}, "", "3"), V::Busy, std::nullopt, 3000},
       {"503 without Retry-After", ans(503), V::Busy, std::nullopt, -1},
       {"503 with an HTTP-date Retry-After", ans(503, "", {}, "", "Wed, 21 Oct 2015 07:28:00 GMT"), V::Busy,
-       std::nullopt, -1},
+       std::nullopt, 90'000},
+      {"503 with an unreadable Retry-After", ans(503, "", {}, "", "soon"), V::Busy, std::nullopt, -1},
       {"500", ans(500, "", {}, "", "1"), V::ServerError, std::nullopt, 1000},
       {"502", ans(502), V::ServerError, std::nullopt},
       {"400", ans(400), V::BadStatus, std::nullopt},
@@ -100,7 +104,7 @@ TEST_CASE("classify: a piece of a known version", "[upstream]") {
   });
   // Without a known ETag any ETag is accepted.
   ask.etag = "";
-  CHECK(classifyUpstream(ask, ans(206, "bytes 1000-1999/10000", {}, "\"zz\"")).verdict == V::Ok);
+  CHECK(classifyUpstream(ask, ans(206, "bytes 1000-1999/10000", {}, "\"zz\""), kNow).verdict == V::Ok);
 }
 
 TEST_CASE("classify: a whole-body stream of a known version", "[upstream]") {
@@ -142,7 +146,7 @@ TEST_CASE("classify: the client's range forwarded (cache = off)", "[upstream]") 
   });
   // A suffix range: any 206 start is fine (the upstream computes it).
   ask.wire = parseRange("bytes=-100");
-  CHECK(classifyUpstream(ask, ans(206, "bytes 900-999/1000")).verdict == V::Ok);
+  CHECK(classifyUpstream(ask, ans(206, "bytes 900-999/1000"), kNow).verdict == V::Ok);
   // No Range sent: a 200 is simply the answer, a 206 is not.
   ask.wire = parseRange("");
   check(ask, {
@@ -150,7 +154,7 @@ TEST_CASE("classify: the client's range forwarded (cache = off)", "[upstream]") 
       {"206 to no Range", ans(206, "bytes 0-9/10"), V::BadAnswer, 10},
   });
   ask.wire = parseRange("bytes=0-1,5-6");  // several ranges are not forwarded
-  CHECK(classifyUpstream(ask, ans(200, "", 10)).verdict == V::Ok);
+  CHECK(classifyUpstream(ask, ans(200, "", 10), kNow).verdict == V::Ok);
 }
 
 TEST_CASE("classify: the range a piece or stream carries", "[upstream]") {
@@ -158,23 +162,31 @@ TEST_CASE("classify: the range a piece or stream carries", "[upstream]") {
   ask.kind = UpstreamAsk::Kind::Piece;
   ask.range = {0, 10};
   ask.size = 100;
-  CHECK(classifyUpstream(ask, ans(206, "bytes 0-49/100")).range == ByteRange{0, 50});
+  CHECK(classifyUpstream(ask, ans(206, "bytes 0-49/100"), kNow).range == ByteRange{0, 50});
   ask.kind = UpstreamAsk::Kind::Stream;
   ask.wire = parseRange("bytes=-10");
-  CHECK(classifyUpstream(ask, ans(206, "bytes 90-99/100")).range == ByteRange{90, 100});
+  CHECK(classifyUpstream(ask, ans(206, "bytes 90-99/100"), kNow).range == ByteRange{90, 100});
 }
 
-TEST_CASE("Retry-After: delay-seconds only, never negative, never overflowing", "[upstream]") {
-  CHECK(parseRetryAfterSeconds("0") == 0);
-  CHECK(parseRetryAfterSeconds("120") == 120);
-  CHECK_FALSE(parseRetryAfterSeconds(""));
-  CHECK_FALSE(parseRetryAfterSeconds("-1"));
-  CHECK_FALSE(parseRetryAfterSeconds("1.5"));
-  CHECK_FALSE(parseRetryAfterSeconds(" 1"));
-  CHECK_FALSE(parseRetryAfterSeconds("Fri, 31 Dec 1999 23:59:59 GMT"));
-  CHECK_FALSE(parseRetryAfterSeconds("99999999999999999999999"));
-  UpstreamAsk ask;
-  CHECK(classifyUpstream(ask, ans(503, "", {}, "", "9223372036854775807")).retryAfterMs == INT64_MAX);
+TEST_CASE("Retry-After through the one parser: seconds or a date, bounded", "[upstream]") {
+  UpstreamAsk ask;  // parseRetryAfter's own table is in http_date_test.cc
+  auto wait = [&](int status, const char* value) {
+    return classifyUpstream(ask, ans(status, "", {}, "", value), kNow).retryAfterMs;
+  };
+  CHECK(wait(503, "0") == 0);
+  CHECK(wait(429, "120") == 120'000);
+  CHECK(wait(503, " 7 ") == 7'000);                            // optional whitespace
+  CHECK(wait(503, "Wed, 21 Oct 2015 07:29:00 GMT") == 150'000);  // a date counts from now
+  CHECK(wait(503, "Wed, 21 Oct 2015 07:00:00 GMT") == 0);        // a date in the past: at once
+  CHECK(wait(503, "Sunday, 06-Nov-94 08:49:37 GMT") == 0);
+  CHECK(wait(503, "99999999999999999") == kRetryAfterMaxSeconds * 1000);  // saturates, no overflow
+  CHECK(wait(503, "9223372036854775807") == kRetryAfterMaxSeconds * 1000);
+  CHECK(wait(503, "") == -1);
+  CHECK(wait(503, "-1") == -1);
+  CHECK(wait(503, "1.5") == -1);
+  CHECK(wait(500, "3") == 3'000);   // ServerError reads it too
+  CHECK(wait(404, "3") == -1);      // other verdicts never wait
+  CHECK(wait(200, "3") == -1);
 }
 
 TEST_CASE("verdict names are stable codes", "[upstream]") {
