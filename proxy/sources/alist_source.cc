@@ -40,7 +40,7 @@ class AlistSource : public Source {
 
   void list(const std::string& rest, ListCb cb) override {
     std::string path = root_ == "/" ? rest : rest == "/" ? root_ : root_ + rest;
-    alistList(mount_, multi_, server_, path, std::move(cb));
+    lister_.list(path, std::move(cb));
   }
   int64_t listTtlMs() const override { return mount_.listTtlMs; }
 
@@ -137,6 +137,7 @@ class AlistSource : public Source {
   std::string root_;
   std::map<Call*, std::unique_ptr<Call>> calls_;  // in flight; cancelled with the source
   Graveyard graveyard_;
+  AlistLister lister_{mount_, multi_, server_};  // listings in flight; cancelled with the source
 };
 
 }  // namespace
