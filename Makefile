@@ -132,7 +132,7 @@ FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc)
 FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o)
 FUZZ_SRCS     := $(wildcard tests/fuzz/*_fuzz.cc)
 FUZZ_BINS     := $(FUZZ_SRCS:tests/fuzz/%_fuzz.cc=$(FUZZ_DIR)/bin/%)
-FUZZ_LIBS     := -linih -lssl -lcrypto -lcrypt -levent_pthreads -levent
+FUZZ_LIBS     := -lssl -lcrypto -lcrypt -levent_pthreads -levent
 
 $(FUZZ_DIR)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)

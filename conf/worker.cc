@@ -4,7 +4,7 @@
 
 namespace slip {
 
-Worker::Worker(event_base* base) : base_(base), wake_(event_new(base, -1, 0, &Worker::onDone, this)) {}
+Worker::Worker(event_base* base) : wake_(event_new(base, -1, 0, &Worker::onDone, this)) {}
 
 Worker::~Worker() {
   {

@@ -42,7 +42,6 @@ class Worker {
   void run();
   static void onDone(int, short, void* self);
 
-  event_base* base_;
   EventPtr wake_;  // activated by the worker thread (event_active is thread-safe)
   mutable std::mutex mu_;
   std::condition_variable cv_;
