@@ -226,9 +226,6 @@ bool listableName(std::string_view name);
 /// it is not that form.
 std::optional<int64_t> parseRfc3339Ms(std::string_view s);
 
-/// RFC 9110 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
-std::string httpDate(int64_t unixSeconds);
-
 // ---------------------------------------------------------------- mounts
 
 struct MountMatch {

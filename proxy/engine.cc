@@ -207,7 +207,7 @@ Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache) {
   return h;
 }
 
-std::string httpDate(int64_t unixSeconds) { return policy::httpDate(unixSeconds); }
+std::string httpDate(int64_t unixSeconds) { return policy::formatHttpDate(unixSeconds); }
 
 std::string mimeTypeFor(const std::string& path) {
   static const std::pair<const char*, const char*> kTypes[] = {
