@@ -7,6 +7,7 @@
 #   make run        the gateway on conf/slipstream.ini
 #   make bench      the benchmark against the peers (scripts/bench)
 #   make fuzz       every libFuzzer target, FUZZ_SECONDS (60) each (clang)
+#   make fnlen      function and file size limits (scripts/fnlen.py, Universal Ctags)
 
 CXX      ?= g++
 SAN      ?= 0
@@ -49,7 +50,7 @@ UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
 BENCH_TABLES := main player https peers fast rss
 
-.PHONY: all deps test unit integration demo run bench $(addprefix bench-,$(BENCH_TABLES)) clean format fuzz fuzz-build fuzz-smoke deb
+.PHONY: all deps test unit integration demo run bench $(addprefix bench-,$(BENCH_TABLES)) clean format fuzz fuzz-build fuzz-smoke deb fnlen
 all: $(BIN)
 
 deps:
@@ -160,6 +161,9 @@ fuzz-smoke: fuzz-build
 deb: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) all
 	scripts/deb.sh $(BIN) $(VERSION)
+
+fnlen:
+	python3 scripts/fnlen.py
 
 format:
 	clang-format -i $(foreach m,$(MODULES) tests/unit tests/fuzz,$(wildcard $(m)/*.cc $(m)/*.h))

@@ -4,9 +4,7 @@
 
 namespace slip {
 
-Worker::Worker(event_base* base) : base_(base) {
-  wake_ = event_new(base_, -1, 0, &Worker::onDone, this);
-}
+Worker::Worker(event_base* base) : wake_(event_new(base, -1, 0, &Worker::onDone, this)) {}
 
 Worker::~Worker() {
   {
@@ -16,7 +14,6 @@ Worker::~Worker() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  event_free(wake_);
 }
 
 void Worker::post(std::function<void()> job, std::function<void()> done) {
@@ -47,7 +44,7 @@ void Worker::run() {
     running_--;
     finished_.push_back(std::move(it));
     // Thread-safe with evthread_use_pthreads(): wakes the loop.
-    event_active(wake_, EV_READ, 0);
+    event_active(wake_.get(), EV_READ, 0);
   }
 }
 

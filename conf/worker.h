@@ -16,8 +16,7 @@
 #include <mutex>
 #include <thread>
 
-struct event;
-struct event_base;
+#include "conf/loop.h"
 
 namespace slip {
 
@@ -43,8 +42,7 @@ class Worker {
   void run();
   static void onDone(int, short, void* self);
 
-  event_base* base_;
-  event* wake_ = nullptr;
+  EventPtr wake_;  // activated by the worker thread (event_active is thread-safe)
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Item> queue_;     // waiting to run

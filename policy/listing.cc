@@ -94,13 +94,4 @@ std::optional<int64_t> parseRfc3339Ms(std::string_view s) {
   return (secs - offsetMin * 60) * 1000 + ms;
 }
 
-std::string httpDate(int64_t unixSeconds) {
-  time_t t = static_cast<time_t>(unixSeconds);
-  tm g{};
-  gmtime_r(&t, &g);
-  char buf[64];
-  strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &g);
-  return buf;
-}
-
 }  // namespace slip::policy

@@ -154,6 +154,10 @@ std::string contentRangeUnsatisfied(uint64_t length);
 /// range, as libcurl's CURLOPT_RANGE wants it.
 std::string upstreamRange(const ByteRange& r);
 
+/// The same for a client's wire range forwarded as it is ("first-last",
+/// "first-", "-n"); "" for None and Multiple (nothing to forward).
+std::string upstreamRange(const WireRange& w);
+
 /// The wire form back as a header value ("bytes=0-", "bytes=-500"), for
 /// forwarding a single range upstream when the length is not known yet.
 std::string wireRangeHeader(const WireRange& w);
@@ -231,9 +235,6 @@ bool listableName(std::string_view name);
 /// "2024-05-01T18:00:00.123456789+08:00") → Unix milliseconds. nullopt when
 /// it is not that form.
 std::optional<int64_t> parseRfc3339Ms(std::string_view s);
-
-/// RFC 9110 IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
-std::string httpDate(int64_t unixSeconds);
 
 // ---------------------------------------------------------------- mounts
 
@@ -322,6 +323,109 @@ class RuleSet {
   struct Compiled;
   std::vector<std::unique_ptr<Compiled>> rules_;
 };
+
+// ---------------------------------------------------------------- upstream answers
+// Every upstream answer (the probe, a block piece, a whole-body stream, a
+// `cache = off` stream, a size probe) is read by one function: what we asked
+// and what the headers say in, one verdict out. What each path then does
+// with a verdict (retry, re-resolve, fail) is the caller's table; see
+// proxy/DESIGN.md, "Upstream answers".
+
+/// What we asked the upstream for.
+struct UpstreamAsk {
+  enum class Kind {
+    Probe,   // bytes=0-0: learn size and validators
+    Piece,   // bytes=`range` of a version whose size and ETag we know
+    Whole,   // no Range: all of a version whose size and ETag we know
+    Stream,  // the client's own range (`wire`), forwarded as it is
+  };
+  Kind kind = Kind::Probe;
+  ByteRange range;    // Piece
+  WireRange wire;     // Stream (None/Multiple: no Range was sent)
+  uint64_t size = 0;  // Piece, Whole
+  std::string etag;   // Piece, Whole ("" = unknown: not compared)
+};
+
+/// The upstream's final response headers.
+struct UpstreamAnswer {
+  int status = 0;
+  std::string contentRange;
+  std::optional<uint64_t> contentLength;
+  std::string etag;
+  std::string contentEncoding;  // carried, not judged yet
+  std::string retryAfter;
+};
+
+#define SLIP_UPSTREAM_VERDICTS(X)                                                     \
+  X(Ok, "usable as asked")                                                           \
+  X(IgnoresRanges, "a 200 with the whole body to a range request")                   \
+  X(Unsatisfiable, "416: the range asked for is outside the object")                 \
+  X(Changed, "the size or ETag differ from the version we know")                     \
+  X(Denied, "401/403/410: the link was refused")                                     \
+  X(Gone, "404")                                                                      \
+  X(Busy, "429/503: try again later")                                                \
+  X(ServerError, "another 5xx")                                                      \
+  X(BadStatus, "any other status")                                                   \
+  X(BadAnswer, "inconsistent headers: a Content-Range we cannot use or did not ask for")
+
+enum class UpstreamVerdict {
+#define SLIP_UPSTREAM_VERDICT_ENUM(name, text) name,
+  SLIP_UPSTREAM_VERDICTS(SLIP_UPSTREAM_VERDICT_ENUM)
+#undef SLIP_UPSTREAM_VERDICT_ENUM
+};
+/// "ok", "ignores_ranges", ... (logs).
+const char* upstreamVerdictName(UpstreamVerdict v);
+
+struct UpstreamJudgement {
+  UpstreamVerdict verdict = UpstreamVerdict::BadStatus;
+  /// The object's size as the answer states it (a 206's or 416's
+  /// Content-Range, a 200's Content-Length), whatever the verdict; a probe's
+  /// Ok always has it.
+  std::optional<uint64_t> total;
+  ByteRange range;            // Ok (Piece, Stream): the bytes the body carries
+  int64_t retryAfterMs = -1;  // Busy, ServerError: the answer's Retry-After (at most
+                              // kRetryAfterMaxSeconds × 1000); -1 = none or unreadable
+  std::string detail;         // for logs and error bodies
+};
+
+/// `nowUnixSeconds` is when the answer arrived: a Retry-After HTTP-date
+/// counts from it (parseRetryAfter, below, is the one Retry-After parser).
+UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer& answer,
+                                   int64_t nowUnixSeconds);
+
+// ---------------------------------------------------------------- time
+// Decisions that depend on the time: `now` is always an argument (wall
+// clock ms unless said otherwise), so each is a table test away.
+
+/// A stored version validated at `validatedMs` may be served without asking
+/// the upstream again while less than `revalidateMs` has passed.
+bool isFresh(int64_t validatedMs, int64_t revalidateMs, int64_t nowMs);
+
+/// Until when a link obtained at `obtainedMs` and expiring at `expiresMs`
+/// (0 = never) may start transfers; INT64_MAX = always. A fifth of its life,
+/// at most a minute, is kept in hand so that a transfer starting on it still
+/// finds it alive. The link cache and the fetcher both judge links by this.
+int64_t linkUsableUntil(int64_t obtainedMs, int64_t expiresMs);
+bool linkUsable(int64_t obtainedMs, int64_t expiresMs, int64_t nowMs);
+
+/// How long before its expiry an access token is refreshed: a fifth of its
+/// life, at most 5 minutes.
+int64_t accessMarginMs(int64_t lifeMs);
+/// An access token obtained at `obtainedMs`, expiring at `expiresMs`, may
+/// still be sent at `nowMs` (it is not inside its refresh margin).
+bool tokenUsable(int64_t obtainedMs, int64_t expiresMs, int64_t nowMs);
+
+/// Exponential backoff: the delay before retry number `retry` (1 = the
+/// first) is base × 2^(retry−1), at most `maxMs`.
+struct Backoff {
+  int64_t baseMs;
+  int64_t maxMs;
+};
+int64_t backoffDelayMs(const Backoff& b, int retry);
+/// Upstream fetches (probes, pieces, whole-body streams): 250 ms doubling to 10 s.
+inline constexpr Backoff kFetchBackoff{250, 10'000};
+/// Attempts an upstream fetch gets before it fails for good.
+inline constexpr int kFetchAttempts = 6;
 
 // ---------------------------------------------------------------- signing
 // AList-compatible: sign = base64url_with_padding(HMAC-SHA256(secret,

@@ -133,18 +133,23 @@ std::string upstreamRange(const ByteRange& r) {
   return std::to_string(r.begin) + "-" + std::to_string(r.end - 1);
 }
 
-std::string wireRangeHeader(const WireRange& w) {
+std::string upstreamRange(const WireRange& w) {
   switch (w.kind) {
     case WireRange::Kind::Single:
-      return "bytes=" + std::to_string(w.first) + "-" + (w.last ? std::to_string(*w.last) : "");
+      return std::to_string(w.first) + "-" + (w.last ? std::to_string(*w.last) : "");
     case WireRange::Kind::Suffix:
-      return "bytes=-" + std::to_string(w.suffix);
+      return "-" + std::to_string(w.suffix);
     case WireRange::Kind::None:
     case WireRange::Kind::Multiple:
       // Nothing to forward: both are answered with the whole representation.
       return "";
   }
   return "";
+}
+
+std::string wireRangeHeader(const WireRange& w) {
+  std::string r = upstreamRange(w);
+  return r.empty() ? r : "bytes=" + r;
 }
 
 std::optional<ContentRange> parseContentRange(std::string_view v) {

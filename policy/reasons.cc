@@ -3,29 +3,9 @@
 #include <cstddef>
 
 #include "policy/policy.h"
+#include "policy/snake_name.h"
 
 namespace slip::policy {
-namespace {
-
-// "PathTraversal" → "path_traversal", computed at compile time so that the
-// enum name in SLIP_REASONS stays the only place a code is spelled.
-template <size_t N>
-struct SnakeName {
-  char chars[2 * N] = {};
-  constexpr explicit SnakeName(const char (&name)[N]) {
-    size_t o = 0;
-    for (size_t i = 0; i + 1 < N; i++) {
-      char c = name[i];
-      if (c >= 'A' && c <= 'Z') {
-        if (i > 0) chars[o++] = '_';
-        c = static_cast<char>(c - 'A' + 'a');
-      }
-      chars[o++] = c;
-    }
-  }
-};
-
-}  // namespace
 
 const char* reasonCode(Reason r) {
   switch (r) {

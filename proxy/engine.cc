@@ -24,14 +24,17 @@ const char* cacheStatusName(CacheStatus s) {
   return "?";
 }
 
-Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s)
+Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s, const Clock& clk)
     : base(b),
       cfg(c),
+      clock(clk),
       store(s),
-      multi(b, static_cast<int>(c.server.upstreamConnections)),
+      multi(b, static_cast<int>(c.server.upstreamConnections), clk),
       worker(std::make_unique<Worker>(b)),
-      links(c, sources, &Impl::nowMs, stats),
-      listings(c, sources, clock) {
+      links(c, sources, clk, stats),
+      listings(c, sources, clk),
+      graveyard(b),
+      ctx{b, c, clk, multi, links, s, stats, graveyard, poolOf, localRoots} {
   unsigned char r[16];
   if (RAND_bytes(r, sizeof r) != 1) {
     // OpenSSL without entropy: the kernel's, through the standard library.
@@ -40,10 +43,10 @@ Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s)
     for (unsigned char& b : r) b = static_cast<unsigned char>(rd());
   }
   static const char kHex[] = "0123456789abcdef";
-  self.name = "X-Slipstream-Self";
+  ctx.self.name = "X-Slipstream-Self";
   for (unsigned char b : r) {
-    self.value += kHex[b >> 4];
-    self.value += kHex[b & 15];
+    ctx.self.value += kHex[b >> 4];
+    ctx.self.value += kHex[b & 15];
   }
 }
 
@@ -54,7 +57,7 @@ Engine::Impl::~Impl() {
     if (fd >= 0) close(fd);
 }
 
-Transfer::Options Engine::Impl::transferOptions(const Link& link, int mount) const {
+Transfer::Options Context::transferOptions(const Link& link, int mount) const {
   Transfer::Options o;
   o.pool = poolOf[mount];
   o.url = link.url;
@@ -66,8 +69,8 @@ Transfer::Options Engine::Impl::transferOptions(const Link& link, int mount) con
   return o;
 }
 
-Engine::Engine(event_base* base, const conf::Config& cfg, store::Store* store)
-    : impl_(std::make_unique<Impl>(base, cfg, store)) {}
+Engine::Engine(event_base* base, const conf::Config& cfg, store::Store* store, const Clock& clock)
+    : impl_(std::make_unique<Impl>(base, cfg, store, clock)) {}
 
 Engine::~Engine() = default;
 
@@ -93,12 +96,12 @@ bool Engine::init(std::string* err) {
     }
   }
   for (size_t i = 0; i < e.cfg.accounts.size(); i++) {
-    e.accountPool.push_back(e.multi.addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
-    e.accounts.push_back(makeAliyunAccount(e.cfg, static_cast<int>(i), e.multi));
+    e.accountPool.push_back(e.multi.admission().addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
+    e.accounts.push_back(makeAliyunAccount(e.cfg, static_cast<int>(i), e.multi, e.clock));
   }
   for (const auto& m : e.cfg.mounts) {
     e.poolOf.push_back(m.accountIndex >= 0 ? e.accountPool[m.accountIndex]
-                                           : e.multi.addPool(static_cast<int>(m.maxConnections)));
+                                           : e.multi.admission().addPool(static_cast<int>(m.maxConnections)));
     int fd = -1;
     if (m.source == conf::SourceType::Local) {
       fd = open(m.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -116,7 +119,10 @@ bool Engine::init(std::string* err) {
       e.sources.push_back(makeSource(m, e.multi, e.cfg.server));
     e.traits.push_back(sourceTraits(m));
   }
-  if (e.store) e.fetcher = std::make_unique<Fetcher>(e);
+  if (e.store) {
+    e.fetcher = std::make_unique<Fetcher>(e.ctx);
+    e.ctx.fetcher = e.fetcher.get();
+  }
   return true;
 }
 
@@ -125,8 +131,8 @@ const std::vector<policy::SourceTraits>& Engine::traits() const { return impl_->
 Stats Engine::snapshot() const {
   Stats s = impl_->stats;
   s.activeTransfers = impl_->multi.running();
-  if (store::Store* st = impl_->store) {
-    store::Usage u = st->usage();
+  if (store::Store* store = impl_->store) {
+    store::Usage u = store->usage();
     s.cacheEnabled = true;
     s.cacheObjects = u.objects;
     s.cacheBlocks = u.blocks;
@@ -135,18 +141,18 @@ Stats Engine::snapshot() const {
     s.cacheMaxBytes = u.maxBytes;
     s.cacheEvictedBlocks = u.evictedBlocks;
     s.cacheDroppedCorrupt = u.droppedCorrupt;
-    s.diskQueueBytes = st->queuedBytes();
+    s.diskQueueBytes = store->queuedBytes();
   }
   for (size_t i = 0; i < impl_->accounts.size(); i++) {
     AccountStats a = impl_->accounts[i]->stats();
-    a.downloads = impl_->multi.poolRunning(impl_->accountPool[i]);
-    a.downloadsWaiting = impl_->multi.poolWaiting(impl_->accountPool[i]);
+    a.downloads = impl_->multi.admission().running(impl_->accountPool[i]);
+    a.downloadsWaiting = impl_->multi.admission().waiting(impl_->accountPool[i]);
     s.accounts.push_back(std::move(a));
   }
   return s;
 }
 
-void Engine::quiesce() { impl_->quiescing = true; }
+void Engine::quiesce() { impl_->ctx.quiescing = true; }
 
 void Engine::list(int mount, const std::string& rest, ListCb cb) {
   if (mount < 0 || static_cast<size_t>(mount) >= impl_->sources.size()) {
@@ -164,15 +170,15 @@ void Engine::stat(int mount, const std::string& rest, StatCb cb) {
   impl_->listings.stat(mount, rest, std::move(cb));
 }
 
-const Header& Engine::selfHeader() const { return impl_->self; }
+const Header& Engine::selfHeader() const { return impl_->ctx.self; }
 
 std::unique_ptr<Job> Engine::start(const Request& req, Sink* sink) {
-  Impl& e = *impl_;
-  const conf::Mount& m = e.cfg.mounts[req.mountIndex];
-  if (m.source == conf::SourceType::Local) return makeLocalJob(e, req, sink);
-  if (req.decision.delivery == conf::Delivery::Redirect) return makeRedirectJob(e, req, sink);
-  if (req.decision.cache && e.fetcher) return makeCacheJob(e, req, sink);
-  return makeStreamJob(e, req, sink);
+  Context& c = impl_->ctx;
+  const conf::Mount& m = c.cfg.mounts[req.mountIndex];
+  if (m.source == conf::SourceType::Local) return makeLocalJob(c, req, sink);
+  if (req.decision.delivery == conf::Delivery::Redirect) return makeRedirectJob(c, req, sink);
+  if (req.decision.cache && c.fetcher) return makeCacheJob(c, req, sink);
+  return makeStreamJob(c, req, sink);
 }
 
 // ------------------------------------------------------------------ headers
@@ -201,7 +207,7 @@ Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache) {
   return h;
 }
 
-std::string httpDate(int64_t unixSeconds) { return policy::httpDate(unixSeconds); }
+std::string httpDate(int64_t unixSeconds) { return policy::formatHttpDate(unixSeconds); }
 
 std::string mimeTypeFor(const std::string& path) { return policy::mimeType(path); }
 

@@ -1,17 +1,18 @@
-// Private to proxy/: the Engine's state shared by the jobs, and the job
-// factories. See proxy/DESIGN.md for how the pieces fit.
+// Private to proxy/: the small context every job and the fill get (instead
+// of the whole engine), the Engine's state, and the job factories. See
+// proxy/DESIGN.md for how the pieces fit.
 #pragma once
 
-#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "proxy/sources/aliyun.h"
+#include "conf/loop.h"
 #include "proxy/fetch/curl_multi.h"
 #include "proxy/proxy.h"
 #include "conf/clock.h"
 #include "conf/worker.h"
+#include "proxy/sources/aliyun.h"
 #include "proxy/sources/listing.h"
 #include "proxy/sources/source.h"
 
@@ -22,39 +23,49 @@ class Fetcher;
 /// Largest piece a job reads from disk per step.
 inline constexpr size_t kReadChunk = 128 * 1024;
 
+/// What a job (and the fill) may use: nothing else of the engine.
+struct Context {
+  event_base* base;
+  const conf::Config& cfg;
+  const Clock& clock;
+  CurlMulti& multi;
+  LinkCache& links;
+  store::Store* store;                // null when no mount caches
+  Stats& stats;
+  Graveyard& graveyard;               // frees what leaves inside its own callback
+  const std::vector<int>& poolOf;     // per mount: its connection pool
+  const std::vector<int>& localRoots; // per mount: directory fd, or -1
+  Fetcher* fetcher = nullptr;         // the block cache's fill; null without a store
+  bool quiescing = false;             // shutting down: no new upstream work
+  Header self;                        // on every download (see Engine::selfHeader)
+
+  /// Options for a download transfer of `link` on mount `mount` (in its
+  /// connection pool).
+  Transfer::Options transferOptions(const Link& link, int mount) const;
+};
+
 struct Engine::Impl {
-  Impl(event_base* b, const conf::Config& c, store::Store* s);
+  Impl(event_base* b, const conf::Config& c, store::Store* s, const Clock& clk);
   ~Impl();
 
   event_base* base;
   const conf::Config& cfg;
+  const Clock& clock;
   store::Store* store;
   Stats stats;
   CurlMulti multi;
-  RealClock clock;
   std::unique_ptr<Worker> worker;                // blocking calls off the loop (local listings)
   std::vector<std::unique_ptr<AliyunAccount>> accounts;  // per [account]; outlive the sources
   std::vector<std::unique_ptr<Source>> sources;  // per mount
   std::vector<int> localRoots;                   // per mount: directory fd, or -1
   std::vector<policy::SourceTraits> traits;
-  std::vector<int> poolOf;                       // per mount: its CurlMulti connection pool
+  std::vector<int> poolOf;                       // per mount: its connection pool
   std::vector<int> accountPool;                  // per account: the pool its mounts share
   LinkCache links;
   ListingCache listings;
+  Graveyard graveyard;
+  Context ctx;
   std::unique_ptr<Fetcher> fetcher;              // block cache fill; null without a store
-  bool quiescing = false;
-  Header self;                                   // see Engine::selfHeader
-
-  /// Wall clock in milliseconds (links expire on wall-clock time).
-  static int64_t nowMs() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-  }
-
-  /// Options for a download transfer of `link` on mount `mount` (in its
-  /// connection pool).
-  Transfer::Options transferOptions(const Link& link, int mount) const;
 };
 
 /// What a proxied response says about its object.
@@ -76,9 +87,9 @@ std::string httpDate(int64_t unixSeconds);
 /// Content-Type for a file name, by extension.
 std::string mimeTypeFor(const std::string& path);
 
-std::unique_ptr<Job> makeRedirectJob(Engine::Impl& e, const Request& r, Sink* s);
-std::unique_ptr<Job> makeStreamJob(Engine::Impl& e, const Request& r, Sink* s);
-std::unique_ptr<Job> makeLocalJob(Engine::Impl& e, const Request& r, Sink* s);
-std::unique_ptr<Job> makeCacheJob(Engine::Impl& e, const Request& r, Sink* s);
+std::unique_ptr<Job> makeRedirectJob(Context& c, const Request& r, Sink* s);
+std::unique_ptr<Job> makeStreamJob(Context& c, const Request& r, Sink* s);
+std::unique_ptr<Job> makeLocalJob(Context& c, const Request& r, Sink* s);
+std::unique_ptr<Job> makeCacheJob(Context& c, const Request& r, Sink* s);
 
 }  // namespace slip::proxy

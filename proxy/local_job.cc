@@ -21,7 +21,7 @@ constexpr uint64_t kSegmentStep = 1 << 20;
 
 class LocalJob final : public Job {
  public:
-  LocalJob(Engine::Impl& e, const Request& r, Sink* s) : e_(e), req_(r), sink_(s) {}
+  LocalJob(Context& c, const Request& r, Sink* s) : c_(c), req_(r), sink_(s) {}
 
   ~LocalJob() override {
     if (seg_) evbuffer_file_segment_free(seg_);  // the fd closes with the last reference
@@ -30,7 +30,7 @@ class LocalJob final : public Job {
 
   void begin() {
     sink_->noteProgress(Sink::Progress::Opening);
-    fd_ = openBeneath(e_.localRoots[req_.mountIndex], req_.rest,
+    fd_ = openBeneath(c_.localRoots[req_.mountIndex], req_.rest,
                       O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd_ < 0) {
       int err = -fd_;
@@ -78,17 +78,16 @@ class LocalJob final : public Job {
  private:
   void pump() {
     if (gone_ || finished_ || !seg_) return;
-    evbuffer* buf = evbuffer_new();
+    EvbufferPtr buf = makeEvbuffer();
     // Its chains end up in a socket's output buffer: keep file segments as
     // sendfile chains instead of letting libevent mmap them here.
-    evbuffer_set_flags(buf, EVBUFFER_FLAG_DRAINS_TO_FD);
+    evbuffer_set_flags(buf.get(), EVBUFFER_FLAG_DRAINS_TO_FD);
     while (pos_ < end_ && sink_->queued() < kClientHighWater) {
       uint64_t n = std::min(kSegmentStep, end_ - pos_);
-      evbuffer_add_file_segment(buf, seg_, static_cast<ev_off_t>(pos_), static_cast<ev_off_t>(n));
-      sink_->sendBody(buf);
+      evbuffer_add_file_segment(buf.get(), seg_, static_cast<ev_off_t>(pos_), static_cast<ev_off_t>(n));
+      sink_->sendBody(buf.get());
       pos_ += n;
     }
-    evbuffer_free(buf);
     if (pos_ == end_) done();
   }
 
@@ -102,7 +101,7 @@ class LocalJob final : public Job {
     sink_->fail(r, detail);
   }
 
-  Engine::Impl& e_;
+  Context& c_;
   Request req_;
   Sink* sink_;
   int fd_ = -1;
@@ -111,51 +110,10 @@ class LocalJob final : public Job {
   bool gone_ = false, finished_ = false;
 };
 
-/// `redirect`: 302 to the upstream's link.
-class RedirectJob final : public Job {
- public:
-  RedirectJob(Engine::Impl& e, const Request& r, Sink* s) : e_(e), req_(r), sink_(s) {}
-  ~RedirectJob() override { *alive_ = false; }
-
-  void begin() {
-    sink_->noteProgress(Sink::Progress::Resolving);
-    auto alive = alive_;
-    e_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
-                 [this, alive](const ResolveResult& res) {
-                   if (!*alive || gone_) return;
-                   if (res.reason != policy::Reason::None) {
-                     sink_->fail(res.reason, res.detail);
-                     return;
-                   }
-                   Headers h = {{"Location", res.link.url},
-                                {"Referrer-Policy", "no-referrer"},
-                                {"Cache-Control", "no-store"},
-                                {"Content-Length", "0"}};
-                   sink_->sendHeaders(302, h);
-                   sink_->finish();
-                 });
-  }
-  void onWritable() override {}
-  void onClientGone() override { gone_ = true; }
-
- private:
-  Engine::Impl& e_;
-  Request req_;
-  Sink* sink_;
-  bool gone_ = false;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-};
-
 }  // namespace
 
-std::unique_ptr<Job> makeLocalJob(Engine::Impl& e, const Request& r, Sink* s) {
-  auto j = std::make_unique<LocalJob>(e, r, s);
-  j->begin();
-  return j;
-}
-
-std::unique_ptr<Job> makeRedirectJob(Engine::Impl& e, const Request& r, Sink* s) {
-  auto j = std::make_unique<RedirectJob>(e, r, s);
+std::unique_ptr<Job> makeLocalJob(Context& c, const Request& r, Sink* s) {
+  auto j = std::make_unique<LocalJob>(c, r, s);
   j->begin();
   return j;
 }

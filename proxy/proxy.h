@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
 #include "policy/policy.h"
 
@@ -159,8 +160,9 @@ policy::SourceTraits sourceTraits(const conf::Mount& m);
 class Engine {
  public:
   /// `base` must have been created after evthread_use_pthreads(). `store` may
-  /// be null when no mount caches. Neither is owned.
-  Engine(event_base* base, const conf::Config& cfg, store::Store* store);
+  /// be null when no mount caches. None is owned; `clock` is the only time
+  /// the proxy reads.
+  Engine(event_base* base, const conf::Config& cfg, store::Store* store, const Clock& clock);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;

@@ -13,31 +13,30 @@ namespace {
 class SizeJob final : public Job, public Transfer::Handler {
  public:
   using Done = std::function<void(std::optional<uint64_t>)>;
-  SizeJob(Engine::Impl& e, const Request& r, Done done) : e_(e), req_(r), done_(std::move(done)) {}
-  ~SizeJob() override { *alive_ = false; }
+  SizeJob(Context& c, const Request& r, Done done) : c_(c), req_(r), done_(std::move(done)) {}
 
   void begin() {
-    const conf::Mount& m = e_.cfg.mounts[req_.mountIndex];
+    const conf::Mount& m = c_.cfg.mounts[req_.mountIndex];
     if (m.source == conf::SourceType::Local) {
       std::string rel = req_.rest.substr(1);
       struct stat st{};
-      if (fstatat(e_.localRoots[req_.mountIndex], rel.empty() ? "." : rel.c_str(), &st, 0) == 0 &&
+      if (fstatat(c_.localRoots[req_.mountIndex], rel.empty() ? "." : rel.c_str(), &st, 0) == 0 &&
           S_ISREG(st.st_mode))
         return report(static_cast<uint64_t>(st.st_size));
       return report(std::nullopt);
     }
-    if (e_.store) {
-      if (auto meta = e_.store->lookup(store::objectKey(m.name, req_.rest))) return report(meta->size);
+    if (c_.store) {
+      if (auto meta = c_.store->lookup(store::objectKey(m.name, req_.rest))) return report(meta->size);
     }
-    auto alive = alive_;
-    e_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
+    Watch alive = life_.watch();
+    c_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
                  [this, alive](const ResolveResult& res) {
-                   if (!*alive || gone_) return;
+                   if (!alive || gone_) return;
                    if (res.reason != policy::Reason::None) return report(std::nullopt);
-                   Transfer::Options o = e_.transferOptions(res.link, req_.mountIndex);
-                   o.range = "0-0";
-                   xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
-                   e_.stats.upstreamRequests++;
+                   Transfer::Options o = c_.transferOptions(res.link, req_.mountIndex);
+                   o.range = policy::upstreamRange(policy::ByteRange{0, 1});
+                   xfer_ = std::make_unique<Transfer>(c_.multi, std::move(o), this);
+                   c_.stats.upstreamRequests++;
                    xfer_->start();
                  });
   }
@@ -49,12 +48,7 @@ class SizeJob final : public Job, public Transfer::Handler {
   }
 
   bool onHeaders(Transfer& t) override {
-    if (t.status() == 206 || t.status() == 416) {
-      auto cr = policy::parseContentRange(t.header("content-range"));
-      if (cr && cr->length) size_ = *cr->length;
-    } else if (t.status() == 200) {
-      size_ = t.contentLength();
-    }
+    size_ = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer(), c_.clock.wallSeconds()).total;  // bytes=0-0
     return false;  // the headers are all we wanted
   }
   size_t onData(Transfer&, const char*, size_t) override { return 0; }
@@ -69,20 +63,20 @@ class SizeJob final : public Job, public Transfer::Handler {
     done_(size);
   }
 
-  Engine::Impl& e_;
+  Context& c_;
   Request req_;
   Done done_;
   std::optional<uint64_t> size_;
   std::unique_ptr<Transfer> xfer_;
   bool gone_ = false, reported_ = false;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifeline life_;  // link resolutions may answer after the job is gone
 };
 
 }  // namespace
 
 std::unique_ptr<Job> Engine::probeSize(const Request& req,
                                        std::function<void(std::optional<uint64_t>)> done) {
-  auto j = std::make_unique<SizeJob>(*impl_, req, std::move(done));
+  auto j = std::make_unique<SizeJob>(impl_->ctx, req, std::move(done));
   j->begin();
   return j;
 }

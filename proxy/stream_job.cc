@@ -13,18 +13,17 @@ class StreamJob final : public Job, public Transfer::Handler {
  public:
   enum class State { Resolving, AwaitingHeaders, Streaming, Done, Gone };
 
-  StreamJob(Engine::Impl& e, const Request& r, Sink* s) : e_(e), req_(r), sink_(s) {
+  StreamJob(Context& c, const Request& r, Sink* s) : c_(c), req_(r), sink_(s) {
     wire_ = policy::parseRange(req_.range);
   }
 
-  ~StreamJob() override { *alive_ = false; }
 
   void begin() {
     if (sink_) sink_->noteProgress(Sink::Progress::Resolving);
     ClientInfo ci{req_.client, req_.userAgent};
-    auto alive = alive_;
-    e_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
-      if (!*alive || state_ != State::Resolving) return;
+    Watch alive = life_.watch();
+    c_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
+      if (!alive || state_ != State::Resolving) return;
       if (res.reason != policy::Reason::None) {
         finishWith(res.reason, res.detail);
         return;
@@ -51,35 +50,46 @@ class StreamJob final : public Job, public Transfer::Handler {
     info.etag = t.header("etag");
     info.lastModified = t.header("last-modified");
     info.contentType = t.header("content-type");
-    const int st = t.status();
-    using K = policy::WireRange::Kind;
-    bool wantsRange = wire_.kind == K::Single || wire_.kind == K::Suffix;
-
-    if (st == 206) {
-      auto cr = policy::parseContentRange(t.header("content-range"));
-      if (!cr || !cr->range || !cr->length) {
-        return failBeforeHeaders(policy::Reason::UpstreamBadResponse,
-                                 "206 without a usable Content-Range: " + t.header("content-range"));
-      }
-      if (!wantsRange || (wire_.kind == K::Single && cr->range->begin != wire_.first)) {
-        return failBeforeHeaders(policy::Reason::UpstreamBadResponse,
-                                 "upstream answered a range we did not ask for: " +
-                                     t.header("content-range"));
-      }
-      info.size = *cr->length;
-      answer_ = {policy::RangeAnswer::Kind::Partial, *cr->range};
-      upstreamOffset_ = cr->range->begin;
-      upstreamEnd_ = cr->range->end;
-    } else if (st == 200) {
-      auto len = t.contentLength();
+    policy::UpstreamAsk ask;
+    ask.kind = policy::UpstreamAsk::Kind::Stream;
+    ask.wire = wire_;
+    policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer(), c_.clock.wallSeconds());
+    using V = policy::UpstreamVerdict;
+    switch (v.verdict) {
+      case V::Ok:
+      case V::IgnoresRanges:
+        break;
+      case V::Unsatisfiable:
+        info.size = *v.total;
+        sendUnsatisfiable(info);
+        return false;
+      case V::Gone:
+        return failBeforeHeaders(policy::Reason::NotFound, v.detail);
+      case V::Denied:
+        if (!reResolved_) {
+          relink_ = true;  // onDone resolves the link again and retries once
+          return false;
+        }
+        return failBeforeHeaders(policy::Reason::UpstreamDenied, v.detail + " (also after re-resolving it)");
+      case V::BadAnswer:
+        return failBeforeHeaders(policy::Reason::UpstreamBadResponse, v.detail);
+      default:  // no retries on this path: the client's request fails
+        return failBeforeHeaders(policy::Reason::UpstreamStatus, v.detail);
+    }
+    if (t.status() == 206) {
+      info.size = *v.total;
+      answer_ = {policy::RangeAnswer::Kind::Partial, v.range};
+      upstreamOffset_ = v.range.begin;
+      upstreamEnd_ = v.range.end;
+    } else {
       upstreamOffset_ = 0;
-      upstreamEnd_ = len ? *len : UINT64_MAX;
-      if (len) info.size = *len;
-      if (wantsRange && len && req_.ifRange.empty()) {
+      upstreamEnd_ = v.total ? *v.total : UINT64_MAX;
+      if (v.total) info.size = *v.total;
+      if (v.verdict == V::IgnoresRanges && v.total && req_.ifRange.empty()) {
         // The upstream ignored Range: cut the client's range out of the stream.
-        answer_ = policy::resolveRange(wire_, *len);
-      } else if (len) {
-        answer_ = {policy::RangeAnswer::Kind::Full, {0, *len}};
+        answer_ = policy::resolveRange(wire_, *v.total);
+      } else if (v.total) {
+        answer_ = {policy::RangeAnswer::Kind::Full, {0, *v.total}};
       } else {
         unknownLength_ = true;
         answer_ = {policy::RangeAnswer::Kind::Full, {0, UINT64_MAX}};
@@ -88,24 +98,6 @@ class StreamJob final : public Job, public Transfer::Handler {
         sendUnsatisfiable(info);
         return false;
       }
-    } else if (st == 416) {
-      auto cr = policy::parseContentRange(t.header("content-range"));
-      info.size = cr && cr->length ? *cr->length : 0;
-      sendUnsatisfiable(info);
-      return false;
-    } else if (st == 404) {
-      return failBeforeHeaders(policy::Reason::NotFound, "upstream: 404");
-    } else if (st == 401 || st == 403 || st == 410) {
-      if (!reResolved_) {
-        relink_ = true;  // onDone resolves the link again and retries once
-        return false;
-      }
-      return failBeforeHeaders(policy::Reason::UpstreamDenied,
-                               "upstream refused the link: " + std::to_string(st) +
-                                   " (also after re-resolving it)");
-    } else {
-      return failBeforeHeaders(policy::Reason::UpstreamStatus,
-                               "upstream answered " + std::to_string(st));
     }
 
     const std::string& path = req_.path;
@@ -129,12 +121,11 @@ class StreamJob final : public Job, public Transfer::Handler {
     uint64_t b = std::max(from, answer_.range.begin), en = std::min(to, answer_.range.end);
     upstreamOffset_ = to;
     sink_->noteUpstreamBytes(n);
-    e_.stats.upstreamBytes += n;
+    c_.stats.upstreamBytes += n;
     if (b < en) {
-      evbuffer* buf = evbuffer_new();
-      evbuffer_add(buf, p + (b - from), en - b);
-      sink_->sendBody(buf);
-      evbuffer_free(buf);
+      EvbufferPtr buf = makeEvbuffer();
+      evbuffer_add(buf.get(), p + (b - from), en - b);
+      sink_->sendBody(buf.get());
       sent_ += en - b;
     }
     if (!unknownLength_ && sent_ == answer_.range.size()) {
@@ -156,9 +147,9 @@ class StreamJob final : public Job, public Transfer::Handler {
       conf::Log::write(conf::LogLevel::Info, "link_refused",
                        "path=" + conf::logValue(req_.path) + " serial=" +
                            std::to_string(linkSerial_) + " action=re_resolve");
-      e_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
+      c_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
       state_ = State::Resolving;
-      xferToFree_ = std::move(xfer_);  // we are inside its callback
+      c_.graveyard.bury(std::move(xfer_));  // we are inside its callback
       begin();
       return;
     }
@@ -166,7 +157,7 @@ class StreamJob final : public Job, public Transfer::Handler {
       complete();
       return;
     }
-    if (r.code != CURLE_OK) e_.stats.upstreamErrors++;
+    if (r.code != CURLE_OK) c_.stats.upstreamErrors++;
     if (!sink_->headersSent()) {
       finishWith(r.timedOut ? policy::Reason::UpstreamTimeout : policy::Reason::UpstreamConnect,
                  r.error);
@@ -178,18 +169,14 @@ class StreamJob final : public Job, public Transfer::Handler {
 
  private:
   void startTransfer(const Link& link) {
-    Transfer::Options o = e_.transferOptions(link, req_.mountIndex);
-    using K = policy::WireRange::Kind;
-    if (wire_.kind == K::Single || wire_.kind == K::Suffix) {
-      std::string w = policy::wireRangeHeader(wire_);  // "bytes=..."
-      o.range = w.substr(w.find('=') + 1);
-      if (!req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
-    }
+    Transfer::Options o = c_.transferOptions(link, req_.mountIndex);
+    o.range = policy::upstreamRange(wire_);  // "" for no range or several
+    if (!o.range.empty() && !req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
     state_ = State::AwaitingHeaders;
     if (sink_) sink_->noteProgress(Sink::Progress::Opening);
     linkSerial_ = link.serial;
-    xfer_ = std::make_unique<Transfer>(e_.multi, std::move(o), this);
-    e_.stats.upstreamRequests++;
+    xfer_ = std::make_unique<Transfer>(c_.multi, std::move(o), this);
+    c_.stats.upstreamRequests++;
     xfer_->start();
   }
 
@@ -217,7 +204,7 @@ class StreamJob final : public Job, public Transfer::Handler {
     sink_->fail(r, detail);
   }
 
-  Engine::Impl& e_;
+  Context& c_;
   Request req_;
   Sink* sink_;
   State state_ = State::Resolving;
@@ -228,16 +215,15 @@ class StreamJob final : public Job, public Transfer::Handler {
   uint64_t upstreamEnd_ = 0;     // object offset where the upstream body ends
   uint64_t sent_ = 0;
   std::unique_ptr<Transfer> xfer_;
-  std::unique_ptr<Transfer> xferToFree_;
   uint64_t linkSerial_ = 0;
   bool relink_ = false, reResolved_ = false;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Lifeline life_;  // link resolutions may answer after the job is gone
 };
 
 }  // namespace
 
-std::unique_ptr<Job> makeStreamJob(Engine::Impl& e, const Request& r, Sink* s) {
-  auto j = std::make_unique<StreamJob>(e, r, s);
+std::unique_ptr<Job> makeStreamJob(Context& c, const Request& r, Sink* s) {
+  auto j = std::make_unique<StreamJob>(c, r, s);
   j->begin();
   return j;
 }

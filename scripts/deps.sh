@@ -11,7 +11,7 @@ set -euo pipefail
 
 pkgs=(
   # build
-  g++ make pkg-config
+  g++ make pkg-config universal-ctags
   libevent-dev libcurl4-openssl-dev liblmdb-dev libxxhash-dev libssl-dev
   catch2 nlohmann-json3-dev libexpat1-dev libcrypt-dev
   # fuzzing (make fuzz, the fuzz smoke in make test): clang and libFuzzer

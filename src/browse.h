@@ -32,6 +32,7 @@ class EngineLoop {
 
  private:
   const conf::Config& cfg_;
+  RealClock clock_;  // the engine's time (listing TTLs, links, tokens)
   event_base* base_ = nullptr;
   event* tick_ = nullptr;  // keeps the loop blocking while only other threads have work
   std::unique_ptr<proxy::Engine> engine_;

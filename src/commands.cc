@@ -237,7 +237,8 @@ int explain(const conf::Config& cfg, const Flags& flags) {
   return 0;
 }
 
-int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags) {
+int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags,
+         const Clock& clock) {
   if (args.size() != 1 || args[0].empty() || args[0][0] != '/') {
     fprintf(stderr, "slipstream sign: expected one path like /movies/a.mkv\n");
     return 2;
@@ -260,7 +261,7 @@ int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Fl
     }
     ttlMs = *d;
   }
-  int64_t expiry = ttlMs > 0 ? static_cast<int64_t>(time(nullptr)) + (ttlMs + 999) / 1000 : 0;
+  int64_t expiry = ttlMs > 0 ? clock.wallSeconds() + (ttlMs + 999) / 1000 : 0;
   const std::string* base = flag(flags, "base");
   printf("%s\n", gatewayUrl(cfg, base ? *base : defaultBaseUrl(cfg), pr.path, expiry).c_str());
   return 0;

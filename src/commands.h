@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
 
 namespace slip::cmd {
@@ -29,11 +30,14 @@ int check(const conf::Config& cfg);
 /// Whether any mount or rule caches (the gateway then opens the store).
 bool cacheInUse(const conf::Config& cfg);
 int explain(const conf::Config& cfg, const Flags& flags);
-int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags);
+/// `slipstream sign`: a signed URL expiring `--ttl` after `clock`'s now.
+int sign(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags,
+         const Clock& clock);
 /// `slipstream passwd`: a yescrypt hash of the password on stdin, for
 /// `[user NAME] password_hash`.
 int passwd();
-/// `slipstream strm`: exports a mount as .strm files (src/strm.cc).
-int strm(const conf::Config& cfg, const Flags& flags, bool prune);
+/// `slipstream strm`: exports a mount as .strm files (src/strm.cc); signs
+/// expire `--sign-ttl` after `clock`'s now.
+int strm(const conf::Config& cfg, const Flags& flags, bool prune, const Clock& clock);
 
 }  // namespace slip::cmd

@@ -14,6 +14,7 @@
 
 #include "conf/clock.h"
 #include "conf/conf.h"
+#include "conf/loop.h"
 #include "policy/policy.h"
 #include "proxy/sources/aliyun.h"
 #include "proxy/proxy.h"
@@ -96,7 +97,7 @@ bool parseArgs(int argc, char** argv, Args* a, std::string* err) {
   return true;
 }
 
-std::optional<conf::Config> load(const std::string& file) {
+std::optional<conf::Config> load(const std::string& file, const Clock& clock) {
   if (file.empty()) {
     fprintf(stderr, "slipstream: -c FILE is required\n%s", kUsage);
     return std::nullopt;
@@ -106,7 +107,7 @@ std::optional<conf::Config> load(const std::string& file) {
   if (r.config) {
     auto errs = policy::RuleSet::compile(*r.config, &rules);
     r.errors.insert(r.errors.end(), errs.begin(), errs.end());
-    if (auto e = tls::checkFiles(*r.config, static_cast<int64_t>(time(nullptr))))
+    if (auto e = tls::checkFiles(*r.config, clock.wallSeconds()))
       r.errors.push_back(*e);
   }
   if (!r.errors.empty()) {
@@ -154,7 +155,7 @@ void onSignal(evutil_socket_t sig, short, void* arg) {
 
 // Until the front end reloads (issue 12), SIGHUP must not kill the gateway
 // (its default action) when systemd's ExecReload sends it.
-int run(const conf::Config& cfg) {
+int run(const conf::Config& cfg, const Clock& clock) {
   conf::Log::setLevel(cfg.server.logLevel);
   // The front end does not speak TLS yet (src/tls.h is ready for it): never
   // serve plain HTTP on an address the user marked tls.
@@ -182,7 +183,7 @@ int run(const conf::Config& cfg) {
     std::unique_ptr<store::Store> st;
     if (cmd::cacheInUse(cfg)) {
       std::string err;
-      st = store::Store::open(cfg.cache, base, &err);
+      st = store::Store::open(cfg.cache, base, clock, &err);
       if (!st) {
         fprintf(stderr, "slipstream: cache: %s\n", err.c_str());
         event_base_free(base);
@@ -192,30 +193,28 @@ int run(const conf::Config& cfg) {
     }
     policy::RuleSet rules;
     policy::RuleSet::compile(cfg, &rules);
-    proxy::Engine engine(base, cfg, st.get());
+    proxy::Engine engine(base, cfg, st.get(), clock);
     std::string err;
     if (!engine.init(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
-    RealClock clock;
     Server server(base, cfg, rules, engine, clock);
     if (!server.start(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
     Loop loop{base, &server, cfg.server.shutdownGraceMs};
-    event* sigs[] = {evsignal_new(base, SIGTERM, onSignal, &loop),
-                     evsignal_new(base, SIGINT, onSignal, &loop),
-                     evsignal_new(base, SIGHUP, onReload, &loop)};
-    for (event* e : sigs) event_add(e, nullptr);
+    EventPtr sigs[] = {EventPtr(evsignal_new(base, SIGTERM, onSignal, &loop)),
+                       EventPtr(evsignal_new(base, SIGINT, onSignal, &loop)),
+                       EventPtr(evsignal_new(base, SIGHUP, onReload, &loop))};
+    for (EventPtr& e : sigs) event_add(e.get(), nullptr);
     conf::Log::write(conf::LogLevel::Info, "started",
                      "config=" + conf::logValue(cfg.file) +
                          " mounts=" + std::to_string(cfg.mounts.size()) +
                          " cache=" + (st ? conf::logValue(cfg.cache.dir) : std::string("off")));
     event_base_dispatch(base);
     engine.quiesce();
-    for (event* e : sigs) event_free(e);
     conf::Log::write(conf::LogLevel::Info, "stopped", "active=" + std::to_string(server.activeRequests()));
   }
   event_base_free(base);
@@ -231,7 +230,10 @@ int main(int argc, char** argv) {
   Args a;
   std::string err;
   // The token-exchange helper the gateway spawns (proxy/aliyun_token.cc).
-  if (argc == 2 && !strcmp(argv[1], "token-exchange")) return proxy::tokenExchangeMain();
+  if (argc == 2 && !strcmp(argv[1], "token-exchange")) {
+    RealClock clock;
+    return proxy::tokenExchangeMain(clock);
+  }
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       fputs(kUsage, stdout);
@@ -259,15 +261,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (a.command == "passwd") return cmd::passwd();  // needs no configuration
-  auto cfg = load(a.config);
+  RealClock clock;  // the one time source: the engine, the store, the front end, the commands
+  auto cfg = load(a.config, clock);
   if (!cfg) return 2;
-  if (a.command == "run") return run(*cfg);
+  if (a.command == "run") return run(*cfg, clock);
   if (a.command == "check") return cmd::check(*cfg);
   if (a.command == "cache") return cmd::cache(*cfg, a.sub, a.positional);
   if (a.command == "explain") return cmd::explain(*cfg, a.flags);
-  if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags);
+  if (a.command == "sign") return cmd::sign(*cfg, a.positional, a.flags, clock);
   if (a.command == "ls") return browse::ls(*cfg, a.positional, a.has("json"));
-  if (a.command == "strm") return cmd::strm(*cfg, a.flags, a.has("prune"));
+  if (a.command == "strm") return cmd::strm(*cfg, a.flags, a.has("prune"), clock);
   if (a.command == "status" || a.command == "prefetch" || a.command == "purge") {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = a.command == "status"     ? cmd::status(*cfg, a.flags)

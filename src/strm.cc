@@ -247,7 +247,8 @@ std::string manifestText(const Manifest& m) {
 
 // ------------------------------------------------------------------ options and plan
 
-bool parseOptions(const conf::Config& cfg, const Flags& flags, bool prune, Options* o) {
+bool parseOptions(const conf::Config& cfg, const Flags& flags, bool prune, const Clock& clock,
+                  Options* o) {
   const std::string* name = flag(flags, "mount");
   const std::string* out = flag(flags, "out");
   if (!name || !out || out->empty()) {
@@ -286,7 +287,7 @@ bool parseOptions(const conf::Config& cfg, const Flags& flags, bool prune, Optio
               t->c_str());
       return false;
     }
-    o->expiry = *d > 0 ? static_cast<int64_t>(time(nullptr)) + (*d + 999) / 1000 : 0;
+    o->expiry = *d > 0 ? clock.wallSeconds() + (*d + 999) / 1000 : 0;
   }
   const std::string* base = flag(flags, "base-url");
   o->base = base ? *base : defaultBaseUrl(cfg);
@@ -525,9 +526,9 @@ void prune(const Options& o, const std::vector<Planned>& want, Manifest& m, Coun
 
 }  // namespace
 
-int strm(const conf::Config& cfg, const Flags& flags, bool pruneFlag) {
+int strm(const conf::Config& cfg, const Flags& flags, bool pruneFlag, const Clock& clock) {
   Options o;
-  if (!parseOptions(cfg, flags, pruneFlag, &o)) return 2;
+  if (!parseOptions(cfg, flags, pruneFlag, clock, &o)) return 2;
   if (cfg.mounts[o.mount].source == conf::SourceType::Http) {
     fprintf(stderr, "slipstream strm: mount %s is an http source, which cannot list folders\n",
             cfg.mounts[o.mount].name.c_str());

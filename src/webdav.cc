@@ -105,7 +105,7 @@ std::vector<Live> liveProps(const Resource& r) {
   }
   out.push_back({"displayname", xmlEscape(name)});
   if (!r.collection) out.push_back({"getcontentlength", std::to_string(r.size)});
-  if (r.mtimeMs > 0) out.push_back({"getlastmodified", policy::httpDate(r.mtimeMs / 1000)});
+  if (r.mtimeMs > 0) out.push_back({"getlastmodified", policy::formatHttpDate(r.mtimeMs / 1000)});
   if (!r.etag.empty()) out.push_back({"getetag", xmlEscape(r.etag)});
   if (!r.collection && !r.contentType.empty())
     out.push_back({"getcontenttype", xmlEscape(r.contentType)});

@@ -236,7 +236,8 @@ std::string signalText(int sig) {
 
 }  // namespace
 
-bool checkIndex(const std::string& dir, bool writes, std::string* err, uint64_t* badRecords) {
+bool checkIndex(const std::string& dir, bool writes, const Clock& clock, std::string* err,
+                uint64_t* badRecords) {
   std::string indexDir = dir + "/index";
   struct stat st {};
   if (stat((indexDir + "/data.mdb").c_str(), &st) != 0) return true;  // no index yet
@@ -275,12 +276,10 @@ bool checkIndex(const std::string& dir, bool writes, std::string* err, uint64_t*
   }
   close(p[1]);
   std::string out;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kCheckTimeoutMs);
+  const int64_t deadline = clock.monoMs() + kCheckTimeoutMs;
   bool timedOut = false;
   for (;;) {
-    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    deadline - std::chrono::steady_clock::now())
-                                    .count());
+    int left = static_cast<int>(std::min<int64_t>(deadline - clock.monoMs(), kCheckTimeoutMs));
     if (left <= 0) {
       timedOut = true;
       break;

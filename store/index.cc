@@ -11,6 +11,17 @@ namespace slip::store {
 
 uint64_t pageHash(const void* data, size_t n) { return XXH3_64bits(data, n); }
 
+std::optional<uint32_t> firstBadPage(const BlockRecord& r, const char* bytes, uint32_t p0, uint32_t p1) {
+  const uint64_t from = static_cast<uint64_t>(p0) * kPageSize;
+  for (uint32_t p = p0; p <= p1; p++) {
+    uint64_t at = static_cast<uint64_t>(p) * kPageSize;
+    if (p >= r.pages.size() || at >= r.length) return p;  // a record that does not cover the page
+    uint64_t len = std::min<uint64_t>(kPageSize, r.length - at);
+    if (pageHash(bytes + (at - from), len) != r.pages[p]) return p;
+  }
+  return std::nullopt;
+}
+
 Key objectKey(std::string_view mount, std::string_view path) {
   XXH3_state_t* st = XXH3_createState();
   XXH3_128bits_reset(st);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -146,6 +147,12 @@ struct BlockRecord {
   std::vector<uint64_t> pages;
 };
 
+/// Checks pages [p0, p1] of a block against its record. `bytes` holds the
+/// block from the start of page p0 through the end of page p1 (or of the
+/// block). Returns the first page whose checksum differs; nullopt when all
+/// match. The one page check of the gateway and `cache verify`.
+std::optional<uint32_t> firstBadPage(const BlockRecord& r, const char* bytes, uint32_t p0, uint32_t p1);
+
 std::string encodeObject(const ObjectMeta& m, int64_t createdMs);
 /// Every object record, by key. With `dropBad`, unreadable records are
 /// deleted (the transaction must be a write transaction).
@@ -170,7 +177,8 @@ ObjectListing queryObjects(MDB_txn* t, const Env& env, const ObjectFilter& f);
 /// rehearses opening's reconciliation and rewrites every page, in
 /// transactions it aborts. *badRecords counts records our decoders reject
 /// (opening drops them).
-bool checkIndex(const std::string& dir, bool writes, std::string* err,
+/// `clock` measures the child's time limit.
+bool checkIndex(const std::string& dir, bool writes, const Clock& clock, std::string* err,
                 uint64_t* badRecords = nullptr);
 
 /// What opening found and fixed (store/reconcile.cc).

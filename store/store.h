@@ -19,7 +19,9 @@
 #include <string_view>
 #include <vector>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
+#include "conf/loop.h"
 
 struct evbuffer;
 
@@ -120,7 +122,10 @@ class Store {
   /// Opens (creating if needed) the cache under cfg.dir for the gateway:
   /// checks the format version, reconciles the data files with the index
   /// (reclaims what a crash left unlisted) and starts the disk thread.
-  static std::unique_ptr<Store> open(const conf::Cache& cfg, event_base* base, std::string* err);
+  /// `clock` (not owned) is the only time the store reads, on the loop
+  /// thread only: the disk thread gets the time with each operation.
+  static std::unique_ptr<Store> open(const conf::Cache& cfg, event_base* base, const Clock& clock,
+                                     std::string* err);
   ~Store();  // finishes queued disk work, then stops the thread
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -177,8 +182,9 @@ class Store {
 
   /// Bytes handed to the disk thread and not yet written (backpressure).
   size_t queuedBytes() const;
-  /// Called on the loop whenever queued bytes fall below half the limit.
-  void setDrainedCallback(std::function<void()> cb);
+  /// Calls `fn` on the loop whenever queued bytes fell below half the limit
+  /// after reaching it, while the subscription lives. Any number of listeners.
+  [[nodiscard]] Subscription onDrained(std::function<void()> fn);
   static constexpr size_t kQueueLimit = 16 << 20;
 
   Usage usage() const;

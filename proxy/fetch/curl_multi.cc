@@ -11,12 +11,12 @@
 
 namespace slip::proxy {
 
-struct CurlMulti::SockCtx {
-  event* ev = nullptr;
-};
-
-CurlMulti::CurlMulti(event_base* base, int maxConnections) : base_(base) {
-  multi_ = curl_multi_init();
+CurlMulti::CurlMulti(event_base* base, int maxConnections, const Clock& clock)
+    : base_(base),
+      multi_(curl_multi_init()),
+      timer_(base, [this] { action(CURL_SOCKET_TIMEOUT, 0); }),
+      deferEv_(base, [this] { runDeferred(); }),
+      admission_(base, clock) {
   curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &CurlMulti::onSocket);
   curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
   curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &CurlMulti::onTimer);
@@ -27,26 +27,10 @@ CurlMulti::CurlMulti(event_base* base, int maxConnections) : base_(base) {
   curl_multi_setopt(multi_, CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_NOTHING));
   // Keep enough idle connections that every parallel fetch finds one to reuse.
   curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, static_cast<long>(maxConnections + 8));
-  timer_ = evtimer_new(base_, &CurlMulti::onTimeout, this);
-  deferEv_ = event_new(base_, -1, 0, &CurlMulti::onDeferred, this);
-  promoteEv_ = event_new(base_, -1, 0, &CurlMulti::onPromote, this);
 }
-
-struct CurlMulti::Grace {
-  CurlMulti* m;
-  int pool;
-  event* ev;
-};
 
 CurlMulti::~CurlMulti() {
   curl_multi_cleanup(multi_);  // transfers are gone by now: their owners removed them
-  event_free(timer_);
-  event_free(deferEv_);
-  event_free(promoteEv_);
-  for (Grace* g : graces_) {
-    event_free(g->ev);
-    delete g;
-  }
 }
 
 void CurlMulti::defer(std::function<void()> fn) {
@@ -55,7 +39,7 @@ void CurlMulti::defer(std::function<void()> fn) {
     return;
   }
   deferred_.push_back(std::move(fn));
-  event_active(deferEv_, 0, 0);
+  deferEv_.fire();
 }
 
 void CurlMulti::runDeferred() {
@@ -66,17 +50,12 @@ void CurlMulti::runDeferred() {
   }
 }
 
-void CurlMulti::onDeferred(evutil_socket_t, short, void* arg) {
-  static_cast<CurlMulti*>(arg)->runDeferred();
-}
-
+// One event per socket, remembered with curl_multi_assign (the map owns it).
 int CurlMulti::onSocket(CURL*, curl_socket_t s, int what, void* userp, void* sockp) {
   auto* self = static_cast<CurlMulti*>(userp);
-  auto* ctx = static_cast<SockCtx*>(sockp);
   if (what == CURL_POLL_REMOVE) {
-    if (ctx) {
-      event_free(ctx->ev);
-      delete ctx;
+    if (sockp) {
+      self->sockets_.erase(s);
       curl_multi_assign(self->multi_, s, nullptr);
     }
     return 0;
@@ -84,26 +63,18 @@ int CurlMulti::onSocket(CURL*, curl_socket_t s, int what, void* userp, void* soc
   short kind = EV_PERSIST;
   if (what & CURL_POLL_IN) kind |= EV_READ;
   if (what & CURL_POLL_OUT) kind |= EV_WRITE;
-  if (!ctx) {
-    ctx = new SockCtx;
-    curl_multi_assign(self->multi_, s, ctx);
-  } else {
-    event_free(ctx->ev);
-  }
-  ctx->ev = event_new(self->base_, s, kind, &CurlMulti::onEvent, self);
-  event_add(ctx->ev, nullptr);
+  EventPtr& ev = self->sockets_[s];
+  ev.reset(event_new(self->base_, s, kind, &CurlMulti::onEvent, self));
+  curl_multi_assign(self->multi_, s, ev.get());
+  event_add(ev.get(), nullptr);
   return 0;
 }
 
 int CurlMulti::onTimer(CURLM*, long timeoutMs, void* userp) {
   auto* self = static_cast<CurlMulti*>(userp);
-  if (timeoutMs < 0) {
-    evtimer_del(self->timer_);
-    return 0;
-  }
   // Never call curl from here: arm our timer and let the loop call back.
-  timeval tv{timeoutMs / 1000, static_cast<suseconds_t>((timeoutMs % 1000) * 1000)};
-  evtimer_add(self->timer_, &tv);
+  if (timeoutMs < 0) self->timer_.cancel();
+  else self->timer_.armMs(timeoutMs);
   return 0;
 }
 
@@ -112,10 +83,6 @@ void CurlMulti::onEvent(evutil_socket_t fd, short kind, void* arg) {
   if (kind & EV_READ) mask |= CURL_CSELECT_IN;
   if (kind & EV_WRITE) mask |= CURL_CSELECT_OUT;
   static_cast<CurlMulti*>(arg)->action(fd, mask);
-}
-
-void CurlMulti::onTimeout(evutil_socket_t, short, void* arg) {
-  static_cast<CurlMulti*>(arg)->action(CURL_SOCKET_TIMEOUT, 0);
 }
 
 void CurlMulti::action(curl_socket_t fd, int mask) {
@@ -136,85 +103,6 @@ void CurlMulti::drainInfo() {
     curl_easy_getinfo(easy, CURLINFO_PRIVATE, &t);
     if (t) t->finished(code);
   }
-}
-
-// ------------------------------------------------------------------ pools
-
-namespace {
-// How long a cut-off transfer's slot stays taken: the upstream counts the
-// connection until it notices the close (nginx: its next write or read).
-constexpr int64_t kCutOffGraceMs = 300;
-}  // namespace
-
-int CurlMulti::addPool(int limit) {
-  pools_.push_back(Pool{limit, 0, {}});
-  return static_cast<int>(pools_.size()) - 1;
-}
-
-int CurlMulti::poolFree(int pool) const {
-  const Pool& p = pools_[pool];
-  return p.limit - p.running - static_cast<int>(p.waiting.size());
-}
-
-bool CurlMulti::takeSlot(Transfer* t) {
-  Pool& p = pools_[t->opts_.pool];
-  if (p.running < p.limit && p.waiting.empty()) {
-    p.running++;
-    t->holdsSlot_ = true;
-    return true;
-  }
-  p.waiting.push_back(t);
-  t->waiting_ = true;
-  return false;
-}
-
-void CurlMulti::dropWaiting(Transfer* t) {
-  if (!t->waiting_) return;
-  auto& w = pools_[t->opts_.pool].waiting;
-  w.erase(std::find(w.begin(), w.end(), t));
-  t->waiting_ = false;
-}
-
-void CurlMulti::releaseSlot(int pool, bool cutOff) {
-  if (!cutOff) {
-    slotFree(pool);
-    return;
-  }
-  auto* g = new Grace{this, pool, nullptr};
-  g->ev = evtimer_new(base_, [](evutil_socket_t, short, void* arg) {
-    auto* grace = static_cast<Grace*>(arg);
-    CurlMulti* m = grace->m;
-    int p = grace->pool;
-    m->graces_.erase(grace);
-    event_free(grace->ev);
-    delete grace;
-    m->slotFree(p);
-  }, g);
-  graces_.insert(g);
-  timeval tv{0, static_cast<suseconds_t>(kCutOffGraceMs * 1000)};
-  evtimer_add(g->ev, &tv);
-}
-
-void CurlMulti::slotFree(int pool) {
-  pools_[pool].running--;
-  event_active(promoteEv_, 0, 0);
-}
-
-void CurlMulti::onPromote(evutil_socket_t, short, void* arg) {
-  auto* self = static_cast<CurlMulti*>(arg);
-  bool spare = false;
-  for (Pool& p : self->pools_) {
-    while (p.running < p.limit && !p.waiting.empty()) {
-      Transfer* t = p.waiting.front();
-      p.waiting.erase(p.waiting.begin());
-      t->waiting_ = false;
-      t->holdsSlot_ = true;
-      p.running++;
-      t->launch();  // may finish (and destroy other transfers) at once: re-read the pool
-    }
-    spare = spare || p.running < p.limit;
-  }
-  if (spare && self->slotFreed_) self->slotFreed_();
 }
 
 // ------------------------------------------------------------------ handles
@@ -280,7 +168,10 @@ std::string_view trimmed(std::string_view s) {
 }  // namespace
 
 Transfer::Transfer(CurlMulti& multi, Options opts, Handler* handler)
-    : multi_(multi), opts_(std::move(opts)), handler_(handler) {
+    : multi_(multi),
+      opts_(std::move(opts)),
+      handler_(handler),
+      headerTimer_(multi.base(), [this] { onHeaderTimeout(); }) {
   easy_ = curl_easy_init();
   curl_easy_setopt(easy_, CURLOPT_URL, opts_.url.c_str());
   curl_easy_setopt(easy_, CURLOPT_PRIVATE, this);
@@ -315,42 +206,59 @@ Transfer::Transfer(CurlMulti& multi, Options opts, Handler* handler)
     slist_ = curl_slist_append(slist_, line.c_str());
   }
   if (slist_) curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, slist_);
-  headerTimer_ = evtimer_new(multi_.base(), &Transfer::onHeaderTimeout, this);
 }
 
 Transfer::~Transfer() {
   assert(!multi_.insideCurl() || !added_);
-  multi_.dropWaiting(this);
-  if (holdsSlot_) multi_.releaseSlot(opts_.pool, added_);
+  releaseSlot(added_);
   if (added_) multi_.remove(this);
-  evtimer_del(headerTimer_);
-  event_free(headerTimer_);
   curl_easy_cleanup(easy_);
   curl_slist_free_all(slist_);
 }
 
+void Transfer::releaseSlot(bool cutOff) {
+  if (opts_.pool < 0) return;
+  Admission& a = multi_.admission();
+  if (waiting_) a.withdraw(opts_.pool, ticket_);
+  waiting_ = false;
+  if (holdsSlot_) a.release(opts_.pool, cutOff);
+  holdsSlot_ = false;
+}
+
 void Transfer::start() {
-  if (opts_.pool >= 0 && !holdsSlot_ && !waiting_ && !multi_.takeSlot(this)) return;  // queued
+  if (opts_.pool >= 0 && !holdsSlot_ && !waiting_) {
+    Admission& a = multi_.admission();
+    ticket_ = a.newId();
+    Watch alive = life_.watch();
+    if (!a.acquire(opts_.pool, ticket_, [this, alive] {
+          if (!alive) return;  // cannot happen: the destructor withdraws
+          waiting_ = false;
+          holdsSlot_ = true;
+          launch();
+        })) {
+      waiting_ = true;  // queued behind the pool's cap
+      return;
+    }
+    holdsSlot_ = true;
+  }
   launch();
 }
 
 void Transfer::launch() {
-  if (opts_.headerTimeoutMs > 0) {
-    timeval tv{opts_.headerTimeoutMs / 1000,
-               static_cast<suseconds_t>((opts_.headerTimeoutMs % 1000) * 1000)};
-    evtimer_add(headerTimer_, &tv);
-  }
+  if (opts_.headerTimeoutMs > 0) headerTimer_.armMs(opts_.headerTimeoutMs);
   // The handle is added from the loop, never from inside a curl callback.
-  multi_.defer([this] {
-    if (!added_ && !cancelled_) multi_.add(this);
+  Watch alive = life_.watch();
+  multi_.defer([this, alive] {
+    if (alive && !added_ && !cancelled_) multi_.add(this);
   });
 }
 
 void Transfer::resume() {
   if (!paused_) return;
   paused_ = false;
-  multi_.defer([this] {
-    if (!added_) return;
+  Watch alive = life_.watch();
+  multi_.defer([this, alive] {
+    if (!alive || !added_) return;
     multi_.depth_++;  // curl may deliver the held data right away
     curl_easy_pause(easy_, CURLPAUSE_CONT);
     multi_.depth_--;
@@ -360,16 +268,15 @@ void Transfer::resume() {
 
 void Transfer::cancel() {
   cancelled_ = true;
-  evtimer_del(headerTimer_);
-  multi_.dropWaiting(this);
-  if (holdsSlot_) {
-    holdsSlot_ = false;
-    multi_.releaseSlot(opts_.pool, added_);
-  }
+  headerTimer_.cancel();
+  releaseSlot(added_);
   if (added_) {
     if (multi_.insideCurl()) {
       // Let the current callback abort it; remove it once curl returns.
-      multi_.defer([this] { multi_.remove(this); });
+      Watch alive = life_.watch();
+      multi_.defer([this, alive] {
+        if (alive) multi_.remove(this);
+      });
     } else {
       multi_.remove(this);
     }
@@ -378,11 +285,8 @@ void Transfer::cancel() {
 
 void Transfer::finished(CURLcode code) {
   multi_.remove(this);
-  evtimer_del(headerTimer_);
-  if (holdsSlot_) {
-    holdsSlot_ = false;
-    multi_.releaseSlot(opts_.pool, code != CURLE_OK);
-  }
+  headerTimer_.cancel();
+  releaseSlot(code != CURLE_OK);
   if (cancelled_) return;  // the owner already knows
   TransferResult r;
   r.code = code;
@@ -392,11 +296,10 @@ void Transfer::finished(CURLcode code) {
   handler_->onDone(*this, r);  // may destroy *this
 }
 
-void Transfer::onHeaderTimeout(evutil_socket_t, short, void* arg) {
-  auto* t = static_cast<Transfer*>(arg);
-  if (t->headersDone_) return;
-  t->headerTimedOut_ = true;
-  t->finished(CURLE_OPERATION_TIMEDOUT);
+void Transfer::onHeaderTimeout() {
+  if (headersDone_) return;
+  headerTimedOut_ = true;
+  finished(CURLE_OPERATION_TIMEDOUT);
 }
 
 size_t Transfer::onHeaderLine(char* p, size_t size, size_t n, void* ud) {
@@ -422,7 +325,7 @@ size_t Transfer::onHeaderLine(char* p, size_t size, size_t n, void* ud) {
                     !t->header("location").empty();
     if (t->status_ < 200 || redirect) return len;  // not the final response yet
     t->headersDone_ = true;
-    evtimer_del(t->headerTimer_);
+    t->headerTimer_.cancel();
     if (!t->handler_->onHeaders(*t)) {
       t->aborted_ = true;
       return 0;
@@ -448,7 +351,6 @@ size_t Transfer::onBody(char* p, size_t size, size_t n, void* ud) {
     return CURL_WRITEFUNC_PAUSE;
   }
   if (r != len) t->aborted_ = true;
-  else t->bodyBytes_ += len;
   return r;
 }
 
@@ -468,13 +370,15 @@ std::optional<uint64_t> Transfer::contentLength() const {
   return n;
 }
 
-std::optional<int64_t> Transfer::retryAfterSeconds() const {
-  const std::string& v = header("retry-after");
-  if (v.empty()) return std::nullopt;
-  int64_t n = 0;
-  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-  if (ec != std::errc() || p != v.data() + v.size() || n < 0) return std::nullopt;  // HTTP-date: ignore
-  return n;
+policy::UpstreamAnswer Transfer::answer() const {
+  policy::UpstreamAnswer a;
+  a.status = status_;
+  a.contentRange = header("content-range");
+  a.contentLength = contentLength();
+  a.etag = header("etag");
+  a.contentEncoding = header("content-encoding");
+  a.retryAfter = header("retry-after");
+  return a;
 }
 
 }  // namespace slip::proxy

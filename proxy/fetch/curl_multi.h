@@ -13,11 +13,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
-#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
+#include "conf/loop.h"
+#include "proxy/fetch/admission.h"
 #include "proxy/proxy.h"
 
 namespace slip::proxy {
@@ -26,7 +29,7 @@ class Transfer;
 
 class CurlMulti {
  public:
-  CurlMulti(event_base* base, int maxConnections);
+  CurlMulti(event_base* base, int maxConnections, const Clock& clock);
   ~CurlMulti();
   CurlMulti(const CurlMulti&) = delete;
   CurlMulti& operator=(const CurlMulti&) = delete;
@@ -37,23 +40,12 @@ class CurlMulti {
   bool insideCurl() const { return depth_ > 0; }
   event_base* base() const { return base_; }
   int running() const { return running_; }
-
-  /// Connection pools: at most `limit` transfers of a pool run at once (an
-  /// upstream account's connection cap); more wait, first come first
-  /// served, and start as slots free. Returns the pool's id.
-  int addPool(int limit);
-  /// Slots neither taken nor promised to a waiting transfer (may be <= 0).
-  int poolFree(int pool) const;
-  int poolRunning(int pool) const { return pools_[pool].running; }
-  int poolLimit(int pool) const { return pools_[pool].limit; }
-  int poolWaiting(int pool) const { return static_cast<int>(pools_[pool].waiting.size()); }
-  /// Called from the loop when a pool slot frees that no waiting transfer
-  /// took (the fetcher schedules more work then).
-  void setSlotFreed(std::function<void()> fn) { slotFreed_ = std::move(fn); }
+  /// The connection pools every download transfer is admitted through.
+  Admission& admission() { return admission_; }
+  const Admission& admission() const { return admission_; }
 
  private:
   friend class Transfer;
-  struct SockCtx;
   void add(Transfer* t);
   void remove(Transfer* t);
   void action(curl_socket_t fd, int mask);
@@ -62,36 +54,16 @@ class CurlMulti {
   static int onSocket(CURL* e, curl_socket_t s, int what, void* userp, void* sockp);
   static int onTimer(CURLM* m, long timeoutMs, void* userp);
   static void onEvent(evutil_socket_t fd, short kind, void* arg);
-  static void onTimeout(evutil_socket_t fd, short kind, void* arg);
-  static void onDeferred(evutil_socket_t fd, short kind, void* arg);
-  struct Pool {
-    int limit = 0;
-    int running = 0;  // slots taken, including ones cooling down after a cancel
-    std::vector<Transfer*> waiting;
-  };
-  /// Takes a slot for t now, or queues it. true = t may launch.
-  bool takeSlot(Transfer* t);
-  void dropWaiting(Transfer* t);
-  /// Frees a slot now, or after a grace time when the transfer was cut off
-  /// (the upstream counts a connection until it notices the close).
-  void releaseSlot(int pool, bool cutOff);
-  void slotFree(int pool);
-  /// Starts waiting transfers where slots are free (from the loop, never
-  /// inside another transfer's cancel or destructor).
-  static void onPromote(evutil_socket_t, short, void* arg);
-  struct Grace;
 
   event_base* base_;
   CURLM* multi_;
-  event* timer_;
-  event* deferEv_;
+  std::unordered_map<curl_socket_t, EventPtr> sockets_;  // one event per socket curl watches
+  Timer timer_;       // CURLMOPT_TIMERFUNCTION's timer
+  Trigger deferEv_;   // runs deferred_ once curl returned
   int depth_ = 0;
   int running_ = 0;
   std::vector<std::function<void()>> deferred_;
-  std::vector<Pool> pools_;
-  std::function<void()> slotFreed_;
-  event* promoteEv_;
-  std::set<Grace*> graces_;  // cut-off slots still held; freed with the multi
+  Admission admission_;
 };
 
 /// What a finished transfer reports.
@@ -114,7 +86,7 @@ class Transfer {
     int64_t headerTimeoutMs = 30'000;  // request sent → response headers
     int64_t stallTimeoutMs = 30'000;   // no bytes for this long → fail
     bool followRedirects = true;
-    int pool = -1;                     // CurlMulti::addPool id; -1 = no cap
+    int pool = -1;                     // Admission::addPool id; -1 = no cap
   };
   /// Return values of the data callback besides "consumed n".
   static constexpr size_t kPause = CURL_WRITEFUNC_PAUSE;
@@ -143,33 +115,33 @@ class Transfer {
   /// Stops without calling onDone.
   void cancel();
   bool paused() const { return paused_; }
-  bool active() const { return added_; }
-  /// Queued behind its pool's cap, not yet sent.
-  bool waiting() const { return waiting_; }
 
   // Response, valid from onHeaders on.
   int status() const { return status_; }
   const std::string& header(const std::string& lowerName) const;
   std::optional<uint64_t> contentLength() const;
-  uint64_t bodyBytes() const { return bodyBytes_; }
+  /// The headers policy::classifyUpstream reads.
+  policy::UpstreamAnswer answer() const;
   const Options& options() const { return opts_; }
-  /// Seconds from Retry-After, if the upstream sent one.
-  std::optional<int64_t> retryAfterSeconds() const;
 
  private:
   friend class CurlMulti;
   static size_t onHeaderLine(char* p, size_t size, size_t n, void* ud);
   static size_t onBody(char* p, size_t size, size_t n, void* ud);
-  static void onHeaderTimeout(evutil_socket_t, short, void* arg);
   void finished(CURLcode code);
   void launch();
+  /// Gives the pool slot back (if held) and leaves the pool's queue.
+  void releaseSlot(bool cutOff);
+  void onHeaderTimeout();
 
   CurlMulti& multi_;
   Options opts_;
   Handler* handler_;
   CURL* easy_ = nullptr;
   curl_slist* slist_ = nullptr;
-  event* headerTimer_ = nullptr;
+  Timer headerTimer_;
+  Lifeline life_;     // deferred work skips a transfer destroyed meanwhile
+  uint64_t ticket_ = 0;  // its id in the Admission
   char errbuf_[CURL_ERROR_SIZE] = {};
   bool added_ = false;
   bool paused_ = false;
@@ -180,7 +152,6 @@ class Transfer {
   bool waiting_ = false;    // queued in its pool
   bool holdsSlot_ = false;  // counted in its pool's running
   int status_ = 0;
-  uint64_t bodyBytes_ = 0;
   std::vector<std::pair<std::string, std::string>> respHeaders_;
 };
 

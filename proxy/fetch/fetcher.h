@@ -1,52 +1,29 @@
-// The block cache's fill side: in-memory state of the objects clients are
-// reading, the blocks being fetched (each as one or more page-aligned pieces,
-// each piece one upstream range request), coalescing, parallelism limits,
-// read-ahead, retries, link re-resolution and upstream-change detection.
+// The block cache's fill as the rest of proxy/ sees it: a Fetcher hands a
+// client response (CacheJob) a BlockReader, its one handle on an object.
+// The reader opens the object, reads its bytes — stored blocks (verified),
+// or blocks still being fetched as their bytes land on disk — and tells the
+// fill where the client reads, so that the planner fetches what it needs
+// next. No Store::Writer, no object or block leaves the fill.
 //
-// Invariants:
-//  - At most one Block (fetch) exists per (object version, block index):
-//    any number of readers waiting on it cause one upstream fetch.
-//  - A Block's bytes are readable by waiting readers as soon as the store
-//    confirms them written; it is listed (served verified) after commit.
-//  - A reader (CacheJob) never holds more than the client high-water mark of
-//    bytes in memory; fetches never wait for a reader (they go to disk).
-//  - Fetches in flight when their readers leave are finished and stored.
+// Everything runs on the loop thread. An object has one owner (the fill's
+// object table); a BlockReader is owned by its job and detaches when
+// destroyed. See proxy/DESIGN.md ("The cache path", "Lifetimes").
 #pragma once
 
 #include <event2/event.h>
 
-#include <map>
 #include <memory>
-#include <set>
+#include <optional>
 #include <string>
-#include <vector>
 
 #include "proxy/engine.h"
+#include "proxy/fetch/planner.h"
 #include "store/store.h"
 
 namespace slip::proxy {
 
-class Fetcher;
-struct Block;
+class Fill;
 struct Object;
-
-/// A client response reading an object through the cache (a CacheJob).
-class Reader {
- public:
-  virtual ~Reader() = default;
-  /// More bytes may be readable (a block progressed or was stored).
-  virtual void wake() = 0;
-  /// The object can no longer be delivered (upstream changed, failed, gone).
-  virtual void objectFailed(policy::Reason r, const std::string& detail) = 0;
-  /// Bytes the upstream sent for fetches this reader started.
-  virtual void upstreamBytes(uint64_t n) = 0;
-
-  Object* obj = nullptr;
-  uint64_t pos = 0;        // next byte the client needs
-  uint64_t end = 0;        // end of the client's range
-  uint64_t requestId = 0;
-  int64_t connections = 0; // per-object parallelism this request may use
-};
 
 /// Result of opening an object for a request.
 struct OpenResult {
@@ -55,42 +32,86 @@ struct OpenResult {
   bool uncacheable = false;  // stream it instead (the upstream gives no length)
 };
 
-class Fetcher {
+/// One client response's handle on one object of the block cache.
+class BlockReader {
  public:
-  explicit Fetcher(Engine::Impl& e);
-  ~Fetcher();
-
-  /// Finds or opens the object for `req` and attaches `r` to it once its
-  /// metadata is known and fresh (from the index within the mount's
-  /// `revalidate` interval, else from one 1-byte probe). Calls `done` exactly
-  /// once unless `r` detaches first.
-  void open(const Request& req, Reader* r, std::function<void(const OpenResult&)> done);
-  /// The reader is done or gone: stop read-ahead only it wanted. Fetches in
-  /// flight continue and are stored.
-  void detach(Reader* r);
-
-  /// Reader moved (pos changed) or needs the block at pos: update demand.
-  void demand(Reader* r);
-
-  /// What a reader can do at `pos`.
-  struct Avail {
-    enum class Kind { Stored, InFlight, Missing } kind = Kind::Missing;
-    uint64_t readable = 0;              // InFlight: bytes from pos already written
-    store::Store::Writer* writer = nullptr;
+  /// What the fill tells the response (all from the loop).
+  class Client {
+   public:
+    virtual ~Client() = default;
+    /// The open finished (exactly once, perhaps before open() returns).
+    virtual void opened(const OpenResult& r) = 0;
+    /// More bytes may be readable: read() again.
+    virtual void wake() = 0;
+    /// The object can no longer be delivered (upstream changed, failed, gone).
+    virtual void failed(policy::Reason r, const std::string& detail) = 0;
+    /// Bytes the upstream sent for fetches this response started (access log).
+    virtual void upstreamBytes(uint64_t n) = 0;
   };
-  Avail avail(Object* o, uint64_t pos);
-  /// Registers `r` to be woken when block `idx` of its object progresses.
-  void waitFor(Reader* r, uint32_t idx);
-  /// A stored block failed verification: it was dropped; fetch it again.
-  void blockCorrupt(Object* o, uint32_t idx);
 
-  const store::ObjectMeta& meta(Object* o) const;
-  const store::Key& key(Object* o) const;
+  struct Result {
+    enum class Kind { Ok, Wait, Failed };
+    Kind kind = Kind::Wait;
+    uint64_t n = 0;  // Ok: bytes appended
+    policy::Reason reason = policy::Reason::None;
+    std::string detail;
+  };
 
-  struct Impl;
+  BlockReader(Fill& fill, Client* client);
+  ~BlockReader();  // detaches: read-ahead only it wanted stops, fetches in flight finish
+  BlockReader(const BlockReader&) = delete;
+  BlockReader& operator=(const BlockReader&) = delete;
+
+  /// Finds or opens req's object: fresh from the index (within the mount's
+  /// `revalidate`), else after one 1-byte probe. Calls client->opened() once.
+  void open(const Request& req);
+  /// The object's metadata (after a successful open).
+  const store::ObjectMeta& meta() const { return meta_; }
+  /// X-Cache for `r` from the blocks stored now.
+  CacheStatus cacheStatus(const policy::ByteRange& r);
+  /// The client will read [begin, end): the fill fetches and reads ahead for it.
+  void setRange(uint64_t begin, uint64_t end);
+  /// Appends up to `max` bytes at `pos` (never past the end of pos's block)
+  /// to `out`. Ok(n): the reader's position moves to pos + n. Wait: nothing
+  /// readable yet; client->wake() follows when that may have changed.
+  /// Failed: the object cannot be read (reason, detail).
+  Result read(uint64_t pos, uint64_t max, evbuffer* out);
+  /// The response is done or gone: unpin, detach (also done by the destructor).
+  void close();
+
+  // ---- the fill's view (fetch/ only)
+  Object* obj = nullptr;
+  uint64_t pos = 0;        // next byte the client needs
+  uint64_t end = 0;        // end of the client's range
+  uint64_t requestId = 0;
+  int connections = 1;     // per-object parallelism this request may use
+  plan::Priority priority = plan::Priority::Playing;
+  Client* client;
 
  private:
-  std::unique_ptr<Impl> impl_;
+  friend class Fill;
+  void pin(uint32_t idx);
+  void unpin();
+
+  Fill& fill_;
+  store::ObjectMeta meta_;
+  std::optional<uint32_t> pinned_;
+  store::Key pinnedKey_;
+  uint32_t touched_ = UINT32_MAX;
+};
+
+/// Owns the fill; hands out readers.
+class Fetcher {
+ public:
+  explicit Fetcher(Context& ctx);
+  ~Fetcher();  // stops every transfer; unfinished blocks are never listed
+  Fetcher(const Fetcher&) = delete;
+  Fetcher& operator=(const Fetcher&) = delete;
+
+  std::unique_ptr<BlockReader> reader(BlockReader::Client* client);
+
+ private:
+  std::unique_ptr<Fill> fill_;
 };
 
 }  // namespace slip::proxy

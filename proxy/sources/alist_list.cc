@@ -39,8 +39,12 @@ std::string lower(std::string s) {
   return s;
 }
 
-/// One lister: asks page after page, then answers once and deletes itself.
-struct Lister final : Transfer::Handler {
+}  // namespace
+
+/// One listing: asks page after page, then answers once and hands itself
+/// back to its AlistLister (freed from the loop: its onDone is on the stack).
+struct AlistLister::Call final : Transfer::Handler {
+  AlistLister& owner;
   const conf::Mount& mount;
   CurlMulti& multi;
   const conf::Server& server;
@@ -51,28 +55,24 @@ struct Lister final : Transfer::Handler {
   std::string body;
   std::unique_ptr<Transfer> xfer;
 
-  Lister(const conf::Mount& m, CurlMulti& mu, const conf::Server& s, std::string p, ListCb c)
-      : mount(m), multi(mu), server(s), path(std::move(p)), cb(std::move(c)) {}
+  Call(AlistLister& own, std::string p, ListCb c)
+      : owner(own), mount(own.mount_), multi(own.multi_), server(own.server_), path(std::move(p)),
+        cb(std::move(c)) {}
 
   void ask() {
     std::string api = mount.url;
     while (!api.empty() && api.back() == '/') api.pop_back();
     Transfer::Options o;
     o.url = api + "/api/fs/list";
-    o.postBody = json{
-        {"path", path},
-        {"password", ""},
-        {"page", page},
-        {"per_page", kAlistPerPage},
-        {"refresh",
-         false}}.dump();
+    o.postBody = replies::dumpJson(json{
+        {"path", path}, {"password", ""}, {"page", page}, {"per_page", kAlistPerPage}, {"refresh", false}});
     o.headers.push_back({"Content-Type", "application/json"});
     o.headers.push_back({"Authorization", mount.token});
     o.connectTimeoutMs = server.connectTimeoutMs;
     o.headerTimeoutMs = server.upstreamTimeoutMs;
     o.stallTimeoutMs = server.stallTimeoutMs;
     body.clear();
-    xfer = std::make_unique<Transfer>(multi, std::move(o), this);
+    xfer = std::make_unique<Transfer>(multi, std::move(o), this);  // frees the last page's (from its onDone: allowed)
     xfer->start();
   }
 
@@ -93,7 +93,6 @@ struct Lister final : Transfer::Handler {
                        "alist list: HTTP status " + std::to_string(t.status()));
     else
       pg = parseAlistListPage(body);
-    xfer.reset();  // safe: onDone runs from the loop, outside curl
     if (pg.reason != Reason::None) return finish(pg.reason, pg.detail);
     size_t before = got.size();
     for (DirEntry& e : pg.entries) got.try_emplace(e.name, std::move(e));
@@ -120,12 +119,10 @@ struct Lister final : Transfer::Handler {
       out.entries = entries;
     }
     ListCb done = std::move(cb);
-    delete this;
+    owner.graveyard_.buryFrom(owner.calls_, this);
     done(out);
   }
 };
-
-}  // namespace
 
 AlistListPage parseAlistListPage(const std::string& body) {
   replies::AlistList reply;
@@ -152,9 +149,18 @@ AlistListPage parseAlistListPage(const std::string& body) {
   return out;
 }
 
-void alistList(const conf::Mount& m, CurlMulti& multi, const conf::Server& s,
-               const std::string& path, ListCb cb) {
-  (new Lister(m, multi, s, path, std::move(cb)))->ask();
+AlistLister::AlistLister(const conf::Mount& m, CurlMulti& multi, const conf::Server& s)
+    : mount_(m), multi_(multi), server_(s), graveyard_(multi.base()) {}
+
+AlistLister::~AlistLister() = default;
+
+void AlistLister::list(const std::string& path, ListCb cb) {
+  // AList's paths are JSON strings: UTF-8. Any other bytes name nothing there.
+  if (!replies::validUtf8(path)) return cb(listFailure(Reason::NotFound, "alist list: the path is not UTF-8"));
+  auto owned = std::make_unique<Call>(*this, path, std::move(cb));
+  Call* c = owned.get();
+  calls_[c] = std::move(owned);
+  c->ask();
 }
 
 }  // namespace slip::proxy

@@ -10,6 +10,8 @@
 // the header.
 #include <nlohmann/json.hpp>
 
+#include <map>
+
 #include "proxy/fetch/curl_multi.h"
 #include "proxy/sources/listing.h"
 #include "proxy/sources/replies.h"
@@ -24,7 +26,7 @@ constexpr size_t kMaxReply = 1 << 20;
 class AlistSource : public Source {
  public:
   AlistSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s)
-      : mount_(m), multi_(multi), server_(s) {
+      : mount_(m), multi_(multi), server_(s), graveyard_(multi.base()) {
     api_ = m.url;
     while (!api_.empty() && api_.back() == '/') api_.pop_back();
     api_ += "/api/fs/link";
@@ -38,7 +40,7 @@ class AlistSource : public Source {
 
   void list(const std::string& rest, ListCb cb) override {
     std::string path = root_ == "/" ? rest : rest == "/" ? root_ : root_ + rest;
-    alistList(mount_, multi_, server_, path, std::move(cb));
+    lister_.list(path, std::move(cb));
   }
   int64_t listTtlMs() const override { return mount_.listTtlMs; }
 
@@ -52,7 +54,8 @@ class AlistSource : public Source {
       cb(out);
       return;
     }
-    auto* call = new Call{this, std::move(cb), {}, nullptr};
+    auto owned = std::make_unique<Call>(this, std::move(cb));
+    Call* call = owned.get();
     Transfer::Options o;
     o.url = api_;
     o.postBody = replies::dumpJson(nlohmann::json{{"path", path}});
@@ -68,6 +71,7 @@ class AlistSource : public Source {
     o.headerTimeoutMs = server_.upstreamTimeoutMs;
     o.stallTimeoutMs = server_.stallTimeoutMs;
     call->transfer = std::make_unique<Transfer>(multi_, std::move(o), call);
+    calls_[call] = std::move(owned);
     call->transfer->start();
   }
 
@@ -77,8 +81,7 @@ class AlistSource : public Source {
     ResolveCb cb;
     std::string body;
     std::unique_ptr<Transfer> transfer;
-    Call(AlistSource* s, ResolveCb c, std::string b, std::unique_ptr<Transfer> t)
-        : src(s), cb(std::move(c)), body(std::move(b)), transfer(std::move(t)) {}
+    Call(AlistSource* s, ResolveCb c) : src(s), cb(std::move(c)) {}
     bool onHeaders(Transfer&) override { return true; }
     size_t onData(Transfer&, const char* p, size_t n) override {
       if (body.size() + n > kMaxReply) return 0;
@@ -88,8 +91,7 @@ class AlistSource : public Source {
     void onDone(Transfer& t, const TransferResult& r) override {
       ResolveResult out = parse(t, r);
       ResolveCb done = std::move(cb);
-      transfer.reset();  // safe: onDone runs from the loop, outside curl
-      delete this;
+      src->finished(this);  // freed later, from the loop: its onDone is on the stack
       done(out);
     }
     ResolveResult parse(Transfer& t, const TransferResult& r) {
@@ -126,11 +128,16 @@ class AlistSource : public Source {
     }
   };
 
+  void finished(Call* c) { graveyard_.buryFrom(calls_, c); }
+
   const conf::Mount& mount_;
   CurlMulti& multi_;
   const conf::Server& server_;
   std::string api_;
   std::string root_;
+  std::map<Call*, std::unique_ptr<Call>> calls_;  // in flight; cancelled with the source
+  Graveyard graveyard_;
+  AlistLister lister_{mount_, multi_, server_};  // listings in flight; cancelled with the source
 };
 
 }  // namespace

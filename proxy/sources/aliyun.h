@@ -4,7 +4,7 @@
 //
 // Credentials belong to the account: one token state, one pair of request
 // gates (download links, other calls) and one download-connection pool
-// (CurlMulti::addPool) for all its mounts.
+// (Admission::addPool) for all its mounts.
 //
 // The refresh token rotates on every use, so the exchange runs in a helper
 // process (`slipstream token-exchange`, proxy/aliyun_token.cc) that writes the
@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
 #include "proxy/proxy.h"
 #include "proxy/sources/source.h"
@@ -39,7 +40,7 @@ class AliyunAccount {
 
 /// The account named by `cfg.accounts[index]`.
 std::unique_ptr<AliyunAccount> makeAliyunAccount(const conf::Config& cfg, int index,
-                                                 CurlMulti& multi);
+                                                 CurlMulti& multi, const Clock& clock);
 /// The source of an aliyundrive_open mount, resolving through its account.
 std::unique_ptr<Source> makeAliyunSource(const conf::Mount& m, AliyunAccount& account);
 
@@ -54,12 +55,6 @@ struct TokenState {
   int64_t updatedMs = 0;
 };
 
-/// How long before its expiry an access token is refreshed: a fifth of its
-/// life, at most 5 minutes.
-inline int64_t accessMarginMs(int64_t lifeMs) {
-  return lifeMs <= 0 ? 0 : std::min<int64_t>(300'000, lifeMs / 5);
-}
-
 /// Identifies "the refresh token as written in the INI" without storing it:
 /// hex SHA-256. A state whose chain differs was made from another INI token.
 std::string tokenChain(const std::string& iniRefreshToken);
@@ -73,6 +68,6 @@ bool writeTokenState(const std::string& path, const TokenState& s, std::string* 
 /// `slipstream token-exchange`: the helper process. Reads one JSON request on
 /// stdin, exchanges the refresh token under the account's lock, saves the
 /// rotated token, then prints one JSON result line. Returns the exit status.
-int tokenExchangeMain();
+int tokenExchangeMain(const Clock& clock);
 
 }  // namespace slip::proxy

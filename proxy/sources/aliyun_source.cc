@@ -13,538 +13,52 @@
 // one of the account's two gates: download links at most one per
 // `link_interval`, everything else one per `list_interval` (token buckets
 // of depth one), so the service never has to say 429 in normal use.
-#include <event2/event.h>
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <chrono>
 #include <cstring>
-#include <deque>
-#include <map>
-#include <nlohmann/json.hpp>
-#include <set>
 
-#include "proxy/fetch/curl_multi.h"
-#include "proxy/sources/aliyun.h"
+#include "proxy/sources/aliyun_account.h"
 #include "proxy/sources/replies.h"
 
-extern char** environ;
-
 namespace slip::proxy {
-namespace {
+namespace aliyun {
 
-using json = nlohmann::json;
-using Reason = policy::Reason;
-
-constexpr size_t kMaxReply = 4 << 20;
-constexpr int kListLimit = 100;           // the API's largest page
-constexpr int kMaxPages = 1000;           // 100 000 entries in one folder
-constexpr size_t kMaxListings = 2048;     // folders whose listing is kept
-constexpr int kMaxBusyRetries = 5;        // 429s in a row before giving up
-constexpr int64_t kBusyBackoffMs = 1000;  // doubled per 429, at most 16 s
-constexpr int64_t kRefusedRetryMs = 600'000;  // try a refused token again after this
-constexpr int64_t kFailedRetryMs = 5'000;     // a failed exchange (network) after this
-constexpr int64_t kHelperPatienceMs = 60'000; // callers wait this long for a helper's answer
-constexpr int64_t kStopWaitMs = 60'000;       // a stopping gateway waits this long for it
-
-int64_t monoMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-struct Entry {
-  std::string id, parent, name;
-  bool folder = false;
-  uint64_t size = 0;     // listings (Engine::list)
-  int64_t mtimeMs = 0;   // updated_at; 0 = not given
-  std::string hash;      // content_hash (SHA-1 hex)
-};
-
-struct ApiResult {
-  Reason reason = Reason::None;
-  std::string detail;
-  std::string body;  // the reply (HTTP 200), for the caller's parser in replies.h
-};
-using ApiCb = std::function<void(const ApiResult&)>;
-using DoneCb = std::function<void(Reason, const std::string&)>;
-
-struct Walk {
-  std::string root;
-  std::vector<std::string> segs;
-  size_t index = 0;
-  std::string folder;  // id of the folder being searched
-  std::function<void(Reason, const std::string&, const Entry&)> cb;
-  std::string sofar() const {
-    std::string p;
-    for (size_t i = 0; i < index; i++) p += "/" + segs[i];
-    return p.empty() ? "/" : p;
-  }
-};
-
-class Account;
-
-/// One API request in flight.
-struct ApiCall final : Transfer::Handler {
-  Account* acct = nullptr;
-  std::string body;
-  std::string token;  // the access token it was sent with
-  std::unique_ptr<Transfer> xfer;
-  std::function<void(ApiCall&, const TransferResult&)> done;
-  bool onHeaders(Transfer&) override { return true; }
-  size_t onData(Transfer&, const char* p, size_t n) override {
-    if (body.size() + n > kMaxReply) return 0;
-    body.append(p, n);
-    return n;
-  }
-  void onDone(Transfer&, const TransferResult& r) override;
-};
-
-class Account final : public AliyunAccount {
- public:
-  Account(const conf::Config& cfg, int index, CurlMulti& multi)
-      : cfg_(cfg), a_(cfg.accounts[index]), multi_(multi) {
-    api_ = a_.apiUrl;
-    while (!api_.empty() && api_.back() == '/') api_.pop_back();
-    tokenUrl_ = a_.clientId.empty() ? a_.oauthTokenUrl : api_ + "/oauth/access_token";
-    for (const auto& m : cfg.mounts)
-      if (m.accountIndex == index) mounts_ += (mounts_.empty() ? "" : ",") + m.name;
-    linkGate_.intervalMs = a_.linkIntervalMs;
-    listGate_.intervalMs = a_.listIntervalMs;
-    for (Gate* g : {&linkGate_, &listGate_}) {
-      g->owner = this;
-      g->timer = evtimer_new(multi_.base(), [](evutil_socket_t, short, void* arg) {
-        auto* gate = static_cast<Gate*>(arg);
-        gate->owner->pump(*gate);
-      }, g);
-    }
-    loadState();
-  }
-
-  ~Account() override {
-    for (Gate* g : {&linkGate_, &listGate_}) event_free(g->timer);
-    for (ApiCall* c : calls_) delete c;
-    if (helper_.ev) event_free(helper_.ev);
-    if (helper_.fd >= 0) close(helper_.fd);
-    if (reapTimer_) event_free(reapTimer_);
-    if (patienceTimer_) event_free(patienceTimer_);
-    // A stopping gateway lets a running exchange finish and save, so that a
-    // service manager's final kill of the group finds nothing to interrupt.
-    // (Past the wait it still finishes on its own.)
-    if (helper_.pid > 0) {
-      conf::Log::write(conf::LogLevel::Info, "token_helper_wait",
-                       "account=" + conf::logValue(a_.name) + " helper_pid=" + std::to_string(helper_.pid));
-      int st = 0;
-      for (int64_t waited = 0; waited < kStopWaitMs && waitpid(helper_.pid, &st, WNOHANG) == 0; waited += 50)
-        usleep(50'000);
-    }
-  }
-
-  /// The entry at `rest` (a path below folder `rootId`).
-  void lookup(const std::string& rootId, const std::string& rest,
-              std::function<void(Reason, const std::string&, const Entry&)> cb);
-  /// A download URL for file `id` and when it expires (wall clock, ms).
-  void downloadUrl(const std::string& id, int64_t expireSec,
-                   std::function<void(Reason, const std::string&, const std::string&, int64_t)> cb);
-  /// The entries of the folder at `rest` below `rootId` (its cached listing).
-  void listFolder(const std::string& rootId, const std::string& rest, ListCb cb);
-  /// Drops a folder's cached listing (a file in it was not found any more).
-  void forget(const std::string& folderId) {
-    auto it = listings_.find(folderId);
-    if (it == listings_.end()) return;
-    if (it->second.pending) it->second.stale = true;  // its waiters still need an answer
-    else listings_.erase(it);
-  }
-
-  AccountStats stats() const override {
-    AccountStats s = counters_;
-    s.name = a_.name;
-    s.authorized = !refused_;
-    return s;
-  }
-
-  // Called by ApiCall.
-  void finished(ApiCall* c) {
-    calls_.erase(c);
-    delete c;
-  }
-
-  struct Gate {
-    Account* owner = nullptr;
-    int64_t intervalMs = 1000;
-    int64_t nextMs = 0;  // monotonic: the next call may go at this time
-    std::deque<std::function<void()>> queue;
-    event* timer = nullptr;
-  };
-  void pump(Gate& g);
-
- private:
-  using Entries = std::map<std::string, Entry>;  // by name
-  using ListingCb = std::function<void(Reason, const std::string&, std::shared_ptr<const Entries>)>;
-  /// A folder's cached listing. Callers get the entries as a shared snapshot:
-  /// nothing they hold dangles when the cache drops or replaces it.
-  struct Listing {
-    std::shared_ptr<const Entries> entries;  // the last complete listing, or null
-    int64_t fetchedMs = 0;                   // monotonic, of `entries`
-    bool stale = false;                      // forget() while it was being fetched
-    // a fetch in flight
-    bool pending = false;
-    uint64_t gen = 0;                        // pages of an older fetch are dropped
-    Entries building;
-    std::vector<ListingCb> waiters;
-  };
-
-  void pass(Gate& g, std::function<void()> fn) {
-    g.queue.push_back(std::move(fn));
-    pump(g);
-  }
-
-  // token
-  void loadState();
-  bool tokenUsable() const {
-    return !accessToken_.empty() &&
-           wallMs() < accessExpiresMs_ - accessMarginMs(accessExpiresMs_ - accessObtainedMs_);
-  }
-  void withToken(DoneCb cb);
-  void startHelper();
-  void helperOutput();
-  void helperDone(const std::string& out, int status);
-  static void reap(evutil_socket_t, short, void* arg);
-  static void impatient(evutil_socket_t, short, void* arg);
-  void failWaiters(Reason r, const std::string& detail);
-  void exchangeFailed(const std::string& why);
-
-  // API
-  void call(Gate& g, const std::string& path, json body, ApiCb cb, int attempt = 0,
-            bool authRetried = false);
-  void withDrive(DoneCb cb);
-  void listing(const std::string& folderId, ListingCb cb);
-  void listPage(const std::string& folderId, uint64_t gen, const std::string& marker, int page);
-  void listingDone(const std::string& folderId, uint64_t gen, Reason r, const std::string& detail);
-  void walk(std::shared_ptr<Walk> w);
-
-  const conf::Config& cfg_;
-  const conf::Account& a_;
-  CurlMulti& multi_;
-  std::string api_, tokenUrl_, mounts_;
-  Gate linkGate_, listGate_;
-  std::set<ApiCall*> calls_;
-
-  // token state
-  std::string accessToken_;
-  int64_t accessExpiresMs_ = 0, accessObtainedMs_ = 0;
-  std::string unsavedRefresh_;  // rotated but not saved (state dir unwritable)
-  std::vector<DoneCb> tokenWaiters_;
-  bool refused_ = false;        // the service refused the refresh token
-  std::string failure_;         // why the last exchange failed
-  int64_t retryAtMs_ = 0;       // monotonic: no new exchange before this
-  struct Helper {
-    pid_t pid = -1;
-    int fd = -1;
-    event* ev = nullptr;
-    std::string out;
-  } helper_;
-  event* reapTimer_ = nullptr;
-  std::vector<pid_t> reaping_;       // helpers that closed their output but have not exited yet
-  event* patienceTimer_ = nullptr;
-  bool helperSlow_ = false;          // the running helper outlived kHelperPatienceMs
-
-  // drive
-  std::string driveId_;
-  bool driveFetching_ = false;
-  std::vector<DoneCb> driveWaiters_;
-
-  std::map<std::string, Listing> listings_;
-  uint64_t listGen_ = 0;
-  AccountStats counters_;
-};
 
 void ApiCall::onDone(Transfer&, const TransferResult& r) {
   Account* a = acct;
   auto fn = std::move(done);
   fn(*this, r);
-  a->finished(this);  // deletes this (and the transfer: safe, we are called from the loop)
+  a->finished(this);  // freed later, from the loop
+}
+
+Account::~Account() {
+  if (helper_.fd >= 0) close(helper_.fd);
+  // A stopping gateway lets a running exchange finish and save, so that a
+  // service manager's final kill of the group finds nothing to interrupt.
+  // (Past the wait it still finishes on its own.)
+  if (helper_.pid > 0) {
+    conf::Log::write(conf::LogLevel::Info, "token_helper_wait",
+                     "account=" + conf::logValue(a_.name) + " helper_pid=" + std::to_string(helper_.pid));
+    int st = 0;
+    for (int64_t waited = 0; waited < kStopWaitMs && waitpid(helper_.pid, &st, WNOHANG) == 0; waited += 50)
+      usleep(50'000);
+  }
 }
 
 // ------------------------------------------------------------------ gates
 
 void Account::pump(Gate& g) {
-  int64_t now = monoMs();
+  int64_t now = clock_.monoMs();
   while (!g.queue.empty() && now >= g.nextMs) {
     auto fn = std::move(g.queue.front());
     g.queue.pop_front();
     g.nextMs = now + g.intervalMs;
     fn();
   }
-  if (!g.queue.empty() && !evtimer_pending(g.timer, nullptr)) {
-    int64_t d = std::max<int64_t>(1, g.nextMs - now);
-    timeval tv{d / 1000, static_cast<suseconds_t>((d % 1000) * 1000)};
-    evtimer_add(g.timer, &tv);
-  }
+  if (!g.queue.empty() && !g.timer->pending()) g.timer->armMs(std::max<int64_t>(1, g.nextMs - now));
 }
 
-// ------------------------------------------------------------------ token
-
-void Account::loadState() {
-  std::string path = tokenStatePath(cfg_.server.stateDir, a_.name);
-  std::string err;
-  auto s = readTokenState(path, &err);
-  std::string who = "account=" + conf::logValue(a_.name);
-  if (!err.empty()) {
-    conf::Log::write(conf::LogLevel::Warn, "token_state_unreadable", who + " detail=" + conf::logValue(err));
-    return;
-  }
-  if (!s) {
-    conf::Log::write(conf::LogLevel::Info, "account_state", who + " refresh_token=ini (no saved state yet)");
-    return;
-  }
-  if (s->chain != tokenChain(a_.refreshToken)) {
-    conf::Log::write(conf::LogLevel::Info, "account_state",
-                     who + " refresh_token=ini (changed in the configuration since the state was saved)");
-    return;
-  }
-  conf::Log::write(conf::LogLevel::Info, "account_state", who + " refresh_token=saved path=" + conf::logValue(path));
-  accessToken_ = s->accessToken;
-  accessExpiresMs_ = s->accessExpiresMs;
-  accessObtainedMs_ = s->updatedMs;
-}
-
-void Account::withToken(DoneCb cb) {
-  if (tokenUsable()) {
-    cb(Reason::None, "");
-    return;
-  }
-  if (helper_.pid < 0 && monoMs() < retryAtMs_) {
-    cb(refused_ ? Reason::AccountAuth : Reason::ResolveFailed, failure_);
-    return;
-  }
-  if (helper_.pid >= 0 && helperSlow_) {
-    cb(Reason::UpstreamTimeout, "account " + a_.name + ": the token exchange is still running");
-    return;
-  }
-  tokenWaiters_.push_back(std::move(cb));
-  if (helper_.pid < 0) startHelper();
-}
-
-void Account::failWaiters(Reason r, const std::string& detail) {
-  auto waiters = std::move(tokenWaiters_);
-  tokenWaiters_.clear();
-  for (auto& w : waiters) w(r, detail);
-}
-
-void Account::startHelper() {
-  std::string who = "account=" + conf::logValue(a_.name);
-  json req = {{"account", a_.name},
-              {"state_dir", cfg_.server.stateDir},
-              {"ini_refresh_token", a_.refreshToken},
-              {"token_url", tokenUrl_},
-              {"client_id", a_.clientId},
-              {"client_secret", a_.clientSecret},
-              {"connect_timeout_ms", cfg_.server.connectTimeoutMs},
-              {"stale_access_token", accessToken_},
-              {"log_level", conf::Log::enabled(conf::LogLevel::Debug) ? "debug" : "info"}};
-  if (!unsavedRefresh_.empty()) req["refresh_token"] = unsavedRefresh_;
-  std::string text = replies::dumpJson(req);
-
-  int in[2], out[2];
-  if (pipe2(in, O_CLOEXEC) != 0) {
-    exchangeFailed(std::string("cannot start the token helper: pipe: ") + strerror(errno));
-    return;
-  }
-  if (pipe2(out, O_CLOEXEC) != 0) {
-    close(in[0]);
-    close(in[1]);
-    exchangeFailed(std::string("cannot start the token helper: pipe: ") + strerror(errno));
-    return;
-  }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-  // Not the gateway's listening sockets, client connections or cache files.
-  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  // Its own process group: a Ctrl-C or a signal to the gateway's group must
-  // not cut an exchange short. Default signal dispositions and mask.
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  char arg0[] = "slipstream", arg1[] = "token-exchange";
-  char* argv[] = {arg0, arg1, nullptr};
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
-  close(in[0]);
-  close(out[1]);
-  if (rc != 0) {
-    close(in[1]);
-    close(out[0]);
-    exchangeFailed(std::string("cannot start the token helper: ") + strerror(rc));
-    return;
-  }
-  // A few hundred bytes: the pipe takes them at once.
-  size_t off = 0;
-  while (off < text.size()) {
-    ssize_t n = write(in[1], text.data() + off, text.size() - off);
-    if (n > 0) off += static_cast<size_t>(n);
-    else if (n < 0 && errno != EINTR) break;
-  }
-  close(in[1]);
-  evutil_make_socket_nonblocking(out[0]);
-  helper_.pid = pid;
-  helper_.fd = out[0];
-  helper_.out.clear();
-  helper_.ev = event_new(multi_.base(), out[0], EV_READ | EV_PERSIST, [](evutil_socket_t, short, void* arg) {
-    static_cast<Account*>(arg)->helperOutput();
-  }, this);
-  event_add(helper_.ev, nullptr);
-  // Callers do not wait for a stuck exchange forever; the helper itself is
-  // left to finish (killing it could lose the token it is exchanging).
-  helperSlow_ = false;
-  if (!patienceTimer_)
-    patienceTimer_ = evtimer_new(multi_.base(), &Account::impatient, this);
-  timeval tv{kHelperPatienceMs / 1000, 0};
-  evtimer_add(patienceTimer_, &tv);
-  conf::Log::write(conf::LogLevel::Debug, "token_helper_started", who + " helper_pid=" + std::to_string(pid));
-}
-
-void Account::helperOutput() {
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(helper_.fd, buf, sizeof buf);
-    if (n > 0) {
-      if (helper_.out.size() < 65536) helper_.out.append(buf, static_cast<size_t>(n));
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    break;  // EOF (the helper exited) or an error
-  }
-  event_free(helper_.ev);
-  helper_.ev = nullptr;
-  evtimer_del(patienceTimer_);
-  close(helper_.fd);
-  helper_.fd = -1;
-  pid_t pid = helper_.pid;
-  helper_.pid = -1;
-  int status = 0;
-  pid_t got = waitpid(pid, &status, WNOHANG);
-  if (got == 0) {
-    // Closed its output but not exited yet: reap it a little later.
-    reaping_.push_back(pid);
-    if (!reapTimer_) reapTimer_ = evtimer_new(multi_.base(), &Account::reap, this);
-    timeval tv{0, 20'000};
-    evtimer_add(reapTimer_, &tv);
-    status = 0;
-  }
-  std::string out = std::move(helper_.out);
-  helperDone(out, status);
-}
-
-void Account::reap(evutil_socket_t, short, void* arg) {
-  auto* a = static_cast<Account*>(arg);
-  for (auto it = a->reaping_.begin(); it != a->reaping_.end();) {
-    int st = 0;
-    if (waitpid(*it, &st, WNOHANG) != 0) it = a->reaping_.erase(it);  // reaped (or not ours)
-    else ++it;
-  }
-  if (!a->reaping_.empty()) {
-    timeval tv{0, 200'000};
-    evtimer_add(a->reapTimer_, &tv);
-  }
-}
-
-void Account::impatient(evutil_socket_t, short, void* arg) {
-  auto* a = static_cast<Account*>(arg);
-  if (a->helper_.pid < 0) return;
-  a->helperSlow_ = true;
-  conf::Log::write(conf::LogLevel::Warn, "token_helper_slow",
-                   "account=" + conf::logValue(a->a_.name) + " helper_pid=" + std::to_string(a->helper_.pid) +
-                       " waited_ms=" + std::to_string(kHelperPatienceMs));
-  a->failWaiters(Reason::UpstreamTimeout, "account " + a->a_.name + ": the token exchange is taking too long");
-}
-
-void Account::helperDone(const std::string& out, int status) {
-  std::string who = "account=" + conf::logValue(a_.name) + " mounts=" + conf::logValue(mounts_);
-  replies::HelperResult r;
-  if (replies::Problem p = replies::parseHelperResult(out, &r)) {
-    exchangeFailed("the token helper ended without an answer (status " +
-                   std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ": " + p.why + ")");
-    return;
-  }
-  if (r.ok) {
-    counters_.tokenExchanges++;
-    accessToken_ = r.accessToken;
-    accessExpiresMs_ = r.accessExpiresMs;
-    accessObtainedMs_ = wallMs();
-    refused_ = false;
-    failure_.clear();
-    retryAtMs_ = 0;
-    if (r.reused) {
-      // A saved access token: whatever was unsaved is still the current one.
-    } else if (r.persisted) {
-      unsavedRefresh_.clear();
-    } else {
-      unsavedRefresh_ = r.refreshToken;
-      conf::Log::write(conf::LogLevel::Error, "account_token_unsaved",
-                       who + " detail=" + conf::logValue(r.persistError) +
-                           " action=" + conf::logValue("make state_dir " + cfg_.server.stateDir +
-                                                       " writable: until then a restart loses the account"));
-    }
-    auto waiters = std::move(tokenWaiters_);
-    tokenWaiters_.clear();
-    for (auto& w : waiters) w(Reason::None, "");
-    return;
-  }
-  const std::string& message = r.message;
-  const std::string& code = r.code;
-  int64_t st = r.status;
-  refused_ = r.refused;
-  if (refused_) {
-    counters_.tokenFailures++;
-    std::string where = cfg_.file + (a_.refreshTokenLine ? ":" + std::to_string(a_.refreshTokenLine) : "");
-    failure_ = "account " + a_.name + ": the service refused the refresh token (HTTP " + std::to_string(st) +
-               (code.empty() ? "" : " " + code) + ": " + message + "); put a new refresh_token in [account " +
-               a_.name + "] and restart slipstream";
-    retryAtMs_ = monoMs() + kRefusedRetryMs;
-    conf::Log::write(conf::LogLevel::Error, "account_auth_failed",
-                     who + " status=" + std::to_string(st) + " code=" + conf::logValue(code) +
-                         " message=" + conf::logValue(message) + " action=" +
-                         conf::logValue("get a new refresh token for this account, set refresh_token in [account " +
-                                        a_.name + "] (" + where + ") and restart slipstream; mounts " +
-                                        mounts_ + " answer 502 until then"));
-    failWaiters(Reason::AccountAuth, failure_);
-    return;
-  }
-  exchangeFailed("token exchange failed (HTTP " + std::to_string(st) + "): " + message);
-}
-
-// An exchange that did not happen or did not finish: callers get 502, and
-// the next exchange waits a little.
-void Account::exchangeFailed(const std::string& why) {
-  counters_.tokenFailures++;
-  failure_ = "account " + a_.name + ": " + why;
-  retryAtMs_ = monoMs() + kFailedRetryMs;
-  conf::Log::write(conf::LogLevel::Error, "account_token_failed",
-                   "account=" + conf::logValue(a_.name) + " mounts=" + conf::logValue(mounts_) +
-                       " detail=" + conf::logValue(why));
-  failWaiters(Reason::ResolveFailed, failure_);
-}
 
 // ------------------------------------------------------------------ API calls
 
@@ -560,7 +74,8 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
         call(g, path, std::move(body), std::move(cb), attempt, authRetried);
         return;
       }
-      auto* c = new ApiCall;
+      auto owned = std::make_unique<ApiCall>();
+      ApiCall* c = owned.get();
       c->acct = this;
       c->token = accessToken_;
       Transfer::Options o;
@@ -579,14 +94,14 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
           cb({tr.timedOut ? Reason::UpstreamTimeout : Reason::ResolveFailed, what + ": " + tr.error, {}});
           return;
         }
-        int st = call_.xfer->status();
-        if (st == 200) {
+        int status = call_.xfer->status();
+        if (status == 200) {
           cb({Reason::None, "", std::move(call_.body)});
           return;
         }
         std::string code, message;
         replies::parseApiError(call_.body, &code, &message);
-        if (st == 401 && (code == "AccessTokenInvalid" || code == "AccessTokenExpired") && !authRetried) {
+        if (status == 401 && (code == "AccessTokenInvalid" || code == "AccessTokenExpired") && !authRetried) {
           // Refresh, then try once more (unless another call already did).
           if (accessToken_ == call_.token) accessExpiresMs_ = 0;  // the helper is told it is stale
           conf::Log::write(conf::LogLevel::Info, "access_token_rejected",
@@ -594,10 +109,10 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
           call(g, path, std::move(body), std::move(cb), attempt, true);
           return;
         }
-        if (st == 429) {
+        if (status == 429) {
           counters_.rateLimited++;
-          int64_t back = std::min<int64_t>(kBusyBackoffMs << std::min(attempt, 4), 16'000);
-          g.nextMs = std::max(g.nextMs, monoMs() + back);
+          int64_t back = policy::backoffDelayMs(kBusyBackoff, attempt + 1);
+          g.nextMs = std::max(g.nextMs, clock_.monoMs() + back);
           conf::Log::write(conf::LogLevel::Warn, "account_rate_limited",
                            "account=" + conf::logValue(a_.name) + " call=" + conf::logValue(path) +
                                " backoff_ms=" + std::to_string(back));
@@ -608,14 +123,14 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
           cb({Reason::RateLimited, what + ": 429 " + code + " " + std::to_string(kMaxBusyRetries) + " times", {}});
           return;
         }
-        std::string detail = what + ": HTTP " + std::to_string(st) + (code.empty() ? "" : " " + code) +
+        std::string detail = what + ": HTTP " + std::to_string(status) + (code.empty() ? "" : " " + code) +
                              (message.empty() ? "" : ": " + message);
-        Reason r2 = st == 404 ? Reason::NotFound : Reason::ResolveFailed;
-        if (st == 401 || st == 403) r2 = Reason::AccountAuth;
+        Reason r2 = status == 404 ? Reason::NotFound : Reason::ResolveFailed;
+        if (status == 401 || status == 403) r2 = Reason::AccountAuth;
         cb({r2, detail, {}});
       };
       c->xfer = std::make_unique<Transfer>(multi_, std::move(o), c);
-      calls_.insert(c);
+      calls_[c] = std::move(owned);
       counters_.apiCalls++;
       c->xfer->start();
     });
@@ -660,7 +175,7 @@ void Account::listing(const std::string& folderId, ListingCb cb) {
       l.waiters.push_back(std::move(cb));
       return;
     }
-    if (l.entries && !l.stale && monoMs() - l.fetchedMs < a_.listTtlMs) {
+    if (l.entries && !l.stale && clock_.monoMs() - l.fetchedMs < a_.listTtlMs) {
       cb(Reason::None, "", l.entries);
       return;
     }
@@ -733,7 +248,7 @@ void Account::listingDone(const std::string& folderId, uint64_t gen, Reason r, c
     entries = std::make_shared<const Entries>(std::move(l.building));
     l.building.clear();
     l.entries = entries;
-    l.fetchedMs = monoMs();
+    l.fetchedMs = clock_.monoMs();
     // Forgotten while being fetched: answer the waiters, list afresh next time.
     if (l.stale) listings_.erase(it);
   } else {
@@ -822,9 +337,9 @@ void Account::downloadUrl(const std::string& id, int64_t expireSec,
       return;
     }
     json body = {{"drive_id", driveId_}, {"file_id", id}, {"expire_sec", expireSec}};
-    int64_t asked = wallMs();
+    int64_t asked = clock_.wallMs();
     call(linkGate_, "/adrive/v1.0/openFile/getDownloadUrl", std::move(body),
-         [cb = std::move(cb), expireSec, asked](const ApiResult& res) {
+         [this, cb = std::move(cb), expireSec, asked](const ApiResult& res) {
            if (res.reason != Reason::None) {
              cb(res.reason, res.detail, "", 0);
              return;
@@ -838,11 +353,20 @@ void Account::downloadUrl(const std::string& id, int64_t expireSec,
            // asked, and not at all when our clock is ahead of its (the link
            // would look dead on arrival).
            int64_t expires = asked + expireSec * 1000;
-           if (link.expirationMs && *link.expirationMs > wallMs()) expires = std::min(expires, *link.expirationMs);
+           if (link.expirationMs && *link.expirationMs > clock_.wallMs())
+             expires = std::min(expires, *link.expirationMs);
            cb(Reason::None, "", link.url, expires);
          });
   });
 }
+
+}  // namespace aliyun
+
+namespace {
+
+using aliyun::Account;
+using aliyun::Entry;
+using policy::Reason;
 
 // ------------------------------------------------------------------ the source
 
@@ -896,7 +420,7 @@ class AliyunSource final : public Source {
                            out.link.headers = headers_;
                            out.link.expiresAtMs = expires;
                            if (mount_.linkTtlMs > 0)
-                             out.link.expiresAtMs = std::min(expires, wallMs() + mount_.linkTtlMs);
+                             out.link.expiresAtMs = std::min(expires, account_.clock().wallMs() + mount_.linkTtlMs);
                            cb(out);
                          });
   }
@@ -915,8 +439,10 @@ class AliyunSource final : public Source {
 
 }  // namespace
 
-std::unique_ptr<AliyunAccount> makeAliyunAccount(const conf::Config& cfg, int index, CurlMulti& multi) {
-  return std::make_unique<Account>(cfg, index, multi);
+
+std::unique_ptr<AliyunAccount> makeAliyunAccount(const conf::Config& cfg, int index, CurlMulti& multi,
+                                                 const Clock& clock) {
+  return std::make_unique<Account>(cfg, index, multi, clock);
 }
 
 std::unique_ptr<Source> makeAliyunSource(const conf::Mount& m, AliyunAccount& account) {

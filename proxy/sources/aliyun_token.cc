@@ -27,7 +27,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -46,12 +45,6 @@ constexpr size_t kMaxReply = 1 << 20;
 // consumed but whose answer we gave up on is lost for good.
 constexpr long kExchangeTimeoutMs = 120'000;
 constexpr int kLockWaitMs = 120'000;  // other helpers are bounded by the same limits
-
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string errnoText(const std::string& what) { return what + ": " + strerror(errno); }
 
@@ -249,7 +242,7 @@ void reply(const json& j) {
 
 }  // namespace
 
-int tokenExchangeMain() {
+int tokenExchangeMain(const Clock& clock) {
   // Finish whatever happens to the gateway: its terminal's Ctrl-C, a
   // SIGTERM to the service, a closed pipe.
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGQUIT, SIGTTOU, SIGTTIN}) signal(sig, SIG_IGN);
@@ -297,13 +290,13 @@ int tokenExchangeMain() {
                   ", or remove it and put a new refresh_token in the configuration");
   const bool unsaved = !stringField(req, "refresh_token").empty();
   bool sameChain = saved && saved->chain == chain;
-  const int64_t now = wallMs();
+  const int64_t now = clock.wallMs();
 
   // A previous helper (perhaps of a gateway killed since) may have just
   // refreshed: its access token serves, and no token is spent.
   if (!unsaved && sameChain && !saved->accessToken.empty() &&
       saved->accessToken != stringField(req, "stale_access_token") &&
-      saved->accessExpiresMs - now > accessMarginMs(saved->accessExpiresMs - saved->updatedMs)) {
+      policy::tokenUsable(saved->updatedMs, saved->accessExpiresMs, now)) {
     log(conf::LogLevel::Info, "token_reused", who + " updated_ms=" + std::to_string(saved->updatedMs));
     reply({{"ok", true}, {"access_token", saved->accessToken},
            {"access_expires_ms", saved->accessExpiresMs}, {"reused", true}, {"persisted", true}});
@@ -331,7 +324,7 @@ int tokenExchangeMain() {
     s.refreshToken = rotated;
     s.accessToken = access;
     s.accessExpiresMs = now + tokens.expiresInSec * 1000;
-    s.updatedMs = wallMs();
+    s.updatedMs = clock.wallMs();
     std::string werr;
     bool persisted = writeTokenState(path, s, &werr);
     json out = {{"ok", true}, {"access_token", access}, {"access_expires_ms", s.accessExpiresMs},

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "conf/clock.h"
+#include "conf/loop.h"
 #include "conf/conf.h"
 #include "conf/worker.h"
 #include "proxy/proxy.h"
@@ -108,8 +109,24 @@ struct AlistListPage {
 };
 AlistListPage parseAlistListPage(const std::string& body);
 
-/// Lists `path` (on the AList side, root already applied) with every page.
-void alistList(const conf::Mount& m, CurlMulti& multi, const conf::Server& s,
-               const std::string& path, ListCb cb);
+/// The listings of one alist mount in flight. Owned by its source: calls
+/// still running when it goes are cancelled (their callbacks never run).
+class AlistLister {
+ public:
+  AlistLister(const conf::Mount& m, CurlMulti& multi, const conf::Server& s);
+  ~AlistLister();
+  AlistLister(const AlistLister&) = delete;
+  AlistLister& operator=(const AlistLister&) = delete;
+  /// Lists `path` (on the AList side, root already applied) with every page.
+  void list(const std::string& path, ListCb cb);
+
+ private:
+  struct Call;
+  const conf::Mount& mount_;
+  CurlMulti& multi_;
+  const conf::Server& server_;
+  std::map<Call*, std::unique_ptr<Call>> calls_;
+  Graveyard graveyard_;  // finished calls, freed from the loop
+};
 
 }  // namespace slip::proxy

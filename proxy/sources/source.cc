@@ -59,8 +59,8 @@ constexpr size_t kMaxEntries = 4096;
 }  // namespace
 
 LinkCache::LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
-                     std::function<int64_t()> nowMs, Stats& stats)
-    : cfg_(cfg), sources_(sources), nowMs_(std::move(nowMs)), stats_(stats) {}
+                     const Clock& clock, Stats& stats)
+    : cfg_(cfg), sources_(sources), clock_(clock), stats_(stats) {}
 
 std::string LinkCache::key(int mount, const std::string& rest, const ClientInfo& client) const {
   std::string k = std::to_string(mount) + '\n' + rest;
@@ -74,7 +74,7 @@ std::string LinkCache::key(int mount, const std::string& rest, const ClientInfo&
 
 void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client, ResolveCb cb) {
   std::string k = key(mount, rest, client);
-  int64_t now = nowMs_();
+  int64_t now = clock_.wallMs();
   auto it = entries_.find(k);
   if (it != entries_.end()) {
     Entry& e = it->second;
@@ -108,12 +108,12 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
       Entry& e2 = it2->second;
       e2.pending = false;
       out.link.serial = nextSerial_++;
-      int64_t now2 = nowMs_();
+      int64_t now2 = clock_.wallMs();
       out.link.obtainedAtMs = now2;
       int64_t expires = out.link.expiresAtMs;
       if (expires == 0 && ttl > 0) expires = now2 + ttl;
       out.link.expiresAtMs = expires;
-      e2.validUntilMs = linkUsableUntil(out.link);
+      e2.validUntilMs = policy::linkUsableUntil(out.link.obtainedAtMs, out.link.expiresAtMs);
       e2.link = out.link;
     } else {
       entries_.erase(it2);  // failures are not cached

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "conf/clock.h"
 #include "conf/conf.h"
 #include "policy/policy.h"
 #include "proxy/proxy.h"
@@ -29,14 +30,10 @@ struct Link {
   uint64_t serial = 0;      // distinguishes re-resolutions of one path
 };
 
-/// Until when a link may start transfers (wall clock ms; INT64_MAX = always):
-/// a fifth of its life, at most a minute, is kept in hand so that a transfer
-/// starting on it still finds it alive. The link cache and the fetcher both
-/// judge links by this one rule.
-inline int64_t linkUsableUntil(const Link& l) {
-  if (l.expiresAtMs == 0) return INT64_MAX;
-  int64_t life = l.expiresAtMs - l.obtainedAtMs;
-  return l.expiresAtMs - std::clamp<int64_t>(life / 5, 0, 60'000);
+/// Whether `l` may still start transfers at `nowMs` (policy::linkUsable: the
+/// link cache and the fetcher judge links by this one rule).
+inline bool linkUsable(const Link& l, int64_t nowMs) {
+  return policy::linkUsable(l.obtainedAtMs, l.expiresAtMs, nowMs);
 }
 
 struct ResolveResult {
@@ -77,7 +74,7 @@ std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const
 class LinkCache {
  public:
   LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
-            std::function<int64_t()> nowMs, Stats& stats);
+            const Clock& clock, Stats& stats);
 
   /// Calls back with a usable link: a cached one, or a fresh resolution that
   /// any concurrent callers share.
@@ -90,14 +87,14 @@ class LinkCache {
   struct Entry {
     bool pending = false;
     Link link;
-    int64_t validUntilMs = 0;  // linkUsableUntil(link)
+    int64_t validUntilMs = 0;  // policy::linkUsableUntil of the link
     std::vector<ResolveCb> waiters;
   };
   std::string key(int mount, const std::string& rest, const ClientInfo& client) const;
 
   const conf::Config& cfg_;
   std::vector<std::unique_ptr<Source>>& sources_;
-  std::function<int64_t()> nowMs_;
+  const Clock& clock_;
   Stats& stats_;
   std::map<std::string, Entry> entries_;
   uint64_t nextSerial_ = 1;

@@ -65,7 +65,7 @@ class BrowseTest(GatewayTest):
     def ls_fails(self, ini, path, *fragments):
         p = self.cli(ini, "ls", path, "--json")
         self.assertEqual(p.returncode, 1, p.stdout)
-        err = p.stderr.decode()
+        err = p.stderr.decode(errors="replace")
         for f in fragments:
             self.assertIn(f, err)
         return err
@@ -165,6 +165,11 @@ class AListListing(BrowseTest):
         self.ls_fails(ini, "/al/Nope", "404", "object not found")
         self.ls_fails(ini.replace("token = " + ALIST_TOKEN, "token = wrong"), "/al/Movies", "502",
                       "code 401: token is invalidated")
+        # A name that is not UTF-8 names nothing on AList (its paths are JSON
+        # strings): 404 without asking it, never an exception on the loop.
+        before = len(fake.list_calls("/root/Movies"))
+        self.ls_fails(ini, b"/al/Movies/\xff", "404", "not UTF-8")
+        self.assertEqual(len(fake.list_calls("/root/Movies")), before)
 
 
 # --------------------------------------------------------------------- aliyundrive_open

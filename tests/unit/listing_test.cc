@@ -87,7 +87,7 @@ TEST_CASE("RFC 3339 dates from APIs", "[listing]") {
     INFO(bad);
     CHECK_FALSE(policy::parseRfc3339Ms(bad));
   }
-  CHECK(policy::httpDate(1'700'000'000) == "Tue, 14 Nov 2023 22:13:20 GMT");
+  CHECK(policy::formatHttpDate(1'700'000'000) == "Tue, 14 Nov 2023 22:13:20 GMT");
 }
 
 // The reply itself is table-tested in replies_test.cc; here: what a page

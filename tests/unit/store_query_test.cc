@@ -18,6 +18,7 @@ struct Cache {
                               ("slip-query-test-" + std::to_string(getpid()) + "-" +
                                std::to_string(rand()));
   event_base* base = event_base_new();
+  ManualClock clock;
   std::unique_ptr<store::Store> st;
   int pending = 0;
 
@@ -28,7 +29,7 @@ struct Cache {
     cfg.minFree = 0;
     cfg.blockSize = 64 << 10;
     std::string err;
-    st = store::Store::open(cfg, base, &err);
+    st = store::Store::open(cfg, base, clock, &err);
     REQUIRE(st);
   }
   ~Cache() {

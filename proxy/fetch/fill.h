@@ -1,0 +1,253 @@
+// Private to proxy/fetch/: the fill's parts.
+//
+//   Fill (fetcher.cc)   the object table: lifecycle of each object version,
+//                       opening, links, readers, kill and release
+//   probe.cc            the 1-byte probe that learns size and validators
+//   schedule.cc         snapshot → planner (planner.h, pure) → execute
+//   runner.cc           pieces and whole-body streams into the store
+//   reader.cc           BlockReader: what a client response reads
+//
+// Invariants:
+//  - At most one Block (fetch) exists per (object version, block index):
+//    any number of readers waiting on it cause one upstream fetch.
+//  - A Block's bytes are readable by waiting readers as soon as the store
+//    confirms them written; it is listed (served verified) after commit.
+//  - A reader never holds more than the client high-water mark of bytes in
+//    memory; fetches never wait for a reader (they go to disk).
+//  - Fetches in flight when their readers leave are finished and stored.
+//  - Nothing is freed under a caller: objects are freed by the table's sweep
+//    (its own loop callback) once idle; blocks, pieces, transfers and
+//    streams that leave go to the fill's Graveyard. Callbacks that can come
+//    after a block left (disk completions) check the block's Lifeline.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "proxy/fetch/fetcher.h"
+
+namespace slip::proxy {
+
+struct Block;
+
+/// Where an object version is in its life.
+enum class ObjectState {
+  Opening,  // no usable metadata yet (new, or the probe failed)
+  Probing,  // the 1-byte probe transfer is out
+  Ready,    // metadata known and fresh enough: blocks are fetched and read
+  Dead,     // the version was dropped (changed, gone, failed); callbacks drain
+};
+const char* objectStateName(ObjectState s);
+
+// One upstream range request filling [begin, end) of a block.
+struct Piece final : Transfer::Handler {
+  Piece(Fill& f, Block& b, uint64_t from, uint64_t to) : fill(f), blk(b), begin(from), end(to) {}
+  Fill& fill;
+  Block& blk;
+  uint64_t begin, end;    // object offsets
+  uint64_t received = 0;  // bytes accepted from upstream (queued to disk)
+  uint64_t written = 0;   // bytes confirmed in the data file
+  plan::PieceState state = plan::PieceState::Queued;
+  int attempts = 0;
+  uint64_t linkSerial = 0;
+  std::unique_ptr<Transfer> xfer;
+  std::unique_ptr<Timer> retry;
+  // What onHeaders found, acted on in onDone (outside curl).
+  std::optional<policy::UpstreamVerdict> verdict;
+  std::string detail;
+  int64_t retryAfterMs = -1;
+
+  bool onHeaders(Transfer& t) override;
+  size_t onData(Transfer& t, const char* p, size_t n) override;
+  void onDone(Transfer& t, const TransferResult& r) override;
+};
+
+// One block being fetched: its pieces, its store writer, who waits on it.
+struct Block {
+  Object* obj = nullptr;
+  uint32_t idx = 0;
+  uint64_t begin = 0, end = 0;  // object offsets
+  store::Store::Writer* writer = nullptr;  // the store's; null once committing or abandoned
+  std::vector<std::unique_ptr<Piece>> pieces;
+  std::set<BlockReader*> waiters;
+  BlockReader* initiator = nullptr;  // pays for it in the access log
+  uint64_t requestId = 0;
+  bool committing = false;
+  bool fedByStream = false;  // filled by the object's whole-body stream
+  Lifeline life;             // disk completions check it
+};
+
+// For an upstream that ignores Range: one request for the whole body, whose
+// bytes fill every block they pass that is not stored yet.
+struct WholeStream final : Transfer::Handler {
+  WholeStream(Fill& f, Object& o) : fill(f), obj(o) {}
+  Fill& fill;
+  Object& obj;
+  std::unique_ptr<Transfer> xfer;
+  uint64_t offset = 0;       // object offset of the next byte from upstream
+  bool changed = false;      // the upstream's length or ETag differ from the object's
+  bool cacheFailed = false;  // a block could not be opened in the store
+  std::string detail;
+
+  bool onHeaders(Transfer& t) override;
+  size_t onData(Transfer& t, const char* p, size_t n) override;
+  void onDone(Transfer& t, const TransferResult& r) override;
+};
+
+// The 1-byte probe of an object.
+struct ProbeCall final : Transfer::Handler {
+  ProbeCall(Fill& f, Object& o) : fill(f), obj(o) {}
+  Fill& fill;
+  Object& obj;
+  std::unique_ptr<Transfer> xfer;
+  uint64_t linkSerial = 0;
+  // What onHeaders found.
+  bool ok = false;
+  policy::Reason reason = policy::Reason::None;
+  std::string detail;
+  bool denied = false;
+  bool retry = false;
+  bool uncacheable = false;
+  int64_t retryAfterMs = -1;
+  store::ObjectMeta meta;
+
+  bool onHeaders(Transfer& t) override;
+  size_t onData(Transfer& t, const char* p, size_t n) override;
+  void onDone(Transfer& t, const TransferResult& r) override;
+};
+
+// The in-memory state of one object version that readers are using.
+struct Object {
+  store::Key key;
+  int mount = -1;
+  std::string rest, path;
+  ClientInfo client;
+  store::ObjectMeta meta;
+  bool hasMeta = false;  // the index has this version (meta may be stale)
+  ObjectState state = ObjectState::Opening;
+  ObjectState afterProbe = ObjectState::Opening;  // where a failed probe leaves it
+  std::vector<BlockReader*> opening;  // waiting for the open result
+  std::vector<BlockReader*> readers;  // attached, in attach order
+  std::set<BlockReader*> stalled;     // waiting for a block no fetch exists for yet
+  std::map<uint32_t, std::unique_ptr<Block>> blocks;  // in flight
+  int running = 0;          // its upstream transfers now
+  uint64_t servedTick = 0;  // when a transfer last started for it (fair turns)
+  int commitFailures = 0;
+  // link
+  Link link;
+  bool haveLink = false;
+  bool resolving = false;
+  uint64_t reResolvedFrom = 0;  // serial of the link the upstream refused, once re-resolved
+  // probe
+  std::unique_ptr<ProbeCall> probe;
+  int probeAttempts = 0;
+  std::unique_ptr<Timer> probeTimer;
+  // whole-body stream (upstream ignores Range)
+  std::unique_ptr<WholeStream> whole;
+  int wholeAttempts = 0;
+  int64_t wholeRetryAtMs = 0;  // monotonic
+  Lifeline life;               // link resolutions check it
+
+  /// Nothing uses it any more: the table may free it.
+  bool idle() const {
+    return readers.empty() && opening.empty() && blocks.empty() && !probe && !whole && !resolving &&
+           !(probeTimer && probeTimer->pending());
+  }
+};
+
+class Fill {
+ public:
+  explicit Fill(Context& c);
+  ~Fill();
+  Fill(const Fill&) = delete;
+  Fill& operator=(const Fill&) = delete;
+
+  Context& ctx;
+  store::Store& store;
+
+  // ---- object table (fetcher.cc)
+  void open(BlockReader* r, const Request& req);
+  void detach(BlockReader* r);
+  void finishOpen(Object* o, const OpenResult& res);
+  /// The upstream has a new version: `o` dies, a new object takes its key.
+  Object* replace(Object* o);
+  void kill(Object* o, policy::Reason r, const std::string& detail);
+  /// Moves o to state s (a debug log line shows each object's trail).
+  void setState(Object* o, ObjectState s);
+  /// Forgets reader r everywhere in o (readers, waiters, initiators).
+  void unlink(Object* o, BlockReader* r);
+  /// Frees idle objects soon (from the sweep's own loop callback).
+  void sweepSoon() { sweep_.fire(); }
+  void ensureLink(Object* o);
+  bool linkUsable(const Object* o) const;
+  bool linkDenied(Object* o, uint64_t serial);
+  void waitFor(BlockReader* r, uint32_t idx);
+  void wakeBlock(Block* b);
+  void wakeStalled(Object* o);
+  const conf::Mount& mountOf(const Object* o) const { return ctx.cfg.mounts[o->mount]; }
+  int poolOf(const Object* o) const { return ctx.poolOf[o->mount]; }
+  /// Cancels and frees later (it may be the transfer whose callback runs).
+  void retire(std::unique_ptr<Transfer> t);
+
+  // ---- probe (probe.cc)
+  void startProbe(Object* o);
+  void probeFinished(Object* o, const TransferResult& r);
+
+  // ---- scheduling (schedule.cc)
+  void kick() { sched_.fire(); }
+  /// Kicks the scheduler at `atMs` (monotonic) unless it is due earlier.
+  void kickAt(int64_t atMs);
+  void schedule();
+
+  // ---- runner (runner.cc)
+  /// A new fetch of block idx cut into `pieces`; null when the store has no
+  /// room (or cannot open the data file: *cacheFailed, the object must die).
+  Block* createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos,
+                     const std::vector<policy::ByteRange>& pieces, bool forceRoom, bool* cacheFailed);
+  void startPiece(Piece* p);
+  void pieceFinished(Piece* p, const TransferResult& r);
+  void stopPiece(Piece* p);
+  void retryPiece(Piece* p, int64_t delayMs);
+  void storeBytes(Piece* p, const char* data, size_t n);
+  void maybeCommit(Block* b);
+  /// Stops b's pieces, gives its writer back and takes it out of its object
+  /// (freed from the graveyard). Returns the readers that waited on it.
+  std::vector<BlockReader*> removeBlock(Block* b);
+  void dropBlock(Block* b);
+  void failBlock(Block* b, policy::Reason r, const std::string& detail);
+  void startWhole(Object* o);
+  void wholeFinished(Object* o, const TransferResult& r);
+  /// Counts an upstream transfer of `o` starting (+1) or ending (-1).
+  void counted(Object* o, int delta) {
+    o->running += delta;
+    running_ += delta;
+    if (delta > 0) o->servedTick = ++tick_;
+  }
+  /// Resumes transfers paused on the store's queue.
+  void resumePaused();
+  std::set<Piece*> paused;  // waiting for the store's queue to drain
+
+ private:
+  void sweep();
+  bool pieceVerdict(Piece* p, const std::string& detail);
+  void noRanges(Object* o);
+  plan::Input snapshot(std::vector<Object*>* objs);
+  void execute(const plan::Plan& plan, const std::vector<Object*>& objs);
+
+  std::map<store::Key, std::unique_ptr<Object>> objects_;  // the current version per key
+  std::vector<std::unique_ptr<Object>> retired_;          // dead versions still in use
+  int running_ = 0;   // the fill's upstream transfers, all objects
+  uint64_t tick_ = 0; // counts transfer starts, for servedTick
+  Trigger sched_;
+  Trigger sweep_;
+  Timer retryTimer_;  // kicks the scheduler after a backoff
+  int64_t retryAtMs_ = 0;
+  Subscription drained_;  // the store's queue fell below half
+  Subscription spare_;    // a pool slot freed that nobody queued took
+  Graveyard graveyard_;   // last: swept first when the fill goes
+};
+
+}  // namespace slip::proxy

@@ -1,0 +1,111 @@
+// Scheduling: a snapshot of the object table and the connection pools goes
+// to the planner (planner.h, a pure function); its plan is executed here
+// through the runner. Runs from its own loop callback whenever something
+// changed (a reader moved or waits, a transfer ended, a slot freed, a
+// backoff ran out).
+#include <set>
+
+#include "proxy/fetch/fill.h"
+
+namespace slip::proxy {
+
+void Fill::kickAt(int64_t atMs) {
+  int64_t now = ctx.clock.monoMs();
+  if (retryTimer_.pending() && retryAtMs_ > now && retryAtMs_ <= atMs) return;
+  retryAtMs_ = atMs;
+  retryTimer_.armMs(atMs - now);
+}
+
+plan::Input Fill::snapshot(std::vector<Object*>* objs) {
+  plan::Input in;
+  in.fillRunning = running_;
+  in.fillLimit = static_cast<int>(ctx.cfg.server.upstreamConnections);
+  in.cacheMaxSize = static_cast<uint64_t>(ctx.cfg.cache.maxSize);
+  in.tick = tick_;
+  const int64_t monoNow = ctx.clock.monoMs();
+  const Admission& adm = ctx.multi.admission();
+  for (auto& [key, owned] : objects_) {
+    Object* o = owned.get();
+    const conf::Mount& m = mountOf(o);
+    plan::Object po;
+    po.size = o->meta.size;
+    po.blockSize = o->meta.blockSize;
+    po.pool = poolOf(o);
+    po.defaultConnections = static_cast<int>(m.connections);
+    po.readAhead = static_cast<uint64_t>(m.readAhead);
+    po.ready = o->state == ObjectState::Ready && o->meta.blockSize > 0;
+    po.noRanges = o->meta.noRanges;
+    po.wholeRunning = o->whole != nullptr;
+    po.wholeBackoff = monoNow < o->wholeRetryAtMs;
+    po.linkUsable = linkUsable(o);
+    po.running = o->running;
+    po.servedTick = o->servedTick;
+    for (BlockReader* r : o->readers)
+      po.readers.push_back({r->pos, r->end, r->connections, r->priority, o->stalled.count(r) > 0});
+    for (auto& [idx, b] : o->blocks) {
+      plan::Block pb;
+      pb.idx = idx;
+      pb.waitedOn = !b->waiters.empty();
+      for (auto& p : b->pieces) pb.pieces.push_back({p->state, p->begin, p->end, p->received});
+      po.blocks.push_back(std::move(pb));
+    }
+    po.stored = [this, o](uint32_t idx) { return store.present(o->key, o->meta.generation, idx); };
+    in.pools[po.pool] = {adm.limit(po.pool), adm.free(po.pool)};
+    in.objects.push_back(std::move(po));
+    objs->push_back(o);
+  }
+  return in;
+}
+
+void Fill::schedule() {
+  if (ctx.quiescing) return;
+  std::vector<Object*> objs;
+  plan::Input in = snapshot(&objs);
+  if (in.objects.empty()) return;
+  execute(plan::planFill(in), objs);
+}
+
+// Objects are never freed while this runs (only the sweep frees them), so
+// every pointer in `objs` stays valid; blocks are looked up afresh for each
+// action because an earlier one may have ended them.
+void Fill::execute(const plan::Plan& plan, const std::vector<Object*>& objs) {
+  using K = plan::Action::Kind;
+  std::set<Object*> noRoom;  // a block could not be created: no more this round
+  for (const plan::Action& a : plan.actions) {
+    Object* o = objs[a.object];
+    if (o->state != ObjectState::Ready) continue;
+    auto it = o->blocks.find(a.block);
+    Block* b = it == o->blocks.end() ? nullptr : it->second.get();
+    switch (a.kind) {
+      case K::Cancel:
+        if (b) dropBlock(b);  // read-ahead nobody wants any more
+        break;
+      case K::NewBlock: {
+        if (b || noRoom.count(o)) break;
+        bool cacheFailed = false;
+        if (!createBlock(o, a.block, a.urgentPos, a.pieces, false, &cacheFailed)) noRoom.insert(o);
+        if (cacheFailed) kill(o, policy::Reason::CacheFailed, "cannot open the cache data file");
+        break;
+      }
+      case K::StartPiece: {
+        if (!b || a.piece >= static_cast<int>(b->pieces.size())) break;
+        Piece* p = b->pieces[a.piece].get();
+        if (p->state != plan::PieceState::Queued) break;
+        if (!linkUsable(o)) {
+          ensureLink(o);
+          break;
+        }
+        startPiece(p);
+        break;
+      }
+      case K::StartWhole:
+        if (!o->whole) startWhole(o);
+        break;
+      case K::NeedLink:
+        ensureLink(o);
+        break;
+    }
+  }
+}
+
+}  // namespace slip::proxy

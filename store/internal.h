@@ -1,0 +1,216 @@
+// Private to store/: the Store's state shared by its files (store.cc: open,
+// reconcile, objects, filling, eviction; read.cc: data files and verified
+// reads; disk.cc: the disk thread). See store/DESIGN.md.
+#pragma once
+
+#include <sys/stat.h>
+#include <xxhash.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <tuple>
+
+#include "conf/loop.h"
+#include "store/index.h"
+#include "store/store.h"
+
+namespace slip::store {
+
+inline void logStore(conf::LogLevel l, std::string_view ev, const std::string& kv) {
+  conf::Log::write(l, ev, kv);
+}
+
+/// A block read by a second, different request ranks as if it were read this
+/// much later: one big one-off download cannot push out what is watched again.
+constexpr int64_t kReuseBonusMs = 6 * 3600 * 1000;
+constexpr size_t kMaxOpenFiles = 128;
+constexpr int64_t kTouchFlushMs = 1000;
+
+struct BlockId {
+  Key key;
+  uint32_t idx;
+  auto operator<=>(const BlockId&) const = default;
+};
+
+/// An open data file, shared by the loop (reads) and the disk thread (writes).
+struct DataFile {
+  int fd = -1;
+  std::string path;
+  // Change detection for verified pages. The disk thread records the ctime
+  // each of its own writes left; a ctime the loop sees that is not ours means
+  // someone else wrote the file (a new epoch: verify again before serving).
+  std::atomic<int64_t> ourCtimeNs{-1};
+  std::atomic<int> writing{0};  // disk-thread writes or punches under way
+  /// A ctime the loop sees was caused by us (or cannot be told apart from
+  /// one of our writes under way).
+  bool ours(int64_t ct) const { return writing.load() > 0 || ct == ourCtimeNs.load(); }
+  int64_t seenCtimeNs = -1;  // loop only
+  int64_t checkedNs = 0;     // loop only: when seenCtimeNs was last compared
+  uint64_t epoch = 0;        // loop only
+  ~DataFile() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+inline int64_t ctimeOf(int fd) {
+  struct stat st{};
+  if (fstat(fd, &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
+}
+
+/// Pages of one block verified in the current epoch of its data file: those
+/// are served with sendfile without reading them again.
+struct Verified {
+  uint64_t epoch = 0;
+  std::vector<bool> pages;
+};
+constexpr size_t kMaxVerified = 1 << 17;
+constexpr size_t kMaxSegments = 1024;
+constexpr int64_t kSegmentLifeMs = 1000;
+constexpr int64_t kCtimeCheckNs = 50'000'000;  // how stale a file's change check may be
+
+struct CachedSegment {
+  evbuffer_file_segment* seg;
+  uint64_t length;
+  int64_t bornMs;  // monotonic
+};
+
+struct Victim {
+  Key key;
+  uint64_t gen;
+  uint32_t idx;
+  uint32_t length;
+  uint32_t blockSize;
+  uint64_t offset = 0;  // in the data file (filled in by the disk thread)
+};
+
+struct TouchRec {
+  Key key;
+  uint64_t gen;
+  uint32_t idx;
+  uint64_t request;
+  int64_t atMs;  // wall clock
+};
+
+class Store::Writer {
+ public:
+  Key key;
+  uint64_t gen = 0;
+  uint32_t idx = 0;
+  uint32_t length = 0;
+  uint64_t fileOffset = 0;
+  std::shared_ptr<DataFile> file;
+  uint64_t epoch = 0;  // the file's epoch when the fill began (loop side)
+  // Disk thread only: running page hashes.
+  std::vector<XXH3_state_t*> states;
+  std::vector<uint32_t> filled;
+  std::vector<uint64_t> hashes;
+  bool failed = false;
+
+  ~Writer() {
+    for (auto* s : states)
+      if (s) XXH3_freeState(s);
+  }
+  uint32_t pageLen(uint32_t p) const {
+    return std::min<uint32_t>(kPageSize, length - p * kPageSize);
+  }
+};
+
+enum class OpKind { PutObject, DeleteObject, Write, Commit, Abandon, Evict, Drop, Punch, Touch, Stop };
+
+struct Op {
+  OpKind kind;
+  Key key;
+  uint64_t gen = 0;
+  uint32_t idx = 0;
+  ObjectMeta meta;
+  Store::Writer* w = nullptr;
+  std::unique_ptr<Store::Writer> owned;  // Commit/Abandon: the writer goes with its last op
+  uint64_t off = 0;
+  std::string data;
+  uint64_t request = 0;
+  std::vector<Victim> victims;
+  std::vector<TouchRec> touches;
+  std::function<void(bool)> done;
+  bool ok = true;
+  bool punch = true;  // Abandon/Drop: give the bytes back now (false: later, or never)
+  int64_t atMs = 0;   // wall clock when the loop queued it (the disk thread reads no clock)
+};
+
+struct Store::Impl {
+  Store* self = nullptr;
+  conf::Cache cfg;
+  event_base* base = nullptr;
+  const Clock* clock = nullptr;
+  DirLock lock;  // declared before env: released after the index is closed
+  Env env;
+
+  // ---- loop thread
+  MDB_txn* rtxn = nullptr;  // reset between uses
+  uint64_t nextGen = 1;
+  uint64_t used = 0;        // listed block bytes
+  uint64_t reserved = 0;
+  uint64_t objects = 0, blocks = 0;
+  uint64_t evicted = 0, dropped = 0;
+  std::map<Key, std::optional<ObjectMeta>> pendingObjects;  // queued, not yet committed
+  std::set<BlockId> leaving;                                // being evicted or dropped
+  std::map<BlockId, int> pins;
+  std::map<const Store::Writer*, std::unique_ptr<Store::Writer>> writers;  // filling
+  std::multimap<BlockId, std::unique_ptr<Store::Writer>> deferredAbandon;  // punched when unpinned
+  std::multimap<BlockId, Op> deferredPunch;                // dropped blocks, punched when unpinned
+  int64_t statvfsAtMs = 0;  // monotonic
+  uint64_t diskAvail = UINT64_MAX;
+  std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
+  std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
+  std::map<std::tuple<Key, uint64_t, uint32_t>, CachedSegment> segments;
+  uint64_t epochs = 0;
+  std::list<std::pair<std::pair<Key, uint64_t>, std::shared_ptr<DataFile>>> files;  // LRU
+  std::vector<char> scratch;
+  EventPtr doneEv;      // activated by the disk thread
+  EventPtr touchTimer;  // persistent: flushes batched touches
+  Signal drained;
+  size_t queued = 0;
+  bool wantDrained = false;
+  int64_t overheadAtMs = 0;  // monotonic
+  uint64_t overhead = 0;
+
+  // ---- shared with the disk thread
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Op> todo;
+  std::vector<Op> finished;
+  std::thread thread;
+
+  ~Impl();
+  // loop
+  MDB_txn* readTxn();
+  void endRead();
+  void enqueue(Op op);
+  void completions();
+  std::shared_ptr<DataFile> file(const Key& k, uint64_t gen, bool create, uint32_t blockSize,
+                                 uint64_t size);
+  void forgetFile(const Key& k, uint64_t gen);
+  std::unique_ptr<Store::Writer> takeWriter(Store::Writer* w);
+  static bool makeDirs(const std::string& dir, std::string* err);
+  uint64_t evict(uint64_t need);
+  uint64_t currentOverhead();
+  bool loadBlock(const Key& k, uint32_t idx, BlockRecord* r);
+  void flushTouches();
+  void trustFill(const Store::Writer& w);
+  void dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, const BlockRecord& r,
+                   const std::string& why);
+  bool sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t idx, uint64_t blockAt,
+                       uint64_t blockLen, uint64_t off, uint64_t len, evbuffer* out);
+  void sweepSegments(bool all);
+  // disk thread
+  void run();
+  void applyWrite(Op& op);
+  void applyIndex(std::vector<Op*>& group);
+};
+}  // namespace slip::store
