@@ -221,7 +221,10 @@ class DavProtocol(DavTest):
         r = self.gw.get("/dav/m/", method="OPTIONS")
         self.assertStatus(r, 200)
         self.assertEqual((r.header("DAV"), r.header("Allow")), ("1", "OPTIONS, GET, HEAD, PROPFIND"))
-        reasons = [e["reason"] for e in self.gw.wait_access(13)]
+        # The access log is written after each response: wait for every line.
+        wait_until(lambda: sum(e["reason"] == "dav_method_not_allowed" for e in self.gw.access()) >= 3,
+                   5, what="the refusals' access-log lines")
+        reasons = [e["reason"] for e in self.gw.access()]
         self.assertEqual(reasons.count("read_only"), 6)
         self.assertEqual(reasons.count("dav_method_not_allowed"), 3)
 
