@@ -38,6 +38,7 @@ namespace slip::policy {
   X(BadFraming, 400, "conflicting or invalid message framing (Content-Length, Transfer-Encoding)") \
   X(RequestBody, 400, "GET and HEAD requests must not carry a body")                       \
   X(BadJson, 400, "request body is not the JSON this API route expects")                  \
+  X(HttpOnTlsPort, 400, "this port speaks HTTPS: use https:// for this address")           \
   X(SignMissing, 401, "missing ?sign= parameter")                                         \
   X(SignInvalid, 403, "invalid signature")                                                \
   X(SignExpired, 403, "signature expired")                                                \
@@ -76,6 +77,7 @@ namespace slip::policy {
   X(CacheFailed, 500, "cache store failed")                                               \
   X(Overloaded, 503, "too many connections")                                              \
   X(ShuttingDown, 503, "shutting down")                                                   \
+  X(NotReady, 503, "not available in this build yet")                                     \
   X(UpstreamTimeout, 504, "upstream timed out")                                           \
   X(UnknownMethod, 501, "request method not recognised")                                  \
   X(UnsupportedCoding, 501, "transfer coding not implemented (only chunked is)")          \
