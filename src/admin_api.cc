@@ -71,7 +71,8 @@ json toJson(const Stats& s) {
   for (const MountStats& m : s.mounts)
     mounts.push_back({{"name", m.name}, {"prefix", m.prefix}, {"source", m.source},
                       {"account", m.account.empty() ? json(nullptr) : json(m.account)},
-                      {"links_resolved", m.linksResolved}, {"link_refusals", m.linkRefusals},
+                      {"links_resolved", m.linksResolved ? json(*m.linksResolved) : json()},
+                      {"link_refusals", m.linkRefusals},
                       {"rate_limited", m.rateLimited}, {"last_error", toJson(m.lastError)}});
   for (const AccountStats& a : s.accounts)
     accounts.push_back({{"name", a.name}, {"authorized", a.authorized},
@@ -359,11 +360,13 @@ bool adminAllowed(const conf::Server& s, std::string_view client, std::string_vi
 
 ApiResponse errorResponse(Reason r, std::string_view detail) {
   int status = policy::reasonStatus(r);
-  return jsonResponse(status, {{"error",
-                                {{"reason", policy::reasonCode(r)},
-                                 {"status", status},
-                                 {"message", policy::reasonText(r)},
-                                 {"detail", std::string(detail)}}}});
+  ApiResponse resp = jsonResponse(status, {{"error",
+                                            {{"reason", policy::reasonCode(r)},
+                                             {"status", status},
+                                             {"message", policy::reasonText(r)},
+                                             {"detail", std::string(detail)}}}});
+  resp.reason = r;
+  return resp;
 }
 
 Outcome<ObjectPage> objectsFromStore(store::Store* st, const std::vector<conf::Mount>& mounts,

@@ -41,6 +41,7 @@ struct ApiRequest {
 
 struct ApiResponse {
   int status = 200;
+  policy::Reason reason = policy::Reason::None;  // for errors: what the access log and metrics count
   std::string contentType = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;  // besides Content-Type
   std::string body;
@@ -92,7 +93,8 @@ struct CacheStats {
 
 struct MountStats {
   std::string name, prefix, source, account;    // account: "" unless aliyundrive_open
-  uint64_t linksResolved = 0, linkRefusals = 0, rateLimited = 0;
+  std::optional<uint64_t> linksResolved;      // null: the sources do not count it per mount yet
+  uint64_t linkRefusals = 0, rateLimited = 0;
   std::optional<LastError> lastError;
 };
 
