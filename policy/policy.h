@@ -40,6 +40,7 @@ namespace slip::policy {
   X(BadJson, 400, "request body is not the JSON this API route expects")                  \
   X(HttpOnTlsPort, 400, "this port speaks HTTPS: use https:// for this address")           \
   X(SignMissing, 401, "missing ?sign= parameter")                                         \
+  X(AdminAuth, 401, "admin route: send Authorization: Bearer <admin_token>, or the token as a Basic password") \
   X(SignInvalid, 403, "invalid signature")                                                \
   X(SignExpired, 403, "signature expired")                                                \
   X(Denied, 403, "denied by rule")                                                        \

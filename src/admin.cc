@@ -80,9 +80,13 @@ void Server::Impl::serveApi(Exchange& ex) {
   const http::HeaderList& h = ex.request().headers;
   admin::ApiResponse resp;
   if (!adminAllowed(ex)) {
-    resp = admin::errorResponse(policy::Reason::Denied,
-                                "admin route: the client is not in admin_allow and sent no valid "
-                                "Authorization: Bearer <admin_token>");
+    if (cfg.server.adminToken.empty()) {
+      resp = admin::errorResponse(policy::Reason::Denied,
+                                  "admin route: the client is not in admin_allow (no admin_token is set)");
+    } else {
+      resp = admin::errorResponse(policy::Reason::AdminAuth, "");
+      resp.headers.emplace_back("WWW-Authenticate", admin::kApiChallenge);
+    }
   } else {
     admin::ApiRequest r;
     r.method = ex.method();

@@ -8,6 +8,8 @@
 #include <charconv>
 #include <nlohmann/json.hpp>
 
+#include "src/auth.h"
+
 namespace slip::admin {
 namespace {
 
@@ -354,8 +356,12 @@ bool adminAllowed(const conf::Server& s, std::string_view client, std::string_vi
   if (policy::anyCidrContains(s.adminAllow, client)) return true;
   if (s.adminToken.empty()) return false;
   std::string want = "Bearer " + s.adminToken;
-  return authorization.size() == want.size() &&
-         CRYPTO_memcmp(authorization.data(), want.data(), want.size()) == 0;
+  if (authorization.size() == want.size() &&
+      CRYPTO_memcmp(authorization.data(), want.data(), want.size()) == 0)
+    return true;
+  auto basic = auth::parseBasic(authorization);
+  return basic && basic->password.size() == s.adminToken.size() &&
+         CRYPTO_memcmp(basic->password.data(), s.adminToken.data(), s.adminToken.size()) == 0;
 }
 
 ApiResponse errorResponse(Reason r, std::string_view detail) {

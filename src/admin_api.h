@@ -54,9 +54,15 @@ inline constexpr size_t kMaxBody = 64 * 1024;
 inline constexpr std::string_view kApiPrefix = "/-/api/";
 
 /// Admin protection shared by /-/status, /-/metrics and /-/api/: the client
-/// is in admin_allow, or sent `Authorization: Bearer <admin_token>`
-/// (compared in constant time).
+/// is in admin_allow, or sent `Authorization: Bearer <admin_token>`, or
+/// Basic credentials whose password is the admin_token (any user name: what
+/// a browser's login prompt sends, so the status page works from a phone
+/// outside admin_allow). Compared in constant time.
 bool adminAllowed(const conf::Server& s, std::string_view client, std::string_view authorization);
+/// The challenge of a 401 from an admin route (a browser then asks for the
+/// token as a password) and of the API (a Bearer challenge: no prompt).
+inline constexpr const char* kAdminChallenge = "Basic realm=\"slipstream admin\", charset=\"UTF-8\"";
+inline constexpr const char* kApiChallenge = "Bearer realm=\"slipstream admin\"";
 
 // ---------------------------------------------------------------- what the gateway reports
 

@@ -67,12 +67,13 @@ admin::CacheStats GatewayAdmin::cacheStats(const proxy::Stats& st) const {
       c.diskFree = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
   }
   // Bytes of responses that went through the cache (an X-Cache header),
-  // ended and running; of them, those read from stored blocks are hits.
-  uint64_t cached = s_.cachedBytesOut;
-  for (const auto& [ex, owned] : s_.active)
-    if (s_.usesCache(*ex)) cached += ex->entry().bytes;
-  c.hitBytes = st.cacheHitBytes;
-  c.missBytes = cached > c.hitBytes ? cached - c.hitBytes : 0;
+  // ended and running, by their X-Cache: HIT, or MISS/PARTIAL.
+  c.hitBytes = s_.hitBytesOut;
+  c.missBytes = s_.missBytesOut;
+  for (const auto& [ex, owned] : s_.active) {
+    if (!s_.usesCache(*ex)) continue;
+    (ex->entry().cache == "HIT" ? c.hitBytes : c.missBytes) += ex->entry().bytes;
+  }
   c.hitRequests = s_.hitRequests;
   c.missRequests = s_.missRequests;
   return c;

@@ -14,6 +14,7 @@
 
 #include "conf/clock.h"
 #include "conf/conf.h"
+#include "src/admin_api.h"
 
 namespace slip {
 
@@ -143,6 +144,7 @@ void Exchange::sendError(policy::Reason r, const std::string& detail, const std:
   body += "\n";
   proxy::Headers h = {{"Content-Type", "text/plain; charset=utf-8"}, {"Cache-Control", "no-store"}};
   if (!allow.empty()) h.push_back({"Allow", allow});
+  if (r == policy::Reason::AdminAuth) h.push_back({"WWW-Authenticate", admin::kAdminChallenge});
   // After these the rest of the connection cannot be trusted (a tunnel, a
   // head we refused to read, a body we did not want): close it.
   using R = policy::Reason;

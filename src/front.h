@@ -93,7 +93,9 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   };
   std::vector<MountFigures> mountFigures;  // per cfg.mounts
   std::unique_ptr<admin::AdminContext> adminCtx;  // the API's view of this server
-  uint64_t hitRequests = 0, missRequests = 0, cachedBytesOut = 0;
+  // Responses through the block cache by X-Cache: HIT, and MISS or PARTIAL
+  // (a PARTIAL's stored part is not told apart).
+  uint64_t hitRequests = 0, missRequests = 0, hitBytesOut = 0, missBytesOut = 0;
 
   // ---- server.cc
   void onAccept(int fd, const sockaddr_storage& peer, Listener& from);

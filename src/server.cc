@@ -162,7 +162,12 @@ void Server::Impl::route(Exchange& ex) {
   }
   if (!rt->allows(r.method)) return ex.sendError(Reason::MethodNotAllowed, "", rt->allow());
   if (!r.body.empty() && !rt->acceptsBody) return ex.sendError(Reason::RequestBody, "");
-  if (rt->admin && !adminAllowed(ex)) return ex.sendError(Reason::Denied, "admin route");
+  if (rt->admin && !adminAllowed(ex)) {
+    // With a token configured the client can still prove itself: 401 and a
+    // Basic challenge (a browser asks for the token as a password).
+    if (cfg.server.adminToken.empty()) return ex.sendError(Reason::Denied, "admin route");
+    return ex.sendError(Reason::AdminAuth, "");
+  }
   rt->handler(ex);
 }
 
@@ -190,9 +195,13 @@ void Server::Impl::retire(Exchange& ex) {
 void Server::Impl::noteOutcome(const Exchange& ex) {
   if (!usesCache(ex)) return noteMountOutcome(ex);
   const AccessEntry& e = ex.entry();
-  if (e.cache == "HIT") hitRequests++;
-  else if (e.cache == "MISS" || e.cache == "PARTIAL") missRequests++;
-  cachedBytesOut += e.bytes;
+  if (e.cache == "HIT") {
+    hitRequests++;
+    hitBytesOut += e.bytes;
+  } else {
+    missRequests++;
+    missBytesOut += e.bytes;
+  }
   noteMountOutcome(ex);
 }
 
