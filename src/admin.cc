@@ -81,8 +81,8 @@ void Server::Impl::serveApi(Exchange& ex) {
   admin::ApiResponse resp;
   if (!adminAllowed(ex)) {
     if (cfg.server.adminToken.empty()) {
-      resp = admin::errorResponse(policy::Reason::Denied,
-                                  "admin route: the client is not in admin_allow (no admin_token is set)");
+      resp = admin::errorResponse(
+          policy::Reason::Denied, "admin route: the client is not in admin_allow (no admin_token is set)");
     } else {
       resp = admin::errorResponse(policy::Reason::AdminAuth, "");
       resp.headers.emplace_back("WWW-Authenticate", admin::kApiChallenge);
@@ -130,7 +130,9 @@ std::string Server::Impl::metrics() const {
        "# TYPE slipstream_request_failures_total counter\n";
   for (const auto& [reason, n] : failures)
     o += "slipstream_request_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
-  metric("slipstream_client_connections", "gauge", "Client connections open.", conns.size());
+  metric("slipstream_client_connections", "gauge",
+         "Client connections open (on tls listeners also those before their first byte).",
+         conns.size() + sniffing.size());
   metric("slipstream_accepted_connections_total", "counter", "Client connections accepted.", accepted);
   metric("slipstream_refused_connections_total", "counter",
          "Connections answered 503 and closed because max_connections were open.", refusedConns);

@@ -122,7 +122,8 @@ admin::Stats GatewayAdmin::stats() {
     // The last rotation is when the rotated token was saved (its state
     // file); only the time is taken from it, never a token.
     std::string err;
-    if (auto ts = proxy::readTokenState(proxy::tokenStatePath(s_.cfg.server.stateDir, a.name), &err);
+    if (auto ts =
+            proxy::readTokenState(proxy::tokenStatePath(s_.cfg.server.stateDir, a.name), &err);
         ts && ts->updatedMs > 0)
       as.lastRotationUnix = ts->updatedMs / 1000;
     out.accounts.push_back(std::move(as));

@@ -165,13 +165,14 @@ evbuffer* Conn::out() const { return pending_ ? pending_ : bufferevent_get_outpu
 bool Conn::pump() {
   if (!pending_ || copyFailed_ || !bev_) return !copyFailed_;
   evbuffer* o = bufferevent_get_output(bev_);
-  while (evbuffer_get_length(pending_) > 0 && evbuffer_get_length(o) < proxy::kClientHighWater) {
-    std::string err;
-    ssize_t n = opts_.copier ? opts_.copier->move(pending_, o, proxy::kClientHighWater - evbuffer_get_length(o), &err)
-                             : -1;
+  const size_t high = proxy::kClientHighWater;
+  size_t held = 0;
+  while (evbuffer_get_length(pending_) > 0 && (held = evbuffer_get_length(o)) < high) {
+    std::string err = "no copier";
+    ssize_t n = opts_.copier ? opts_.copier->move(pending_, o, high - held, &err) : -1;
     if (n <= 0) {
       conf::Log::write(conf::LogLevel::Error, "response_copy_failed",
-                       "peer=" + peer_ + " error=" + conf::logValue(opts_.copier ? err : "no copier"));
+                       "peer=" + peer_ + " error=" + conf::logValue(err));
       copyFailed_ = true;
       wake();  // closes from the loop, not inside a call made by the job
       return false;
@@ -438,7 +439,8 @@ void Conn::noteTlsFailure(const char* why) {
 void Conn::onEvent(bufferevent*, short what, void* arg) {
   auto* c = static_cast<Conn*>(arg);
   if (what == BEV_EVENT_CONNECTED) return;  // TLS: the handshake finished
-  if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF)) c->noteTlsFailure(what & BEV_EVENT_ERROR ? nullptr : "closed");
+  if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF))
+    c->noteTlsFailure(what & BEV_EVENT_ERROR ? nullptr : "closed");
   if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_READING) && !(what & BEV_EVENT_ERROR)) {
     c->peerEof_ = true;
     if (c->state_ == State::Lingering) return c->close();

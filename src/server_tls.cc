@@ -32,10 +32,13 @@ void Server::Impl::onTlsAccept(int fd, std::string peer) {
   }
   auto owned = std::make_unique<Sniff>(Sniff{this, fd, nullptr, std::move(peer), clock.monoNs()});
   Sniff* sn = owned.get();
-  sn->ev = event_new(base, fd, EV_READ, [](evutil_socket_t, short what, void* arg) {
-    auto* s = static_cast<Sniff*>(arg);
-    s->s->sniffed(s, what);
-  }, sn);
+  sn->ev = event_new(
+      base, fd, EV_READ,
+      [](evutil_socket_t, short what, void* arg) {
+        auto* s = static_cast<Sniff*>(arg);
+        s->s->sniffed(s, what);
+      },
+      sn);
   sniffing.emplace(sn, std::move(owned));
   timeval tv = msToTimeval(cfg.server.headerTimeoutMs);
   event_add(sn->ev, &tv);
@@ -67,9 +70,8 @@ void Server::Impl::sniffed(Sniff* sn, short what) {
   std::string peer = sn->peer;
   dropSniff(sn);
   bool handshake = first == 0x16 || (first & 0x80);
-  bufferevent* bev = handshake
-                         ? tls::wrapAccepted(base, fd, tls.current(), BEV_OPT_DEFER_CALLBACKS)
-                         : bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+  bufferevent* bev = handshake ? tls::wrapAccepted(base, fd, tls.current(), BEV_OPT_DEFER_CALLBACKS)
+                               : bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
   if (!bev) {
     if (!handshake) close(fd);  // wrapAccepted closes it itself
     return;
@@ -110,8 +112,9 @@ void Server::Impl::reloadTls() {
     tlsReloadFailures++;
     // The whole `file:line: [server] key: what` as one field, and the
     // context in use stays.
-    conf::Log::write(conf::LogLevel::Error, "tls_reload_failed",
-                     "error=" + conf::logValue(err) + " kept=" + conf::logValue(tls.context()->describe()));
+    conf::Log::write(
+        conf::LogLevel::Error, "tls_reload_failed",
+        "error=" + conf::logValue(err) + " kept=" + conf::logValue(tls.context()->describe()));
     return;
   }
   tlsReloads++;
@@ -123,8 +126,8 @@ std::string Server::Impl::tlsMetrics() const {
   if (!cfg.server.anyTls()) return "";
   std::string o;
   auto metric = [&o](const char* name, const char* type, const char* help, uint64_t v) {
-    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name +
-         " " + std::to_string(v) + "\n";
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" +
+         name + " " + std::to_string(v) + "\n";
   };
   metric("slipstream_tls_connections_total", "counter", "Connections accepted on tls listeners.",
          tlsAccepted);
@@ -134,10 +137,13 @@ std::string Server::Impl::tlsMetrics() const {
        "handshake finished, by OpenSSL's reason (closed, timeout, unsupported_protocol, ...).\n"
        "# TYPE slipstream_tls_handshake_failures_total counter\n";
   for (const auto& [reason, n] : tlsFailures)
-    o += "slipstream_tls_handshake_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
-  metric("slipstream_tls_reloads_total", "counter", "Certificates loaded again on SIGHUP.", tlsReloads);
+    o += "slipstream_tls_handshake_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) +
+         "\n";
+  metric("slipstream_tls_reloads_total", "counter", "Certificates loaded again on SIGHUP.",
+         tlsReloads);
   metric("slipstream_tls_reload_failures_total", "counter",
-         "SIGHUP certificate loads that failed (the previous certificate stayed).", tlsReloadFailures);
+         "SIGHUP certificate loads that failed (the previous certificate stayed).",
+         tlsReloadFailures);
   return o;
 }
 

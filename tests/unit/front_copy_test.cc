@@ -55,8 +55,8 @@ TEST_CASE("UserCopier moves memory and sendfile chains in bounded steps", "[fron
   evbuffer* dst = evbuffer_new();
   // As the jobs queue them: sendfile chains (the bytes stay in the file).
   evbuffer_set_flags(src, EVBUFFER_FLAG_DRAINS_TO_FD);
-  evbuffer_file_segment* seg = evbuffer_file_segment_new(f.reopen(), 0, static_cast<ev_off_t>(data.size()),
-                                                         EVBUF_FS_CLOSE_ON_FREE);
+  evbuffer_file_segment* seg = evbuffer_file_segment_new(
+      f.reopen(), 0, static_cast<ev_off_t>(data.size()), EVBUF_FS_CLOSE_ON_FREE);
   REQUIRE(seg);
   evbuffer_add(src, "HEAD", 4);
   evbuffer_add_file_segment(src, seg, 1000, 2 * 1024 * 1024);
@@ -93,7 +93,8 @@ TEST_CASE("UserCopier reports a file shorter than its segment and stays usable",
   evbuffer* src = evbuffer_new();
   evbuffer* dst = evbuffer_new();
   evbuffer_set_flags(src, EVBUFFER_FLAG_DRAINS_TO_FD);
-  evbuffer_file_segment* seg = evbuffer_file_segment_new(f.reopen(), 0, 200'000, EVBUF_FS_CLOSE_ON_FREE);
+  evbuffer_file_segment* seg =
+      evbuffer_file_segment_new(f.reopen(), 0, 200'000, EVBUF_FS_CLOSE_ON_FREE);
   REQUIRE(seg);
   evbuffer_add_file_segment(src, seg, 0, 200'000);
   evbuffer_file_segment_free(seg);
