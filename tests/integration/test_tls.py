@@ -166,6 +166,22 @@ class TlsTest(GatewayTest):
         self.assertIn(b"Connection: close", head)
         self.assertEqual(sha256(body), sha256(self.big))
 
+        # The close is a TLS close (close_notify), not a cut: a client that
+        # refuses ragged EOFs reads a clean end.
+        ctx = ssl.create_default_context(cafile=self.pki.path("ca.pem"))
+        raw = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.tls_port), timeout=30),
+                              server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+        raw.sendall(b"GET /d/files/small.txt HTTP/1.0\r\n\r\n")
+        reply = b""
+        while True:
+            chunk = raw.recv(65536)  # SSLEOFError here if the gateway only closed TCP
+            if not chunk:
+                break
+            reply += chunk
+        raw.close()
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply)
+        self.assertTrue(reply.endswith(b"\r\n\r\nhello over tls\n"), reply)
+
         # Keep-alive: three requests, one TLS connection.
         before = metric(self.metrics(gw), "slipstream_tls_connections_total")
         ctx = ssl.create_default_context(cafile=self.pki.path("ca.pem"))
