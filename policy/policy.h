@@ -40,7 +40,9 @@ namespace slip::policy {
   X(BadJson, 400, "request body is not the JSON this API route expects")                  \
   X(BadPropfind, 400, "PROPFIND body is not a DAV:propfind document")                    \
   X(BadDepth, 400, "Depth header must be 0, 1 or infinity")                               \
+  X(HttpOnTlsPort, 400, "this port speaks HTTPS: use https:// for this address")           \
   X(SignMissing, 401, "missing ?sign= parameter")                                         \
+  X(AdminAuth, 401, "admin route: send Authorization: Bearer <admin_token>, or the token as a Basic password") \
   X(AuthRequired, 401, "WebDAV needs a user name and password")                           \
   X(DavNoUsers, 403, "WebDAV is open to dav_allow clients only (no [user] configured)")   \
   X(ReadOnly, 403, "the WebDAV share is read-only")                                       \
@@ -83,6 +85,7 @@ namespace slip::policy {
   X(CacheFailed, 500, "cache store failed")                                               \
   X(Overloaded, 503, "too many connections")                                              \
   X(ShuttingDown, 503, "shutting down")                                                   \
+  X(NotReady, 503, "not available in this build yet")                                     \
   X(UpstreamTimeout, 504, "upstream timed out")                                           \
   X(UnknownMethod, 501, "request method not recognised")                                  \
   X(UnsupportedCoding, 501, "transfer coding not implemented (only chunked is)")          \

@@ -1,15 +1,53 @@
-// The admin routes: /-/health (anyone) and /-/metrics (admin_allow clients
-// or `Authorization: Bearer <admin_token>`). The status page and the JSON
-// API (issue 12) register here too.
-#include <openssl/crypto.h>
+// The admin routes: /-/health (anyone); /-/metrics, /-/status and the JSON
+// API under /-/api/ (admin_allow clients or `Authorization: Bearer
+// <admin_token>`, src/admin_api.h's adminAllowed).
+#include <openssl/evp.h>
 
 #include <algorithm>
 
+#include "src/admin_api.h"
 #include "src/front.h"
+#include "src/status_page.h"
 
 namespace slip {
+namespace {
+
+// 'sha256-<base64>' of the text between `open` and `close` in the page: the
+// Content-Security-Policy lets exactly the page's own script and style run.
+std::string cspHash(std::string_view page, std::string_view open, std::string_view close) {
+  size_t a = page.find(open);
+  size_t b = a == std::string_view::npos ? a : page.find(close, a + open.size());
+  if (b == std::string_view::npos) return "'none'";
+  std::string_view body = page.substr(a + open.size(), b - a - open.size());
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(body.data(), body.size(), md, &n, EVP_sha256(), nullptr);
+  unsigned char b64[4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1];
+  EVP_EncodeBlock(b64, md, static_cast<int>(n));
+  return "'sha256-" + std::string(reinterpret_cast<char*>(b64)) + "'";
+}
+
+const proxy::Headers& statusPageHeaders() {
+  static const proxy::Headers h = [] {
+    std::string_view page = statusPage();
+    std::string csp = "default-src 'none'; script-src " + cspHash(page, "<script>", "</script>") +
+                      "; style-src " + cspHash(page, "<style>", "</style>") +
+                      "; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+                      "frame-ancestors 'none'";
+    return proxy::Headers{{"Content-Type", "text/html; charset=utf-8"},
+                          {"Cache-Control", "no-store"},
+                          {"Content-Security-Policy", csp},
+                          {"X-Frame-Options", "DENY"},
+                          {"X-Content-Type-Options", "nosniff"},
+                          {"Referrer-Policy", "no-referrer"}};
+  }();
+  return h;
+}
+
+}  // namespace
 
 void Server::Impl::addAdminRoutes() {
+  adminCtx = makeAdminContext(*this);
   router.add({.pattern = "/-/health", .handler = [this](Exchange& ex) {
                 std::string body = "{\"status\":\"ok\",\"active\":" + std::to_string(active.size()) + "}\n";
                 ex.respond(200, {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}}, body);
@@ -18,6 +56,16 @@ void Server::Impl::addAdminRoutes() {
                 ex.respond(200, {{"Content-Type", "text/plain; version=0.0.4"}, {"Cache-Control", "no-store"}},
                            metrics());
               }});
+  router.add({.pattern = "/-/status", .admin = true, .handler = [](Exchange& ex) {
+                ex.respond(200, statusPageHeaders(), statusPage());
+              }});
+  // The API answers its own methods and its refusals as JSON (admin check
+  // included), so the route lets every method with a meaning here through.
+  router.add({.pattern = std::string(admin::kApiPrefix),
+              .prefix = true,
+              .methods = {"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"},
+              .acceptsBody = true,
+              .handler = [this](Exchange& ex) { serveApi(ex); }});
   // The rest of /-/ is reserved for admin pages, on every role.
   router.add({.pattern = "/-/", .prefix = true, .handler = [](Exchange& ex) {
                 ex.sendError(policy::Reason::UnknownRoute, "");
@@ -25,12 +73,39 @@ void Server::Impl::addAdminRoutes() {
 }
 
 bool Server::Impl::adminAllowed(const Exchange& ex) const {
-  if (policy::anyCidrContains(cfg.server.adminAllow, ex.client())) return true;
-  if (cfg.server.adminToken.empty()) return false;
-  const std::string* auth = ex.request().headers.find("Authorization");
-  std::string want = "Bearer " + cfg.server.adminToken;
-  return auth && auth->size() == want.size() &&
-         CRYPTO_memcmp(auth->data(), want.data(), want.size()) == 0;
+  return admin::adminAllowed(cfg.server, ex.client(), ex.request().headers.get("Authorization"));
+}
+
+void Server::Impl::serveApi(Exchange& ex) {
+  const http::HeaderList& h = ex.request().headers;
+  admin::ApiResponse resp;
+  if (!adminAllowed(ex)) {
+    if (cfg.server.adminToken.empty()) {
+      resp = admin::errorResponse(
+          policy::Reason::Denied, "admin route: the client is not in admin_allow (no admin_token is set)");
+    } else {
+      resp = admin::errorResponse(policy::Reason::AdminAuth, "");
+      resp.headers.emplace_back("WWW-Authenticate", admin::kApiChallenge);
+    }
+  } else {
+    admin::ApiRequest r;
+    r.method = ex.method();
+    r.path = ex.path();
+    r.query = std::string(ex.query());
+    r.contentType = std::string(h.get("Content-Type"));
+    if (const std::string* o = h.find("Origin")) r.origin = *o;
+    r.secFetchSite = std::string(h.get("Sec-Fetch-Site"));
+    r.customHeader = std::string(h.get("X-Slipstream"));
+    r.host = std::string(h.get("Host"));
+    r.tls = ex.overTls();
+    r.body = ex.request().body;
+    r.client = ex.client();
+    resp = admin::handle(r, *adminCtx);
+  }
+  proxy::Headers out{{"Content-Type", resp.contentType}};
+  for (auto& [name, value] : resp.headers) out.push_back({name, value});
+  if (resp.reason != policy::Reason::None) ex.noteFailure(resp.reason);
+  ex.respond(resp.status, std::move(out), resp.body);
 }
 
 std::string Server::Impl::metrics() const {
@@ -55,7 +130,9 @@ std::string Server::Impl::metrics() const {
        "# TYPE slipstream_request_failures_total counter\n";
   for (const auto& [reason, n] : failures)
     o += "slipstream_request_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
-  metric("slipstream_client_connections", "gauge", "Client connections open.", conns.size());
+  metric("slipstream_client_connections", "gauge",
+         "Client connections open (on tls listeners also those before their first byte).",
+         conns.size() + sniffing.size());
   metric("slipstream_accepted_connections_total", "counter", "Client connections accepted.", accepted);
   metric("slipstream_refused_connections_total", "counter",
          "Connections answered 503 and closed because max_connections were open.", refusedConns);
@@ -67,6 +144,7 @@ std::string Server::Impl::metrics() const {
          "WebDAV passwords hashed (verdicts are cached; a worker thread hashes).",
          authenticator.hashings());
   metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", bytesOut);
+  o += tlsMetrics();
   metric("slipstream_upstream_requests_total", "counter", "Upstream HTTP requests started.", st.upstreamRequests);
   metric("slipstream_upstream_bytes_total", "counter", "Body bytes received from upstreams.", st.upstreamBytes);
   metric("slipstream_upstream_errors_total", "counter", "Upstream requests that failed.", st.upstreamErrors);

@@ -8,6 +8,8 @@
 #include <charconv>
 #include <nlohmann/json.hpp>
 
+#include "src/auth.h"
+
 namespace slip::admin {
 namespace {
 
@@ -71,7 +73,8 @@ json toJson(const Stats& s) {
   for (const MountStats& m : s.mounts)
     mounts.push_back({{"name", m.name}, {"prefix", m.prefix}, {"source", m.source},
                       {"account", m.account.empty() ? json(nullptr) : json(m.account)},
-                      {"links_resolved", m.linksResolved}, {"link_refusals", m.linkRefusals},
+                      {"links_resolved", m.linksResolved ? json(*m.linksResolved) : json()},
+                      {"link_refusals", m.linkRefusals},
                       {"rate_limited", m.rateLimited}, {"last_error", toJson(m.lastError)}});
   for (const AccountStats& a : s.accounts)
     accounts.push_back({{"name", a.name}, {"authorized", a.authorized},
@@ -353,17 +356,23 @@ bool adminAllowed(const conf::Server& s, std::string_view client, std::string_vi
   if (policy::anyCidrContains(s.adminAllow, client)) return true;
   if (s.adminToken.empty()) return false;
   std::string want = "Bearer " + s.adminToken;
-  return authorization.size() == want.size() &&
-         CRYPTO_memcmp(authorization.data(), want.data(), want.size()) == 0;
+  if (authorization.size() == want.size() &&
+      CRYPTO_memcmp(authorization.data(), want.data(), want.size()) == 0)
+    return true;
+  auto basic = auth::parseBasic(authorization);
+  return basic && basic->password.size() == s.adminToken.size() &&
+         CRYPTO_memcmp(basic->password.data(), s.adminToken.data(), s.adminToken.size()) == 0;
 }
 
 ApiResponse errorResponse(Reason r, std::string_view detail) {
   int status = policy::reasonStatus(r);
-  return jsonResponse(status, {{"error",
-                                {{"reason", policy::reasonCode(r)},
-                                 {"status", status},
-                                 {"message", policy::reasonText(r)},
-                                 {"detail", std::string(detail)}}}});
+  ApiResponse resp = jsonResponse(status, {{"error",
+                                            {{"reason", policy::reasonCode(r)},
+                                             {"status", status},
+                                             {"message", policy::reasonText(r)},
+                                             {"detail", std::string(detail)}}}});
+  resp.reason = r;
+  return resp;
 }
 
 Outcome<ObjectPage> objectsFromStore(store::Store* st, const std::vector<conf::Mount>& mounts,

@@ -41,6 +41,7 @@ struct ApiRequest {
 
 struct ApiResponse {
   int status = 200;
+  policy::Reason reason = policy::Reason::None;  // for errors: what the access log and metrics count
   std::string contentType = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;  // besides Content-Type
   std::string body;
@@ -53,9 +54,15 @@ inline constexpr size_t kMaxBody = 64 * 1024;
 inline constexpr std::string_view kApiPrefix = "/-/api/";
 
 /// Admin protection shared by /-/status, /-/metrics and /-/api/: the client
-/// is in admin_allow, or sent `Authorization: Bearer <admin_token>`
-/// (compared in constant time).
+/// is in admin_allow, or sent `Authorization: Bearer <admin_token>`, or
+/// Basic credentials whose password is the admin_token (any user name: what
+/// a browser's login prompt sends, so the status page works from a phone
+/// outside admin_allow). Compared in constant time.
 bool adminAllowed(const conf::Server& s, std::string_view client, std::string_view authorization);
+/// The challenge of a 401 from an admin route (a browser then asks for the
+/// token as a password) and of the API (a Bearer challenge: no prompt).
+inline constexpr const char* kAdminChallenge = "Basic realm=\"slipstream admin\", charset=\"UTF-8\"";
+inline constexpr const char* kApiChallenge = "Bearer realm=\"slipstream admin\"";
 
 // ---------------------------------------------------------------- what the gateway reports
 
@@ -92,7 +99,8 @@ struct CacheStats {
 
 struct MountStats {
   std::string name, prefix, source, account;    // account: "" unless aliyundrive_open
-  uint64_t linksResolved = 0, linkRefusals = 0, rateLimited = 0;
+  std::optional<uint64_t> linksResolved;      // null: the sources do not count it per mount yet
+  uint64_t linkRefusals = 0, rateLimited = 0;
   std::optional<LastError> lastError;
 };
 

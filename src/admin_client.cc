@@ -215,7 +215,10 @@ void renderSources(const json& s, std::string* out) {
   for (const json& m : s.at("mounts"))
     *out += "  " + m.at("name").get<std::string>() + " (" + m.at("prefix").get<std::string>() +
             ", " + m.at("source").get<std::string>() + ") · links " +
-            std::to_string(m.at("links_resolved").get<uint64_t>()) + " · refused " +
+            (m.at("links_resolved").is_number()
+                 ? std::to_string(m.at("links_resolved").get<uint64_t>())
+                 : std::string("-")) +
+            " · refused " +
             std::to_string(m.at("link_refusals").get<uint64_t>()) + " · 429s " +
             std::to_string(m.at("rate_limited").get<uint64_t>()) + " · last error " +
             lastError(m.at("last_error"), now) + "\n";

@@ -27,6 +27,7 @@ void Server::Impl::addDeliveryRoutes() {
 void Server::Impl::deliverPath(Exchange& ex, policy::Route route, std::string virt) {
   policy::MountMatch mm = policy::matchMount(cfg.mounts, virt);
   if (mm.index < 0) return ex.sendError(Reason::UnknownMount, "");
+  ex.setTarget(mm.index, virt, mm.rest);
 
   // --- signature (SPEC §6): /d/ and edge routes, unless the client is exempt
   if (!cfg.server.signSecret.empty() &&

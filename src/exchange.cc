@@ -10,10 +10,38 @@
 
 #include <event2/buffer.h>
 
+#include <charconv>
+
 #include "conf/clock.h"
 #include "conf/conf.h"
+#include "src/admin_api.h"
 
 namespace slip {
+
+void SpeedMeter::sample(int64_t monoNs, uint64_t bytes) {
+  ring_[next_] = {monoNs, bytes};
+  next_ = (next_ + 1) % kSamples;
+  if (count_ < kSamples) count_++;
+}
+
+double SpeedMeter::bytesPerSecond() const {
+  if (count_ < 2) return 0;
+  const auto& newest = ring_[(next_ + kSamples - 1) % kSamples];
+  const auto& oldest = ring_[count_ < kSamples ? 0 : next_];
+  int64_t ns = newest.first - oldest.first;
+  if (ns <= 0 || newest.second < oldest.second) return 0;
+  return static_cast<double>(newest.second - oldest.second) * 1e9 / static_cast<double>(ns);
+}
+
+namespace {
+
+uint64_t number(std::string_view s) {
+  uint64_t n = 0;
+  std::from_chars(s.data(), s.data() + s.size(), n);
+  return n;
+}
+
+}  // namespace
 
 const char* exStateName(ExState s) {
   switch (s) {
@@ -38,7 +66,9 @@ Exchange::Exchange(ExchangeHost& host, http::Conn& conn, http::Request&& req, ui
       id_(id),
       clock_(clock),
       startNs_(req_.startNs ? req_.startNs : clock.monoNs()),
-      client_(conn.peer()) {
+      client_(conn.peer()),
+      tls_(conn.ssl() != nullptr) {
+  startWallMs_ = clock.wallMs();
   trail_.push_back(state_);
   policy::splitTarget(req_.target, &rawPath_, &query_);
   entry_.id = id_;
@@ -68,6 +98,17 @@ std::string Exchange::trail() const {
     t += exStateName(s);
   }
   return t;
+}
+
+void Exchange::setTarget(int mount, std::string virt, std::string rest) {
+  mount_ = mount;
+  virtualPath_ = std::move(virt);
+  rest_ = std::move(rest);
+}
+
+uint64_t Exchange::bytesWritten() const {
+  uint64_t q = conn_ ? conn_->queued() : 0;
+  return entry_.bytes > q ? entry_.bytes - q : 0;
 }
 
 double Exchange::sinceStartMs() const { return static_cast<double>(clock_.monoNs() - startNs_) / 1e6; }
@@ -118,12 +159,14 @@ void Exchange::sendErrorWith(policy::Reason r, const std::string& detail,
   if (!running() || !conn_) return;
   int st = policy::reasonStatus(r);
   failure_ = r;
+  failureDetail_ = detail;
   entry_.reason = policy::reasonCode(r);
   std::string body = std::to_string(st) + " " + policy::statusText(st) + ": " + policy::reasonText(r);
   if (!detail.empty()) body += " (" + detail + ")";
   body += "\n";
   proxy::Headers h = {{"Content-Type", "text/plain; charset=utf-8"}, {"Cache-Control", "no-store"}};
   h.insert(h.end(), extra.begin(), extra.end());
+  if (r == policy::Reason::AdminAuth) h.push_back({"WWW-Authenticate", admin::kAdminChallenge});
   // After these the rest of the connection cannot be trusted (a tunnel, a
   // head we refused to read, a body we did not want): close it.
   using R = policy::Reason;
@@ -145,6 +188,12 @@ void Exchange::sendErrorWith(policy::Reason r, const std::string& detail,
   done(ExState::Failed);
 }
 
+void Exchange::noteFailure(policy::Reason r) {
+  if (!running()) return;
+  failure_ = r;
+  entry_.reason = policy::reasonCode(r);
+}
+
 void Exchange::abandon() {
   if (!running()) return;
   onPeerGone();
@@ -154,8 +203,19 @@ void Exchange::abandon() {
 
 void Exchange::sendHeaders(int status, const proxy::Headers& headers) {
   if (!running() || !conn_ || headersSent_) return;
-  for (const auto& h : headers)
+  for (const auto& h : headers) {
     if (h.name == "X-Cache") entry_.cache = h.value;
+    if (h.name == "Content-Length" && rangeEnd_ == 0) rangeEnd_ = number(h.value);
+    if (h.name == "Content-Range") {  // bytes B-E/SIZE
+      std::string_view v = h.value;
+      size_t sp = v.find(' '), dash = v.find('-'), slash = v.find('/');
+      if (sp != std::string_view::npos && dash != std::string_view::npos && dash > sp &&
+          slash != std::string_view::npos && slash > dash) {
+        rangeBegin_ = number(v.substr(sp + 1, dash - sp - 1));
+        rangeEnd_ = number(v.substr(dash + 1, slash - dash - 1)) + 1;
+      }
+    }
+  }
   entry_.status = status;
   headersSent_ = true;
   entry_.ttfbMs = sinceStartMs();
@@ -196,6 +256,7 @@ void Exchange::fail(policy::Reason r, const std::string& detail) {
   // The head is out: let what is queued reach the client, then close, so
   // it sees the status and a body it can tell is short.
   failure_ = r;
+  failureDetail_ = detail;
   conn_->abortResponse();
   done(ExState::Failed);
 }

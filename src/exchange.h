@@ -3,6 +3,7 @@
 // Job streams the response into. See src/DESIGN.md for its lifetime.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -33,6 +34,20 @@ enum class ExState {
 };
 const char* exStateName(ExState s);
 
+/// A client's recent speed from (time, bytes) samples the loop takes at a
+/// fixed period: bytes over the span of the last kSamples samples.
+class SpeedMeter {
+ public:
+  static constexpr size_t kSamples = 7;  // 6 intervals: 3 s at the server's 500 ms
+  void sample(int64_t monoNs, uint64_t bytes);
+  /// Bytes per second over the window; 0 until two samples exist.
+  double bytesPerSecond() const;
+
+ private:
+  std::array<std::pair<int64_t, uint64_t>, kSamples> ring_{};
+  size_t next_ = 0, count_ = 0;
+};
+
 /// The server side of an Exchange.
 class ExchangeHost {
  public:
@@ -56,6 +71,8 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   const std::string& method() const { return req_.method; }
   bool isHead() const { return req_.isHead(); }
   const std::string& client() const { return client_; }
+  /// It came over TLS (an https:// origin).
+  bool overTls() const { return tls_; }
   /// The request-target's path as sent (not decoded) and its query.
   std::string_view rawPath() const { return rawPath_; }
   std::string_view query() const { return query_; }
@@ -74,6 +91,9 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   /// An error answer with the reason's status and a body of the handler's
   /// (a WebDAV error document), counted and logged as a failure.
   void respondError(policy::Reason r, proxy::Headers headers, std::string_view body);
+  /// The response about to be sent with respond() is an error of reason
+  /// `r` (a JSON API error): counted and logged like sendError's.
+  void noteFailure(policy::Reason r);
   void setState(ExState s);
   ExState state() const { return state_; }
   /// Still answering (not done, failed or gone).
@@ -81,6 +101,23 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   void setDelivery(const char* d) { entry_.delivery = d; }
   /// The authenticated user, for the access log.
   void setUser(std::string user) { entry_.user = std::move(user); }
+
+  // ---- what the status page shows about a download (set by the delivery route)
+  /// The mount (index into cfg.mounts), the virtual path (/movies/a.mkv)
+  /// and the path inside the mount (/a.mkv).
+  void setTarget(int mount, std::string virt, std::string rest);
+  int mount() const { return mount_; }
+  const std::string& virtualPath() const { return virtualPath_; }
+  const std::string& mountPath() const { return rest_; }
+  /// The response body's [begin, end) in the object (from Content-Range or
+  /// Content-Length); end 0 before the head.
+  uint64_t rangeBegin() const { return rangeBegin_; }
+  uint64_t rangeEnd() const { return rangeEnd_; }
+  /// Body bytes written towards the client (queued ones not counted).
+  uint64_t bytesWritten() const;
+  int64_t startedWallMs() const { return startWallMs_; }
+  SpeedMeter& speed() { return speed_; }
+  const SpeedMeter& speed() const { return speed_; }
 
   /// The job producing the response. Jobs replaced (a size probe followed by
   /// the delivery) live on until the exchange is freed: never freed inside
@@ -94,8 +131,9 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
 
   // ---- what the log and the counters see when it ended
   const AccessEntry& entry() const { return entry_; }
-  /// The failure reason, None when answered.
+  /// The failure reason, None when answered, and its detail for people.
   policy::Reason failure() const { return failure_; }
+  const std::string& failureDetail() const { return failureDetail_; }
   /// "parsing>deciding>opening>streaming>done".
   std::string trail() const;
 
@@ -124,12 +162,19 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   const Clock& clock_;
   int64_t startNs_;
   std::string client_;
+  bool tls_ = false;
   std::string_view rawPath_, query_;  // into req_.target
   std::string path_;
+  int mount_ = -1;
+  std::string virtualPath_, rest_;
+  uint64_t rangeBegin_ = 0, rangeEnd_ = 0;
+  int64_t startWallMs_ = 0;
+  SpeedMeter speed_;
   ExState state_ = ExState::Parsing;
   std::vector<ExState> trail_;
   bool headersSent_ = false;
   policy::Reason failure_ = policy::Reason::None;
+  std::string failureDetail_;
   AccessEntry entry_;
 };
 

@@ -20,19 +20,27 @@
 #include "src/listener.h"
 #include "src/router.h"
 #include "src/server.h"
+#include "src/tls.h"
 
 namespace slip {
 
+namespace admin {
+class AdminContext;
+}
+
 struct Server::Impl final : http::ConnHost, ExchangeHost {
   Impl(event_base* b, const conf::Config& c, const policy::RuleSet& r, proxy::Engine& e,
-       const Clock& clk);
+       store::Store* st, const Clock& clk);
   ~Impl() override;
 
   event_base* base;
   const conf::Config& cfg;
   const policy::RuleSet& rules;
   proxy::Engine& engine;
+  store::Store* store;  // null when no mount caches
   const Clock& clock;
+  int64_t startedWallMs = 0;
+  http::UserCopier copier;  // TLS responses: file segments through user space
   http::ConnOptions connOpts;
   Router router;
   AccessLog accessLog;
@@ -56,6 +64,21 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   // hashing) check it before they look for their exchange.
   std::shared_ptr<bool> life = std::make_shared<bool>(true);
 
+  // TLS (server_tls.cc). Sockets accepted on a tls listener wait in
+  // `sniffing` for their first byte: a TLS handshake (0x16, or the high bit
+  // of an SSLv2-style hello) gets the current context, anything else is
+  // plain HTTP and gets a plain-text 400 (the nginx rule).
+  struct Sniff {
+    Impl* s;
+    int fd;
+    event* ev;
+    std::string peer;
+    int64_t acceptedNs;
+  };
+  tls::Tls tls;
+  std::unordered_map<Sniff*, std::unique_ptr<Sniff>> sniffing;
+  uint64_t tlsAccepted = 0, tlsPlainHttp = 0, tlsReloads = 0, tlsReloadFailures = 0;
+  std::map<std::string, uint64_t> tlsFailures;  // by reason
   // counters for /-/metrics
   uint64_t requests = 0, bytesOut = 0;
   uint64_t accepted = 0, refusedConns = 0;
@@ -65,8 +88,24 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   // block on disk or DNS for long; this measures it).
   event* lagTimer = nullptr;
   int64_t lagDueNs = 0;
+  int64_t lagLastUs = 0;
   int64_t lagMaxUs = 0;
   uint64_t lagOver10ms = 0, lagOver100ms = 0;
+  // Client speeds for the status page: every exchange's bytes sampled by
+  // this timer (Exchange::sampleSpeed), never by the page.
+  event* speedTimer = nullptr;
+  // Figures for /-/api/v1/stats, gathered as requests end.
+  struct MountFigures {
+    uint64_t linkRefusals = 0, rateLimited = 0;
+    int64_t lastErrorUnix = 0;
+    policy::Reason lastError = policy::Reason::None;
+    std::string lastErrorDetail;
+  };
+  std::vector<MountFigures> mountFigures;  // per cfg.mounts
+  std::unique_ptr<admin::AdminContext> adminCtx;  // the API's view of this server
+  // Responses through the block cache by X-Cache: HIT, and MISS or PARTIAL
+  // (a PARTIAL's stored part is not told apart).
+  uint64_t hitRequests = 0, missRequests = 0, hitBytesOut = 0, missBytesOut = 0;
 
   // ---- server.cc
   void onAccept(int fd, const sockaddr_storage& peer, Listener& from);
@@ -77,6 +116,20 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   void reap();
   void checkDrained();
   bool selfRequest(const http::Request& r) const;
+  void noteOutcome(const Exchange& ex);
+  void noteMountOutcome(const Exchange& ex);
+  /// The response went through the block cache (an X-Cache header, not a
+  /// local mount).
+  bool usesCache(const Exchange& ex) const;
+
+  // ---- server_tls.cc: TLS listeners
+  void onTlsAccept(int fd, std::string peer);
+  void sniffed(Sniff* sn, short what);
+  void dropSniff(Sniff* sn);
+  void onTlsFailure(http::Conn& c, const std::string& reason) override;
+  bool loadTls(std::string* err);
+  void reloadTls();
+  std::string tlsMetrics() const;
 
   // ---- deliver.cc: /d/, /p/ and the edge
   void addDeliveryRoutes();
@@ -87,10 +140,14 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   void addDavRoutes();
   void davRequest(Exchange& ex);  // authentication, then the method
 
-  // ---- admin.cc: /-/health, /-/metrics
+  // ---- admin.cc: /-/health, /-/metrics, /-/status, /-/api/
   void addAdminRoutes();
   bool adminAllowed(const Exchange& ex) const;
   std::string metrics() const;
+  void serveApi(Exchange& ex);
 };
+
+/// The admin API's AdminContext over a running server (admin_context.cc).
+std::unique_ptr<admin::AdminContext> makeAdminContext(Server::Impl& s);
 
 }  // namespace slip

@@ -11,17 +11,30 @@
 //  - Nothing here calls the host or the handler from inside a call made by
 //    them: follow-up work (the next pipelined request, closing after a flush
 //    that is already done) runs from the `wake_` event.
+//  - TLS: everything the response writes goes to `pending_` first (out());
+//    pump() copies it into the OpenSSL bufferevent while that holds less
+//    than kClientHighWater, so memory per client stays bounded and file
+//    segments are read in pipe-sized steps (no sendfile under TLS).
 #include "src/http_conn.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 
 #include "conf/clock.h"
 #include "conf/conf.h"
+#include "src/tls.h"
 
 namespace slip::http {
 namespace {
@@ -44,6 +57,57 @@ bool cleanValue(std::string_view v) {
 
 }  // namespace
 
+// ------------------------------------------------------------------ UserCopier
+
+UserCopier::UserCopier() {
+  int fds[2];
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return;
+  r_ = fds[0];
+  w_ = fds[1];
+  // One job step (kClientHighWater) per move where the kernel allows a pipe
+  // that large (/proc/sys/fs/pipe-max-size); the default 64 KiB otherwise.
+  int size = fcntl(w_, F_SETPIPE_SZ, static_cast<int>(proxy::kClientHighWater));
+  if (size < 0) size = fcntl(w_, F_GETPIPE_SZ);
+  size_ = size > 0 ? static_cast<size_t>(size) : 4096;
+}
+
+UserCopier::~UserCopier() {
+  if (r_ >= 0) ::close(r_);
+  if (w_ >= 0) ::close(w_);
+}
+
+ssize_t UserCopier::move(evbuffer* from, evbuffer* to, size_t max, std::string* err) {
+  size_t want = std::min({std::max<size_t>(max, 1), size_, evbuffer_get_length(from)});
+  if (w_ < 0) {
+    *err = "no pipe";
+    return -1;
+  }
+  if (want == 0) return 0;
+  // A sendfile chain goes in whole up to the pipe's room; memory chains up
+  // to `want`. Either way the pipe was empty, so something fits.
+  int n = evbuffer_write_atmost(from, w_, static_cast<ev_ssize_t>(want));
+  if (n <= 0) {
+    // 0: sendfile found the file shorter than its segment.
+    *err = n == 0 ? "file segment ends early" : strerror(errno);
+    return -1;
+  }
+  size_t got = 0;
+  while (got < static_cast<size_t>(n)) {
+    int r = evbuffer_read(to, r_, static_cast<int>(static_cast<size_t>(n) - got));
+    if (r <= 0) {
+      *err = std::string("pipe read: ") + (r < 0 ? strerror(errno) : "empty");
+      char scratch[4096];
+      while (read(r_, scratch, sizeof scratch) > 0) {
+      }
+      return -1;
+    }
+    got += static_cast<size_t>(r);
+  }
+  return n;
+}
+
+// ------------------------------------------------------------------ Conn
+
 Conn::Conn(ConnHost& host, event_base* base, bufferevent* bev, std::string peer,
            const ConnOptions& o, const Clock& clock)
     : host_(host),
@@ -54,6 +118,8 @@ Conn::Conn(ConnHost& host, event_base* base, bufferevent* bev, std::string peer,
       opts_(o),
       clock_(clock),
       parser_(o.limits) {
+  ssl_ = bufferevent_openssl_get_ssl(bev_);
+  if (ssl_) pending_ = evbuffer_new();
   bufferevent_setcb(bev_, &Conn::onRead, &Conn::onWrite, &Conn::onEvent, this);
   timeval send = msToTimeval(opts_.sendTimeoutMs);
   // Only a write timeout: reads are bounded by our own header/idle timer
@@ -68,11 +134,12 @@ Conn::~Conn() {
   }
   event_free(timer_);
   event_free(wake_);
+  if (pending_) evbuffer_free(pending_);
 }
 
-void Conn::start() {
+void Conn::start(int64_t headerMs) {
   headerDeadline_ = true;  // a new connection owes us a request within header_timeout
-  armTimer(opts_.headerTimeoutMs);
+  armTimer(headerMs >= 0 ? headerMs : opts_.headerTimeoutMs);
   bufferevent_enable(bev_, EV_READ);
 }
 
@@ -87,7 +154,32 @@ bool Conn::idle() const {
          evbuffer_get_length(bufferevent_get_input(bev_)) == 0;
 }
 
-size_t Conn::queued() const { return bev_ ? evbuffer_get_length(bufferevent_get_output(bev_)) : 0; }
+size_t Conn::queued() const {
+  if (!bev_) return 0;
+  return evbuffer_get_length(bufferevent_get_output(bev_)) +
+         (pending_ ? evbuffer_get_length(pending_) : 0);
+}
+
+evbuffer* Conn::out() const { return pending_ ? pending_ : bufferevent_get_output(bev_); }
+
+bool Conn::pump() {
+  if (!pending_ || copyFailed_ || !bev_) return !copyFailed_;
+  evbuffer* o = bufferevent_get_output(bev_);
+  const size_t high = proxy::kClientHighWater;
+  size_t held = 0;
+  while (evbuffer_get_length(pending_) > 0 && (held = evbuffer_get_length(o)) < high) {
+    std::string err = "no copier";
+    ssize_t n = opts_.copier ? opts_.copier->move(pending_, o, high - held, &err) : -1;
+    if (n <= 0) {
+      conf::Log::write(conf::LogLevel::Error, "response_copy_failed",
+                       "peer=" + peer_ + " error=" + conf::logValue(err));
+      copyFailed_ = true;
+      wake();  // closes from the loop, not inside a call made by the job
+      return false;
+    }
+  }
+  return true;
+}
 
 void Conn::armTimer(int64_t ms) {
   timeval tv = msToTimeval(ms);
@@ -127,7 +219,10 @@ void Conn::parse() {
     headerDeadline_ = true;
     armTimer(opts_.headerTimeoutMs);
   }
-  if (parser_.takeContinue()) evbuffer_add(bufferevent_get_output(bev_), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  if (parser_.takeContinue()) {
+    evbuffer_add(out(), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    pump();
+  }
 }
 
 void Conn::dispatch(Request&& r) {
@@ -142,6 +237,11 @@ void Conn::dispatch(Request&& r) {
   keepAlive_ = r.keepAlive && r.error == policy::Reason::None;
   closeAfter_ = !keepAlive_ || shutdownIdle_;
   headerDeadline_ = false;
+  if (refusal_ != policy::Reason::None && r.error == policy::Reason::None) {
+    r.error = refusal_;
+    keepAlive_ = false;
+    closeAfter_ = true;
+  }
   host_.onRequest(*this, std::move(r));
 }
 
@@ -200,12 +300,13 @@ void Conn::beginResponse(int status, const proxy::Headers& headers) {
   if (closeAfter_) head += "Connection: close\r\n";
   else if (versionMinor_ == 0) head += "Connection: keep-alive\r\n";
   head += "\r\n";
-  evbuffer_add(bufferevent_get_output(bev_), head.data(), head.size());
+  evbuffer_add(out(), head.data(), head.size());
   state_ = State::Responding;
   // Refill before the socket runs dry: "drained" below a quarter of the
   // high-water mark, not only when empty.
   bufferevent_setwatermark(bev_, EV_WRITE, proxy::kDrainedMark, 0);
   bufferevent_enable(bev_, EV_WRITE);
+  pump();
 }
 
 void Conn::body(evbuffer* data) {
@@ -214,7 +315,7 @@ void Conn::body(evbuffer* data) {
     evbuffer_drain(data, n);
     return;
   }
-  evbuffer* out = bufferevent_get_output(bev_);
+  evbuffer* out = this->out();
   if (lengthKnown_) {
     if (n > remaining_) {
       // A job's bug, not the client's: never let it break the framing.
@@ -225,6 +326,7 @@ void Conn::body(evbuffer* data) {
       evbuffer_remove_buffer(data, out, remaining_);
       evbuffer_drain(data, evbuffer_get_length(data));
       remaining_ = 0;
+      pump();
       return;
     }
     remaining_ -= n;
@@ -236,6 +338,7 @@ void Conn::body(evbuffer* data) {
   } else {
     evbuffer_add_buffer(out, data);
   }
+  pump();
 }
 
 void Conn::endResponse() {
@@ -246,7 +349,10 @@ void Conn::endResponse() {
                      "peer=" + peer_ + " missing=" + std::to_string(remaining_));
     return abortResponse();
   }
-  if (chunked_ && !isHead_) evbuffer_add(bufferevent_get_output(bev_), "0\r\n\r\n", 5);
+  if (chunked_ && !isHead_) {
+    evbuffer_add(out(), "0\r\n\r\n", 5);
+    pump();
+  }
   bufferevent_setwatermark(bev_, EV_WRITE, 0, 0);
   if (closeAfter_ || shutdownIdle_) {
     state_ = State::Flushing;
@@ -272,8 +378,10 @@ void Conn::abortResponse() {
 
 void Conn::onWrite(bufferevent*, void* arg) {
   auto* c = static_cast<Conn*>(arg);
+  if (c->pending_ && !c->pump()) return;  // the wake event closes it
   if (c->state_ == State::Responding && c->handler_) {
-    c->handler_->onWritable();
+    // TLS: the job makes more once what it queued is with OpenSSL.
+    if (!c->pending_ || evbuffer_get_length(c->pending_) == 0) c->handler_->onWritable();
   } else if (c->state_ == State::Flushing && c->queued() == 0) {
     c->startLinger();
   }
@@ -281,16 +389,25 @@ void Conn::onWrite(bufferevent*, void* arg) {
 
 void Conn::onWake(evutil_socket_t, short, void* arg) {
   auto* c = static_cast<Conn*>(arg);
+  if (c->copyFailed_) return c->peerGone();
   if (c->state_ == State::Reading) {
     if (evbuffer_get_length(bufferevent_get_input(c->bev_)) > 0) c->parse();
-  } else if (c->state_ == State::Flushing && c->queued() == 0) {
-    c->startLinger();
+  } else if (c->state_ == State::Flushing) {
+    if (!c->pump()) return;
+    if (c->queued() == 0) c->startLinger();
   }
 }
 
 // ------------------------------------------------------------------ closing
 
 void Conn::startLinger() {
+  if (ssl_) {
+    // close_notify first: a TLS client tells the end of a close-delimited
+    // body from a cut connection by it. Best effort (the socket is writable:
+    // the output just drained).
+    SSL_shutdown(ssl_);
+    ERR_clear_error();
+  }
   if (peerEof_) return close();
   int fd = bufferevent_getfd(bev_);
   if (fd < 0 || shutdown(fd, SHUT_WR) != 0) return close();
@@ -313,8 +430,17 @@ void Conn::shutdownWhenIdle() {
   }
 }
 
+void Conn::noteTlsFailure(const char* why) {
+  if (!ssl_ || tlsReported_ || SSL_is_init_finished(ssl_)) return;
+  tlsReported_ = true;
+  host_.onTlsFailure(*this, why ? std::string(why) : tls::handshakeError(bev_));
+}
+
 void Conn::onEvent(bufferevent*, short what, void* arg) {
   auto* c = static_cast<Conn*>(arg);
+  if (what == BEV_EVENT_CONNECTED) return;  // TLS: the handshake finished
+  if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF))
+    c->noteTlsFailure(what & BEV_EVENT_ERROR ? nullptr : "closed");
   if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_READING) && !(what & BEV_EVENT_ERROR)) {
     c->peerEof_ = true;
     if (c->state_ == State::Lingering) return c->close();
@@ -343,6 +469,7 @@ void Conn::onTimer(evutil_socket_t, short, void* arg) {
         return c->dispatch(c->parser_.take());
       }
       if (c->queued() > 0) return c->armTimer(c->opts_.idleTimeoutMs);  // still writing to it
+      c->noteTlsFailure("timeout");  // a TLS client that stalled in its handshake
       return c->close();
     case State::Lingering: return c->close();
     default: return;

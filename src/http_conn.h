@@ -1,8 +1,8 @@
-// One client connection: a bufferevent (plain socket today; an OpenSSL
-// filter can be slotted in for TLS listeners), the request parser, the
-// connection's timers and the response framing (Content-Length, chunked or
-// close-delimited, HEAD, keep-alive, Connection: close). See src/DESIGN.md
-// for the state machine and the lifetimes.
+// One client connection: a bufferevent (a plain socket one, or an OpenSSL
+// one for a TLS listener), the request parser, the connection's timers and
+// the response framing (Content-Length, chunked or close-delimited, HEAD,
+// keep-alive, Connection: close). See src/DESIGN.md for the state machine
+// and the lifetimes.
 #pragma once
 
 #include <event2/bufferevent.h>
@@ -19,9 +19,35 @@ namespace slip {
 class Clock;
 }
 
+typedef struct ssl_st SSL;
+
 namespace slip::http {
 
 class Conn;
+
+/// Moves bytes from one evbuffer to another through user space, file
+/// segments included: a job queues sendfile chains (bytes that are still in
+/// a file, not in memory), which only a socket can drain; OpenSSL must see
+/// the bytes. They go through a pipe: sendfile (or writev) into it, read out
+/// of it, at most one pipe's worth per step. One per loop; the pipe is empty
+/// between calls.
+class UserCopier {
+ public:
+  UserCopier();
+  ~UserCopier();
+  UserCopier(const UserCopier&) = delete;
+  UserCopier& operator=(const UserCopier&) = delete;
+  /// Moves up to about `max` bytes (at least one byte, at most the pipe's
+  /// size) from the front of `from` to the end of `to`. Returns the bytes
+  /// moved; -1 when the bytes cannot be read (an I/O error on a file
+  /// segment, no pipe); *err then says why.
+  ssize_t move(evbuffer* from, evbuffer* to, size_t max, std::string* err);
+  size_t pipeSize() const { return size_; }
+
+ private:
+  int r_ = -1, w_ = -1;
+  size_t size_ = 0;
+};
 
 /// Told about the response in progress; set by whoever answers the request
 /// (the Exchange) and cleared by the connection when the response ends.
@@ -45,6 +71,13 @@ class ConnHost {
   /// The connection closed; the host frees it later, from the loop (never
   /// inside this call's caller).
   virtual void onClosed(Conn& c) = 0;
+  /// A TLS connection ended before its handshake finished: `reason` is
+  /// OpenSSL's ("unsupported_protocol", ...), "closed" or "timeout". Called
+  /// once, just before the connection closes.
+  virtual void onTlsFailure(Conn& c, const std::string& reason) {
+    (void)c;
+    (void)reason;
+  }
 };
 
 struct ConnOptions {
@@ -53,6 +86,8 @@ struct ConnOptions {
   int64_t idleTimeoutMs = 60'000;
   int64_t sendTimeoutMs = 600'000;
   int64_t lingerMs = 2'000;  // after our close: discard what the client still sends
+  /// Copies response bytes into TLS connections (required for them).
+  UserCopier* copier = nullptr;
 };
 
 class Conn {
@@ -66,18 +101,28 @@ class Conn {
     Closed,
   };
 
-  /// Takes ownership of `bev` (a socket bufferevent; BEV_OPT_CLOSE_ON_FREE).
+  /// Takes ownership of `bev` (a socket or an OpenSSL socket bufferevent;
+  /// BEV_OPT_CLOSE_ON_FREE). An OpenSSL one needs BEV_OPT_DEFER_CALLBACKS
+  /// (it would otherwise call back from inside bufferevent_enable) and
+  /// `o.copier`.
   Conn(ConnHost& host, event_base* base, bufferevent* bev, std::string peer, const ConnOptions& o,
        const Clock& clock);
   ~Conn();
   Conn(const Conn&) = delete;
   Conn& operator=(const Conn&) = delete;
 
-  /// Starts reading (and the header timer).
-  void start();
+  /// Starts reading (and the header timer: `headerMs`, or header_timeout
+  /// when negative — the time the server already spent on the connection
+  /// counts).
+  void start(int64_t headerMs = -1);
   /// Answers at once with `r`'s error status without reading a request
   /// (over max_connections), then closes.
   void refuse(policy::Reason r);
+  /// Every request on this connection fails with `r` (and the connection
+  /// closes after the answer): plain HTTP on a TLS port.
+  void refuseRequests(policy::Reason r) { refusal_ = r; }
+  /// TLS: the connection's SSL object; null for plain HTTP.
+  SSL* ssl() const { return ssl_; }
 
   const std::string& peer() const { return peer_; }
   State state() const { return state_; }
@@ -103,7 +148,8 @@ class Conn {
   /// The response failed after its head: what is queued still goes out,
   /// then the connection closes (no last chunk, short Content-Length).
   void abortResponse();
-  /// Bytes queued towards the client.
+  /// Bytes queued towards the client (for TLS: also those not yet handed to
+  /// OpenSSL).
   size_t queued() const;
   /// Closes an idle connection (drain); a busy one closes after its response.
   void shutdownWhenIdle();
@@ -123,9 +169,17 @@ class Conn {
   void wake();
   void peerGone();
   std::string dateHeader();
+  evbuffer* out() const;
+  bool pump();
+  void noteTlsFailure(const char* why);
 
   ConnHost& host_;
   bufferevent* bev_;
+  SSL* ssl_ = nullptr;           // TLS: the bufferevent's SSL object
+  evbuffer* pending_ = nullptr;  // TLS: response bytes not yet copied to the bufferevent
+  bool copyFailed_ = false;      // TLS: a file segment could not be read
+  bool tlsReported_ = false;     // onTlsFailure was called
+  policy::Reason refusal_ = policy::Reason::None;
   event* timer_;
   event* wake_;
   std::string peer_;

@@ -15,8 +15,6 @@
 
 #include "conf/conf.h"
 
-typedef struct ssl_ctx_st SSL_CTX;
-
 namespace slip {
 
 class Listener {
@@ -30,10 +28,6 @@ class Listener {
     /// SO_REUSEPORT: several loops (issue 14: one per worker thread) each
     /// bind the same address and the kernel spreads connections over them.
     bool reusePort = false;
-    /// TLS on this listener (issue 12): the connections it accepts get an
-    /// OpenSSL bufferevent over this context instead of a plain one. Not
-    /// owned. Null = plain HTTP (the only kind built so far).
-    SSL_CTX* tls = nullptr;
     int64_t pauseMs = 250;  // retry accepting this long after EMFILE/ENFILE
   };
 
@@ -51,7 +45,9 @@ class Listener {
 
   /// "127.0.0.1:8690" as bound (port 0 resolved).
   const std::string& name() const { return name_; }
-  SSL_CTX* tls() const { return opts_.tls; }
+  /// Marked `tls`: the server wraps what it accepts in TLS (with the
+  /// certificate current at accept time, so a reload needs no new listener).
+  bool tls() const { return opts_.addr.tls; }
   bool paused() const { return paused_; }
   /// Pause episodes so far (for /-/metrics).
   uint64_t pauses() const { return pauses_; }

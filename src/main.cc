@@ -126,16 +126,19 @@ struct Loop {
   bool stopping = false;
 };
 
-/// SIGHUP. Until reload exists (issue 12: re-read the INI, keep running on
-/// the old configuration if the new one has errors, let running transfers
-/// finish on the settings they started with), the signal is logged and the
-/// gateway keeps running: logrotate and `systemctl reload` must not kill it.
+/// SIGHUP. The TLS certificate files are read again (a renewed Let's
+/// Encrypt certificate needs no restart). Until the configuration reload
+/// exists (issue 12: re-read the INI, keep running on the old configuration
+/// if the new one has errors, let running transfers finish on the settings
+/// they started with), the rest is logged and the gateway keeps running:
+/// logrotate and `systemctl reload` must not kill it.
 void onReload(evutil_socket_t, short, void* arg) {
   auto* l = static_cast<Loop*>(arg);
   if (l->stopping) return;
+  l->server->reloadTls();
   conf::Log::write(conf::LogLevel::Warn, "reload_unsupported",
                    "signal=SIGHUP action=ignored hint=\"configuration reload is not implemented "
-                   "yet: restart to apply changes\"");
+                   "yet: restart to apply changes (TLS certificates are re-read)\"");
   // The reload hook goes here: load and compile the file like load() does,
   // log every error and keep the old Config on failure, else hand the new
   // one to the Engine and the Server for new requests.
@@ -153,19 +156,10 @@ void onSignal(evutil_socket_t sig, short, void* arg) {
   l->server->drain(l->graceMs, [l] { event_base_loopexit(l->base, nullptr); });
 }
 
-// Until the front end reloads (issue 12), SIGHUP must not kill the gateway
-// (its default action) when systemd's ExecReload sends it.
+// SIGHUP must not kill the gateway (its default action) when systemd's
+// ExecReload sends it.
 int run(const conf::Config& cfg, const Clock& clock) {
   conf::Log::setLevel(cfg.server.logLevel);
-  // The front end does not speak TLS yet (src/tls.h is ready for it): never
-  // serve plain HTTP on an address the user marked tls.
-  for (const conf::ListenAddr& l : cfg.server.listen) {
-    if (l.tls) {
-      fprintf(stderr, "%s:%d: [server] listen: tls listeners are not served by this build yet\n",
-              cfg.file.c_str(), l.line);
-      return 1;
-    }
-  }
   signal(SIGPIPE, SIG_IGN);
   evthread_use_pthreads();  // the store's disk thread posts completions to the loop
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -199,7 +193,7 @@ int run(const conf::Config& cfg, const Clock& clock) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
-    Server server(base, cfg, rules, engine, clock);
+    Server server(base, cfg, rules, engine, st.get(), clock);
     if (!server.start(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;

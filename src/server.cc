@@ -16,9 +16,11 @@
 #include <openssl/crypto.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "conf/clock.h"
+#include "src/admin_api.h"
 #include "src/front.h"
 
 namespace slip {
@@ -43,11 +45,12 @@ std::string clientAddress(const sockaddr_storage& ss) {
 }  // namespace
 
 Server::Impl::Impl(event_base* b, const conf::Config& c, const policy::RuleSet& r,
-                   proxy::Engine& e, const Clock& clk)
+                   proxy::Engine& e, store::Store* st, const Clock& clk)
     : base(b),
       cfg(c),
       rules(r),
       engine(e),
+      store(st),
       clock(clk),
       accessLog(b, clk),
       authenticator(c, clk),
@@ -58,6 +61,8 @@ Server::Impl::Impl(event_base* b, const conf::Config& c, const policy::RuleSet& 
   connOpts.headerTimeoutMs = c.server.headerTimeoutMs;
   connOpts.idleTimeoutMs = c.server.idleTimeoutMs;
   connOpts.sendTimeoutMs = c.server.sendTimeoutMs;
+  connOpts.copier = &copier;
+  mountFigures.resize(c.mounts.size());
 }
 
 Server::Impl::~Impl() {
@@ -68,6 +73,9 @@ Server::Impl::~Impl() {
   std::vector<Exchange*> running;
   for (auto& [ex, owned] : active) running.push_back(ex);
   for (Exchange* ex : running) ex->abandon();  // retire() moves it to `dead`
+  std::vector<Sniff*> sniffs;
+  for (auto& [sn, owned] : sniffing) sniffs.push_back(sn);
+  for (Sniff* sn : sniffs) dropSniff(sn);
   active.clear();
   dead.clear();  // jobs go with their exchanges, before the engine
   deadConns.clear();
@@ -77,6 +85,7 @@ Server::Impl::~Impl() {
   if (graceTimer) event_free(graceTimer);
   if (drainPoll) event_free(drainPoll);
   if (lagTimer) event_free(lagTimer);
+  if (speedTimer) event_free(speedTimer);
 }
 
 // ------------------------------------------------------------------ connections
@@ -88,16 +97,14 @@ void Server::Impl::onAccept(int fd, const sockaddr_storage& peer, Listener& from
   }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  // A TLS listener (issue 12) would wrap the socket here:
-  // bufferevent_openssl_socket_new(base, fd, SSL_new(from.tls()), BUFFEREVENT_SSL_ACCEPTING, ...).
-  (void)from;
+  if (from.tls()) return onTlsAccept(fd, clientAddress(peer));
   bufferevent* bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
   if (!bev) {
     close(fd);
     return;
   }
   accepted++;
-  bool over = static_cast<int64_t>(conns.size()) >= cfg.server.maxConnections;
+  bool over = static_cast<int64_t>(conns.size() + sniffing.size()) >= cfg.server.maxConnections;
   auto conn = std::make_unique<http::Conn>(*this, base, bev, clientAddress(peer), connOpts, clock);
   http::Conn* c = conn.get();
   conns.emplace(c, std::move(conn));
@@ -163,7 +170,12 @@ void Server::Impl::route(Exchange& ex) {
   }
   if (!rt->allows(r.method)) return ex.sendError(Reason::MethodNotAllowed, "", rt->allow());
   if (!r.body.empty() && !rt->acceptsBody) return ex.sendError(Reason::RequestBody, "");
-  if (rt->admin && !adminAllowed(ex)) return ex.sendError(Reason::Denied, "admin route");
+  if (rt->admin && !adminAllowed(ex)) {
+    // With a token configured the client can still prove itself: 401 and a
+    // Basic challenge (a browser asks for the token as a password).
+    if (cfg.server.adminToken.empty()) return ex.sendError(Reason::Denied, "admin route");
+    return ex.sendError(Reason::AdminAuth, "");
+  }
   rt->handler(ex);
 }
 
@@ -175,6 +187,7 @@ void Server::Impl::retire(Exchange& ex) {
   bytesOut += e.bytes;
   byStatus[e.status]++;
   if (ex.failure() != Reason::None) failures[policy::reasonCode(ex.failure())]++;
+  noteOutcome(ex);
   accessLog.write(e);
   if (conf::Log::enabled(conf::LogLevel::Debug))
     conf::Log::write(conf::LogLevel::Debug, "request_trail",
@@ -183,6 +196,43 @@ void Server::Impl::retire(Exchange& ex) {
   dead.push_back(std::move(it->second));
   active.erase(it);
   if (reaper) event_active(reaper, 0, 0);
+}
+
+// What /-/api/v1/stats reports per mount and about the cache, from the
+// requests as they end (the sources' own counters come with the fill).
+void Server::Impl::noteOutcome(const Exchange& ex) {
+  if (!usesCache(ex)) return noteMountOutcome(ex);
+  const AccessEntry& e = ex.entry();
+  if (e.cache == "HIT") {
+    hitRequests++;
+    hitBytesOut += e.bytes;
+  } else {
+    missRequests++;
+    missBytesOut += e.bytes;
+  }
+  noteMountOutcome(ex);
+}
+
+bool Server::Impl::usesCache(const Exchange& ex) const {
+  if (!store || ex.mount() < 0 || static_cast<size_t>(ex.mount()) >= cfg.mounts.size()) return false;
+  // A local mount's files are read in place (its X-Cache says HIT for
+  // what is on disk, not for the block cache).
+  return cfg.mounts[static_cast<size_t>(ex.mount())].source != conf::SourceType::Local &&
+         ex.entry().cache != "-";
+}
+
+void Server::Impl::noteMountOutcome(const Exchange& ex) {
+  if (ex.mount() < 0 || static_cast<size_t>(ex.mount()) >= mountFigures.size()) return;
+  MountFigures& m = mountFigures[static_cast<size_t>(ex.mount())];
+  Reason r = ex.failure();
+  if (r == Reason::UpstreamDenied || r == Reason::AccountAuth) m.linkRefusals++;
+  if (r == Reason::RateLimited) m.rateLimited++;
+  // Errors of the mount's upstream side, not a client's own mistakes.
+  if (policy::reasonStatus(r) >= 500) {
+    m.lastError = r;
+    m.lastErrorUnix = clock.wallSeconds();
+    m.lastErrorDetail = ex.failureDetail();
+  }
 }
 
 void Server::Impl::reap() {
@@ -214,8 +264,10 @@ void Server::Impl::checkDrained() {
 // ------------------------------------------------------------------ Server
 
 Server::Server(event_base* base, const conf::Config& cfg, const policy::RuleSet& rules,
-               proxy::Engine& engine, const Clock& clock)
-    : impl_(std::make_unique<Impl>(base, cfg, rules, engine, clock)) {}
+               proxy::Engine& engine, store::Store* store, const Clock& clock)
+    : impl_(std::make_unique<Impl>(base, cfg, rules, engine, store, clock)) {}
+
+void Server::reloadTls() { impl_->reloadTls(); }
 
 Server::~Server() = default;
 
@@ -231,6 +283,7 @@ bool Server::start(std::string* err) {
     int64_t now = impl->clock.monoNs();
     int64_t lateUs = (now - impl->lagDueNs) / 1000;
     impl->lagDueNs = now + 50'000'000;
+    impl->lagLastUs = std::max<int64_t>(0, lateUs);
     if (lateUs > impl->lagMaxUs) impl->lagMaxUs = lateUs;
     if (lateUs > 10'000) impl->lagOver10ms++;
     if (lateUs > 100'000) impl->lagOver100ms++;
@@ -238,7 +291,16 @@ bool Server::start(std::string* err) {
   s.lagDueNs = s.clock.monoNs() + 50'000'000;
   timeval lagTv{0, 50'000};
   event_add(s.lagTimer, &lagTv);
+  s.speedTimer = event_new(s.base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
+    auto* impl = static_cast<Impl*>(arg);
+    int64_t now = impl->clock.monoNs();
+    for (auto& [ex, owned] : impl->active) ex->speed().sample(now, ex->bytesWritten());
+  }, &s);
+  timeval speedTv{0, 500'000};
+  event_add(s.speedTimer, &speedTv);
+  s.startedWallMs = s.clock.wallMs();
   if (!s.accessLog.open(s.cfg.server.accessLog, err)) return false;
+  if (s.cfg.server.anyTls() && !s.loadTls(err)) return false;
 
   s.addAdminRoutes();
   s.addDeliveryRoutes();
@@ -252,7 +314,8 @@ bool Server::start(std::string* err) {
           s.onAccept(fd, peer, from);
         });
     if (!lis->open(err)) return false;
-    conf::Log::write(conf::LogLevel::Info, "listening", "address=" + lis->name());
+    conf::Log::write(conf::LogLevel::Info, "listening",
+                     "address=" + lis->name() + (l.tls ? " tls=on" : ""));
     s.listeners.push_back(std::move(lis));
   }
   return true;
@@ -263,6 +326,9 @@ void Server::drain(int64_t graceMs, std::function<void()> done) {
   if (s.draining) return;
   s.draining = true;
   for (auto& l : s.listeners) l->close();
+  std::vector<Impl::Sniff*> sniffs;
+  for (auto& [sn, owned] : s.sniffing) sniffs.push_back(sn);
+  for (Impl::Sniff* sn : sniffs) s.dropSniff(sn);
   s.drained = std::move(done);
   conf::Log::write(conf::LogLevel::Info, "draining",
                    "active=" + std::to_string(s.active.size()) + " grace_ms=" + std::to_string(graceMs));

@@ -1,6 +1,7 @@
 // The front end: an HTTP/1.1 server of our own on libevent bufferevents and
-// llhttp. Accepts and counts connections, parses and limits requests,
-// normalises the path, routes (/d/, /p/, edge, /-/health, /-/metrics),
+// llhttp (TLS on the listeners marked `tls`). Accepts and counts
+// connections, parses and limits requests, normalises the path, routes (/d/,
+// /p/, edge, /-/health, /-/metrics, /-/status, /-/api/),
 // checks signatures and the admin protection, asks policy for the delivery
 // and hands the request to the proxy Engine with an Exchange as the Sink.
 // One access-log line per request. Design: src/DESIGN.md.
@@ -23,16 +24,23 @@ class Clock;
 
 class Server {
  public:
-  /// Nothing is owned; all of it must outlive the Server.
+  /// Nothing is owned; all of it must outlive the Server. `store` is null
+  /// when no mount caches (it feeds the admin API's block maps and objects).
   Server(event_base* base, const conf::Config& cfg, const policy::RuleSet& rules,
-         proxy::Engine& engine, const Clock& clock);
+         proxy::Engine& engine, store::Store* store, const Clock& clock);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  /// Binds every `listen` address; logs the bound address (port 0 → the
-  /// kernel's choice). False with a message when one cannot be bound.
+  /// Loads the TLS certificate when a listener is marked tls, binds every
+  /// `listen` address and logs it (port 0 → the kernel's choice). False
+  /// with a message when a certificate cannot be loaded or an address bound.
   bool start(std::string* err);
+
+  /// SIGHUP: reads tls_cert/tls_key again. New connections get the new
+  /// certificate; on an error (logged as `file:line: key: …`) the old one
+  /// stays. Open connections keep the context they started with.
+  void reloadTls();
 
   /// Stops accepting and closes idle connections; new requests on open
   /// connections get 503. Calls `done` once no request is running and their

@@ -23,8 +23,10 @@ constexpr const char* kCiphers12 =
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
-// "http/1.1" in ALPN wire form: length-prefixed.
-constexpr unsigned char kAlpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+// "http/1.1" and "http/1.0" in ALPN wire form (length-prefixed), in our
+// order of preference: curl --http1.0 offers only the second.
+constexpr unsigned char kAlpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1',
+                                   8, 'h', 't', 't', 'p', '/', '1', '.', '0'};
 
 // The first OpenSSL error on this thread's queue as text; clears the queue.
 std::string sslError() {

@@ -169,6 +169,9 @@ inline std::string_view view(const MDB_val& v) {
 
 /// The listing behind Store::listObjects (store/query.cc).
 ObjectListing queryObjects(MDB_txn* t, const Env& env, const ObjectFilter& f);
+/// Fills o->present, presentBlocks and presentBytes from the listed blocks
+/// of o->meta's version of `k` (store/query.cc).
+void queryPresent(MDB_txn* t, const Env& env, const Key& k, StoredObject* o);
 /// Checks the index under `dir` in a child process (see store/guard.cc):
 /// true when it is readable (or absent); false with *err = "index corrupt:
 /// <what>, move the cache directory away or run `slipstream cache reset`"

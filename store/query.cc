@@ -35,30 +35,36 @@ ObjectListing queryObjects(MDB_txn* t, const Env& env, const ObjectFilter& f) {
   for (auto it = first; it != hits.end() && out.objects.size() < limit; ++it) {
     StoredObject o;
     o.meta = it->second;
-    o.present.assign(o.meta.blockCount(), false);
-    BlockKey from(it->first, 0);
-    MDB_val fromVal = from.val();
-    forEach(
-        t, env.blocks,
-        [&](MDB_cursor*, const MDB_val& k, const MDB_val& v) {
-          if (BlockKey::object(k) != it->first) return false;
-          BlockRecord r;
-          uint32_t idx = BlockKey::index(k);
-          if (decodeBlock(view(v), &r) && r.generation == o.meta.generation &&
-              idx < o.present.size() && !o.present[idx]) {
-            o.present[idx] = true;
-            o.presentBlocks++;
-            o.presentBytes += r.length;
-          }
-          return true;
-        },
-        &fromVal);
+    queryPresent(t, env, it->first, &o);
     out.objects.push_back(std::move(o));
   }
   if (!out.objects.empty() && out.objects.size() == limit &&
       first + static_cast<std::ptrdiff_t>(limit) != hits.end())
     out.next = out.objects.back().meta.mount + ":" + out.objects.back().meta.path;
   return out;
+}
+
+void queryPresent(MDB_txn* t, const Env& env, const Key& key, StoredObject* o) {
+  o->present.assign(o->meta.blockCount(), false);
+  o->presentBlocks = 0;
+  o->presentBytes = 0;
+  BlockKey from(key, 0);
+  MDB_val fromVal = from.val();
+  forEach(
+      t, env.blocks,
+      [&](MDB_cursor*, const MDB_val& k, const MDB_val& v) {
+        if (BlockKey::object(k) != key) return false;
+        BlockRecord r;
+        uint32_t idx = BlockKey::index(k);
+        if (decodeBlock(view(v), &r) && r.generation == o->meta.generation &&
+            idx < o->present.size() && !o->present[idx]) {
+          o->present[idx] = true;
+          o->presentBlocks++;
+          o->presentBytes += r.length;
+        }
+        return true;
+      },
+      &fromVal);
 }
 
 }  // namespace slip::store

@@ -460,6 +460,21 @@ ObjectListing Store::listObjects(const ObjectFilter& f) {
   return out;
 }
 
+std::optional<StoredObject> Store::storedObject(const Key& k) {
+  std::optional<ObjectMeta> meta = lookup(k);
+  if (!meta) return std::nullopt;
+  StoredObject o;
+  o.meta = std::move(*meta);
+  MDB_txn* t = impl_->readTxn();
+  if (!t) {
+    o.present.assign(o.meta.blockCount(), false);
+    return o;
+  }
+  queryPresent(t, impl_->env, k, &o);
+  impl_->endRead();
+  return o;
+}
+
 Usage Store::usage() const {
   const Impl& s = *impl_;
   Usage u;

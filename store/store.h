@@ -193,6 +193,10 @@ class Store {
   /// last moments may show up on the next call), sorted by mount and path,
   /// with their block maps. A read-only walk; the disk thread is not blocked.
   ObjectListing listObjects(const ObjectFilter& f);
+  /// One object's current version (committed or being created) and which
+  /// of its blocks are listed: the status page's block map of a transfer.
+  /// nullopt when the index does not know the object.
+  std::optional<StoredObject> storedObject(const Key& k);
 
   // ---- command line (no event loop, no disk thread)
 

@@ -1,11 +1,13 @@
 """Issue 12, item 2 (client side): `slipstream status | prefetch | purge`
 talking HTTP to the admin API.
 
-The gateway's routes come with the new front end; until then a fake API
-(canned JSON in the documented schema, tests/integration/data/) stands in,
-listening where the configuration's `listen` says, so the test also checks
-that the CLI finds the gateway and sends the admin token from the same file,
-and the headers the API's cross-site guard requires.
+A fake API (canned JSON in the documented schema, tests/integration/data/)
+stands in, listening where the configuration's `listen` says, so the test
+also checks that the CLI finds the gateway and sends the admin token from
+the same file, and the headers the API's cross-site guard requires; it also
+answers prefetch and purge, which the gateway serves only with the fill
+scheduler. `slipstream status` against the running gateway is in
+tests/integration/test_status_live.py.
 """
 
 import http.server

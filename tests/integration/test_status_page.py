@@ -9,8 +9,10 @@ cells in the right states, a speed, the prefetch progress, the cache figures;
 a hostile file name stays text; the page refreshes itself. A phone-sized
 screenshot is kept in build/artifacts/status-page.png and must not be blank.
 
-The page wired to a live gateway (a transfer running) comes with the front
-end's routes; this test pins the page itself.
+The page served by the running gateway during a real transfer is
+tests/integration/test_status_live.py; this test pins the page itself,
+with states (fetching blocks, prefetches, accounts) a live gateway does not
+show yet.
 """
 
 import html.parser

@@ -1,8 +1,7 @@
-"""Issue 12, items 3 and 4, the parts that stand before the new front end:
-`slipstream check` loads the TLS certificate and reports what is wrong with
-file:line; `run` refuses a `tls` listener it cannot serve yet rather than
-serving plain HTTP there; SIGHUP no longer kills the gateway (systemd's
-ExecReload sends it).
+"""Issue 12, items 3 and 4, the configuration side: `slipstream check` loads
+the TLS certificate and reports what is wrong with file:line; SIGHUP does
+not kill the gateway (systemd's ExecReload sends it). Serving TLS is
+tests/integration/test_tls.py.
 
 Certificates are made with the openssl command line.
 """
@@ -51,14 +50,6 @@ class TlsConfigTest(GatewayTest):
         self.assertEqual(r.returncode, 2)
         self.assertRegex(r.stderr, r"tls\.ini:4: \[server\] tls_cert: tls_cert '.*missing\.pem': "
                                    r"No such file or directory")
-
-    def test_run_refuses_a_tls_listener_it_cannot_serve_yet(self):
-        self.make_cert("a")
-        path = self.ini("a-cert.pem", "a-key.pem")
-        r = subprocess.run([BIN, "run", "-c", path], capture_output=True, text=True, timeout=30)
-        self.assertEqual(r.returncode, 1)
-        self.assertIn("%s:3: [server] listen: tls listeners are not served by this build yet" % path,
-                      r.stderr)
 
     def test_sighup_keeps_the_gateway_running(self):
         gw = self.gateway("[server]\n")

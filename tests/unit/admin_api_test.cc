@@ -418,6 +418,13 @@ TEST_CASE("admin api: admin protection and helpers", "[admin]") {
   CHECK_FALSE(adminAllowed(s, "192.168.1.9", "Bearer s3cret-tokenX"));
   CHECK_FALSE(adminAllowed(s, "192.168.1.9", "bearer s3cret-token"));
   CHECK_FALSE(adminAllowed(s, "192.168.1.9", "s3cret-token"));
+  // A browser's login prompt: Basic, any user name, the token as password.
+  CHECK(adminAllowed(s, "192.168.1.9", "Basic YW55b25lOnMzY3JldC10b2tlbg=="));     // anyone:s3cret-token
+  CHECK(adminAllowed(s, "192.168.1.9", "basic OnMzY3JldC10b2tlbg=="));     // :s3cret-token
+  CHECK_FALSE(adminAllowed(s, "192.168.1.9", "Basic czNjcmV0LXRva2VuOng="));  // s3cret-token:x
+  CHECK_FALSE(adminAllowed(s, "192.168.1.9", "Basic YW55b25lOnMzY3JldC10b2tl"));  // anyone:s3cret-toke
+  CHECK_FALSE(adminAllowed(s, "192.168.1.9", "Basic YW55b25lOnMzY3JldC10b2tlblg="));  // anyone:s3cret-tokenX
+  CHECK_FALSE(adminAllowed(s, "192.168.1.9", "Basic !!!"));
 
   CHECK(blockStates({true, false, true, false}, {false, true, true}) == "SFS-");
   CHECK(blockStates({}, {}) == "");
@@ -425,6 +432,7 @@ TEST_CASE("admin api: admin protection and helpers", "[admin]") {
 
   ApiResponse e = errorResponse(Reason::CrossSiteRequest, "why");
   CHECK(e.status == 403);
+  CHECK(e.reason == Reason::CrossSiteRequest);  // what the access log and metrics count
   json j = parse(e);
   CHECK(j == json{{"error",
                    {{"reason", "cross_site_request"},

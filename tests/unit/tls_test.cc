@@ -260,6 +260,12 @@ TEST_CASE("tls: a client offering only other ALPN protocols is refused", "[tls]"
   CHECK(r.serverError == "no application protocol");
   Client none;  // no ALPN at all (curl --no-alpn, old clients): fine
   CHECK(handshake(ctx->get(), none).ok);
+  Client http10;  // curl --http1.0 offers only http/1.0: served
+  static const unsigned char h10[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '0'};
+  SSL_CTX_set_alpn_protos(http10.ctx, h10, sizeof h10);
+  r = handshake(ctx->get(), http10);
+  CHECK(r.ok);
+  CHECK(r.alpn == "http/1.0");
 }
 
 TEST_CASE("tls: bad files are refused with a message naming the file", "[tls]") {

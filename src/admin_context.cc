@@ -1,0 +1,175 @@
+// The running gateway as the admin API sees it (admin::AdminContext): what
+// stats, transfers and objects report, gathered on the loop thread from the
+// server's counters and live exchanges, the engine's snapshot and the store.
+// Prefetch and purge need the fill scheduler (the next step): until it is
+// merged they answer 503 not_ready with a detail, never a fake success.
+#include <limits.h>
+#include <sys/statvfs.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "conf/clock.h"
+#include "proxy/sources/aliyun.h"
+#include "src/admin_api.h"
+#include "src/front.h"
+#include "src/version.h"
+#include "store/store.h"
+
+namespace slip {
+namespace {
+
+using admin::Outcome;
+using policy::Reason;
+
+constexpr const char* kNextStep =
+    "prefetch and purge arrive with the fill scheduler; this build only reports";
+
+class GatewayAdmin final : public admin::AdminContext {
+ public:
+  explicit GatewayAdmin(Server::Impl& s) : s_(s) {}
+
+  admin::Stats stats() override;
+  std::vector<admin::Transfer> transfers() override;
+  Outcome<admin::ObjectPage> objects(const admin::ObjectQuery& q) override {
+    return admin::objectsFromStore(s_.store, s_.cfg.mounts, q);
+  }
+  Outcome<admin::PrefetchJob> startPrefetch(const std::string&) override {
+    return Outcome<admin::PrefetchJob>::fail(Reason::NotReady, kNextStep);
+  }
+  std::vector<admin::PrefetchJob> prefetches() override { return {}; }
+  std::optional<admin::PrefetchJob> prefetch(const std::string&) override { return std::nullopt; }
+  Outcome<admin::PrefetchJob> cancelPrefetch(const std::string&) override {
+    return Outcome<admin::PrefetchJob>::fail(Reason::NotReady, kNextStep);
+  }
+  Outcome<admin::PurgeResult> purge(const admin::PurgeRequest&) override {
+    return Outcome<admin::PurgeResult>::fail(Reason::NotReady, kNextStep);
+  }
+
+ private:
+  admin::CacheStats cacheStats(const proxy::Stats& st) const;
+  std::optional<admin::BlockMap> blockMap(const Exchange& ex) const;
+
+  Server::Impl& s_;
+};
+
+admin::CacheStats GatewayAdmin::cacheStats(const proxy::Stats& st) const {
+  admin::CacheStats c;
+  c.enabled = st.cacheEnabled;
+  c.bytesUsed = st.cacheBytes;
+  c.maxSize = st.cacheMaxBytes;
+  c.objects = st.cacheObjects;
+  c.blocks = st.cacheBlocks;
+  c.evictedBlocks = st.cacheEvictedBlocks;
+  if (c.enabled) {
+    struct statvfs fs {};
+    if (statvfs(s_.cfg.cache.dir.c_str(), &fs) == 0)
+      c.diskFree = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  }
+  // Bytes of responses that went through the cache (an X-Cache header),
+  // ended and running, by their X-Cache: HIT, or MISS/PARTIAL.
+  c.hitBytes = s_.hitBytesOut;
+  c.missBytes = s_.missBytesOut;
+  for (const auto& [ex, owned] : s_.active) {
+    if (!s_.usesCache(*ex)) continue;
+    (ex->entry().cache == "HIT" ? c.hitBytes : c.missBytes) += ex->entry().bytes;
+  }
+  c.hitRequests = s_.hitRequests;
+  c.missRequests = s_.missRequests;
+  return c;
+}
+
+admin::Stats GatewayAdmin::stats() {
+  proxy::Stats st = s_.engine.snapshot();
+  admin::Stats out;
+  out.version = version();
+  out.nowUnix = s_.clock.wallSeconds();
+  out.startedUnix = s_.startedWallMs / 1000;
+  char real[PATH_MAX];
+  out.configFile = realpath(s_.cfg.file.c_str(), real) ? real : s_.cfg.file;
+  out.configLoadedUnix = out.startedUnix;  // no reload yet: loaded at start
+  out.loopLagMs = static_cast<double>(s_.lagLastUs) / 1000.0;
+  out.loopLagMaxMs = static_cast<double>(s_.lagMaxUs) / 1000.0;
+  out.activeRequests = s_.active.size();
+  out.totalRequests = s_.requests;
+  out.bytesToClients = s_.bytesOut;
+  out.bytesFromUpstream = st.upstreamBytes;
+  out.cache = cacheStats(st);
+  for (size_t i = 0; i < s_.cfg.mounts.size(); i++) {
+    const conf::Mount& m = s_.cfg.mounts[i];
+    const Server::Impl::MountFigures& f = s_.mountFigures[i];
+    admin::MountStats ms;
+    ms.name = m.name;
+    ms.prefix = m.prefix;
+    ms.source = conf::sourceTypeName(m.source);
+    if (m.source == conf::SourceType::AliyundriveOpen) ms.account = m.account;
+    ms.linkRefusals = f.linkRefusals;
+    ms.rateLimited = f.rateLimited;
+    if (f.lastError != Reason::None)
+      ms.lastError = admin::LastError{f.lastErrorUnix, f.lastError, f.lastErrorDetail};
+    out.mounts.push_back(std::move(ms));
+  }
+  for (const proxy::AccountStats& a : st.accounts) {
+    admin::AccountStats as;
+    as.name = a.name;
+    as.authorized = a.authorized;
+    as.tokenExchanges = a.tokenExchanges;
+    as.tokenFailures = a.tokenFailures;
+    as.apiCalls = a.apiCalls;
+    as.rateLimited = a.rateLimited;
+    as.downloadsOpen = static_cast<uint64_t>(std::max(0, a.downloads));
+    as.downloadsWaiting = static_cast<uint64_t>(std::max(0, a.downloadsWaiting));
+    // The last rotation is when the rotated token was saved (its state
+    // file); only the time is taken from it, never a token.
+    std::string err;
+    if (auto ts =
+            proxy::readTokenState(proxy::tokenStatePath(s_.cfg.server.stateDir, a.name), &err);
+        ts && ts->updatedMs > 0)
+      as.lastRotationUnix = ts->updatedMs / 1000;
+    out.accounts.push_back(std::move(as));
+  }
+  return out;
+}
+
+std::optional<admin::BlockMap> GatewayAdmin::blockMap(const Exchange& ex) const {
+  const conf::Mount& m = s_.cfg.mounts[static_cast<size_t>(ex.mount())];
+  if (!s_.usesCache(ex)) return std::nullopt;
+  auto o = s_.store->storedObject(store::objectKey(m.name, ex.mountPath()));
+  if (!o) return std::nullopt;
+  // Blocks being fetched come from the fill (next step); until then a
+  // block is stored or missing.
+  return admin::BlockMap{o->meta.size, o->meta.blockSize, admin::blockStates(o->present)};
+}
+
+std::vector<admin::Transfer> GatewayAdmin::transfers() {
+  std::vector<admin::Transfer> out;
+  for (const auto& [ex, owned] : s_.active) {
+    if (ex->mount() < 0 || !ex->running()) continue;  // admin calls, requests still deciding
+    const AccessEntry& e = ex->entry();
+    admin::Transfer t;
+    t.id = ex->id();
+    t.client = ex->client();
+    t.userAgent = e.userAgent;
+    t.mount = s_.cfg.mounts[static_cast<size_t>(ex->mount())].name;
+    t.path = ex->virtualPath();
+    t.delivery = e.delivery == "-" ? "" : e.delivery;
+    t.cache = e.cache == "-" ? "" : e.cache;
+    t.rangeBegin = ex->rangeBegin();
+    t.rangeEnd = std::max(ex->rangeEnd(), ex->rangeBegin());
+    t.bytesSent = ex->bytesWritten();
+    t.speedBps = ex->speed().bytesPerSecond();
+    t.startedUnix = ex->startedWallMs() / 1000;
+    t.blocks = blockMap(*ex);
+    out.push_back(std::move(t));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<admin::AdminContext> makeAdminContext(Server::Impl& s) {
+  return std::make_unique<GatewayAdmin>(s);
+}
+
+}  // namespace slip
