@@ -99,8 +99,15 @@ class CorruptIndex(CacheDamage):
                 self.assertIn("move the cache directory away or run `slipstream cache reset", text(p))
                 for cmd in (("cache", "stats"), ("cache", "verify"), ("cache", "verify", "--repair")):
                     c = self.cli(*cmd)
-                    self.assertEqual(c.returncode, 1, "%s: %s exit %s\n%s" % (what, cmd, c.returncode, text(c)))
-                    self.assertIn("index corrupt:", text(c), cmd)
+                    # A writer (verify --repair, like the gateway) rehearses every write and must
+                    # refuse. A reader walks only the pages it reads: a flipped bit in a free page
+                    # cannot hurt it, so it may report figures (exit 0) — but it never dies by a
+                    # signal, and random bytes over the pages are always found.
+                    must_refuse = cmd[-1] == "--repair" or what.startswith("random bytes")
+                    allowed = (1,) if must_refuse else (0, 1)
+                    self.assertIn(c.returncode, allowed, "%s: %s exit %s\n%s" % (what, cmd, c.returncode, text(c)))
+                    if c.returncode == 1:
+                        self.assertIn("index corrupt:", text(c), cmd)
 
         # reset removes the index and our data files, then the gateway starts
         # and fetches everything again, byte-exact.
