@@ -179,13 +179,14 @@ class _DownloadNginx(harness.NginxOrigin):
     def __init__(self, prefix, blobs, secret, download_conns, download_rate):
         self.dir = prefix
         self.root = blobs
-        self.port = harness.free_port()
         self.log = os.path.join(prefix, "access.log")
         conn = ""
         if download_conns:
             conn = "limit_conn dl_accounts %d;\n      limit_conn_status 403;" % download_conns
         rate = "limit_rate %s;" % download_rate if download_rate else ""
-        http = """
+
+        def make_conf(port):
+            http = """
   types { }
   # The account a download belongs to, from /dl/<account>/<file_id>.
   map $uri $dl_account {
@@ -207,10 +208,10 @@ class _DownloadNginx(harness.NginxOrigin):
     }
     location / { return 404; }
   }
-""" % dict(port=self.port, secret=secret, conn=conn, rate=rate, blobs=blobs)
-        self.conf, self.proc = harness.start_nginx(
-            prefix, harness.nginx_conf(prefix, DL_LOG_FORMAT, self.log, http))
-        harness.wait_until(self._up, 10, what="download nginx to listen")
+""" % dict(port=port, secret=secret, conn=conn, rate=rate, blobs=blobs)
+            return harness.nginx_conf(prefix, DL_LOG_FORMAT, self.log, http)
+
+        harness.launch_nginx(self, make_conf, what="download nginx to listen")
 
     log_re = DL_LOG_RE
 
@@ -637,13 +638,14 @@ class FakeAliyun:
             s["calls"] = [dict(c) for c in self.calls]
             return s
 
-    def download_entries(self, settle=0.3):
-        """Parsed nginx access-log lines for /dl/ (NginxOrigin.entries keys:
+    def download_entries(self, settle=True):
+        """Parsed nginx access-log lines for /dl/ (NginxOrigin.entries keys
+        and its `settle`:
         start, end, time, status, uri, bytes, range, complete, ... plus
         limit_conn: "PASSED" / "REJECTED" / "-")."""
         return [e for e in self.nginx.entries(settle) if e["uri"].startswith("/dl/")]
 
-    def max_concurrent_downloads(self, settle=0.3):
+    def max_concurrent_downloads(self, settle=True):
         """The most /dl/ requests in flight at once, from the log's
         [end - request_time, end) intervals. Only the requests limit_conn let
         through count (a 403 for being over the limit, or for a bad sign,
