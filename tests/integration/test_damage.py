@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from harness import BIN, GatewayTest, random_bytes, sha256, wait_until, write_file
-from test_cache import cache_ini, data_files, fetch, parse_range, settled_entries, wait_listed
+from test_cache import cache_ini, data_files, fetch, parse_range, settled_entries, wait_listed, wait_out_change_window
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -184,6 +184,7 @@ class TruncatedBlockFile(CacheDamage):
 
     def test_truncated_while_running_is_refetched_not_a_failure_forever(self):
         gw, path = self.prepare()
+        wait_out_change_window()
         self.cut(path)
         v = self.cli("cache", "verify")
         self.assertEqual(v.returncode, 1, text(v))
