@@ -16,6 +16,7 @@ import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -290,7 +291,7 @@ class NginxOrigin:
         nginx writes a line when a request ends. With `settle` (the
         default) the log is read once it is settled: every gateway of this
         process is idle (no upstream transfer, no block in flight; see
-        settle()) and a fence request made after that is in the log, so
+        settle_gateways()) and a fence request made after that is in the log, so
         every request that ended before it is too. settle=0 reads the log
         as it is (for polling)."""
         if settle:
@@ -372,8 +373,8 @@ def settle_gateways(timeout=10):
     for g in list(_running_gateways):
         try:
             g.wait_idle(timeout)
-        except AssertionError:
-            pass
+        except AssertionError as e:
+            print("\n    [harness] settling went on without it: %s" % e, file=sys.stderr)
 
 
 class Gateway:
@@ -396,7 +397,11 @@ class Gateway:
             f.write(text)
         self.proc = None
         _running_gateways.append(self)
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            _running_gateways.remove(self)
+            raise
 
     def start(self):
         self.errf = open(self.err_log, "ab")
