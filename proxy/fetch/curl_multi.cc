@@ -115,6 +115,7 @@ void CurlMulti::add(Transfer* t) {
     return;
   }
   t->added_ = true;
+  added_++;
 }
 
 void CurlMulti::remove(Transfer* t) {
@@ -122,6 +123,7 @@ void CurlMulti::remove(Transfer* t) {
   if (!t->added_) return;
   curl_multi_remove_handle(multi_, t->easy_);
   t->added_ = false;
+  added_--;
 }
 
 // ------------------------------------------------------------------ Transfer

@@ -39,7 +39,10 @@ class CurlMulti {
   void defer(std::function<void()> fn);
   bool insideCurl() const { return depth_ > 0; }
   event_base* base() const { return base_; }
-  int running() const { return running_; }
+  /// Transfers added and not removed yet (running, paused or waiting for
+  /// curl to connect). curl's own running count is only refreshed by a
+  /// socket action, so it stayed stale after a cancel on an idle loop.
+  int running() const { return added_; }
   /// The connection pools every download transfer is admitted through.
   Admission& admission() { return admission_; }
   const Admission& admission() const { return admission_; }
@@ -61,7 +64,8 @@ class CurlMulti {
   Timer timer_;       // CURLMOPT_TIMERFUNCTION's timer
   Trigger deferEv_;   // runs deferred_ once curl returned
   int depth_ = 0;
-  int running_ = 0;
+  int running_ = 0;  // curl's count, as of the last socket action
+  int added_ = 0;    // handles in the multi (running())
   std::vector<std::function<void()>> deferred_;
   Admission admission_;
 };

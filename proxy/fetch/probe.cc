@@ -142,6 +142,12 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
     int64_t delay =
         p.retryAfterMs >= 0 ? p.retryAfterMs : policy::backoffDelayMs(policy::kFetchBackoff, o->probeAttempts);
     ctx.stats.retries++;
+    // Logged before the timer is armed: the retry cannot reach the upstream
+    // before this line is written (the integration tests rely on that order).
+    conf::Log::write(conf::LogLevel::Info, "probe_retry",
+                     "path=" + conf::logValue(o->path) + " attempt=" + std::to_string(o->probeAttempts) +
+                         " delay_ms=" + std::to_string(delay) +
+                         " cause=" + conf::logValue(!p.detail.empty() ? p.detail : r.error));
     if (!o->probeTimer) o->probeTimer = std::make_unique<Timer>(ctx.base, [this, o] { startProbe(o); });
     o->probeTimer->armMs(delay);
     return;

@@ -99,6 +99,22 @@ DL_LOG_FORMAT = harness.NGINX_LOG_FORMAT[:-2] + " \"$limit_conn_status\"';"
 DL_LOG_RE = re.compile(harness.LOG_RE.pattern + r' "([^"]*)"')
 
 
+class ManualClock:
+    """A monotonic clock that moves only when told (advance)."""
+
+    def __init__(self, start=1000.0):
+        self.now = start
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds):
+        with self.lock:
+            self.now += seconds
+
+
 class ApiError(Exception):
     """An error answer: HTTP status plus the JSON {"code", "message"}."""
 
@@ -128,15 +144,16 @@ class _Bucket:
     is admitted when the bucket holds >= 0.9 (arrival jitter) and then takes
     1, clamped at 0; a refusal takes nothing. rate None/0 = no limit."""
 
-    def __init__(self, rate):
+    def __init__(self, rate, clock=time.monotonic):
         self.rate = rate
+        self.clock = clock
         self.tokens = 1.0
-        self.t = time.monotonic()
+        self.t = clock()
 
     def take(self):
         if not self.rate:
             return True
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(1.0, self.tokens + (now - self.t) * self.rate)
         self.t = now
         if self.tokens < 0.9:
@@ -179,13 +196,14 @@ class _DownloadNginx(harness.NginxOrigin):
     def __init__(self, prefix, blobs, secret, download_conns, download_rate):
         self.dir = prefix
         self.root = blobs
-        self.port = harness.free_port()
         self.log = os.path.join(prefix, "access.log")
         conn = ""
         if download_conns:
             conn = "limit_conn dl_accounts %d;\n      limit_conn_status 403;" % download_conns
         rate = "limit_rate %s;" % download_rate if download_rate else ""
-        http = """
+
+        def make_conf(port):
+            http = """
   types { }
   # The account a download belongs to, from /dl/<account>/<file_id>.
   map $uri $dl_account {
@@ -207,10 +225,10 @@ class _DownloadNginx(harness.NginxOrigin):
     }
     location / { return 404; }
   }
-""" % dict(port=self.port, secret=secret, conn=conn, rate=rate, blobs=blobs)
-        self.conf, self.proc = harness.start_nginx(
-            prefix, harness.nginx_conf(prefix, DL_LOG_FORMAT, self.log, http))
-        harness.wait_until(self._up, 10, what="download nginx to listen")
+""" % dict(port=port, secret=secret, conn=conn, rate=rate, blobs=blobs)
+            return harness.nginx_conf(prefix, DL_LOG_FORMAT, self.log, http)
+
+        harness.launch_nginx(self, make_conf, what="download nginx to listen")
 
     log_re = DL_LOG_RE
 
@@ -229,12 +247,18 @@ class FakeAliyun:
     access_ttl and url_life are float seconds; link_rate and list_rate are
     requests per second (None/0: unlimited); download_conns is nginx's
     limit_conn per account (None/0: unlimited); download_rate is nginx
-    limit_rate syntax ("2m") or None."""
+    limit_rate syntax ("2m") or None.
+
+    `clock` (default time.monotonic) is what access-token lifetimes and the
+    rate buckets are measured with: the fake's own tests hand a ManualClock
+    and move it instead of sleeping. Download links expire by the wall
+    clock whatever it is (nginx checks them)."""
 
     def __init__(self, workdir, refresh_token=None, client_id="cid", client_secret="csecret",
                  access_ttl=3.0, url_life=4.0, page_size=4, link_rate=1.0, list_rate=4.0,
-                 download_conns=3, download_rate=None, account_id="acct1"):
+                 download_conns=3, download_rate=None, account_id="acct1", clock=None):
         self.workdir = workdir
+        self.clock = clock or time.monotonic
         self.client_id = client_id
         self.client_secret = client_secret
         self.access_ttl = float(access_ttl)
@@ -252,12 +276,12 @@ class FakeAliyun:
         if refresh_token is None:
             refresh_token = self._refresh_jwt()
         self.initial_refresh_token = refresh_token
-        # tokens: refresh token -> "live" | "used" | "revoked"; access token -> monotonic expiry
+        # tokens: refresh token -> "live" | "used" | "revoked"; access token -> expiry by self.clock
         self._refresh = {refresh_token: "live"}
         self._current = refresh_token
         self._access = {}
-        self._link_bucket = _Bucket(link_rate)
-        self._api_bucket = _Bucket(list_rate)
+        self._link_bucket = _Bucket(link_rate, self.clock)
+        self._api_bucket = _Bucket(list_rate, self.clock)
 
         # drive id -> {file_id: _Node}; only the resource drive holds files.
         self._drives = {}
@@ -413,7 +437,7 @@ class FakeAliyun:
             self._refresh[new_rt] = "live"
             self._current = new_rt
             at = self._access_jwt()
-            self._access[at] = time.monotonic() + self.access_ttl
+            self._access[at] = self.clock() + self.access_ttl
             self._stats["refreshes"] += 1
         if self.token_delay:
             time.sleep(self.token_delay)  # rotated already: the answer is still on its way
@@ -428,7 +452,7 @@ class FakeAliyun:
             if exp is None:
                 self._stats["access_invalid"] += 1
                 raise ApiError(401, "AccessTokenInvalid", "AccessToken is invalid. ErrValidateTokenFailed")
-            if time.monotonic() >= exp:
+            if self.clock() >= exp:
                 self._stats["access_expired"] += 1
                 raise ApiError(401, "AccessTokenExpired", "AccessToken is expired. ErrValidateTokenFailed")
 
@@ -637,13 +661,14 @@ class FakeAliyun:
             s["calls"] = [dict(c) for c in self.calls]
             return s
 
-    def download_entries(self, settle=0.3):
-        """Parsed nginx access-log lines for /dl/ (NginxOrigin.entries keys:
+    def download_entries(self, settle=True):
+        """Parsed nginx access-log lines for /dl/ (NginxOrigin.entries keys
+        and its `settle`:
         start, end, time, status, uri, bytes, range, complete, ... plus
         limit_conn: "PASSED" / "REJECTED" / "-")."""
         return [e for e in self.nginx.entries(settle) if e["uri"].startswith("/dl/")]
 
-    def max_concurrent_downloads(self, settle=0.3):
+    def max_concurrent_downloads(self, settle=True):
         """The most /dl/ requests in flight at once, from the log's
         [end - request_time, end) intervals. Only the requests limit_conn let
         through count (a 403 for being over the limit, or for a bad sign,

@@ -16,6 +16,7 @@ import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -66,13 +67,16 @@ def free_port():
 
 
 def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
+    """Polls pred() until it returns something true (returned); raises
+    AssertionError after `timeout` seconds. `what` names the condition in
+    the error; it may be a function, called then (to describe the state)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
         time.sleep(interval)
-    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what() if callable(what) else what))
 
 
 # --------------------------------------------------------------------- HTTP
@@ -200,6 +204,27 @@ def start_nginx(dir, conf):
     return path, proc
 
 
+def launch_nginx(origin, make_conf, what="nginx to listen", attempts=5):
+    """Starts nginx for `origin` (an NginxOrigin) on a free port: sets
+    origin.port, origin.conf and origin.proc. `make_conf(port)` returns the
+    whole nginx.conf. free_port() only proposes a port; another process
+    (a test running in parallel) may take it before nginx binds, so a bind
+    failure is retried on a new port."""
+    for attempt in range(attempts):
+        origin.port = free_port()
+        origin.conf, origin.proc = start_nginx(origin.dir, make_conf(origin.port))
+        try:
+            wait_until(origin._up, 10, what=what)
+            return
+        except AssertionError as e:
+            if "Address already in use" not in str(e) or attempt == attempts - 1:
+                raise
+
+
+FENCE_PREFIX = "/__slip_fence__/"
+_fence_counter = [0]
+
+
 class NginxOrigin:
     """A real nginx on a loopback port serving `root`.
 
@@ -210,7 +235,6 @@ class NginxOrigin:
     def __init__(self, root, picky=True, limit_rate=None, locations="", server_extra=""):
         self.root = root
         self.dir = tempfile.mkdtemp(prefix="slip-nginx-")
-        self.port = free_port()
         self.log = os.path.join(self.dir, "access.log")
         checks = ""
         if picky:
@@ -220,7 +244,9 @@ class NginxOrigin:
                 '      if ($http_user_agent != "%s") { return 403; }\n' % USER_AGENT
             )
         rate = "limit_rate %s;" % limit_rate if limit_rate else ""
-        http = """
+
+        def make_conf(port):
+            http = """
   types { video/x-matroska mkv; video/mp4 mp4; application/octet-stream bin; }
   server {
     listen 127.0.0.1:%(port)d;
@@ -232,10 +258,11 @@ class NginxOrigin:
       %(rate)s
     }
   }
-""" % dict(port=self.port, root=root, checks=checks, rate=rate, locations=locations,
+""" % dict(port=port, root=root, checks=checks, rate=rate, locations=locations,
            server_extra=server_extra)
-        self.conf, self.proc = start_nginx(self.dir, nginx_conf(self.dir, NGINX_LOG_FORMAT, self.log, http))
-        wait_until(self._up, 10, what="nginx to listen")
+            return nginx_conf(self.dir, NGINX_LOG_FORMAT, self.log, http)
+
+        launch_nginx(self, make_conf)
 
     def _up(self):
         if self.proc.poll() is not None:
@@ -257,10 +284,22 @@ class NginxOrigin:
                     status=int(g[4]), bytes=int(g[5]), method=g[6], uri=g[7],
                     range=g[8], referer=g[9], ua=g[10], complete=g[11] == "OK")
 
-    def entries(self, settle=0.3):
+    def entries(self, settle=True):
         """Parsed access-log lines: dicts with conn, nreq, end, time, start,
-        status, bytes, method, uri, range, referer, ua, complete."""
-        time.sleep(settle)  # nginx writes the line when the request ends
+        status, bytes, method, uri, range, referer, ua, complete.
+
+        nginx writes a line when a request ends. With `settle` (the
+        default) the log is read once it is settled: every gateway of this
+        process is idle (no upstream transfer, no block in flight; see
+        settle_gateways()) and a fence request made after that is in the log, so
+        every request that ended before it is too. settle=0 reads the log
+        as it is (for polling)."""
+        if settle:
+            settle_gateways()
+            self.fence()
+        return self._read_log()
+
+    def _read_log(self):
         out = []
         if not os.path.exists(self.log):
             return out
@@ -268,8 +307,28 @@ class NginxOrigin:
             for line in f:
                 m = self.log_re.match(line)
                 if m:
-                    out.append(self._entry(m.groups()))
+                    e = self._entry(m.groups())
+                    if not e["uri"].startswith(FENCE_PREFIX):
+                        out.append(e)
         return out
+
+    def fence(self, timeout=10):
+        """Makes one request of our own and waits until its log line is
+        written. nginx (one process, one worker) logs a request as it ends,
+        in the order they end: once the fence's line is there, so is the
+        line of every request that ended before the fence was sent."""
+        _fence_counter[0] += 1
+        path = "%s%d-%d" % (FENCE_PREFIX, os.getpid(), _fence_counter[0])
+        request(self.port, path, timeout=timeout)
+
+        def logged():
+            try:
+                with open(self.log) as f:
+                    return path in f.read()
+            except FileNotFoundError:
+                return False
+
+        wait_until(logged, timeout, interval=0.005, what="nginx to log the fence request")
 
     def clear_log(self):
         open(self.log, "w").close()
@@ -295,6 +354,29 @@ class NginxOrigin:
 # --------------------------------------------------------------------- gateway
 
 
+HARNESS_UA = "slipstream-test-harness"  # the harness's own requests (filtered from access())
+_running_gateways = []  # Gateway objects of this process not cleaned up yet
+
+# Gauges that are 0 when a gateway has nothing going on upstream: no
+# transfer running, no block reserved (a fetch in flight or backing off), no
+# bytes queued for the disk thread. The cache ones exist with a cache only.
+IDLE_GAUGES = ("slipstream_upstream_transfers", "slipstream_cache_reserved_bytes",
+               "slipstream_disk_queue_bytes")
+
+
+def settle_gateways(timeout=10):
+    """Waits until every running gateway of this process is idle (see
+    Gateway.wait_idle): what a client asked for is stored and read-ahead has
+    finished, so origin logs read afterwards are complete. A gateway that
+    stays busy (a test holding a transfer open on purpose) is waited for at
+    most `timeout` seconds, without failing."""
+    for g in list(_running_gateways):
+        try:
+            g.wait_idle(timeout)
+        except AssertionError as e:
+            print("\n    [harness] settling went on without it: %s" % e, file=sys.stderr)
+
+
 class Gateway:
     """build/slipstream on a free loopback port with an inline config.
 
@@ -314,13 +396,22 @@ class Gateway:
         with open(self.ini, "w") as f:
             f.write(text)
         self.proc = None
-        self.start()
+        _running_gateways.append(self)
+        try:
+            self.start()
+        except BaseException:
+            _running_gateways.remove(self)
+            raise
 
     def start(self):
         self.errf = open(self.err_log, "ab")
         self._err_offset = os.path.getsize(self.err_log)
+        # The tag lets a test find processes this gateway spawned (token
+        # helpers inherit the environment) among those of tests running in
+        # parallel.
+        env = dict(os.environ, SLIPSTREAM_TEST_GATEWAY=self.dir)
         self.proc = subprocess.Popen([BIN, "run", "-c", self.ini], stdout=subprocess.DEVNULL,
-                                     stderr=self.errf)
+                                     stderr=self.errf, env=env)
         m = wait_until(self._listening, 15, what="gateway to listen")
         self.port = int(m.group(1))
 
@@ -342,14 +433,79 @@ class Gateway:
             return f.read().decode(errors="replace")
 
     def access(self):
-        """Access-log lines as dicts of their key=value fields."""
+        """Access-log lines as dicts of their key=value fields (without the
+        harness's own /-/metrics requests, see metrics())."""
         out = []
         if not os.path.exists(self.access_log):
             return out
         with open(self.access_log) as f:
             for line in f:
-                out.append(dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)))
+                fields = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+                if fields.get("ua", "").strip('"').startswith(HARNESS_UA):
+                    continue
+                out.append(fields)
         return out
+
+    def settled_access(self, timeout=10):
+        """access() once every request that ended before this call is in the
+        log (it is written in batches): asks for /-/health with a unique
+        User-Agent and waits for that line, written after theirs."""
+        _fence_counter[0] += 1
+        ua = "%s/fence-%d-%d" % (HARNESS_UA, os.getpid(), _fence_counter[0])
+        request(self.port, "/-/health", headers={"User-Agent": ua}, timeout=timeout)
+
+        def logged():
+            try:
+                with open(self.access_log) as f:
+                    return ua in f.read()
+            except FileNotFoundError:
+                return False
+
+        wait_until(logged, timeout, interval=0.01, what="the access log to show the fence request")
+        return self.access()
+
+    def metrics(self, timeout=10):
+        """/-/metrics as {sample name (with labels): number}, fetched with the
+        harness's User-Agent so that access() leaves the request out. None if
+        the gateway refuses (admin_allow)."""
+        r = request(self.port, "/-/metrics", headers={"User-Agent": HARNESS_UA}, timeout=timeout)
+        if r.status != 200:
+            return None
+        out = {}
+        for line in r.body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    out[name] = float(value) if "." in value else int(value)
+                except ValueError:
+                    pass
+        return out
+
+    def busy(self):
+        """The gauges that keep the gateway from being idle ({} when idle,
+        or when it cannot tell: not running, not answering, no metrics)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        try:
+            m = self.metrics()
+        except (OSError, http.client.HTTPException):
+            return {}
+        if m is None:
+            return {}
+        return {k: m[k] for k in IDLE_GAUGES if m.get(k)}
+
+    def wait_idle(self, timeout=10):
+        """Waits until the gateway has nothing going on upstream (IDLE_GAUGES
+        all 0) twice in a row; raises AssertionError after `timeout`."""
+        state = {"idle": 0, "last": {}}
+
+        def idle():
+            b = self.busy()
+            state["last"] = b
+            state["idle"] = state["idle"] + 1 if not b else 0
+            return state["idle"] >= 2
+
+        wait_until(idle, timeout, interval=0.01, what=lambda: "the gateway to be idle (busy: %r)" % (state["last"],))
 
     def wait_access(self, n, timeout=5):
         return wait_until(lambda: len(self.access()) >= n and self.access(), timeout,
@@ -398,6 +554,8 @@ class Gateway:
 
     def cleanup(self):
         self.stop()
+        if self in _running_gateways:
+            _running_gateways.remove(self)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -435,6 +593,11 @@ class ScriptedOrigin:
         self.deny_after = 10**9
         self.etag_counter = 0
         self.conn_counter = 0
+        self.in_flight = 0  # requests being answered (recorded when they end)
+        # Called with each request's record (a dict) as it arrives, before it
+        # is answered: a test may add what it saw at that instant (say, what
+        # the gateway had logged), for ordering checks without clocks.
+        self.on_request = None
         origin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -456,7 +619,13 @@ class ScriptedOrigin:
                 self.handle_one(head=False)
 
             def handle_one(self, head):
-                origin._serve(self, head)
+                with origin.lock:
+                    origin.in_flight += 1
+                try:
+                    origin._serve(self, head)
+                finally:
+                    with origin.lock:
+                        origin.in_flight -= 1
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
@@ -483,6 +652,8 @@ class ScriptedOrigin:
         rng = h.headers.get("Range", "")
         data = self.files.get(name)
         rec = dict(method=h.command, path=path, range=rng, conn=h.conn_id, start=start)
+        if self.on_request:
+            self.on_request(rec)
 
         def reply(status, headers, body=b""):
             h.send_response(status)
@@ -579,6 +750,19 @@ class ScriptedOrigin:
     def count(self, path=None):
         with self.lock:
             return sum(1 for r in self.requests if path is None or r["path"] == path)
+
+    def settle(self, timeout=10):
+        """Waits until the gateways of this process are idle (see
+        settle_gateways) and no request is being answered, so `requests`
+        holds every request the gateway made. Returns a copy of it."""
+        settle_gateways(timeout)
+
+        def quiet():
+            with self.lock:
+                return self.in_flight == 0
+        wait_until(quiet, timeout, interval=0.005, what="the scripted origin to finish its answers")
+        with self.lock:
+            return [dict(r) for r in self.requests]
 
     def sent(self, path=None):
         with self.lock:

@@ -34,15 +34,22 @@ def account_metrics(gw):
             re.finditer(r'^(slipstream_account_\w+)\{account="ali"\} (\d+)$', r.body.decode(), re.M)}
 
 
-def helper_pids():
-    """pids of running `slipstream token-exchange` helpers."""
+def helper_pids(gw):
+    """pids of running `slipstream token-exchange` helpers spawned by `gw`
+    (any of its runs): they inherit the gateway's environment, which holds
+    the harness's tag for it, so helpers of other tests running in
+    parallel do not count."""
+    tag = ("SLIPSTREAM_TEST_GATEWAY=%s" % gw.dir).encode()
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open("/proc/%s/cmdline" % pid, "rb") as f:
-                if f.read() == b"slipstream\x00token-exchange\x00":
+                if f.read() != b"slipstream\x00token-exchange\x00":
+                    continue
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                if tag in f.read().split(b"\x00"):
                     out.append(int(pid))
         except OSError:
             pass
@@ -71,6 +78,15 @@ class AliyunTest(GatewayTest):
                 "[account ali]\n%s\nclient_id = cid\nclient_secret = csecret\n"
                 "api_url = %s\n%s\n%s"
                 % (self.state_dir, server, secret, fake.api_url, account, mounts))
+
+    def wait_saved_token_expired(self):
+        """Waits until the access token in the saved state has expired (the
+        fake's access_ttl): a gateway started after that must exchange its
+        refresh token again."""
+        with open(os.path.join(self.state_dir, "aliyundrive-ali.token.json")) as f:
+            expires_ms = json.load(f)["access_expires_ms"]
+        wait_until(lambda: time.time() * 1000 > expires_ms, 10, interval=0.01,
+                   what="the saved access token to expire")
 
     @staticmethod
     def mount(name, extra=""):
@@ -203,26 +219,54 @@ class SharedAccount(AliyunTest):
         self.assertEqual(m["slipstream_account_downloads_waiting"], 0)
         self.assertGreaterEqual(sum(st["link_calls"].values()), 4)
         # Fair turns: once all four files are being fetched (their links
-        # come one a second), none waits long without a transfer running.
+        # come one a second) and until the first is complete, no file waits
+        # without a transfer while the others take many turns. nginx's log
+        # gives the order of starts and ends (its clock orders, nothing is
+        # timed): for each file, the most transfers of other files that
+        # started in a row while it had none running.
         spans = {}
         for e in passed:
             spans.setdefault(e["uri"], []).append((e["start"], e["end"]))
         self.assertEqual(len(spans), 4)
         begin = max(min(s for s, _ in v) for v in spans.values())
         end = min(max(e for _, e in v) for v in spans.values())
-        worst = 0.0
-        for uri, v in spans.items():
-            t = begin
-            for s_, e_ in sorted(v):
-                if s_ > t:
-                    worst = max(worst, min(s_, end) - t)
-                t = max(t, e_)
-                if t >= end:
-                    break
-        print("    [fig] contended for %.1f s; longest wait of a file without a transfer: %.2f s"
-              % (end - begin, worst))
-        self.assertGreater(end - begin, 1.0)
-        self.assertLess(worst, 2.5, "a file starved while the others were fetched")
+        passed_over, contended = fair_turns(spans, begin, end)
+        print("    [fig] %d transfers started while all four files were being fetched; the most "
+              "a waiting file was passed over: %d" % (contended, max(passed_over.values())))
+        self.assertGreaterEqual(contended, 4, "the four files were never fetched side by side")
+        # Three slots, four files, transfers of ~1 s: a waiting file gets a
+        # slot within two turns of each of the three others (six starts, two
+        # seconds' worth: the bound this test had in seconds was 2.5).
+        self.assertLessEqual(max(passed_over.values()), 6, "a file starved: %r" % passed_over)
+
+
+def fair_turns(spans, begin, end):
+    """spans: {file: [(start, end)] of its transfers}. Within [begin, end]:
+    ({file: the most transfer starts of other files in a row while it had
+    no transfer running}, how many transfers started). Ends sort before
+    starts at the same instant (a slot handed over)."""
+    events = sorted([(s, 1, u) for u, v in spans.items() for s, _ in v] +
+                    [(e, 0, u) for u, v in spans.items() for _, e in v])
+    running = {u: sum(1 for s, e in v if s < begin <= e) for u, v in spans.items()}
+    worst = {u: 0 for u in spans}
+    streak = {u: 0 for u in spans}
+    contended = 0
+    for t, kind, u in events:
+        if t < begin:
+            continue
+        if t > end:
+            break
+        if kind == 0:
+            running[u] = max(0, running[u] - 1)
+            continue
+        contended += 1
+        running[u] += 1
+        streak[u] = 0
+        for other in spans:
+            if other != u and running[other] == 0:
+                streak[other] += 1
+                worst[other] = max(worst[other], streak[other])
+    return worst, contended
 
 
 class Errors(AliyunTest):
@@ -255,7 +299,7 @@ class Errors(AliyunTest):
         # The user revokes the authorization: once the access token dies,
         # the gateway cannot get another.
         fake.revoke()
-        time.sleep(1.2)
+        self.wait_saved_token_expired()
         r = gw.get("/d/films/Movies/b.mkv")
         self.assertEqual(r.status, 502, r.body)
         body = r.body.decode()
@@ -308,10 +352,17 @@ class RateLimits(AliyunTest):
         st = fake.stats()
         self.assertGreaterEqual(st["too_many"].get("getDownloadUrl", 0), 1)
         links = [c for c in fake.calls if c["path"].endswith("getDownloadUrl")]
-        # After a 429 the next link request waits at least the 1 s backoff.
+        # After a 429 the gateway holds the account's link requests back for
+        # a backoff of at least 1 s (its log says how long); the fake admits
+        # a call again once 0.9 s passed since the last one it admitted. So
+        # the request after a 429 is never refused: one sent after 100 ms
+        # (link_interval) would be.
+        backoffs = [int(b) for b in re.findall(r"event=account_rate_limited .*backoff_ms=(\d+)", gw.errors())]
+        self.assertEqual(len(backoffs), st["too_many"]["getDownloadUrl"], gw.errors()[-3000:])
+        self.assertTrue(all(b >= 1000 for b in backoffs), backoffs)
         for a, b in zip(links, links[1:]):
             if a["status"] == 429:
-                self.assertGreaterEqual(b["time"] - a["time"], 0.95)
+                self.assertEqual(b["status"], 200, [c["status"] for c in links])
         print("\n    [fig] %d link requests, %d answered 429, all 3 clients served"
               % (len(links), st["too_many"]["getDownloadUrl"]))
         self.assertIn("event=account_rate_limited", gw.errors())
@@ -331,7 +382,7 @@ class TokenState(AliyunTest):
         self.assertEqual(fake.presented, [fake.initial_refresh_token])
         self.assertIn("refresh_token=ini (no saved state yet)", gw.errors())
         gw.stop()
-        time.sleep(1.1)  # the saved access token has expired
+        self.wait_saved_token_expired()
         gw.start()
         self.assertEqual(gw.get("/d/films/f1.bin").body, files[1])
         self.assertEqual(len(fake.presented), 2)
@@ -345,14 +396,14 @@ class TokenState(AliyunTest):
             text = f.read()
         with open(gw.ini, "w") as f:
             f.write(text.replace("refresh_token = " + fake.initial_refresh_token, "refresh_token = " + fresh))
-        time.sleep(1.1)
+        self.wait_saved_token_expired()
         gw.start()
         self.assertEqual(gw.get("/d/films/f2.bin").body, files[2])
         self.assertEqual(fake.presented[2], fresh)
         self.assertIn("changed in the configuration since the state was saved", gw.errors())
         # ... and after one more restart its successor, not it, is used.
         gw.stop()
-        time.sleep(1.1)
+        self.wait_saved_token_expired()
         gw.start()
         self.assertEqual(gw.get("/d/films/f3.bin").body, files[3])
         self.assertNotEqual(fake.presented[3], fresh)
@@ -376,7 +427,7 @@ class TokenState(AliyunTest):
             r = gw.get(name)
             self.assertEqual((r.status, sha256(r.body)), (200, sha256(data)))
         gw.stop()
-        time.sleep(1.1)  # the access token expires: a restart rotates again
+        self.wait_saved_token_expired()  # a restart rotates again
         gw.start()
         r = gw.get("/d/films/jwt2.bin")  # not cached: it needs the API
         self.assertEqual((r.status, r.body), (200, data[:1000]))
@@ -411,9 +462,9 @@ class TokenState(AliyunTest):
         gw = self.gateway(self.ini(fake, self.mount("films")))
         self.assertEqual(gw.get("/d/films/a.bin").status, 200)
         gw.stop()
+        self.wait_saved_token_expired()
         with open(os.path.join(self.state_dir, "aliyundrive-ali.token.json"), "w") as f:
             f.write("{ damaged")
-        time.sleep(1.1)
         gw.start()
         r = gw.get("/d/films/b.bin")
         self.assertEqual(r.status, 502)
@@ -474,13 +525,13 @@ class TokenState(AliyunTest):
                 if round_ % 2:
                     # Kill while a helper is exchanging (the dangerous instant).
                     try:
-                        wait_until(lambda: helper_pids(), 5, interval=0.005, what="a token exchange")
+                        wait_until(lambda: helper_pids(gw), 5, interval=0.005, what="a token exchange")
                         time.sleep(rnd.uniform(0, 0.2))
                     except AssertionError:
                         pass
                 else:
                     time.sleep(rnd.uniform(0.1, 1.5))
-                if helper_pids():
+                if helper_pids(gw):
                     mid_exchange += 1
                 gw.kill9()
                 kills += 1
@@ -490,14 +541,14 @@ class TokenState(AliyunTest):
                 try:
                     r = gw.get("/d/films/load/f%d.bin" % i, timeout=30)
                 except Exception as e:
-                    self.fail("round %d: %r; helpers %r\n%s" % (round_, e, helper_pids(), gw.errors()[-6000:]))
+                    self.fail("round %d: %r; helpers %r\n%s" % (round_, e, helper_pids(gw), gw.errors()[-6000:]))
                 self.assertEqual(r.status, 200, "round %d: %r\n%s" % (round_, r.body[:300], gw.errors()[-3000:]))
                 self.assertEqual(r.body, files[i])
         finally:
             stop.set()
             for t in threads:
                 t.join(15)
-        wait_until(lambda: not helper_pids(), 20, what="helpers to finish")
+        wait_until(lambda: not helper_pids(gw), 20, what="helpers to finish")
         st = fake.stats()
         print("\n    [fig] %d kill -9 (%d during a token exchange), %d exchanges, 0 reused tokens"
               % (kills, mid_exchange, st["refreshes"]))

@@ -399,7 +399,7 @@ class DavRclone(DavTest):
 
         # Again into an empty folder: every byte from the cache, none from nginx.
         self.origin.clear_log()
-        n = len(self.gw.access())
+        n = len(self.gw.settled_access())
         second = os.path.join(self.tmp, "copy2")
         p = rclone(self.env, "copy", "gw:al", second)
         self.assertEqual(p.returncode, 0, p.stderr.decode())

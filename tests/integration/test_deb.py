@@ -91,6 +91,25 @@ def user_exists():
 @unittest.skipUnless(os.geteuid() == 0 and shutil.which("dpkg-deb") and shutil.which("dpkg-shlibdeps"),
                      "needs root, dpkg-deb and dpkg-shlibdeps (scripts/deps.sh)")
 class DebianPackageTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # One package for both tests (scripts/deb.sh builds it in build/).
+        # A class fixture also keeps the two tests in one process under
+        # run.py -j: they install into the one machine.
+        cls.deb, cls.deb_error = None, None
+        r = subprocess.run([os.path.join(ROOT, "scripts", "deb.sh"), BIN, VERSION],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            cls.deb_error = "scripts/deb.sh failed:\n" + r.stderr
+            return
+        deb = r.stdout.strip().splitlines()[-1]
+        arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                              text=True).stdout.strip()
+        if os.path.basename(deb) != "slipstream_%s_%s.deb" % (VERSION, arch):
+            cls.deb_error = "unexpected package name %r" % deb
+            return
+        cls.deb = deb
+
     def setUp(self):
         if package_status() != "not-installed" or os.path.exists("/usr/bin/slipstream"):
             self.skipTest("slipstream is installed on this machine: not touching it")
@@ -105,13 +124,7 @@ class DebianPackageTest(unittest.TestCase):
                 self.addCleanup(shutil.move, aside, d)
         self.user_before = user_exists()
         self.before = snapshot()
-        r = subprocess.run([os.path.join(ROOT, "scripts", "deb.sh"), BIN, VERSION],
-                           capture_output=True, text=True, timeout=300)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.deb = r.stdout.strip().splitlines()[-1]
-        arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
-                              text=True).stdout.strip()
-        self.assertEqual(os.path.basename(self.deb), "slipstream_%s_%s.deb" % (VERSION, arch))
+        self.assertIsNotNone(self.deb, self.deb_error)
         self.addCleanup(self.restore)
 
     def restore(self):

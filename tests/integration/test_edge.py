@@ -96,17 +96,10 @@ def log_events(gw, event):
     return [l for l in gw.errors().splitlines() if " event=%s" % event in l]
 
 
-def settled_entries(origin, timeout=10):
-    """nginx writes a line when a request ends: read the log once it has
-    stopped changing for a moment (bounded)."""
-    deadline = time.monotonic() + timeout
-    prev = None
-    while time.monotonic() < deadline:
-        cur = origin.entries(settle=0.3)
-        if prev is not None and len(cur) == len(prev):
-            return cur
-        prev = cur
-    return prev or []
+def settled_entries(origin):
+    """The nginx log once the gateways are idle and nginx has logged every
+    request that ended (harness: NginxOrigin.entries)."""
+    return origin.entries()
 
 
 def nginx_uri(logged):
@@ -711,7 +704,7 @@ def secure_locations(rate):
 
 
 class LinkExpiry(EdgeTest):
-    BIG = 8 * MiB
+    BIG = 5 * MiB  # at 2 x 512 KiB/s: ~5 s, longer than any link (2-3 s)
 
     def prepare(self):
         self.root = os.path.join(self.tmp, "www")
@@ -747,13 +740,12 @@ class LinkExpiry(EdgeTest):
     def test_link_expires_mid_object(self):
         fake = self.fake_alist(ALIST_TOKEN, lambda path, nth: self.mint(2) if path == "/big.bin" else None)
         gw = self.gw_for(fake)
-        t0 = time.monotonic()
         r = gw.get("/p/a/big.bin", timeout=90)
-        took = time.monotonic() - t0
         self.assertEqual(r.status, 200, r.body[:300])
         self.assertEqual(len(r.body), len(self.data))
         self.assertEqual(sha256(r.body), sha256(self.data))
-        self.assertGreater(took, 2.5, "the download must outlive a link (took %.1fs)" % took)
+        # The download outlived a link: the origin refused one (below), AList
+        # was asked again.
         # The client saw exactly one response.
         acc = gw.wait_access(1)
         self.assertEqual([(a["path"], a["status"]) for a in acc], [("/p/a/big.bin", "200")])
@@ -840,7 +832,7 @@ class LinkExpiry(EdgeTest):
             fails = log_events(gw, "request_failed")
             self.assertTrue(any("reason=upstream_denied" in l for l in fails), gw.errors()[-3000:])
         # In this set-up the links do die before the end: expect the close.
-        self.assertFalse(complete, "8 MiB at 2 MiB/s cannot finish on a 2 s link")
+        self.assertFalse(complete, "5 MiB at 1 MiB/s cannot finish on a 2-3 s link")
         # curl agrees: a partial transfer is an error, never success.
         c = curl("-o", "/dev/null", "-w", "%{http_code} %{size_download}", gw.url("/p/a/big.bin"))
         self.assertNotEqual(c.returncode, 0, c.stdout)

@@ -15,7 +15,7 @@ import os
 import time
 import urllib.parse
 
-from fake_aliyun import FakeAliyun
+from fake_aliyun import FakeAliyun, ManualClock
 from harness import GatewayTest, random_bytes, request, sha256, wait_until
 
 KiB = 1024
@@ -68,11 +68,6 @@ def exchange(fake, refresh_token, path=TOKEN, **over):
                 grant_type="refresh_token", refresh_token=refresh_token)
     body.update(over)
     return api(fake, path, body)
-
-
-def at_time(t0, offset):
-    """Sleeps until monotonic t0 + offset (a schedule that does not drift)."""
-    time.sleep(max(0.0, t0 + offset - time.monotonic()))
 
 
 class FakeAliyunTest(GatewayTest):
@@ -222,12 +217,15 @@ class Tokens(FakeAliyunTest):
 
 class AccessTokens(FakeAliyunTest):
     def test_access_token_expires(self):
-        f = self.fake(access_ttl=0.5, list_rate=None)
+        clock = ManualClock()
+        f = self.fake(access_ttl=0.5, list_rate=None, clock=clock)
         a = exchange(f, f.initial_refresh_token)
         self.assertEqual(a.json["expires_in"], 1, "expires_in is an int, at least 1")
         at1 = a.json["access_token"]
         self.assertEqual(api(f, DRIVE_INFO, {}, at1).status, 200)
-        time.sleep(0.6)
+        clock.advance(0.49)
+        self.assertEqual(api(f, DRIVE_INFO, {}, at1).status, 200)
+        clock.advance(0.01)  # access_ttl after the exchange: dead
         self.assertError(api(f, DRIVE_INFO, {}, at1), 401, "AccessTokenExpired")
         self.assertEqual(f.stats()["access_expired"], 1)
 
@@ -236,7 +234,7 @@ class AccessTokens(FakeAliyunTest):
         at3 = self.login(f)
         self.assertEqual(api(f, DRIVE_INFO, {}, at2).status, 200)
         self.assertEqual(api(f, DRIVE_INFO, {}, at3).status, 200)
-        time.sleep(0.6)
+        clock.advance(0.6)
         self.assertError(api(f, LIST, dict(drive_id=f.drive_ids["resource"], parent_file_id="root"), at2),
                          401, "AccessTokenExpired")
         self.assertEqual(f.stats()["access_expired"], 2)
@@ -375,36 +373,40 @@ class Listing(FakeAliyunTest):
 
 class RateLimits(FakeAliyunTest):
     def test_download_url_rate(self):
-        f = self.fake(link_rate=1.0)
+        clock = ManualClock()
+        f = self.fake(link_rate=1.0, clock=clock)
         fid = f.add_file("/a.bin", b"x" * 10)
         at = self.login(f)
         body = dict(drive_id=f.drive_ids["resource"], file_id=fid, expire_sec=900)
-        t0 = time.monotonic()
         self.assertEqual(api(f, LINK, body, at).status, 200)
-        at_time(t0, 0.2)
+        clock.advance(0.2)
         tm = api(f, LINK, body, at)
         self.assertError(tm, 429, "TooManyRequests")
         self.assertEqual(tm.json["message"], "Too Many Requests")
         self.assertNotIn("retry-after", tm.headers)
-        # The 429 consumed nothing: 1.05 s after the first success is fine.
-        at_time(t0, 1.05)
+        # The 429 consumed nothing: 0.9 s (of a 1/s bucket) after the first
+        # success is fine, 0.89 s is not.
+        clock.advance(0.69)
+        self.assertError(api(f, LINK, body, at), 429, "TooManyRequests")
+        clock.advance(0.16)  # 1.05 s after the first success
         self.assertEqual(api(f, LINK, body, at).status, 200)
-        at_time(t0, 2.10)
+        clock.advance(1.05)
         self.assertEqual(api(f, LINK, body, at).status, 200)
         s = f.stats()
         self.assertEqual(s["link_calls"], {fid: 3})
-        self.assertEqual(s["too_many"], {"getDownloadUrl": 1})
+        self.assertEqual(s["too_many"], {"getDownloadUrl": 2})
 
     def test_list_rate(self):
-        f = self.fake(list_rate=4.0)
+        clock = ManualClock()
+        f = self.fake(list_rate=4.0, clock=clock)
         fid = f.add_file("/a.bin", b"x" * 10)
         at = self.login(f)
         body = dict(drive_id=f.drive_ids["resource"], parent_file_id="root", limit=10)
-        t0 = time.monotonic()
         for i in range(5):
-            at_time(t0, 0.3 * i)
+            if i:
+                clock.advance(0.3)
             self.assertEqual(api(f, LIST, body, at).status, 200, "call %d" % i)
-        at_time(t0, 1.5)
+        clock.advance(0.3)  # 1.5 s after the first
         self.assertEqual(api(f, LIST, body, at).status, 200)
         self.assertError(api(f, LIST, body, at), 429, "TooManyRequests")
         # getDriveInfo shares the bucket; getDownloadUrl has its own.
@@ -478,8 +480,10 @@ class Downloads(FakeAliyunTest):
         exp = parse_iso(a.json["expiration"])
         self.assertTrue(before + 2 - 0.01 <= exp <= time.time() + 2, (before, exp))
         # Absent expire_sec: the service default (900 s), capped by url_life.
+        before = time.time()
         a = api(f, LINK, dict(drive_id=f.drive_ids["resource"], file_id=fid), at)
-        self.assertAlmostEqual(parse_iso(a.json["expiration"]), time.time() + 60, delta=1)
+        exp = parse_iso(a.json["expiration"])
+        self.assertTrue(before + 60 - 0.01 <= exp <= time.time() + 60, (before, exp))
         for bad in [0, 115201, "900", 1.5]:
             self.assertError(api(f, LINK, dict(drive_id=f.drive_ids["resource"], file_id=fid,
                                                expire_sec=bad), at), 400, "InvalidParameter.ExpireSec")

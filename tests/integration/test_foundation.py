@@ -549,7 +549,10 @@ class SlowAndAbort(GatewayTest):
     def test_backpressure_slow_reader_bounded_rss(self):
         origin = self.nginx(self.root, picky=True)  # no limit_rate: the origin is fast
         gw = self.gateway(self.http_mount("movies", origin.url(), extra="cache = off"))
-        rate, duration = 200 * 1024, 8.0
+        # Without backpressure the gateway would hold the whole 64 MiB within
+        # a fraction of a second (the origin is not rate-limited): 3 s of a
+        # slow reader are plenty to see memory stay bounded.
+        rate, duration = 512 * 1024, 3.0
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         s.settimeout(5)
@@ -608,27 +611,28 @@ class SlowAndAbort(GatewayTest):
                 got += chunk
         finally:
             s.close()
-        closed_at = time.monotonic()
         st, hdrs, body = parse_raw(bytes(got))
         self.assertEqual(st, 200)
         self.assertGreaterEqual(len(body), MiB)
         self.assertEqual(sha256(body), sha256(self.big[:len(body)]))
 
         def ended():
-            es = [e for e in origin.entries(settle=0.05) if e["uri"] == "/big.bin"]
+            es = [e for e in origin.entries(settle=0) if e["uri"] == "/big.bin"]
             return es if es else None
 
-        es = wait_until(ended, 4, interval=0.1, what="the origin to log the aborted transfer")
-        took = time.monotonic() - closed_at
+        # A transfer left running would end only when nginx sent the rest
+        # (~8 s at 8 MB/s) or timed out (60 s): the line comes from the cancel.
+        es = wait_until(ended, 10, interval=0.05, what="the origin to log the aborted transfer")
         self.assertEqual(len(es), 1, es)
         e = es[0]
-        print("\n  abort: origin sent %.1f MiB of 64, logged %.2fs after the client closed"
-              % (e["bytes"] / MiB, took), file=sys.stderr)
+        print("\n  abort: origin sent %.1f MiB of 64, the client got %.1f MiB"
+              % (e["bytes"] / MiB, len(body) / MiB), file=sys.stderr)
         self.assertEqual(e["status"], 200)
         self.assertFalse(e["complete"], e)
+        # How soon the gateway cancelled, in bytes: at 8 MB/s the origin had
+        # sent less than half the file, i.e. the cancel came within ~4 s.
         self.assertLess(e["bytes"], len(self.big) // 2, e)
-        # At 8 MB/s the full file needs ~8 s more; the cancel must be much sooner.
-        self.assertLess(took, 4.0)
+        gw.wait_idle(5)  # no upstream transfer outlives its client
         lines = gw.wait_access(1)
         self.assertEqual(lines[0]["status"], "200")
         self.assertLess(int(lines[0]["bytes"]), len(self.big))
@@ -757,10 +761,14 @@ class AccessLog(GatewayTest):
         self.assertEqual(r.body, data[1000:6000])
         self.assertEqual(gw.get("/p/movies/film.bin", method="HEAD").status, 200)
         self.assertEqual(gw.get("/p/nosuch/film.bin").status, 404)
-        lines = gw.wait_access(3)
-        time.sleep(0.3)  # a fourth line would be a bug: give it the flush interval
-        lines = gw.access()
-        self.assertEqual(len(lines), 3, lines)
+        # A fourth line for these three would be a bug. Lines are written in
+        # the order requests end: once the line of a later request is there,
+        # any extra line of theirs would be too.
+        self.assertEqual(gw.get("/-/health", headers={"User-Agent": "fence"}).status, 200)
+        lines = gw.wait_access(4)
+        self.assertEqual(len(lines), 4, lines)
+        self.assertEqual((lines[3]["path"].strip('"'), lines[3]["ua"].strip('"')), ("/-/health", "fence"), lines)
+        lines = lines[:3]
         first = lines[0]
         for k in ("client", "method", "path", "status", "delivery", "bytes", "ms", "upstream_bytes"):
             self.assertIn(k, first, first)
@@ -771,7 +779,7 @@ class AccessLog(GatewayTest):
         self.assertEqual(first["delivery"], "proxy")
         self.assertEqual(int(first["bytes"]), 5000)
         self.assertGreaterEqual(int(first["upstream_bytes"]), 5000)
-        self.assertGreaterEqual(float(first["ms"]), 0.0)
+        self.assertRegex(first["ms"], r"^\d+\.\d$")
         origin_bytes = sum(e["bytes"] for e in origin.entries() if e["range"] == "bytes=1000-5999")
         self.assertEqual(origin_bytes, 5000)
         self.assertLessEqual(int(first["upstream_bytes"]), origin_bytes)
@@ -792,7 +800,7 @@ class GracefulStop(GatewayTest):
         gw = self.gateway("[server]\nshutdown_grace = 20s\n"
                           + self.http_mount("movies", origin.url(), extra="cache = off"))
         port = gw.port
-        progress = {"bytes": 0, "reply": b"", "error": None, "done_at": None}
+        progress = {"bytes": 0, "reply": b"", "error": None}
 
         def download():
             try:
@@ -812,12 +820,10 @@ class GracefulStop(GatewayTest):
                     progress["reply"] = bytes(buf)
             except Exception as e:  # noqa: BLE001 - reported by the assertion below
                 progress["error"] = repr(e)
-            progress["done_at"] = time.monotonic()
 
         t = threading.Thread(target=download, daemon=True)
         t.start()
         wait_until(lambda: progress["bytes"] > 64 * 1024, 10, what="the download to start")
-        term_at = time.monotonic()
         gw.signal(signal.SIGTERM)
         wait_until(lambda: connect_refused(port), 3, what="the listener to close after SIGTERM")
         self.assertIsNone(gw.proc.poll(), "exited before the running download finished")
@@ -828,12 +834,14 @@ class GracefulStop(GatewayTest):
         self.assertEqual(st, 200)
         self.assertEqual(len(body), len(data))
         self.assertEqual(sha256(body), sha256(data))
+        # It exits once the download is done, not when the 20 s grace ends
+        # (that would time this wait out and log grace_expired).
         rc = gw.proc.wait(10)
-        exited_at = time.monotonic()
         self.assertEqual(rc, 0, gw.errors()[-2000:])
-        self.assertLess(exited_at - term_at, 20, "did not exit within the grace period")
-        self.assertLess(exited_at - progress["done_at"], 3,
-                        "kept running long after the last transfer finished")
+        log = gw.errors()
+        self.assertRegex(log, r"event=draining active=1 grace_ms=20000\b")
+        self.assertRegex(log, r"event=stopped active=0\b")
+        self.assertNotIn("event=grace_expired", log)
         self.assertTrue(connect_refused(port))
 
 

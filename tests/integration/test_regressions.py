@@ -116,7 +116,13 @@ class Regressions(GatewayTest):
             self.assertEqual(r.status, 502)
         except Exception as ex:  # headers were out: the connection is closed
             self.assertIn("IncompleteRead", repr(ex))
-        time.sleep(3)  # the read-ahead blocks finish and are stored meanwhile
+        # The read-ahead blocks finish and are stored meanwhile (the gateway
+        # is idle once they are), then it must still be alive.
+        try:
+            gw.wait_idle(30)
+        except AssertionError:
+            if gw.proc.poll() is None:
+                raise
         self.assertIsNone(gw.proc.poll(), "gateway died:\n" + gw.errors()[-2000:])
         self.assertEqual(gw.get("/-/health").status, 200)
         self.assertIn("event=block_failed", gw.errors())
@@ -125,8 +131,10 @@ class Regressions(GatewayTest):
         # A file that changes on every revalidation: each old version's bytes
         # must leave the cache's byte count (once they stayed, and live data
         # was evicted for phantom usage).
+        # revalidate = 0: every request revalidates, so each one below meets
+        # the file's next version (no waiting for an interval to pass).
         o = self.scripted({"/a.bin": random_bytes(4 * MiB, 7), "/b.bin": random_bytes(2 * MiB, 1)})
-        gw = self.gateway(self.mount(o.url("/ok"), "revalidate = 1s\n").replace("max_size = 1G", "max_size = 16M"))
+        gw = self.gateway(self.mount(o.url("/ok"), "revalidate = 0\n").replace("max_size = 1G", "max_size = 16M"))
 
         def metric(name):
             body = gw.get("/-/metrics").body.decode()
@@ -135,10 +143,10 @@ class Regressions(GatewayTest):
         gw.get("/p/m/a.bin")
         for i in range(6):
             o.files["/b.bin"] = random_bytes(2 * MiB + i + 1, i + 2)
-            time.sleep(1.1)
             r = gw.get("/p/m/b.bin")
             self.assertEqual(sha256(r.body), sha256(o.files["/b.bin"]))
-        time.sleep(0.5)
+            self.assertEqual(r.header("X-Cache"), "MISS")  # a new version, fetched
+        gw.wait_idle()  # every block stored, every old version's drop done
         stats = gw.cli("cache", "stats").stdout.decode()
         on_disk = int(re.search(r"^bytes (\d+)", stats, re.M).group(1))
         self.assertEqual(metric("slipstream_cache_bytes"), on_disk, stats)
