@@ -255,6 +255,10 @@ bool Server::start(std::string* err) {
     conf::Log::write(conf::LogLevel::Info, "listening", "address=" + lis->name());
     s.listeners.push_back(std::move(lis));
   }
+  // Links a source returns that point back here are refused (issue 9 #12).
+  std::vector<std::string> self;
+  for (const auto& l : s.listeners) self.push_back(l->name());
+  s.engine.setSelfAddresses(self);
   return true;
 }
 
