@@ -71,7 +71,10 @@ struct Server {
   int64_t upstreamConnections = 64;      // global cap on upstream transfers
   int64_t connectTimeoutMs = 10'000;     // upstream TCP/TLS connect
   int64_t upstreamTimeoutMs = 30'000;    // upstream: request sent → response headers
-  int64_t stallTimeoutMs = 30'000;       // upstream sends nothing for this long → retry
+  int64_t stallTimeoutMs = 30'000;       // window of the upstream body's speed check
+  int64_t minSpeed = 1024;               // bytes/s: slower over stall_timeout → cut and retry
+  std::string caFile;                    // extra trusted CAs for every upstream ("" = system's only)
+  int caFileLine = 0;
   // signing and roles (SPEC §6)
   std::string signSecret;                // empty = signing off; never logged
   int64_t signTtlMs = 0;                 // `slipstream sign` expiry; 0 = never
@@ -110,6 +113,8 @@ struct Account {
   std::string clientId;
   std::string clientSecret;              // never logged
   std::string oauthTokenUrl;             // token relay, used when client_id is empty
+  std::string caFile;                    // extra trusted CAs; "" = [server] ca_file
+  int caFileLine = 0;
   std::string apiUrl = "https://openapi.alipan.com";
   DriveType driveType = DriveType::Resource;
   int64_t maxConnections = 3;            // download connections at once, all mounts together
@@ -135,6 +140,8 @@ struct Mount {
   std::string url;                       // alist server
   std::string token;                     // alist token; never logged
   std::vector<Header> headers;
+  std::string caFile;                    // extra trusted CAs; "" = the account's, else [server] ca_file
+  int caFileLine = 0;
   Delivery delivery = Delivery::Auto;
   std::string proxyUrl;                  // for proxy_url delivery
   bool cache = true;

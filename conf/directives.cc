@@ -168,8 +168,21 @@ std::vector<Directive> makeTable() {
        .apply = [](Config& c, V v) { c.server.upstreamTimeoutMs = v.num; }},
       {.section = S::Server, .name = "stall_timeout", .type = T::Duration, .def = "30s",
        .min = kMinTimeout, .max = kDay,
-       .doc = "Upstream sends nothing for this long: drop it and retry from the byte reached.",
+       .doc = "Window over which an upstream body's speed is judged: less than min_speed over it "
+              "(time the gateway held the transfer not counted) and the connection is cut and "
+              "the bytes asked for again from the byte reached.",
        .apply = [](Config& c, V v) { c.server.stallTimeoutMs = v.num; }},
+      {.section = S::Server, .name = "min_speed", .type = T::Size, .def = "1K", .min = 1,
+       .max = 1LL << 30, .units = "bytes/s",
+       .doc = "Slowest upstream body kept: a trickle below it over stall_timeout is cut and retried.",
+       .apply = [](Config& c, V v) { c.server.minSpeed = v.num; }},
+      {.section = S::Server, .name = "ca_file", .type = T::Path,
+       .doc = "PEM file of CA certificates trusted for every HTTPS upstream besides the system's "
+              "(a mount's or account's ca_file adds to the system's instead). Read at start.",
+       .apply = [](Config& c, V v) {
+         c.server.caFile = v.text;
+         c.server.caFileLine = v.line;
+       }},
       {.section = S::Server, .name = "sign_secret", .type = T::Secret,
        .doc = "HMAC key for AList-compatible ?sign= links; unset = signing off. Never logged.",
        .apply = [](Config& c, V v) { c.server.signSecret = v.text; }},
@@ -271,6 +284,14 @@ std::vector<Directive> makeTable() {
       {.section = S::Account, .name = "list_ttl", .type = T::Duration, .def = "1m",
        .max = kDay, .doc = "Reuse a folder listing this long (path lookups).",
        .apply = [](Config& c, V v) { account(c).listTtlMs = v.num; }},
+      {.section = S::Account, .name = "ca_file", .type = T::Path, .def = "[server] ca_file",
+       .derivedDefault = true,
+       .doc = "PEM CA certificates trusted besides the system's for the account's API calls and "
+              "its mounts' downloads (a self-hosted Open API relay).",
+       .apply = [](Config& c, V v) {
+         account(c).caFile = v.text;
+         account(c).caFileLine = v.line;
+       }},
 
       // ------------------------------------------------------------ [user NAME]
       {.section = S::User, .name = "password_hash", .type = T::Secret, .requiredFor = kAllSources,
@@ -318,6 +339,14 @@ std::vector<Directive> makeTable() {
        .doc = "Life asked for download links; links are renewed shortly before the expiry the "
               "service reports.",
        .apply = [](Config& c, V v) { mount(c).linkExpireMs = v.num; }},
+      {.section = S::Mount, .name = "ca_file", .type = T::Path, .def = "[server] ca_file",
+       .derivedDefault = true, .sources = kHttp | kAlist | kAliyun,
+       .doc = "PEM CA certificates trusted besides the system's for this mount's HTTPS: downloads "
+              "and, for alist, the API (an AList on https://nas.lan with its own CA).",
+       .apply = [](Config& c, V v) {
+         mount(c).caFile = v.text;
+         mount(c).caFileLine = v.line;
+       }},
       {.section = S::Mount, .name = "header", .type = T::Header, .repeatable = true,
        .sources = kHttp | kAlist | kAliyun,
        .doc = "Header added to every upstream request: Referer: https://www.alipan.com/.",

@@ -77,6 +77,9 @@ namespace slip::policy {
   X(UpstreamChanged, 502, "upstream object changed during the transfer")                  \
   X(UpstreamDenied, 502, "upstream refused the link (401/403/410), also after re-resolving") \
   X(UpstreamReset, 502, "upstream connection dropped and retries ran out")                \
+  X(UpstreamTls, 502, "upstream TLS failed (certificate not trusted or handshake refused)") \
+  X(UpstreamForbidden, 502, "upstream link or redirect leads where the gateway does not go (address, scheme, loop)") \
+  X(SourceBadLink, 502, "the source returned a link that cannot be fetched")             \
   X(ResolveFailed, 502, "source could not resolve the path to a link")                    \
   X(SourceBadReply, 502, "the source's reply does not follow its API")                    \
   X(SourceBadHeader, 502, "the source asked for a header that cannot be sent upstream")    \
@@ -86,6 +89,7 @@ namespace slip::policy {
   X(Overloaded, 503, "too many connections")                                              \
   X(ShuttingDown, 503, "shutting down")                                                   \
   X(NotReady, 503, "not available in this build yet")                                     \
+  X(UpstreamBusy, 503, "upstream busy (429/503): it asks to wait longer than the gateway waits, or kept refusing") \
   X(UpstreamTimeout, 504, "upstream timed out")                                           \
   X(UnknownMethod, 501, "request method not recognised")                                  \
   X(UnsupportedCoding, 501, "transfer coding not implemented (only chunked is)")          \
@@ -355,7 +359,7 @@ struct UpstreamAnswer {
   std::string contentRange;
   std::optional<uint64_t> contentLength;
   std::string etag;
-  std::string contentEncoding;  // carried, not judged yet
+  std::string contentEncoding;  // anything but identity (or none) is a bad_answer
   std::string retryAfter;
 };
 
@@ -369,7 +373,7 @@ struct UpstreamAnswer {
   X(Busy, "429/503: try again later")                                                \
   X(ServerError, "another 5xx")                                                      \
   X(BadStatus, "any other status")                                                   \
-  X(BadAnswer, "inconsistent headers: a Content-Range we cannot use or did not ask for")
+  X(BadAnswer, "inconsistent headers: a Content-Range we cannot use or did not ask for, a Content-Encoding")
 
 enum class UpstreamVerdict {
 #define SLIP_UPSTREAM_VERDICT_ENUM(name, text) name,
@@ -388,6 +392,10 @@ struct UpstreamJudgement {
   ByteRange range;            // Ok (Piece, Stream): the bytes the body carries
   int64_t retryAfterMs = -1;  // Busy, ServerError: the answer's Retry-After (at most
                               // kRetryAfterMaxSeconds × 1000); -1 = none or unreadable
+  /// Asking again cannot give a better answer (any other status, an encoded
+  /// body): fail at once. Busy, ServerError and an inconsistent Content-Range
+  /// (another node may answer right) are retried.
+  bool permanent = false;
   std::string detail;         // for logs and error bodies
 };
 
@@ -429,6 +437,119 @@ int64_t backoffDelayMs(const Backoff& b, int retry);
 inline constexpr Backoff kFetchBackoff{250, 10'000};
 /// Attempts an upstream fetch gets before it fails for good.
 inline constexpr int kFetchAttempts = 6;
+
+// ---------------------------------------------------------------- upstream failures
+// What happens after an upstream attempt failed is one decision for every
+// path (the probe, a piece, a whole-body stream, a `cache = off` stream, a
+// size probe): a permanent failure is answered at once; a retryable one is
+// tried again within kFetchAttempts and never makes anyone wait longer than
+// kRetryWaitBoundMs. proxy/DESIGN.md, "Failures".
+
+/// Why a transfer failed below HTTP, as the fetcher reads curl's result:
+/// X(name, permanent, blames the link, reason the client gets, text).
+/// "Blames the link": the URL itself cannot be fetched, so a cached link is
+/// forgotten and the next request resolves the path again.
+#define SLIP_TRANSPORT_FAILURES(X)                                                                     \
+  X(None, false, false, None, "no transport failure")                                                  \
+  X(Timeout, false, false, UpstreamTimeout, "no connection or no response headers in time")           \
+  X(Stalled, false, false, UpstreamTimeout, "the body came slower than min_speed over stall_timeout") \
+  X(Reset, false, false, UpstreamReset, "the connection dropped or the body was cut short")            \
+  X(Refused, true, true, UpstreamConnect, "connection refused or no route to the host")               \
+  X(UnknownHost, true, true, UpstreamConnect, "the host name does not resolve")                       \
+  X(Tls, true, false, UpstreamTls, "TLS: the certificate is not trusted or the handshake failed")     \
+  X(ForbiddenAddress, true, true, UpstreamForbidden, "the link or a redirect leads to a link-local or metadata address") \
+  X(ForbiddenScheme, true, true, UpstreamForbidden, "a redirect to a scheme other than http/https, or an HTTP/0.9 answer") \
+  X(TooManyRedirects, true, true, UpstreamForbidden, "more than 5 redirects (a loop)")                 \
+  X(BadUrl, true, true, SourceBadLink, "the link is not a URL that can be fetched")                   \
+  X(BadResponse, true, false, UpstreamBadResponse, "not HTTP: a malformed status line, headers over 64 KiB") \
+  X(Other, false, false, UpstreamReset, "any other transport failure")
+
+enum class TransportFailure {
+#define SLIP_TRANSPORT_FAILURE_ENUM(name, permanent, link, reason, text) name,
+  SLIP_TRANSPORT_FAILURES(SLIP_TRANSPORT_FAILURE_ENUM)
+#undef SLIP_TRANSPORT_FAILURE_ENUM
+};
+/// "timeout", "refused", ... (logs).
+const char* transportFailureName(TransportFailure f);
+/// Asking again cannot succeed (connection refused, certificate not trusted, ...).
+bool transportPermanent(TransportFailure f);
+/// The link itself cannot be fetched: forget it, resolve again next time.
+bool transportBlamesLink(TransportFailure f);
+Reason transportReason(TransportFailure f);
+
+/// The longest the gateway waits on a client's behalf for an upstream that
+/// failed: a Retry-After above it is not obeyed (the client gets 503
+/// upstream_busy at once), and retries of one operation stop once they would
+/// end later than this after its first failure (progress restarts the count).
+inline constexpr int64_t kRetryWaitBoundMs = 60'000;
+/// The Retry-After a client's 503 carries is the upstream's, at most a day.
+inline constexpr int64_t kRetryAfterEchoMaxSeconds = 86'400;
+
+/// One failed attempt, whatever the path.
+struct FetchFailure {
+  Reason reason = Reason::UpstreamReset;  // what the client gets if it is not retried
+  bool permanent = false;
+  int64_t retryAfterMs = -1;  // the upstream's Retry-After; -1 = none
+};
+/// An answer whose verdict is Busy, ServerError, BadStatus or BadAnswer.
+FetchFailure fetchFailure(const UpstreamJudgement& j);
+FetchFailure fetchFailure(TransportFailure t);
+
+struct RetryDecision {
+  bool retry = false;
+  int64_t delayMs = 0;           // retry: wait this long first
+  Reason reason = Reason::None;  // no retry: what the client gets
+  int64_t retryAfterS = -1;      // no retry of a busy upstream: the client's Retry-After; -1 = none
+};
+
+/// After `attempts` failed attempts of one operation (1 = this is its first
+/// failure), the last one `f`, `sinceFirstMs` after the operation's first
+/// failure (0 for the first): retry after a delay (Retry-After when the
+/// upstream gave one, else policy::kFetchBackoff), or give up with a reason.
+RetryDecision retryDecision(const FetchFailure& f, int attempts, int64_t sinceFirstMs);
+
+/// Judges an upstream body by its throughput over a sliding window rather
+/// than curl's "1 byte in N seconds": a body that delivers fewer than
+/// `minBytesPerSecond` × window bytes over the last `windowMs` is too slow
+/// (a trickle holds a block and everyone waiting on it). Time while we held
+/// the transfer (paused for the store or the client) never counts.
+class SpeedWindow {
+ public:
+  SpeedWindow(int64_t windowMs, int64_t minBytesPerSecond) : windowMs_(windowMs), minBps_(minBytesPerSecond) {}
+  /// At `nowMs` (monotonic) the body has delivered `total` bytes; `paused`:
+  /// we held it since the last call. True when the last window was too slow.
+  bool tooSlow(int64_t nowMs, uint64_t total, bool paused);
+  /// Bytes that arrived in the window tooSlow judged last (for logs).
+  uint64_t windowBytes() const { return lastBytes_; }
+  int64_t windowMs() const { return windowMs_; }
+
+ private:
+  struct Sample {
+    int64_t ms;
+    uint64_t total;
+  };
+  int64_t windowMs_;
+  int64_t minBps_;
+  std::vector<Sample> samples_;  // oldest first; the first is the window's base
+  uint64_t lastBytes_ = 0;
+};
+
+// ---------------------------------------------------------------- links
+
+/// Link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10,
+/// fd00:ec2::254, and IPv4-mapped forms), in parseAddress's 16-byte form:
+/// never connected to, whatever a link or a redirect says.
+bool forbiddenAddress(const std::array<uint8_t, 16>& a);
+
+/// Why a link a source returned cannot be used, or nullopt when it can: an
+/// absolute http or https URL with a host; no bytes below 0x21 or 0x7f
+/// (spaces, CR, LF, controls must be percent-encoded); no `user:password@`
+/// unless `allowCredentials` (an http mount's own base_url); not a literal
+/// forbidden address; not one of `self`, the gateway's own "host:port"
+/// listen addresses (a wildcard address stands for loopback, 0.0.0.0 and
+/// localhost). Says what is wrong, never the URL's query (it may be signed).
+std::optional<std::string> linkProblem(std::string_view url, const std::vector<std::string>& self,
+                                       bool allowCredentials);
 
 // ---------------------------------------------------------------- signing
 // AList-compatible: sign = base64url_with_padding(HMAC-SHA256(secret,

@@ -3,6 +3,8 @@
 // the answer to a whole-body request but a refusal of Range to a piece; a 416
 // to bytes=0-0 is an empty object, to a piece a changed one.
 
+#include <cctype>
+
 #include "policy/policy.h"
 #include "policy/snake_name.h"
 
@@ -33,12 +35,34 @@ UpstreamJudgement byStatus(const UpstreamAnswer& a) {
     j.detail = "upstream: 404";
   } else if (st == 429 || st == 503) {
     j.verdict = V::Busy;
-  } else if (st >= 500) {
-    j.verdict = V::ServerError;
+  } else if (st >= 500 || st == 408) {
+    j.verdict = V::ServerError;  // 408: the server gave up on us; a new request may do
   } else {
-    j.verdict = V::BadStatus;
+    j.verdict = V::BadStatus;  // asking again gets the same answer
+    j.permanent = true;
   }
   return j;
+}
+
+/// A Content-Encoding that is not "identity" (codings are a list,
+/// case-insensitive; empty elements are allowed by the list syntax).
+bool encoded(std::string_view v) {
+  size_t i = 0;
+  while (i <= v.size()) {
+    size_t comma = v.find(',', i);
+    std::string_view item = v.substr(i, comma == std::string_view::npos ? std::string_view::npos : comma - i);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (!item.empty()) {
+      static constexpr std::string_view kIdentity = "identity";
+      if (item.size() != kIdentity.size()) return true;
+      for (size_t k = 0; k < item.size(); k++)
+        if (std::tolower(static_cast<unsigned char>(item[k])) != kIdentity[k]) return true;
+    }
+    if (comma == std::string_view::npos) break;
+    i = comma + 1;
+  }
+  return false;
 }
 
 UpstreamJudgement probe(const UpstreamAnswer& a) {
@@ -190,6 +214,14 @@ UpstreamJudgement classifyUpstream(const UpstreamAsk& ask, const UpstreamAnswer&
   UpstreamJudgement j = judge(ask, answer);
   if (j.verdict == V::Busy || j.verdict == V::ServerError)
     j.retryAfterMs = retryAfterMsOf(answer, nowUnixSeconds);
+  // We ask for identity: encoded bytes are not the object's bytes (a gzip
+  // body of "the right length" would be cached and served as the file).
+  if (answer.status >= 200 && answer.status < 300 && encoded(answer.contentEncoding)) {
+    j.verdict = V::BadAnswer;
+    j.permanent = true;
+    j.range = {};
+    j.detail = "Content-Encoding " + answer.contentEncoding + " (asked for identity)";
+  }
   return j;
 }
 

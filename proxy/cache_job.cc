@@ -105,7 +105,7 @@ void CacheJob::opened(const OpenResult& res) {
   }
   if (res.reason != policy::Reason::None) {
     state_ = State::Done;
-    sink_->fail(res.reason, res.detail);
+    sink_->fail(res.reason, res.detail, retryAfterHeaders(res.retryAfterS));
     return;
   }
   const store::ObjectMeta& m = reader_->meta();

@@ -34,7 +34,7 @@ Engine::Impl::Impl(event_base* b, const conf::Config& c, store::Store* s, const 
       links(c, sources, clk, stats),
       listings(c, sources, clk),
       graveyard(b),
-      ctx{b, c, clk, multi, links, s, stats, graveyard, poolOf, localRoots} {
+      ctx{b, c, clk, multi, links, s, stats, graveyard, poolOf, localRoots, trustOf} {
   unsigned char r[16];
   if (RAND_bytes(r, sizeof r) != 1) {
     // OpenSSL without entropy: the kernel's, through the standard library.
@@ -66,6 +66,8 @@ Transfer::Options Context::transferOptions(const Link& link, int mount) const {
   o.connectTimeoutMs = cfg.server.connectTimeoutMs;
   o.headerTimeoutMs = cfg.server.upstreamTimeoutMs;
   o.stallTimeoutMs = cfg.server.stallTimeoutMs;
+  o.minSpeed = cfg.server.minSpeed;
+  o.trust = trustOf[mount];
   return o;
 }
 
@@ -94,6 +96,23 @@ bool Engine::init(std::string* err) {
              "): accounts keep their rotating refresh tokens there";
       return false;
     }
+  }
+  // TLS trust sets, read once here (never on the loop per connection).
+  auto trust = [&](const std::string& file, int line, const std::string& section) {
+    std::string why;
+    int id = e.multi.trust().add(file, &why);
+    if (id < 0) *err = e.cfg.file + ":" + std::to_string(line) + ": [" + section + "] ca_file: " + why;
+    return id;
+  };
+  if (trust("", 0, "server") < 0 || trust(e.cfg.server.caFile, e.cfg.server.caFileLine, "server") < 0) return false;
+  for (const auto& a : e.cfg.accounts)
+    if (trust(a.caFile, a.caFileLine, "account " + a.name) < 0) return false;
+  for (const auto& m : e.cfg.mounts) {
+    if (trust(m.caFile, m.caFileLine, "mount " + m.name) < 0) return false;
+    const std::string* ca = &m.caFile;
+    if (ca->empty() && m.accountIndex >= 0) ca = &e.cfg.accounts[m.accountIndex].caFile;
+    if (ca->empty()) ca = &e.cfg.server.caFile;
+    e.trustOf.push_back(trust(*ca, 0, ""));
   }
   for (size_t i = 0; i < e.cfg.accounts.size(); i++) {
     e.accountPool.push_back(e.multi.admission().addPool(static_cast<int>(e.cfg.accounts[i].maxConnections)));
@@ -172,6 +191,13 @@ void Engine::stat(int mount, const std::string& rest, StatCb cb) {
 
 const Header& Engine::selfHeader() const { return impl_->ctx.self; }
 
+void Engine::setSelfAddresses(const std::vector<std::string>& hostPorts) {
+  impl_->self = hostPorts;
+  impl_->links.setSelf(hostPorts);
+}
+
+bool Engine::reloadTrust(std::string* err) { return impl_->multi.trust().reload(err); }
+
 std::unique_ptr<Job> Engine::start(const Request& req, Sink* sink) {
   Context& c = impl_->ctx;
   const conf::Mount& m = c.cfg.mounts[req.mountIndex];
@@ -197,6 +223,11 @@ Headers bodyHeaders(const ObjectInfo& info, const policy::RangeAnswer& a, const 
   if (!name.empty()) h.push_back({"Content-Disposition", policy::contentDisposition(name)});
   if (cache != CacheStatus::None) h.push_back({"X-Cache", cacheStatusName(cache)});
   return h;
+}
+
+Headers retryAfterHeaders(int64_t seconds) {
+  if (seconds < 0) return {};
+  return {{"Retry-After", std::to_string(seconds)}};
 }
 
 Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache) {

@@ -35,6 +35,7 @@ struct Context {
   Graveyard& graveyard;               // frees what leaves inside its own callback
   const std::vector<int>& poolOf;     // per mount: its connection pool
   const std::vector<int>& localRoots; // per mount: directory fd, or -1
+  const std::vector<int>& trustOf;    // per mount: its downloads' TLS trust set (TrustStores id)
   Fetcher* fetcher = nullptr;         // the block cache's fill; null without a store
   bool quiescing = false;             // shutting down: no new upstream work
   Header self;                        // on every download (see Engine::selfHeader)
@@ -61,6 +62,8 @@ struct Engine::Impl {
   std::vector<policy::SourceTraits> traits;
   std::vector<int> poolOf;                       // per mount: its connection pool
   std::vector<int> accountPool;                  // per account: the pool its mounts share
+  std::vector<int> trustOf;                      // per mount: TLS trust set of its downloads
+  std::vector<std::string> self;                 // the listen addresses, "host:port" as bound
   LinkCache links;
   ListingCache listings;
   Graveyard graveyard;
@@ -80,6 +83,8 @@ struct ObjectInfo {
 /// Content-Disposition, Accept-Ranges, X-Cache).
 Headers bodyHeaders(const ObjectInfo& info, const policy::RangeAnswer& answer,
                     const std::string& path, CacheStatus cache);
+/// `Retry-After: <s>` for a busy upstream's 503 (none when s < 0).
+Headers retryAfterHeaders(int64_t seconds);
 /// Headers of a 416 answer.
 Headers unsatisfiableHeaders(const ObjectInfo& info, CacheStatus cache);
 /// RFC 9110 IMF-fixdate.

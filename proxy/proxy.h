@@ -66,9 +66,10 @@ class Sink {
   /// The body is complete.
   virtual void finish() = 0;
   /// The response failed. Before headers: an error status with `reason`'s
-  /// text and `detail` in the body. After headers: the connection is closed,
-  /// so a short body is never taken for a complete one.
-  virtual void fail(policy::Reason reason, const std::string& detail) = 0;
+  /// text and `detail` in the body, and `extra` headers (a 503's
+  /// Retry-After). After headers: the connection is closed, so a short body
+  /// is never taken for a complete one.
+  virtual void fail(policy::Reason reason, const std::string& detail, const Headers& extra = {}) = 0;
   virtual bool headersSent() const = 0;
   /// For the access log: bytes received from upstream on this request's behalf.
   virtual void noteUpstreamBytes(uint64_t n) = 0;
@@ -153,6 +154,11 @@ struct StatResult {
 };
 using StatCb = std::function<void(const StatResult&)>;
 
+/// Every ca_file of `cfg` ([server], [account], [mount]) that cannot be read
+/// as PEM certificates, as "FILE:LINE: [SECTION] ca_file: why" (for `check`
+/// and the start).
+std::vector<std::string> caFileProblems(const conf::Config& cfg);
+
 /// What a mount's source needs (headers, client binding, a link at all), as
 /// policy's `auto` delivery wants to know it. No I/O: `explain` uses it too.
 policy::SourceTraits sourceTraits(const conf::Mount& m);
@@ -200,6 +206,16 @@ class Engine {
   /// this gateway itself (a link pointing back at it), and the front end
   /// refuses it.
   const Header& selfHeader() const;
+
+  /// The gateway's own listen addresses as bound ("127.0.0.1:8690"): a link
+  /// a source returns that points at one of them is refused (502
+  /// source_bad_link), never fetched or cached.
+  void setSelfAddresses(const std::vector<std::string>& hostPorts);
+
+  /// Reads every CA file of the TLS trust sets again (the system bundle and
+  /// each ca_file); a file that fails keeps its old certificates and `err`
+  /// names it. For SIGHUP.
+  bool reloadTrust(std::string* err);
 
   /// Stops scheduling new upstream work (shutdown); running fetches finish.
   void quiesce();

@@ -20,6 +20,11 @@ class RedirectJob final : public Job {
                      sink_->fail(res.reason, res.detail);
                      return;
                    }
+                   // Never a 302 without a Location the client can read.
+                   if (auto why = policy::linkProblem(res.link.url, {}, true)) {
+                     sink_->fail(policy::Reason::SourceBadLink, *why);
+                     return;
+                   }
                    Headers h = {{"Location", res.link.url},
                                 {"Referrer-Policy", "no-referrer"},
                                 {"Cache-Control", "no-store"},

@@ -33,6 +33,7 @@ class SizeJob final : public Job, public Transfer::Handler {
                  [this, alive](const ResolveResult& res) {
                    if (!alive || gone_) return;
                    if (res.reason != policy::Reason::None) return report(std::nullopt);
+                   linkSerial_ = res.link.serial;
                    Transfer::Options o = c_.transferOptions(res.link, req_.mountIndex);
                    o.range = policy::upstreamRange(policy::ByteRange{0, 1});
                    xfer_ = std::make_unique<Transfer>(c_.multi, std::move(o), this);
@@ -48,11 +49,19 @@ class SizeJob final : public Job, public Transfer::Handler {
   }
 
   bool onHeaders(Transfer& t) override {
-    size_ = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer(), c_.clock.wallSeconds()).total;  // bytes=0-0
+    // bytes=0-0. Only an answer we would fetch from says the size: an
+    // encoded body's Content-Range is not the object's (issue 9 #2), and
+    // any failure is "no size" at once (the delivery that follows has its
+    // own retries and errors).
+    policy::UpstreamJudgement v = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer(), c_.clock.wallSeconds());
+    using V = policy::UpstreamVerdict;
+    if (v.verdict == V::Ok || v.verdict == V::IgnoresRanges) size_ = v.total;
     return false;  // the headers are all we wanted
   }
   size_t onData(Transfer&, const char*, size_t) override { return 0; }
-  void onDone(Transfer&, const TransferResult&) override {
+  void onDone(Transfer&, const TransferResult& r) override {
+    if (policy::transportBlamesLink(r.failure))
+      c_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
     if (!gone_) report(size_);
   }
 
@@ -67,6 +76,7 @@ class SizeJob final : public Job, public Transfer::Handler {
   Request req_;
   Done done_;
   std::optional<uint64_t> size_;
+  uint64_t linkSerial_ = 0;
   std::unique_ptr<Transfer> xfer_;
   bool gone_ = false, reported_ = false;
   Lifeline life_;  // link resolutions may answer after the job is gone

@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "policy/policy.h"
+#include "proxy/proxy.h"
 #include "src/auth.h"
 #include "proxy/proxy.h"
 #include "store/store.h"
@@ -160,6 +161,10 @@ int check(const conf::Config& cfg) {
       errors.push_back("[server] state_dir: " + p);
   }
   for (const std::string& e : errors) fprintf(stderr, "%s: %s\n", cfg.file.c_str(), e.c_str());
+  // CA files are read as the gateway will read them (PEM certificates).
+  std::vector<std::string> caProblems = proxy::caFileProblems(cfg);
+  for (const std::string& e : caProblems) fprintf(stderr, "%s\n", e.c_str());
+  errors.insert(errors.end(), caProblems.begin(), caProblems.end());
   if (!errors.empty()) {
     fprintf(stderr, "slipstream: %zu error%s in %s\n", errors.size(), errors.size() == 1 ? "" : "s",
             cfg.file.c_str());

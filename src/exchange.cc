@@ -241,7 +241,7 @@ void Exchange::finish() {
   done(ExState::Done);
 }
 
-void Exchange::fail(policy::Reason r, const std::string& detail) {
+void Exchange::fail(policy::Reason r, const std::string& detail, const proxy::Headers& extra) {
   if (!running() || !conn_) return;
   entry_.reason = policy::reasonCode(r);
   if (!detail.empty()) {
@@ -252,7 +252,7 @@ void Exchange::fail(policy::Reason r, const std::string& detail) {
                      "id=" + std::to_string(id_) + " reason=" + entry_.reason +
                          " detail=" + conf::logValue(detail) + " path=" + conf::logValue(entry_.path));
   }
-  if (!headersSent_) return sendError(r, detail);
+  if (!headersSent_) return sendErrorWith(r, detail, extra);
   // The head is out: let what is queued reach the client, then close, so
   // it sees the status and a body it can tell is short.
   failure_ = r;

@@ -142,7 +142,7 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   void sendBody(evbuffer* data) override;
   size_t queued() const override;
   void finish() override;
-  void fail(policy::Reason reason, const std::string& detail) override;
+  void fail(policy::Reason reason, const std::string& detail, const proxy::Headers& extra = {}) override;
   bool headersSent() const override { return headersSent_; }
   void noteUpstreamBytes(uint64_t n) override { entry_.upstreamBytes += n; }
   void noteProgress(Progress p) override;

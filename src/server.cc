@@ -318,6 +318,10 @@ bool Server::start(std::string* err) {
                      "address=" + lis->name() + (l.tls ? " tls=on" : ""));
     s.listeners.push_back(std::move(lis));
   }
+  // Links a source returns that point back here are refused (issue 9 #12).
+  std::vector<std::string> self;
+  for (const auto& l : s.listeners) self.push_back(l->name());
+  s.engine.setSelfAddresses(self);
   return true;
 }
 

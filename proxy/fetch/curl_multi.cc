@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <charconv>
 #include <cstring>
@@ -13,6 +14,7 @@ namespace slip::proxy {
 
 CurlMulti::CurlMulti(event_base* base, int maxConnections, const Clock& clock)
     : base_(base),
+      clock_(clock),
       multi_(curl_multi_init()),
       timer_(base, [this] { action(CURL_SOCKET_TIMEOUT, 0); }),
       deferEv_(base, [this] { runDeferred(); }),
@@ -130,30 +132,6 @@ void CurlMulti::remove(Transfer* t) {
 
 namespace {
 
-// Upstream redirects may point anywhere; never let them reach link-local
-// networks or cloud metadata services (SPEC §10).
-bool forbiddenAddress(const sockaddr* sa) {
-  if (sa->sa_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-    uint32_t a = ntohl(in->sin_addr.s_addr);
-    return (a >> 16) == 0xA9FE;  // 169.254.0.0/16, incl. 169.254.169.254
-  }
-  if (sa->sa_family == AF_INET6) {
-    auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    const uint8_t* b = in6->sin6_addr.s6_addr;
-    if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return true;  // fe80::/10
-    static const uint8_t kEc2[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54};
-    if (memcmp(b, kEc2, 16) == 0) return true;  // fd00:ec2::254
-    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return b[12] == 169 && b[13] == 254;
-  }
-  return false;
-}
-
-curl_socket_t openSocket(void*, curlsocktype, curl_sockaddr* addr) {
-  if (forbiddenAddress(&addr->addr)) return CURL_SOCKET_BAD;
-  return socket(addr->family, addr->socktype, addr->protocol);
-}
-
 std::string lower(std::string_view s) {
   std::string r(s);
   for (auto& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -169,11 +147,31 @@ std::string_view trimmed(std::string_view s) {
 
 }  // namespace
 
+// Upstream links and redirects may point anywhere; never let them reach
+// link-local networks or cloud metadata services (SPEC §10).
+curl_socket_t Transfer::openSocket(void* self, curlsocktype, curl_sockaddr* addr) {
+  std::array<uint8_t, 16> a{};
+  if (addr->family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&addr->addr);
+    a[10] = a[11] = 0xff;
+    memcpy(&a[12], &in->sin_addr, 4);
+  } else if (addr->family == AF_INET6) {
+    memcpy(a.data(), &reinterpret_cast<const sockaddr_in6*>(&addr->addr)->sin6_addr, 16);
+  }
+  if ((addr->family == AF_INET || addr->family == AF_INET6) && policy::forbiddenAddress(a)) {
+    static_cast<Transfer*>(self)->forbiddenHit_ = true;
+    return CURL_SOCKET_BAD;
+  }
+  return socket(addr->family, addr->socktype, addr->protocol);
+}
+
 Transfer::Transfer(CurlMulti& multi, Options opts, Handler* handler)
     : multi_(multi),
       opts_(std::move(opts)),
       handler_(handler),
-      headerTimer_(multi.base(), [this] { onHeaderTimeout(); }) {
+      headerTimer_(multi.base(), [this] { onHeaderTimeout(); }),
+      speedTimer_(multi.base(), [this] { onSpeedCheck(); }),
+      speed_(opts_.stallTimeoutMs, opts_.minSpeed) {
   easy_ = curl_easy_init();
   curl_easy_setopt(easy_, CURLOPT_URL, opts_.url.c_str());
   curl_easy_setopt(easy_, CURLOPT_PRIVATE, this);
@@ -184,16 +182,20 @@ Transfer::Transfer(CurlMulti& multi, Options opts, Handler* handler)
   curl_easy_setopt(easy_, CURLOPT_BUFFERSIZE, 64L * 1024);
   curl_easy_setopt(easy_, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(easy_, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.connectTimeoutMs));
-  long stallSec = static_cast<long>((opts_.stallTimeoutMs + 999) / 1000);
-  curl_easy_setopt(easy_, CURLOPT_LOW_SPEED_LIMIT, 1L);
-  curl_easy_setopt(easy_, CURLOPT_LOW_SPEED_TIME, stallSec < 1 ? 1L : stallSec);
+  // A slow body is judged by our speed check (onSpeedCheck), not curl's
+  // low-speed limit, which a trickle of a few bytes a second satisfies.
   curl_easy_setopt(easy_, CURLOPT_PROTOCOLS_STR, "http,https");
+  // The bytes as stored: never decoded (we ask for identity; an encoded
+  // answer is a bad_answer, policy::classifyUpstream).
+  curl_easy_setopt(easy_, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+  multi_.trust().apply(easy_, opts_.trust);
   if (opts_.followRedirects) {
     curl_easy_setopt(easy_, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(easy_, CURLOPT_MAXREDIRS, 5L);
     curl_easy_setopt(easy_, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   }
-  curl_easy_setopt(easy_, CURLOPT_OPENSOCKETFUNCTION, &openSocket);
+  curl_easy_setopt(easy_, CURLOPT_OPENSOCKETFUNCTION, &Transfer::openSocket);
+  curl_easy_setopt(easy_, CURLOPT_OPENSOCKETDATA, this);
   curl_easy_setopt(easy_, CURLOPT_HEADERFUNCTION, &Transfer::onHeaderLine);
   curl_easy_setopt(easy_, CURLOPT_HEADERDATA, this);
   curl_easy_setopt(easy_, CURLOPT_WRITEFUNCTION, &Transfer::onBody);
@@ -207,7 +209,9 @@ Transfer::Transfer(CurlMulti& multi, Options opts, Handler* handler)
     std::string line = h.name + ": " + h.value;
     slist_ = curl_slist_append(slist_, line.c_str());
   }
-  if (slist_) curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, slist_);
+  // Sources cannot set it (conf::headerProblem refuses Accept-Encoding).
+  slist_ = curl_slist_append(slist_, "Accept-Encoding: identity");
+  curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, slist_);
 }
 
 Transfer::~Transfer() {
@@ -271,6 +275,7 @@ void Transfer::resume() {
 void Transfer::cancel() {
   cancelled_ = true;
   headerTimer_.cancel();
+  speedTimer_.cancel();
   releaseSlot(added_);
   if (added_) {
     if (multi_.insideCurl()) {
@@ -288,14 +293,82 @@ void Transfer::cancel() {
 void Transfer::finished(CURLcode code) {
   multi_.remove(this);
   headerTimer_.cancel();
+  speedTimer_.cancel();
   releaseSlot(code != CURLE_OK);
   if (cancelled_) return;  // the owner already knows
   TransferResult r;
   r.code = code;
-  if (code != CURLE_OK) r.error = errbuf_[0] ? errbuf_ : curl_easy_strerror(code);
-  r.timedOut = headerTimedOut_ || code == CURLE_OPERATION_TIMEDOUT;
-  if (headerTimedOut_) r.error = "no response headers within the upstream timeout";
+  r.failure = failureOf(code);
+  if (code != CURLE_OK) {
+    std::string what = errbuf_[0] ? errbuf_ : curl_easy_strerror(code);
+    if (headerTimedOut_) what = "no response headers within the upstream timeout";
+    if (stalled_)
+      what = "the body stalled: " + std::to_string(speed_.windowBytes()) + " bytes in the last " +
+             std::to_string(speed_.windowMs()) + " ms (min_speed " + std::to_string(opts_.minSpeed) + " B/s)";
+    if (forbiddenHit_) what = "refused to connect to a link-local or metadata address (" + what + ")";
+    if (oversized_) what = "response headers larger than " + std::to_string(kMaxResponseHeaders) + " bytes";
+    r.error = hostOfUrl() + ": " + what;
+  }
+  r.timedOut = r.failure == policy::TransportFailure::Timeout || r.failure == policy::TransportFailure::Stalled;
   handler_->onDone(*this, r);  // may destroy *this
+}
+
+policy::TransportFailure Transfer::failureOf(CURLcode code) const {
+  using F = policy::TransportFailure;
+  if (code == CURLE_OK) return F::None;
+  if (headerTimedOut_) return F::Timeout;
+  if (stalled_) return F::Stalled;
+  if (oversized_) return F::BadResponse;
+  if (forbiddenHit_) return F::ForbiddenAddress;
+  if (aborted_) return F::None;  // a handler stopped it: its own verdict says why
+  switch (code) {
+    case CURLE_OPERATION_TIMEDOUT: return F::Timeout;
+    case CURLE_COULDNT_CONNECT: return F::Refused;
+    case CURLE_COULDNT_RESOLVE_HOST: return F::UnknownHost;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_USE_SSL_FAILED: return F::Tls;
+    case CURLE_UNSUPPORTED_PROTOCOL:
+      // A redirect to file:// and friends, or an answer that is not HTTP
+      // (HTTP/0.9, a status code that is not three digits).
+      return status_ >= 300 && status_ < 400 && !header("location").empty() ? F::ForbiddenScheme
+                                                                             : F::BadResponse;
+    case CURLE_TOO_MANY_REDIRECTS: return F::TooManyRedirects;
+    case CURLE_URL_MALFORMAT: return F::BadUrl;
+    case CURLE_WEIRD_SERVER_REPLY: return F::BadResponse;
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM: return F::Reset;
+    default: return F::Other;
+  }
+}
+
+/// The host (and port) the transfer last talked to, for error messages:
+/// the redirect target's when it has one, else the link's. Never the
+/// credentials, the path or the query (a signed link's secret).
+std::string Transfer::hostOfUrl() const {
+  auto hostOf = [](std::string_view u) -> std::string {
+    size_t s = u.find("://");
+    if (s == std::string_view::npos) return "";
+    u.remove_prefix(s + 3);
+    u = u.substr(0, u.find_first_of("/?#"));
+    if (size_t at = u.rfind('@'); at != std::string_view::npos) u.remove_prefix(at + 1);
+    return conf::printable(u);
+  };
+  const char* eff = nullptr;
+  curl_easy_getinfo(easy_, CURLINFO_EFFECTIVE_URL, &eff);
+  std::string h = eff ? hostOf(eff) : "";
+  if (h.empty()) h = hostOf(opts_.url);
+  return h.empty() ? "upstream" : h;
 }
 
 void Transfer::onHeaderTimeout() {
@@ -304,11 +377,30 @@ void Transfer::onHeaderTimeout() {
   finished(CURLE_OPERATION_TIMEDOUT);
 }
 
+/// Loop timer: judges the body's throughput; a trickle is cut (Stalled) and
+/// the owner retries from the byte reached.
+void Transfer::onSpeedCheck() {
+  if (!added_ || cancelled_) return;
+  bool held = heldSinceCheck_ || paused_;
+  heldSinceCheck_ = paused_;
+  if (speed_.tooSlow(multi_.clock().monoMs(), bodyBytes_, held)) {
+    stalled_ = true;
+    finished(CURLE_OPERATION_TIMEDOUT);  // may destroy *this
+    return;
+  }
+  speedTimer_.armMs(std::clamp<int64_t>(opts_.stallTimeoutMs / 8, 50, 2000));
+}
+
 size_t Transfer::onHeaderLine(char* p, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
   size_t len = size * n;
   std::string_view line(p, len);
   if (t->aborted_ || t->cancelled_) return 0;
+  t->headerBytes_ += len;
+  if (t->headerBytes_ > kMaxResponseHeaders) {
+    t->oversized_ = true;
+    return 0;
+  }
   if (line.starts_with("HTTP/")) {
     // A new response begins (the first, or after a redirect / 1xx).
     t->respHeaders_.clear();
@@ -332,6 +424,8 @@ size_t Transfer::onHeaderLine(char* p, size_t size, size_t n, void* ud) {
       t->aborted_ = true;
       return 0;
     }
+    t->speed_.tooSlow(t->multi_.clock().monoMs(), 0, true);  // the window starts now
+    t->speedTimer_.armMs(std::clamp<int64_t>(t->opts_.stallTimeoutMs / 8, 50, 2000));
     return len;
   }
   auto colon = tl.find(':');
@@ -350,9 +444,11 @@ size_t Transfer::onBody(char* p, size_t size, size_t n, void* ud) {
   size_t r = t->handler_->onData(*t, p, len);
   if (r == kPause) {
     t->paused_ = true;
+    t->heldSinceCheck_ = true;
     return CURL_WRITEFUNC_PAUSE;
   }
   if (r != len) t->aborted_ = true;
+  t->bodyBytes_ += r;
   return r;
 }
 
@@ -381,6 +477,17 @@ policy::UpstreamAnswer Transfer::answer() const {
   a.contentEncoding = header("content-encoding");
   a.retryAfter = header("retry-after");
   return a;
+}
+
+Transfer::Options apiCallOptions(CurlMulti& multi, const conf::Server& s, const std::string& caFile) {
+  Transfer::Options o;
+  o.connectTimeoutMs = s.connectTimeoutMs;
+  o.headerTimeoutMs = s.upstreamTimeoutMs;
+  o.stallTimeoutMs = s.stallTimeoutMs;
+  o.minSpeed = s.minSpeed;
+  std::string ignored;  // the engine read every ca_file at start: this finds its set
+  o.trust = std::max(0, multi.trust().add(caFile.empty() ? s.caFile : caFile, &ignored));
+  return o;
 }
 
 }  // namespace slip::proxy

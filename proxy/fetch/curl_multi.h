@@ -21,6 +21,7 @@
 
 #include "conf/loop.h"
 #include "proxy/fetch/admission.h"
+#include "proxy/fetch/trust.h"
 #include "proxy/proxy.h"
 
 namespace slip::proxy {
@@ -46,6 +47,9 @@ class CurlMulti {
   /// The connection pools every download transfer is admitted through.
   Admission& admission() { return admission_; }
   const Admission& admission() const { return admission_; }
+  /// The TLS trust sets (Transfer::Options::trust names one).
+  TrustStores& trust() { return trust_; }
+  const Clock& clock() const { return clock_; }
 
  private:
   friend class Transfer;
@@ -59,6 +63,8 @@ class CurlMulti {
   static void onEvent(evutil_socket_t fd, short kind, void* arg);
 
   event_base* base_;
+  const Clock& clock_;
+  TrustStores trust_;  // before multi_: handles may use its share until the multi is gone
   CURLM* multi_;
   std::unordered_map<curl_socket_t, EventPtr> sockets_;  // one event per socket curl watches
   Timer timer_;       // CURLMOPT_TIMERFUNCTION's timer
@@ -73,8 +79,12 @@ class CurlMulti {
 /// What a finished transfer reports.
 struct TransferResult {
   CURLcode code = CURLE_OK;
-  std::string error;        // curl's message when code != OK
+  std::string error;        // "<host>: <what went wrong>" when code != OK
   bool timedOut = false;    // stalled or no headers in time
+  /// What failed below HTTP (policy's transport table: permanent or not,
+  /// whether the link is to blame, the client's reason). None when code is
+  /// OK, and when a handler callback aborted the transfer itself.
+  policy::TransportFailure failure = policy::TransportFailure::None;
 };
 
 /// One upstream HTTP request. Not copyable; owned by whoever started it.
@@ -88,10 +98,18 @@ class Transfer {
     std::string postBody;            // non-empty → POST with this body
     int64_t connectTimeoutMs = 10'000;
     int64_t headerTimeoutMs = 30'000;  // request sent → response headers
-    int64_t stallTimeoutMs = 30'000;   // no bytes for this long → fail
+    /// The body is judged by policy::SpeedWindow: fewer than minSpeed bytes/s
+    /// over the last stallTimeoutMs (time we held it paused excluded) → cut,
+    /// TransportFailure::Stalled.
+    int64_t stallTimeoutMs = 30'000;
+    int64_t minSpeed = 1024;
     bool followRedirects = true;
     int pool = -1;                     // Admission::addPool id; -1 = no cap
+    int trust = 0;                     // TrustStores id; 0 = the system bundle
   };
+  /// Response headers larger than this (all lines of the final response
+  /// and the ones before it) are not HTTP we accept: BadResponse.
+  static constexpr size_t kMaxResponseHeaders = 64 * 1024;
   /// Return values of the data callback besides "consumed n".
   static constexpr size_t kPause = CURL_WRITEFUNC_PAUSE;
   struct Handler {
@@ -137,6 +155,10 @@ class Transfer {
   /// Gives the pool slot back (if held) and leaves the pool's queue.
   void releaseSlot(bool cutOff);
   void onHeaderTimeout();
+  void onSpeedCheck();
+  policy::TransportFailure failureOf(CURLcode code) const;
+  std::string hostOfUrl() const;
+  static curl_socket_t openSocket(void* self, curlsocktype purpose, curl_sockaddr* addr);
 
   CurlMulti& multi_;
   Options opts_;
@@ -144,6 +166,11 @@ class Transfer {
   CURL* easy_ = nullptr;
   curl_slist* slist_ = nullptr;
   Timer headerTimer_;
+  Timer speedTimer_;          // judges the body's throughput once headers are in
+  policy::SpeedWindow speed_;
+  uint64_t bodyBytes_ = 0;    // handed to the handler
+  bool heldSinceCheck_ = false;  // paused at some point since the last speed check
+  size_t headerBytes_ = 0;
   Lifeline life_;     // deferred work skips a transfer destroyed meanwhile
   uint64_t ticket_ = 0;  // its id in the Admission
   char errbuf_[CURL_ERROR_SIZE] = {};
@@ -153,10 +180,18 @@ class Transfer {
   bool aborted_ = false;    // a handler callback asked to stop: onDone follows
   bool cancelled_ = false;  // the owner stopped it: no onDone
   bool headerTimedOut_ = false;
+  bool stalled_ = false;         // cut by the speed check
+  bool forbiddenHit_ = false;    // curl wanted to connect to a forbidden address
+  bool oversized_ = false;       // response headers over kMaxResponseHeaders
   bool waiting_ = false;    // queued in its pool
   bool holdsSlot_ = false;  // counted in its pool's running
   int status_ = 0;
   std::vector<std::pair<std::string, std::string>> respHeaders_;
 };
+
+/// Options for a call to a source's API (AList, the Open API): the
+/// server's timeouts and speed floor, and the trust set of `caFile` (the
+/// mount's or account's; "" = [server] ca_file).
+Transfer::Options apiCallOptions(CurlMulti& multi, const conf::Server& s, const std::string& caFile);
 
 }  // namespace slip::proxy

@@ -237,6 +237,13 @@ void Fill::ensureLink(Object* o) {
   });
 }
 
+void Fill::linkFailed(Object* o, uint64_t serial) {
+  ctx.links.invalidate(o->mount, o->rest, o->client, serial);
+  if (o->haveLink && o->link.serial == serial) o->haveLink = false;
+  conf::Log::write(conf::LogLevel::Info, "link_failed",
+                   "path=" + conf::logValue(o->path) + " serial=" + std::to_string(serial) + " action=forget");
+}
+
 /// The upstream refused link `serial` (401/403/410). Re-resolves once; a
 /// second refusal in a row (of the link we re-resolved to) is final.
 bool Fill::linkDenied(Object* o, uint64_t serial) {

@@ -30,6 +30,7 @@ struct OpenResult {
   policy::Reason reason = policy::Reason::None;
   std::string detail;
   bool uncacheable = false;  // stream it instead (the upstream gives no length)
+  int64_t retryAfterS = -1;  // a busy upstream: the Retry-After for the client's 503
 };
 
 /// One client response's handle on one object of the block cache.

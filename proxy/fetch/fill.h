@@ -55,10 +55,12 @@ struct Piece final : Transfer::Handler {
   uint64_t linkSerial = 0;
   std::unique_ptr<Transfer> xfer;
   std::unique_ptr<Timer> retry;
+  uint64_t receivedAtStart = 0;  // `received` when the current attempt started
+  int64_t firstFailMs = 0;       // monotonic: first failure since the piece last made progress
   // What onHeaders found, acted on in onDone (outside curl).
   std::optional<policy::UpstreamVerdict> verdict;
   std::string detail;
-  int64_t retryAfterMs = -1;
+  std::optional<policy::FetchFailure> failure;  // a verdict that is retried or fails the block
 
   bool onHeaders(Transfer& t) override;
   size_t onData(Transfer& t, const char* p, size_t n) override;
@@ -90,6 +92,7 @@ struct WholeStream final : Transfer::Handler {
   uint64_t offset = 0;       // object offset of the next byte from upstream
   bool changed = false;      // the upstream's length or ETag differ from the object's
   bool cacheFailed = false;  // a block could not be opened in the store
+  std::optional<policy::FetchFailure> failure;  // another verdict that is not ok
   std::string detail;
 
   bool onHeaders(Transfer& t) override;
@@ -106,12 +109,11 @@ struct ProbeCall final : Transfer::Handler {
   uint64_t linkSerial = 0;
   // What onHeaders found.
   bool ok = false;
-  policy::Reason reason = policy::Reason::None;
-  std::string detail;
   bool denied = false;
-  bool retry = false;
+  bool gone = false;
   bool uncacheable = false;
-  int64_t retryAfterMs = -1;
+  std::optional<policy::FetchFailure> failure;  // busy, server error, bad status or answer
+  std::string detail;
   store::ObjectMeta meta;
 
   bool onHeaders(Transfer& t) override;
@@ -144,10 +146,13 @@ struct Object {
   // probe
   std::unique_ptr<ProbeCall> probe;
   int probeAttempts = 0;
+  int64_t probeFirstFailMs = 0;  // monotonic: the first of the failed attempts in a row
   std::unique_ptr<Timer> probeTimer;
   // whole-body stream (upstream ignores Range)
   std::unique_ptr<WholeStream> whole;
   int wholeAttempts = 0;
+  int64_t wholeFirstFailMs = 0;  // monotonic: first failure since the stream last made progress
+  uint64_t wholeOffsetAtStart = 0;  // the furthest a whole stream got (progress restarts the bound)
   int64_t wholeRetryAtMs = 0;  // monotonic
   Lifeline life;               // link resolutions check it
 
@@ -184,6 +189,10 @@ class Fill {
   void ensureLink(Object* o);
   bool linkUsable(const Object* o) const;
   bool linkDenied(Object* o, uint64_t serial);
+  /// The transfer on link `serial` failed in a way that blames the link
+  /// itself (policy::transportBlamesLink): forget it, so the next request
+  /// resolves the path again instead of failing the same way.
+  void linkFailed(Object* o, uint64_t serial);
   void waitFor(BlockReader* r, uint32_t idx);
   void wakeBlock(Block* b);
   void wakeStalled(Object* o);

@@ -41,19 +41,10 @@ bool ProbeCall::onHeaders(Transfer& t) {
       denied = true;
       return false;
     case V::Gone:
-      reason = Reason::NotFound;
+      gone = true;
       return false;
-    case V::Busy:
-    case V::ServerError:
-      retry = true;
-      retryAfterMs = v.retryAfterMs;
-      reason = Reason::UpstreamStatus;
-      return false;
-    case V::BadAnswer:
-      reason = Reason::UpstreamBadResponse;
-      return false;
-    default:
-      reason = Reason::UpstreamStatus;
+    default:  // busy, server error, bad status or answer: the retry decision says
+      failure = policy::fetchFailure(v);
       return false;
   }
   ok = true;
@@ -91,6 +82,7 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
   const ProbeCall& p = *pc;
   graveyard_.bury(std::move(pc));
   sweepSoon();
+  if (p.ok) o->probeAttempts = 0;
   if (p.ok && p.uncacheable) {
     o->reResolvedFrom = 0;
     finishOpen(o, {Reason::None, "", true});
@@ -137,32 +129,39 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
     if (o->haveLink && !o->probe) startProbe(o);
     return;
   }
-  bool retryable = p.retry || (p.reason == Reason::None && !p.denied);
-  if (retryable && ++o->probeAttempts < policy::kFetchAttempts) {
-    int64_t delay =
-        p.retryAfterMs >= 0 ? p.retryAfterMs : policy::backoffDelayMs(policy::kFetchBackoff, o->probeAttempts);
-    ctx.stats.retries++;
-    // Logged before the timer is armed: the retry cannot reach the upstream
-    // before this line is written (the integration tests rely on that order).
-    conf::Log::write(conf::LogLevel::Info, "probe_retry",
-                     "path=" + conf::logValue(o->path) + " attempt=" + std::to_string(o->probeAttempts) +
-                         " delay_ms=" + std::to_string(delay) +
-                         " cause=" + conf::logValue(!p.detail.empty() ? p.detail : r.error));
-    if (!o->probeTimer) o->probeTimer = std::make_unique<Timer>(ctx.base, [this, o] { startProbe(o); });
-    o->probeTimer->armMs(delay);
-    return;
+  Reason reason = p.denied ? Reason::UpstreamDenied : Reason::NotFound;
+  int64_t retryAfterS = -1;
+  std::string detail = !p.detail.empty() ? p.detail : r.error;
+  if (!p.denied && !p.gone) {
+    // One decision for every path (policy::retryDecision): permanent
+    // failures answer at once, the rest retry within the wait bound.
+    auto t = r.failure == policy::TransportFailure::None ? policy::TransportFailure::Other : r.failure;
+    policy::FetchFailure f = p.failure ? *p.failure : policy::fetchFailure(t);
+    if (!p.failure && policy::transportBlamesLink(r.failure)) linkFailed(o, p.linkSerial);
+    int64_t now = ctx.clock.monoMs();
+    if (o->probeAttempts == 0) o->probeFirstFailMs = now;
+    policy::RetryDecision d = policy::retryDecision(f, ++o->probeAttempts, now - o->probeFirstFailMs);
+    if (d.retry) {
+      ctx.stats.retries++;
+      // Logged before the timer is armed: the retry cannot reach the upstream
+      // before this line is written (the integration tests rely on that order).
+      conf::Log::write(conf::LogLevel::Info, "probe_retry",
+                       "path=" + conf::logValue(o->path) + " attempt=" + std::to_string(o->probeAttempts) +
+                           " delay_ms=" + std::to_string(d.delayMs) + " cause=" + conf::logValue(detail));
+      if (!o->probeTimer) o->probeTimer = std::make_unique<Timer>(ctx.base, [this, o] { startProbe(o); });
+      o->probeTimer->armMs(d.delayMs);
+      return;
+    }
+    reason = d.reason;
+    retryAfterS = d.retryAfterS;
   }
   o->probeAttempts = 0;
-  Reason reason = p.denied                   ? Reason::UpstreamDenied
-                  : p.reason != Reason::None ? p.reason
-                  : r.timedOut               ? Reason::UpstreamTimeout
-                                             : Reason::UpstreamConnect;
-  std::string detail = !p.detail.empty() ? p.detail : r.error;
   ctx.stats.upstreamErrors++;
   // Stale-if-error: a stored copy is better than an error when the upstream
   // is merely unreachable; a 404 or a refusal is an answer, not an outage.
-  if (o->hasMeta &&
-      (reason == Reason::UpstreamConnect || reason == Reason::UpstreamTimeout || reason == Reason::UpstreamStatus)) {
+  if (o->hasMeta && (reason == Reason::UpstreamConnect || reason == Reason::UpstreamTimeout ||
+                     reason == Reason::UpstreamStatus || reason == Reason::UpstreamReset ||
+                     reason == Reason::UpstreamBusy || reason == Reason::UpstreamTls)) {
     conf::Log::write(conf::LogLevel::Warn, "revalidate_failed",
                      "path=" + conf::logValue(o->path) + " reason=" + policy::reasonCode(reason) +
                          " detail=" + conf::logValue(detail) + " action=serve_stored");
@@ -174,7 +173,7 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
     store.invalidate(o->key, o->meta.generation);
     o->hasMeta = false;
   }
-  finishOpen(o, {reason, detail, false});
+  finishOpen(o, {reason, detail, false, retryAfterS});
 }
 
 }  // namespace slip::proxy

@@ -138,7 +138,8 @@ void Fill::startPiece(Piece* p) {
   opts.range = policy::upstreamRange({p->begin + p->received, p->end});
   p->verdict.reset();
   p->detail.clear();
-  p->retryAfterMs = -1;
+  p->failure.reset();
+  p->receivedAtStart = p->received;
   p->linkSerial = o->link.serial;
   p->xfer = std::make_unique<Transfer>(ctx.multi, std::move(opts), p);
   p->state = PieceState::Running;
@@ -158,8 +159,7 @@ bool Piece::onHeaders(Transfer& t) {
   if (v.verdict == policy::UpstreamVerdict::Ok) return true;
   verdict = v.verdict;
   detail = v.detail;
-  // Only 429/503 say when to come back; other failures back off.
-  retryAfterMs = v.verdict == policy::UpstreamVerdict::Busy ? v.retryAfterMs : -1;
+  failure = policy::fetchFailure(v);  // used unless pieceVerdict acts on the verdict itself
   return false;
 }
 
@@ -211,20 +211,27 @@ void Fill::pieceFinished(Piece* p, const TransferResult& r) {
     maybeCommit(b);
     return;
   }
-  std::string detail = p->detail;
+  std::string detail = !p->detail.empty() ? p->detail : r.error;
   if (pieceVerdict(p, detail)) return;
   ctx.stats.upstreamErrors++;
-  if (++p->attempts >= policy::kFetchAttempts) {
-    failBlock(b, r.timedOut ? Reason::UpstreamTimeout : Reason::UpstreamReset, !detail.empty() ? detail : r.error);
+  // One decision for every path (policy::retryDecision). A trickle cut by
+  // the speed check (Stalled) or a dropped connection resumes from the byte
+  // reached; progress restarts the wait bound's clock.
+  auto t = r.failure == policy::TransportFailure::None ? policy::TransportFailure::Other : r.failure;
+  policy::FetchFailure f = p->failure ? *p->failure : policy::fetchFailure(t);
+  if (!p->failure && policy::transportBlamesLink(r.failure)) linkFailed(o, p->linkSerial);
+  int64_t now = ctx.clock.monoMs();
+  if (p->attempts == 0 || p->received > p->receivedAtStart) p->firstFailMs = now;
+  policy::RetryDecision d = policy::retryDecision(f, ++p->attempts, now - p->firstFailMs);
+  if (!d.retry) {
+    failBlock(b, d.reason, detail);
     return;
   }
-  int64_t delay =
-      p->retryAfterMs >= 0 ? p->retryAfterMs : policy::backoffDelayMs(policy::kFetchBackoff, p->attempts);
   logf(conf::LogLevel::Info, "piece_retry",
        "path=" + conf::logValue(o->path) + " block=" + std::to_string(b->idx) +
            " from=" + std::to_string(p->begin + p->received) + " attempt=" + std::to_string(p->attempts) +
-           " delay_ms=" + std::to_string(delay) + " cause=" + conf::logValue(!detail.empty() ? detail : r.error));
-  retryPiece(p, delay);
+           " delay_ms=" + std::to_string(d.delayMs) + " cause=" + conf::logValue(detail));
+  retryPiece(p, d.delayMs);
 }
 
 /// Acts on what a piece's answer said (changed, gone, no ranges, denied).
@@ -316,7 +323,8 @@ bool WholeStream::onHeaders(Transfer& t) {
   ask.etag = obj.meta.etag;
   policy::UpstreamJudgement v = policy::classifyUpstream(ask, t.answer(), fill.ctx.clock.wallSeconds());
   if (v.verdict == policy::UpstreamVerdict::Ok) return true;
-  changed = v.verdict == policy::UpstreamVerdict::Changed;  // anything else is retried
+  changed = v.verdict == policy::UpstreamVerdict::Changed;
+  if (!changed) failure = policy::fetchFailure(v);  // the retry decision says
   detail = v.detail;
   return false;
 }
@@ -385,10 +393,15 @@ void Fill::wholeFinished(Object* o, const TransferResult& r) {
   bool complete = r.code == CURLE_OK && w->offset == o->meta.size;
   if (!complete && !o->readers.empty()) {
     ctx.stats.upstreamErrors++;
-    if (++o->wholeAttempts >= policy::kFetchAttempts)
-      return kill(o, r.timedOut ? Reason::UpstreamTimeout : Reason::UpstreamReset,
-                  !w->detail.empty() ? w->detail : r.error);
-    o->wholeRetryAtMs = ctx.clock.monoMs() + policy::backoffDelayMs(policy::kFetchBackoff, o->wholeAttempts);
+    auto t = r.failure == policy::TransportFailure::None ? policy::TransportFailure::Other : r.failure;
+    policy::FetchFailure f = w->failure ? *w->failure : policy::fetchFailure(t);
+    if (!w->failure && policy::transportBlamesLink(r.failure)) linkFailed(o, o->link.serial);
+    int64_t now = ctx.clock.monoMs();
+    if (o->wholeAttempts == 0 || w->offset > o->wholeOffsetAtStart) o->wholeFirstFailMs = now;  // got further
+    o->wholeOffsetAtStart = std::max(o->wholeOffsetAtStart, w->offset);
+    policy::RetryDecision d = policy::retryDecision(f, ++o->wholeAttempts, now - o->wholeFirstFailMs);
+    if (!d.retry) return kill(o, d.reason, !w->detail.empty() ? w->detail : r.error);
+    o->wholeRetryAtMs = now + d.delayMs;
     ctx.stats.retries++;
     kickAt(o->wholeRetryAtMs);
     return;

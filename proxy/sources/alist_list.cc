@@ -62,15 +62,12 @@ struct AlistLister::Call final : Transfer::Handler {
   void ask() {
     std::string api = mount.url;
     while (!api.empty() && api.back() == '/') api.pop_back();
-    Transfer::Options o;
+    Transfer::Options o = apiCallOptions(multi, server, mount.caFile);
     o.url = api + "/api/fs/list";
     o.postBody = replies::dumpJson(json{
         {"path", path}, {"password", ""}, {"page", page}, {"per_page", kAlistPerPage}, {"refresh", false}});
     o.headers.push_back({"Content-Type", "application/json"});
     o.headers.push_back({"Authorization", mount.token});
-    o.connectTimeoutMs = server.connectTimeoutMs;
-    o.headerTimeoutMs = server.upstreamTimeoutMs;
-    o.stallTimeoutMs = server.stallTimeoutMs;
     body.clear();
     xfer = std::make_unique<Transfer>(multi, std::move(o), this);  // frees the last page's (from its onDone: allowed)
     xfer->start();

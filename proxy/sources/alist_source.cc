@@ -56,7 +56,7 @@ class AlistSource : public Source {
     }
     auto owned = std::make_unique<Call>(this, std::move(cb));
     Call* call = owned.get();
-    Transfer::Options o;
+    Transfer::Options o = apiCallOptions(multi_, server_, mount_.caFile);
     o.url = api_;
     o.postBody = replies::dumpJson(nlohmann::json{{"path", path}});
     o.headers.push_back({"Content-Type", "application/json"});
@@ -67,9 +67,6 @@ class AlistSource : public Source {
       o.headers.push_back({"X-Forwarded-For", client.address});
       o.headers.push_back({"X-Real-IP", client.address});
     }
-    o.connectTimeoutMs = server_.connectTimeoutMs;
-    o.headerTimeoutMs = server_.upstreamTimeoutMs;
-    o.stallTimeoutMs = server_.stallTimeoutMs;
     call->transfer = std::make_unique<Transfer>(multi_, std::move(o), call);
     calls_[call] = std::move(owned);
     call->transfer->start();

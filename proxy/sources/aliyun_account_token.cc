@@ -76,6 +76,7 @@ void Account::startHelper() {
               {"client_id", a_.clientId},
               {"client_secret", a_.clientSecret},
               {"connect_timeout_ms", cfg_.server.connectTimeoutMs},
+              {"ca_file", a_.caFile.empty() ? cfg_.server.caFile : a_.caFile},
               {"stale_access_token", accessToken_},
               {"log_level", conf::Log::enabled(conf::LogLevel::Debug) ? "debug" : "info"}};
   if (!unsavedRefresh_.empty()) req["refresh_token"] = unsavedRefresh_;

@@ -78,14 +78,11 @@ void Account::call(Gate& g, const std::string& path, json body, ApiCb cb, int at
       ApiCall* c = owned.get();
       c->acct = this;
       c->token = accessToken_;
-      Transfer::Options o;
+      Transfer::Options o = apiCallOptions(multi_, cfg_.server, a_.caFile);
       o.url = api_ + path;
       o.postBody = replies::dumpJson(body);
       o.headers.push_back({"Content-Type", "application/json"});
       o.headers.push_back({"Authorization", "Bearer " + accessToken_});
-      o.connectTimeoutMs = cfg_.server.connectTimeoutMs;
-      o.headerTimeoutMs = cfg_.server.upstreamTimeoutMs;
-      o.stallTimeoutMs = cfg_.server.stallTimeoutMs;
       o.followRedirects = false;
       c->done = [this, &g, path, body, cb = std::move(cb), attempt, authRetried](
                     ApiCall& call_, const TransferResult& tr) mutable {

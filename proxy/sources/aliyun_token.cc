@@ -21,6 +21,8 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -203,6 +205,15 @@ struct Exchange {
   std::string curlError;
 };
 
+// The account's (or the server's) ca_file, added to the store curl then
+// fills with the system bundle (curl calls this before it loads CA files).
+CURLcode addCaFile(CURL*, void* sslCtx, void* file) {
+  X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(sslCtx));
+  if (X509_STORE_load_file(store, static_cast<const std::string*>(file)->c_str()) != 1)
+    return CURLE_SSL_CACERT_BADFILE;
+  return CURLE_OK;
+}
+
 Exchange post(const json& req, const std::string& refreshToken) {
   Exchange x;
   json body = {{"client_id", stringField(req, "client_id")},
@@ -227,6 +238,11 @@ Exchange post(const json& req, const std::string& refreshToken) {
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &collect);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &x.body);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+  const std::string caFile = stringField(req, "ca_file");
+  if (!caFile.empty()) {
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, &addCaFile);
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, &caFile);
+  }
   CURLcode rc = curl_easy_perform(c);
   if (rc != CURLE_OK) x.curlError = errbuf[0] ? errbuf : curl_easy_strerror(rc);
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &x.status);

@@ -98,13 +98,25 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
   stats_.linkResolutions++;
   Source* src = sources_[mount].get();
   int64_t ttl = src->defaultTtlMs();
-  src->resolve(rest, client, [this, k, ttl](const ResolveResult& res) {
+  // An http mount's links are its own base_url: credentials there are the user's.
+  const bool ownUrl = cfg_.mounts[mount].source == conf::SourceType::Http;
+  src->resolve(rest, client, [this, k, ttl, ownUrl, mount](const ResolveResult& res) {
     auto it2 = entries_.find(k);
     if (it2 == entries_.end()) return;
     std::vector<ResolveCb> waiters;
     waiters.swap(it2->second.waiters);
     ResolveResult out = res;
     if (res.reason == policy::Reason::None) {
+      // Checked once, here, for every source: a link that cannot be fetched
+      // is an answer (502), never cached, never handed to curl or a client.
+      if (auto why = policy::linkProblem(res.link.url, self_, ownUrl)) {
+        conf::Log::write(conf::LogLevel::Warn, "source_bad_link",
+                         "mount=" + conf::logValue(cfg_.mounts[mount].name) + " why=" + conf::logValue(*why));
+        out.reason = policy::Reason::SourceBadLink;
+        out.detail = *why;
+      }
+    }
+    if (out.reason == policy::Reason::None) {
       Entry& e2 = it2->second;
       e2.pending = false;
       out.link.serial = nextSerial_++;

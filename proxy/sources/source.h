@@ -82,6 +82,8 @@ class LinkCache {
   /// Forgets the link with this serial (the upstream refused it), so the next
   /// get() resolves again. A newer link for the key is kept.
   void invalidate(int mount, const std::string& rest, const ClientInfo& client, uint64_t serial);
+  /// The gateway's own listen addresses ("host:port"): links to them are refused.
+  void setSelf(std::vector<std::string> hostPorts) { self_ = std::move(hostPorts); }
 
  private:
   struct Entry {
@@ -97,6 +99,7 @@ class LinkCache {
   const Clock& clock_;
   Stats& stats_;
   std::map<std::string, Entry> entries_;
+  std::vector<std::string> self_;
   uint64_t nextSerial_ = 1;
 };
 

@@ -194,3 +194,69 @@ TEST_CASE("verdict names are stable codes", "[upstream]") {
   CHECK(std::string(upstreamVerdictName(V::IgnoresRanges)) == "ignores_ranges");
   CHECK(std::string(upstreamVerdictName(V::BadAnswer)) == "bad_answer");
 }
+
+TEST_CASE("classify: an encoded body is a permanent bad answer on every ask (issue 9 #2)", "[upstream]") {
+  auto enc = [](int status, std::string cr, std::optional<uint64_t> len, std::string coding) {
+    UpstreamAnswer a = ans(status, std::move(cr), len);
+    a.contentEncoding = std::move(coding);
+    return a;
+  };
+  UpstreamAsk probe;
+  UpstreamAsk piece;
+  piece.kind = UpstreamAsk::Kind::Piece;
+  piece.range = {0, 100};
+  piece.size = 1000;
+  UpstreamAsk whole;
+  whole.kind = UpstreamAsk::Kind::Whole;
+  whole.size = 1000;
+  UpstreamAsk stream;
+  stream.kind = UpstreamAsk::Kind::Stream;
+  stream.wire = parseRange("bytes=0-99");
+  struct EncRow {
+    const char* what;
+    const UpstreamAsk& ask;
+    UpstreamAnswer answer;
+    V verdict;
+    bool permanent;
+  };
+  const std::vector<EncRow> rows = {
+      {"probe 206 gzip", probe, enc(206, "bytes 0-0/1000", 1, "gzip"), V::BadAnswer, true},
+      {"probe 200 br", probe, enc(200, "", 1000, "br"), V::BadAnswer, true},
+      {"piece 206 gzip", piece, enc(206, "bytes 0-99/1000", 100, "gzip"), V::BadAnswer, true},
+      {"piece 206 GZIP, case-insensitive", piece, enc(206, "bytes 0-99/1000", 100, "GZIP"), V::BadAnswer, true},
+      {"piece 206 a list ending in gzip", piece, enc(206, "bytes 0-99/1000", 100, "identity, gzip"), V::BadAnswer,
+       true},
+      {"piece 200 deflate (would be ignores_ranges)", piece, enc(200, "", 1000, "deflate"), V::BadAnswer, true},
+      {"whole 200 gzip", whole, enc(200, "", 1000, "gzip"), V::BadAnswer, true},
+      {"stream 206 gzip", stream, enc(206, "bytes 0-99/1000", 100, "gzip"), V::BadAnswer, true},
+      {"stream 200 x-anything", stream, enc(200, "", 1000, "x-anything"), V::BadAnswer, true},
+      {"identity is the bytes", piece, enc(206, "bytes 0-99/1000", 100, "identity"), V::Ok, false},
+      {"Identity, spaces, empty list items", piece, enc(206, "bytes 0-99/1000", 100, " Identity ,, "), V::Ok,
+       false},
+      {"no Content-Encoding", piece, enc(206, "bytes 0-99/1000", 100, ""), V::Ok, false},
+      {"a 503 with gzip is still busy", piece, enc(503, "", {}, "gzip"), V::Busy, false},
+      {"a 404 with gzip is still gone", piece, enc(404, "", {}, "gzip"), V::Gone, false},
+  };
+  for (const auto& r : rows) {
+    INFO(r.what);
+    UpstreamJudgement j = classifyUpstream(r.ask, r.answer, kNow);
+    CHECK(upstreamVerdictName(j.verdict) == std::string(upstreamVerdictName(r.verdict)));
+    CHECK(j.permanent == r.permanent);
+    if (r.verdict == V::BadAnswer) CHECK(j.detail.find("Content-Encoding") != std::string::npos);
+  }
+}
+
+TEST_CASE("classify: which failures are permanent (issue 9 #11)", "[upstream]") {
+  UpstreamAsk ask;
+  ask.kind = UpstreamAsk::Kind::Piece;
+  ask.range = {0, 10};
+  ask.size = 100;
+  CHECK(classifyUpstream(ask, ans(400), kNow).permanent);
+  CHECK(classifyUpstream(ask, ans(405), kNow).permanent);
+  CHECK(classifyUpstream(ask, ans(302), kNow).permanent);
+  CHECK_FALSE(classifyUpstream(ask, ans(408), kNow).permanent);  // timed out: asking again may work
+  CHECK(classifyUpstream(ask, ans(408), kNow).verdict == V::ServerError);
+  CHECK_FALSE(classifyUpstream(ask, ans(500), kNow).permanent);
+  CHECK_FALSE(classifyUpstream(ask, ans(503), kNow).permanent);
+  CHECK_FALSE(classifyUpstream(ask, ans(206, "bytes 5-9/100"), kNow).permanent);  // another node may do better
+}
