@@ -119,6 +119,7 @@ struct Stats {
   uint64_t linkResolutions = 0;
   uint64_t cacheHitBytes = 0;
   uint64_t corruptBlocks = 0;
+  uint64_t cancelledBlocks = 0;  // fetches stopped because no reader wanted them (a seek, a client gone)
   int activeTransfers = 0;
   // the store, filled in by snapshot()
   bool cacheEnabled = false;

@@ -74,6 +74,9 @@ std::string Server::Impl::metrics() const {
   metric("slipstream_upstream_transfers", "gauge", "Upstream transfers running now.",
          static_cast<uint64_t>(std::max(0, st.activeTransfers)));
   metric("slipstream_link_resolutions_total", "counter", "Links resolved by sources.", st.linkResolutions);
+  metric("slipstream_cancelled_blocks_total", "counter",
+         "Block fetches stopped because no reader wanted them any more (a seek, a client gone).",
+         st.cancelledBlocks);
   metric("slipstream_cache_hit_bytes_total", "counter", "Bytes served from stored blocks.", st.cacheHitBytes);
   if (st.cacheEnabled) {
     metric("slipstream_cache_objects", "gauge", "Object versions in the cache.", st.cacheObjects);

@@ -83,6 +83,9 @@ void Fill::open(BlockReader* r, const Request& req) {
   const conf::Mount& m = ctx.cfg.mounts[req.mountIndex];
   store::Key key = store::objectKey(m.name, req.rest);
   r->requestId = req.id;
+  // Who asks: a newer request of the same client far from this one is a seek.
+  r->clientId = std::hash<std::string>{}(req.client + '\n' + req.userAgent) | 1;
+  r->seq = ++readerSeq_;
   r->connections = static_cast<int>(req.decision.connections > 0 ? req.decision.connections : m.connections);
   std::unique_ptr<Object>& slot = objects_[key];
   if (!slot) {

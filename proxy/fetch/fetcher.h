@@ -58,7 +58,7 @@ class BlockReader {
   };
 
   BlockReader(Fill& fill, Client* client);
-  ~BlockReader();  // detaches: read-ahead only it wanted stops, fetches in flight finish
+  ~BlockReader();  // detaches: read-ahead only it wanted stops (planner rule 9)
   BlockReader(const BlockReader&) = delete;
   BlockReader& operator=(const BlockReader&) = delete;
 
@@ -83,6 +83,9 @@ class BlockReader {
   Object* obj = nullptr;
   uint64_t pos = 0;        // next byte the client needs
   uint64_t end = 0;        // end of the client's range
+  uint64_t start = 0;      // where the client's range began (read-ahead ramps from it)
+  uint64_t clientId = 0;   // hash of the client's address and User-Agent (seeks)
+  uint64_t seq = 0;        // attach order (the fill's counter)
   uint64_t requestId = 0;
   int connections = 1;     // per-object parallelism this request may use
   plan::Priority priority = plan::Priority::Playing;

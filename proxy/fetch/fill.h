@@ -217,6 +217,8 @@ class Fill {
   /// (freed from the graveyard). Returns the readers that waited on it.
   std::vector<BlockReader*> removeBlock(Block* b);
   void dropBlock(Block* b);
+  /// The planner cancelled b (rule 9: nobody wants it; running pieces are cut).
+  void cancelBlock(Block* b);
   void failBlock(Block* b, policy::Reason r, const std::string& detail);
   void startWhole(Object* o);
   void wholeFinished(Object* o, const TransferResult& r);
@@ -240,6 +242,7 @@ class Fill {
   std::map<store::Key, std::unique_ptr<Object>> objects_;  // the current version per key
   std::vector<std::unique_ptr<Object>> retired_;          // dead versions still in use
   int running_ = 0;   // the fill's upstream transfers, all objects
+  uint64_t readerSeq_ = 0;  // attach order of readers (planner rule 8)
   uint64_t tick_ = 0; // counts transfer starts, for servedTick
   Trigger sched_;
   Trigger sweep_;

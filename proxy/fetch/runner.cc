@@ -108,6 +108,18 @@ void Fill::dropBlock(Block* b) {
   sweepSoon();
 }
 
+void Fill::cancelBlock(Block* b) {
+  if (conf::Log::enabled(conf::LogLevel::Debug)) {
+    uint64_t got = 0;
+    for (auto& p : b->pieces) got += p->received;
+    logf(conf::LogLevel::Debug, "block_cancelled",
+         "path=" + conf::logValue(b->obj->path) + " block=" + std::to_string(b->idx) +
+             " fetched=" + std::to_string(got) + " length=" + std::to_string(b->end - b->begin));
+  }
+  ctx.stats.cancelledBlocks++;
+  dropBlock(b);
+}
+
 void Fill::failBlock(Block* b, Reason r, const std::string& detail) {
   Object* o = b->obj;
   logf(conf::LogLevel::Warn, "block_failed",

@@ -40,12 +40,24 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
     po.linkUsable = linkUsable(o);
     po.running = o->running;
     po.servedTick = o->servedTick;
-    for (BlockReader* r : o->readers)
-      po.readers.push_back({r->pos, r->end, r->connections, r->priority, o->stalled.count(r) > 0});
+    for (BlockReader* r : o->readers) {
+      plan::Reader pr;
+      pr.pos = r->pos;
+      pr.end = r->end;
+      pr.connections = r->connections;
+      pr.priority = r->priority;
+      pr.stalled = o->stalled.count(r) > 0;
+      pr.start = r->start;
+      pr.client = r->clientId;
+      pr.seq = r->seq;
+      po.readers.push_back(pr);
+    }
     for (auto& [idx, b] : o->blocks) {
       plan::Block pb;
       pb.idx = idx;
       pb.waitedOn = !b->waiters.empty();
+      pb.stream = b->fedByStream;
+      pb.length = b->end - b->begin;
       for (auto& p : b->pieces) pb.pieces.push_back({p->state, p->begin, p->end, p->received});
       po.blocks.push_back(std::move(pb));
     }
@@ -78,7 +90,7 @@ void Fill::execute(const plan::Plan& plan, const std::vector<Object*>& objs) {
     Block* b = it == o->blocks.end() ? nullptr : it->second.get();
     switch (a.kind) {
       case K::Cancel:
-        if (b) dropBlock(b);  // read-ahead nobody wants any more
+        if (b && !b->committing) cancelBlock(b);  // read-ahead nobody wants any more
         break;
       case K::NewBlock: {
         if (b || noRoom.count(o)) break;
