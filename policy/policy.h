@@ -206,6 +206,11 @@ std::string encodePath(std::string_view decodedPath);
 /// Percent-encodes a query parameter value (encodes '/', ':', '=', '+', ...).
 std::string encodeQueryValue(std::string_view v);
 
+/// "scheme://host[:port]" of an absolute URL, lower case, without user info,
+/// path, query or fragment (the key of an upstream host); "" when `url` has
+/// no "scheme://" or no host.
+std::string urlOrigin(std::string_view url);
+
 /// RFC 6266 Content-Disposition for a file name: `inline; filename="ascii";
 /// filename*=UTF-8''percent-encoded`. `attachment` when asked.
 std::string contentDisposition(std::string_view fileName, bool attachment = false);

@@ -8,6 +8,21 @@
 #include "src/front.h"
 
 namespace slip {
+namespace {
+/// A Prometheus label value: backslash, double quote and newline escaped.
+std::string labelValue(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+}  // namespace
 
 void Server::Impl::addAdminRoutes() {
   router.add({.pattern = "/-/health", .handler = [this](Exchange& ex) {
@@ -89,6 +104,18 @@ std::string Server::Impl::metrics() const {
            st.cacheDroppedCorrupt);
     metric("slipstream_disk_queue_bytes", "gauge", "Bytes waiting for the disk thread.", st.diskQueueBytes);
   }
+  // Per upstream host of the fill: the adaptive connection count (issue 11).
+  auto perHost = [&o, &st](const char* name, const char* help, int (*get)(const proxy::HostStats&)) {
+    if (st.hosts.empty()) return;
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n";
+    for (const auto& h : st.hosts)
+      o += std::string(name) + "{host=\"" + labelValue(h.host) + "\"} " + std::to_string(get(h)) + "\n";
+  };
+  perHost("slipstream_upstream_host_connections",
+          "Transfers the fill runs at once against this upstream host now (adaptive; connections is the ceiling).",
+          [](const proxy::HostStats& h) { return h.target; });
+  perHost("slipstream_upstream_host_transfers", "The fill's transfers to this upstream host now.",
+          [](const proxy::HostStats& h) { return h.running; });
   // One family per figure, one sample per [account].
   auto perAccount = [&o, &st](const char* name, const char* type, const char* help,
                               uint64_t (*get)(const proxy::AccountStats&)) {

@@ -33,6 +33,12 @@ void Fill::setState(Object* o, ObjectState s) {
 Fetcher::Fetcher(Context& ctx) : fill_(std::make_unique<Fill>(ctx)) {}
 Fetcher::~Fetcher() = default;
 
+std::vector<HostStats> Fetcher::hosts() const {
+  std::vector<HostStats> out;
+  for (const auto& f : fill_->tuner.figures()) out.push_back({f.host, f.target, f.running});
+  return out;
+}
+
 std::unique_ptr<BlockReader> Fetcher::reader(BlockReader::Client* client) {
   return std::make_unique<BlockReader>(*fill_, client);
 }
@@ -40,6 +46,7 @@ std::unique_ptr<BlockReader> Fetcher::reader(BlockReader::Client* client) {
 Fill::Fill(Context& c)
     : ctx(c),
       store(*c.store),
+      tuner(c.clock),
       sched_(c.base, [this] { schedule(); }),
       sweep_(c.base, [this] { sweep(); }),
       retryTimer_(c.base, [this] { kick(); }),
@@ -150,7 +157,7 @@ void Fill::kill(Object* o, Reason r, const std::string& detail) {
   }
   if (o->hasMeta) store.invalidate(o->key, o->meta.generation);
   if (o->whole) {
-    counted(o, -1);
+    counted(o, o->whole->host, -1);
     retire(std::move(o->whole->xfer));
     graveyard_.bury(std::move(o->whole));
   }
@@ -216,6 +223,12 @@ void Fill::wakeStalled(Object* o) {
 }
 
 // ------------------------------------------------------------------ links
+
+int Fill::hostOf(const Object* o) {
+  if (!o->haveLink) return -1;
+  std::string origin = policy::urlOrigin(o->link.url);
+  return origin.empty() ? -1 : tuner.hostId(origin);
+}
 
 bool Fill::linkUsable(const Object* o) const { return o->haveLink && proxy::linkUsable(o->link, ctx.clock.wallMs()); }
 

@@ -112,6 +112,8 @@ class Fetcher {
   Fetcher& operator=(const Fetcher&) = delete;
 
   std::unique_ptr<BlockReader> reader(BlockReader::Client* client);
+  /// Per upstream host: the adaptive connection target and transfers now.
+  std::vector<HostStats> hosts() const;
 
  private:
   std::unique_ptr<Fill> fill_;

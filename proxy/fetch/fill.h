@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "proxy/fetch/fetcher.h"
+#include "proxy/fetch/tuner.h"
 
 namespace slip::proxy {
 
@@ -53,6 +54,7 @@ struct Piece final : Transfer::Handler {
   plan::PieceState state = plan::PieceState::Queued;
   int attempts = 0;
   uint64_t linkSerial = 0;
+  int host = -1;  // the upstream host its transfer went to (ConnectionTuner id)
   std::unique_ptr<Transfer> xfer;
   std::unique_ptr<Timer> retry;
   // What onHeaders found, acted on in onDone (outside curl).
@@ -87,6 +89,7 @@ struct WholeStream final : Transfer::Handler {
   Fill& fill;
   Object& obj;
   std::unique_ptr<Transfer> xfer;
+  int host = -1;             // ConnectionTuner id
   uint64_t offset = 0;       // object offset of the next byte from upstream
   bool changed = false;      // the upstream's length or ETag differ from the object's
   bool cacheFailed = false;  // a block could not be opened in the store
@@ -167,6 +170,7 @@ class Fill {
 
   Context& ctx;
   store::Store& store;
+  ConnectionTuner tuner;  // adaptive transfers per upstream host
 
   // ---- object table (fetcher.cc)
   void open(BlockReader* r, const Request& req);
@@ -222,12 +226,16 @@ class Fill {
   void failBlock(Block* b, policy::Reason r, const std::string& detail);
   void startWhole(Object* o);
   void wholeFinished(Object* o, const TransferResult& r);
-  /// Counts an upstream transfer of `o` starting (+1) or ending (-1).
-  void counted(Object* o, int delta) {
+  /// Counts an upstream transfer of `o` to `host` starting (+1) or ending (-1).
+  void counted(Object* o, int host, int delta) {
     o->running += delta;
     running_ += delta;
     if (delta > 0) o->servedTick = ++tick_;
+    if (delta > 0) tuner.started(host);
+    else tuner.ended(host);
   }
+  /// The ConnectionTuner id of o's link's host (-1 without a link).
+  int hostOf(const Object* o);
   /// Resumes transfers paused on the store's queue.
   void resumePaused();
   std::set<Piece*> paused;  // waiting for the store's queue to drain

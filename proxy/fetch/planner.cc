@@ -14,7 +14,8 @@ uint64_t pageFloor(uint64_t v) { return v / kPage * kPage; }
 /// The planner's working state: the input, and what the plan did to it.
 class Sim {
  public:
-  explicit Sim(const Input& in) : in_(in), objs_(in.objects), pools_(in.pools), fillRunning_(in.fillRunning) {
+  explicit Sim(const Input& in)
+      : in_(in), objs_(in.objects), pools_(in.pools), hosts_(in.hosts), fillRunning_(in.fillRunning) {
     tick_ = in.tick;
     stale_.resize(objs_.size());
     for (size_t i = 0; i < objs_.size(); i++)
@@ -66,7 +67,7 @@ class Sim {
     int n = 1;
     for (const Reader& r : o.readers) n = std::max(n, r.connections);
     if (o.readers.empty()) n = std::max(n, o.defaultConnections);
-    return std::min(n, o.hostCap);
+    return n;
   }
   int fairCap(const Object& o) const {
     if (!fair_) return INT_MAX;
@@ -80,18 +81,25 @@ class Sim {
     auto it = pools_.find(o.pool);
     return it == pools_.end() ? 0 : it->second.free;
   }
+  /// Slots the object's upstream host has left (its adaptive target).
+  int hostFree(const Object& o) const {
+    auto it = hosts_.find(o.host);
+    return it == hosts_.end() ? INT_MAX : it->second.target - it->second.running;
+  }
   bool canStart(const Object& o) const {
-    return o.running < connLimit(o) && o.running < fairCap(o) && poolFree(o) > 0 &&
+    return o.running < connLimit(o) && o.running < fairCap(o) && poolFree(o) > 0 && hostFree(o) > 0 &&
            fillRunning_ < in_.fillLimit;
   }
   int freeSlots(const Object& o) const {
-    return std::min({connLimit(o) - o.running, fairCap(o) - o.running, poolFree(o), in_.fillLimit - fillRunning_});
+    return std::min({connLimit(o) - o.running, fairCap(o) - o.running, poolFree(o), hostFree(o),
+                     in_.fillLimit - fillRunning_});
   }
-  void count(Object& o) {
-    o.running++;
-    fillRunning_++;
-    pools_[o.pool].free--;
-    o.servedTick = ++tick_;
+  void count(Object& o, int n = 1) {
+    o.running += n;
+    fillRunning_ += n;
+    if (n > 0) pools_[o.pool].free -= n;  // a cut transfer's pool slot cools down (Admission)
+    if (auto it = hosts_.find(o.host); it != hosts_.end()) it->second.running += n;
+    if (n > 0) o.servedTick = ++tick_;
   }
 
   // ---- blocks
@@ -211,6 +219,7 @@ class Sim {
   const Input& in_;
   std::vector<Object> objs_;
   std::map<int, Pool> pools_;
+  std::map<int, Host> hosts_;
   int fillRunning_;
   uint64_t tick_ = 0;
   bool fair_ = true;
@@ -257,8 +266,7 @@ void Sim::cancelUnwanted(int i) {
       continue;
     }
     emit(Action::Kind::Cancel, i, b.idx);
-    o.running -= running;
-    fillRunning_ -= running;
+    count(o, -running);
     it = o.blocks.erase(it);
   }
 }

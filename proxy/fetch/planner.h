@@ -17,7 +17,9 @@
 //     nearest missing block in some reader's window (slots shared out among
 //     the missing blocks).
 //  5. Caps: the object's `connections` (largest of its readers'), its fair
-//     share, its pool's free slots, and the fill's `upstream_connections`.
+//     share, its pool's free slots, its upstream host's free slots (the
+//     adaptive target, proxy/fetch/tuner.h), and the fill's
+//     `upstream_connections`.
 //  6. An upstream that ignores Range gets one whole-body stream while some
 //     reader needs a block that is not stored.
 //
@@ -41,10 +43,9 @@
 //     `index` reader: its window is exactly its range, it is never urgent,
 //     and its blocks come right after the urgent ones.
 //
-// Other inputs: reader priority (a Background reader — prefetch — never
+// Other input: reader priority (a Background reader — prefetch — never
 // makes a block urgent and its object yields to objects with playing
-// readers) and a per-upstream-host connection target (`hostCap`, from the
-// adaptive controller).
+// readers).
 #pragma once
 
 #include <climits>
@@ -107,7 +108,7 @@ struct Object {
   bool linkUsable = false;
   int running = 0;             // its upstream transfers now
   uint64_t servedTick = 0;     // when a transfer last started for it
-  int hostCap = INT_MAX;       // transfers its upstream host should see at most
+  int host = -1;               // its upstream host (Input::hosts); -1 = not known
   std::vector<Reader> readers;
   std::vector<Block> blocks;   // in flight, ascending idx
   std::function<bool(uint32_t)> stored;  // the store lists this block
@@ -118,9 +119,17 @@ struct Pool {
   int free = 0;  // slots neither taken nor promised (may be <= 0)
 };
 
+/// An upstream host: the adaptive connection target and the fill's
+/// transfers to it now.
+struct Host {
+  int target = INT_MAX;
+  int running = 0;
+};
+
 struct Input {
   std::vector<Object> objects;
   std::map<int, Pool> pools;  // by pool id
+  std::map<int, Host> hosts;  // by host id
   int fillRunning = 0;        // the fill's transfers now, all objects
   int fillLimit = 0;          // upstream_connections
   uint64_t cacheMaxSize = UINT64_MAX;

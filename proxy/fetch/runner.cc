@@ -152,9 +152,10 @@ void Fill::startPiece(Piece* p) {
   p->detail.clear();
   p->retryAfterMs = -1;
   p->linkSerial = o->link.serial;
+  p->host = hostOf(o);
   p->xfer = std::make_unique<Transfer>(ctx.multi, std::move(opts), p);
   p->state = PieceState::Running;
-  counted(o, +1);
+  counted(o, p->host, +1);
   ctx.stats.upstreamRequests++;
   p->xfer->start();
 }
@@ -201,6 +202,7 @@ void Fill::storeBytes(Piece* p, const char* data, size_t n) {
     if (p->state == PieceState::Done) maybeCommit(&p->blk);
   });
   p->received += n;
+  tuner.received(p->host, n);
   ctx.stats.upstreamBytes += n;
   if (b->initiator) b->initiator->client->upstreamBytes(n);
 }
@@ -210,8 +212,10 @@ void Piece::onDone(Transfer&, const TransferResult& r) { fill.pieceFinished(this
 void Fill::pieceFinished(Piece* p, const TransferResult& r) {
   Block* b = &p->blk;
   Object* o = b->obj;
-  counted(o, -1);
+  counted(o, p->host, -1);
   paused.erase(p);
+  // The host pushes back: fewer transfers to it for a while (ConnectionTuner).
+  if (p->verdict == policy::UpstreamVerdict::Busy || r.code == CURLE_COULDNT_CONNECT) tuner.pushback(p->host);
   graveyard_.bury(std::move(p->xfer));  // its onDone is on the stack
   kick();
   // Complete also when we cut the body ourselves (an upstream that sent more
@@ -282,7 +286,7 @@ void Fill::noRanges(Object* o) {
 void Fill::stopPiece(Piece* p) {
   // A Running piece with a transfer was counted by startPiece and has not
   // reported back; stream-fed pieces have no transfer of their own.
-  if (p->xfer && p->state == PieceState::Running) counted(p->blk.obj, -1);
+  if (p->xfer && p->state == PieceState::Running) counted(p->blk.obj, p->host, -1);
   paused.erase(p);
   retire(std::move(p->xfer));
 }
@@ -314,9 +318,10 @@ void Fill::resumePaused() {
 void Fill::startWhole(Object* o) {
   auto w = std::make_unique<WholeStream>(*this, *o);
   w->xfer = std::make_unique<Transfer>(ctx.multi, ctx.transferOptions(o->link, o->mount), w.get());
+  w->host = hostOf(o);
   o->whole = std::move(w);
   logf(conf::LogLevel::Debug, "whole_stream_start", "path=" + conf::logValue(o->path));
-  counted(o, +1);
+  counted(o, o->whole->host, +1);
   ctx.stats.upstreamRequests++;
   o->whole->xfer->start();
 }
@@ -357,6 +362,7 @@ size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
       if (b) {
         b->fedByStream = true;
         b->pieces[0]->state = PieceState::Running;
+        b->pieces[0]->host = host;  // its bytes count for the stream's host
       }
     }
     if (b && b->fedByStream && !b->committing) {
@@ -378,7 +384,7 @@ size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
 void WholeStream::onDone(Transfer&, const TransferResult& r) { fill.wholeFinished(&obj, r); }
 
 void Fill::wholeFinished(Object* o, const TransferResult& r) {
-  counted(o, -1);
+  counted(o, o->whole->host, -1);
   std::unique_ptr<WholeStream> owned = std::move(o->whole);  // its onDone is on the stack
   WholeStream* w = owned.get();
   graveyard_.bury(std::move(w->xfer));

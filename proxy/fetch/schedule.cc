@@ -24,6 +24,7 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
   in.tick = tick_;
   const int64_t monoNow = ctx.clock.monoMs();
   const Admission& adm = ctx.multi.admission();
+  std::map<int, int> ceilings;  // per host: the largest `connections` of its objects
   for (auto& [key, owned] : objects_) {
     Object* o = owned.get();
     const conf::Mount& m = mountOf(o);
@@ -40,6 +41,10 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
     po.linkUsable = linkUsable(o);
     po.running = o->running;
     po.servedTick = o->servedTick;
+    po.host = hostOf(o);
+    int conns = static_cast<int>(m.connections);
+    for (BlockReader* r : o->readers) conns = std::max(conns, r->connections);
+    if (po.host >= 0) ceilings[po.host] = std::max(ceilings[po.host], conns);
     for (BlockReader* r : o->readers) {
       plan::Reader pr;
       pr.pos = r->pos;
@@ -66,6 +71,7 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
     in.objects.push_back(std::move(po));
     objs->push_back(o);
   }
+  for (auto [host, ceiling] : ceilings) in.hosts[host] = {tuner.target(host, ceiling), tuner.running(host)};
   return in;
 }
 

@@ -143,3 +143,8 @@ class SeekStorm(GatewayTest):
         metrics = gw.get("/-/metrics").body.decode()
         cancelled = int(re.search(r"^slipstream_cancelled_blocks_total (\d+)$", metrics, re.M).group(1))
         self.assertGreater(cancelled, 0, "no stale read-ahead was cut")
+        # The adaptive count for the origin's host is exported, within the ceiling.
+        m = re.search(r'^slipstream_upstream_host_connections\{host="http://127\.0\.0\.1:%d"\} (\d+)$'
+                      % origin.port, metrics, re.M)
+        self.assertIsNotNone(m, metrics)
+        self.assertTrue(1 <= int(m.group(1)) <= self.CONNECTIONS, m.group(0))

@@ -485,11 +485,34 @@ TEST_CASE("planner: a background (prefetch) reader never makes a block urgent an
   CHECK_FALSE(nb->urgentPos);
 }
 
-TEST_CASE("planner: per-host connection target caps an object", "[planner]") {
+TEST_CASE("planner: an upstream host's adaptive target caps its objects together", "[planner]") {
   Object o = object();
-  o.hostCap = 3;
-  o.readers = {reader(0, 10 * MiB)};
-  CHECK(count(planFill(input({o})), K::StartPiece) == 3);
+  o.host = 0;
+  o.readers = {reader(4 * MiB, 10 * MiB)};
+  Input in = input({o});
+  in.hosts[0] = {3, 0};
+  CHECK(count(planFill(in), K::StartPiece) == 3);
+  // Two objects on one host share its slots; another host is not counted.
+  Object a = o, b = o, c = o;
+  c.host = 1;
+  in = input({a, b, c});
+  in.hosts[0] = {5, 1};
+  in.hosts[1] = {2, 0};
+  Plan p = planFill(in);
+  INFO(show(p));
+  CHECK(count(p, K::StartPiece, 0) + count(p, K::StartPiece, 1) == 4);
+  CHECK(count(p, K::StartPiece, 2) == 2);
+  // Cutting stale read-ahead frees the host's slots at once (rule 9).
+  Object s = o;
+  s.readers = {};
+  s.blocks = {{7, false, {{PieceState::Running, 7 * MiB, 8 * MiB, 0}}}};
+  s.running = 1;
+  in = input({s, o});
+  in.hosts[0] = {3, 3};
+  p = planFill(in);
+  INFO(show(p));
+  CHECK(count(p, K::Cancel, 0) == 1);
+  CHECK(count(p, K::StartPiece, 1) == 1);
 }
 
 TEST_CASE("planner: windows and block splits", "[planner]") {
