@@ -76,6 +76,7 @@ namespace slip::policy {
   X(UpstreamDenied, 502, "upstream refused the link (401/403/410), also after re-resolving") \
   X(UpstreamReset, 502, "upstream connection dropped and retries ran out")                \
   X(ResolveFailed, 502, "source could not resolve the path to a link")                    \
+  X(LinkExpired, 502, "the source keeps handing out links whose written expiry is past")   \
   X(SourceBadReply, 502, "the source's reply does not follow its API")                    \
   X(SourceBadHeader, 502, "the source asked for a header that cannot be sent upstream")    \
   X(AccountAuth, 502, "the cloud account's credentials were refused")                    \
@@ -301,6 +302,7 @@ struct Decision {
   int64_t connections = 0;      // effective per-object connections
   bool cache = true;
   bool needsSize = false;       // a rule's size condition could not be tested: probe, then decide again
+  int64_t mediaPrefetch = 0;    // bytes of a media file's index region fetched with its head; 0 = off
 };
 
 /// Compiled rules: regexes compiled once at load.
@@ -505,6 +507,13 @@ struct LinkExpiry {
 /// a caller that reads a `Plain` expiry at or before the time it resolved the
 /// link should treat it as "no expiry written" rather than as already expired.
 std::optional<LinkExpiry> linkExpiry(std::string_view url);
+
+/// The expiry written in a link resolved at `resolvedAtMs` (Unix ms), as the
+/// link cache uses it: linkExpiry's, except that a `Plain` one (a bare `e` or
+/// `t`) at or before `resolvedAtMs` is taken as "no expiry written" (those
+/// names mean other things on some sites). Other forms are returned even when
+/// already past: such a link is expired and must never reach a client.
+std::optional<int64_t> writtenLinkExpiryMs(std::string_view url, int64_t resolvedAtMs);
 
 // ---------------------------------------------------------------- media index
 // Where a player will look for the index of a media file (issue 11 item 3),
