@@ -88,6 +88,7 @@ class BlockReader {
   uint64_t seq = 0;        // attach order (the fill's counter)
   uint64_t requestId = 0;
   int connections = 1;     // per-object parallelism this request may use
+  int64_t mediaPrefetch = 0;  // bytes of a media index fetched with the head (0 = off)
   plan::Priority priority = plan::Priority::Playing;
   Client* client;
 

@@ -43,6 +43,13 @@ enum class ObjectState {
 };
 const char* objectStateName(ObjectState s);
 
+/// Media-aware prefetch of an object (media.cc).
+enum class MediaState {
+  Unknown,   // not decided: waiting for a reader and the head's first bytes
+  Fetching,  // indexRange is being fetched (an index reader for the planner)
+  Off,       // not a media file, nothing to fetch, turned off, or done
+};
+
 // One upstream range request filling [begin, end) of a block.
 struct Piece final : Transfer::Handler {
   Piece(Fill& f, Block& b, uint64_t from, uint64_t to) : fill(f), blk(b), begin(from), end(to) {}
@@ -79,6 +86,7 @@ struct Block {
   uint64_t requestId = 0;
   bool committing = false;
   bool fedByStream = false;  // filled by the object's whole-body stream
+  bool keep = false;         // a reader that left was reading it: never cancelled (planner rule 9)
   Lifeline life;             // disk completions check it
 };
 
@@ -100,13 +108,18 @@ struct WholeStream final : Transfer::Handler {
   void onDone(Transfer& t, const TransferResult& r) override;
 };
 
-// The 1-byte probe of an object.
+// The probe of an object: `bytes=0-0`, or — opening a version the index
+// does not know (issue 11 item 5) — the block the first reader needs, whose
+// Content-Range gives the size and whose body becomes that block's piece.
 struct ProbeCall final : Transfer::Handler {
   ProbeCall(Fill& f, Object& o) : fill(f), obj(o) {}
   Fill& fill;
   Object& obj;
   std::unique_ptr<Transfer> xfer;
   uint64_t linkSerial = 0;
+  std::optional<policy::ByteRange> fused;  // the block asked for (fused probe)
+  bool adopt = false;                      // onHeaders: the body is that block's: a piece takes it
+  std::unique_ptr<Trigger> adoptSoon;      // runs Fill::adoptProbe from the loop
   // What onHeaders found.
   bool ok = false;
   policy::Reason reason = policy::Reason::None;
@@ -147,6 +160,10 @@ struct Object {
   // probe
   std::unique_ptr<ProbeCall> probe;
   int probeAttempts = 0;
+  std::optional<uint64_t> fuseAt;  // a cold open: where the first reader starts (fused probe)
+  // media-aware prefetch (media.cc)
+  MediaState media = MediaState::Unknown;
+  std::optional<policy::ByteRange> indexRange;
   std::unique_ptr<Timer> probeTimer;
   // whole-body stream (upstream ignores Range)
   std::unique_ptr<WholeStream> whole;
@@ -157,7 +174,7 @@ struct Object {
   /// Nothing uses it any more: the table may free it.
   bool idle() const {
     return readers.empty() && opening.empty() && blocks.empty() && !probe && !whole && !resolving &&
-           !(probeTimer && probeTimer->pending());
+           !(probeTimer && probeTimer->pending()) && media != MediaState::Fetching;
   }
 };
 
@@ -196,9 +213,17 @@ class Fill {
   /// Cancels and frees later (it may be the transfer whose callback runs).
   void retire(std::unique_ptr<Transfer> t);
 
+  // ---- media-aware prefetch (media.cc)
+  /// Decides (once) whether o is a media file whose index to fetch with its head.
+  void considerMedia(Object* o);
+  std::optional<std::string> headOf(Object* o, uint64_t n);
+
   // ---- probe (probe.cc)
   void startProbe(Object* o);
   void probeFinished(Object* o, const TransferResult& r);
+  /// A fused probe's answer is the block it asked for: the object takes the
+  /// version, the transfer goes on as that block's piece.
+  void adoptProbe(Object* o);
 
   // ---- scheduling (schedule.cc)
   void kick() { sched_.fire(); }
@@ -242,6 +267,9 @@ class Fill {
 
  private:
   void sweep();
+  /// The probe said `fresh`: the same version is revalidated, another one
+  /// replaces o (returned). The opening readers are not told yet.
+  Object* takeVersion(Object* o, store::ObjectMeta fresh);
   bool pieceVerdict(Piece* p, const std::string& detail);
   void noRanges(Object* o);
   plan::Input snapshot(std::vector<Object*>* objs);

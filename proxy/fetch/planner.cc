@@ -261,7 +261,7 @@ void Sim::cancelUnwanted(int i) {
       if (p.state != PieceState::Done) allDone = false;
     }
     if (b.length) len = b.length;
-    if (b.waitedOn || b.stream || allDone || wanted(o, b.idx) || 2 * got > len) {
+    if (b.waitedOn || b.stream || b.keep || allDone || wanted(o, b.idx) || 2 * got > len) {
       ++it;
       continue;
     }

@@ -35,7 +35,9 @@
 //  9. In-flight blocks no reader's window wants any more (the reader left,
 //     or went stale) are cancelled at once, their running pieces included —
 //     unless more than half of the block is already fetched (it finishes and
-//     is stored), a reader waits on it, or the whole-body stream feeds it.
+//     is stored), a reader waits on it, a reader that left was reading it
+//     (`keep`: the client has part of it and may come back for the rest), or
+//     the whole-body stream feeds it.
 //     Cancelled transfers give their object's slots back at once, so the
 //     block at the new position starts with all free connections, and the
 //     object never has more than `connections` transfers.
@@ -92,6 +94,7 @@ struct Block {
   bool waitedOn = false;  // a reader waits for its bytes
   std::vector<Piece> pieces;
   bool stream = false;    // fed by the whole-body stream (never cancelled here)
+  bool keep = false;      // a reader that left was reading it: it finishes
   uint64_t length = 0;    // its bytes (0: the sum of its pieces)
 };
 

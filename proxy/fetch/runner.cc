@@ -84,6 +84,7 @@ void Fill::maybeCommit(Block* b) {
     blk->life.end();
     wakeBlock(blk.get());
     graveyard_.bury(std::move(blk));
+    if (idx == 0) considerMedia(o);
     wakeStalled(o);
     sweepSoon();
     kick();
@@ -130,6 +131,8 @@ void Fill::failBlock(Block* b, Reason r, const std::string& detail) {
   uint64_t bs = o->meta.blockSize;
   for (BlockReader* rd : o->readers)
     if (rd->pos < rd->end && rd->pos / bs <= b->idx && (rd->end - 1) / bs >= b->idx) victims.push_back(rd);
+  // An index region that cannot be fetched is not tried again and again.
+  if (o->indexRange && b->end > o->indexRange->begin && b->begin < o->indexRange->end) o->media = MediaState::Off;
   removeBlock(b);
   for (BlockReader* rd : victims) unlink(o, rd);  // other blocks may still list them
   for (BlockReader* rd : victims) rd->client->failed(r, detail);
@@ -199,6 +202,7 @@ void Fill::storeBytes(Piece* p, const char* data, size_t n) {
     }
     p->written += n;
     wakeBlock(&p->blk);
+    if (p->blk.idx == 0) considerMedia(p->blk.obj);  // the head's first bytes landed
     if (p->state == PieceState::Done) maybeCommit(&p->blk);
   });
   p->received += n;

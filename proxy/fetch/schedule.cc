@@ -57,11 +57,29 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
       pr.seq = r->seq;
       po.readers.push_back(pr);
     }
+    if (o->media == MediaState::Fetching && o->state == ObjectState::Ready && o->meta.blockSize > 0) {
+      // The media index region (planner rule 10), until it is stored.
+      const policy::ByteRange& ix = *o->indexRange;
+      uint32_t first = static_cast<uint32_t>(ix.begin / o->meta.blockSize);
+      uint32_t last = static_cast<uint32_t>((ix.end - 1) / o->meta.blockSize);
+      if (store.countPresent(o->key, o->meta.generation, first, last) == last - first + 1) {
+        o->media = MediaState::Off;
+        sweepSoon();
+      } else {
+        plan::Reader pr;
+        pr.pos = ix.begin;
+        pr.end = ix.end;
+        pr.connections = static_cast<int>(m.connections);
+        pr.index = true;
+        po.readers.push_back(pr);
+      }
+    }
     for (auto& [idx, b] : o->blocks) {
       plan::Block pb;
       pb.idx = idx;
       pb.waitedOn = !b->waiters.empty();
       pb.stream = b->fedByStream;
+      pb.keep = b->keep;
       pb.length = b->end - b->begin;
       for (auto& p : b->pieces) pb.pieces.push_back({p->state, p->begin, p->end, p->received});
       po.blocks.push_back(std::move(pb));

@@ -148,3 +148,41 @@ class SeekStorm(GatewayTest):
                       % origin.port, metrics, re.M)
         self.assertIsNotNone(m, metrics)
         self.assertTrue(1 <= int(m.group(1)) <= self.CONNECTIONS, m.group(0))
+
+
+class FusedProbe(GatewayTest):
+    """Issue 11 item 5: a cold open asks for the block its reader needs (the
+    answer's Content-Range gives the size) instead of a separate bytes=0-0
+    probe; revalidation stays a 1-byte probe."""
+
+    def test_cold_open_is_one_request_revalidation_a_probe(self):
+        root = os.path.join(self.tmp, "www")
+        big, small = random_bytes(3 * MiB + 5, seed=21), random_bytes(100_000, seed=22)
+        write_file(os.path.join(root, "big.bin"), big)
+        write_file(os.path.join(root, "small.bin"), small)
+        origin = self.nginx(root, picky=False)
+        gw = self.gateway(
+            "[server]\n[cache]\ndir = @CACHE@\nblock_size = 1M\nmax_size = 1G\nmin_free = 0\n"
+            "[mount m]\nsource = http\nbase_url = %s\nconnections = 4\nrevalidate = 0\n" % origin.url("/"))
+        # A range inside block 2: one request, for block 2, and nothing else.
+        r = gw.get("/p/m/big.bin", headers={"Range": "bytes=2100000-2100999"})
+        self.assertEqual(r.status, 206)
+        self.assertEqual(r.body, big[2100000:2101000])
+        self.assertEqual(r.header("Content-Range"), "bytes 2100000-2100999/%d" % len(big))
+        ents = settled(origin, "/big.bin", quiet=0.5)
+        self.assertEqual([e["range"] for e in ents], ["bytes=2097152-3145727"], ents)
+        # A whole small file: one request for its only block.
+        r = gw.get("/p/m/small.bin")
+        self.assertEqual((r.status, r.body), (200, small))
+        ents = settled(origin, "/small.bin", quiet=0.5)
+        self.assertEqual([e["range"] for e in ents], ["bytes=0-1048575"], ents)
+        self.assertEqual(sum(e["bytes"] for e in ents), len(small))
+        # The last block of big.bin is 5 bytes: asked for whole, answered short.
+        r = gw.get("/p/m/big.bin", headers={"Range": "bytes=-3"})
+        self.assertEqual((r.status, r.body), (206, big[-3:]))
+        # Known now: revalidation (revalidate = 0) is a 1-byte probe again.
+        origin.clear_log()
+        r = gw.get("/p/m/small.bin")
+        self.assertEqual((r.status, r.body, r.header("X-Cache")), (200, small, "HIT"))
+        ents = settled(origin, "/small.bin", quiet=0.5)
+        self.assertEqual([e["range"] for e in ents], ["bytes=0-0"], ents)

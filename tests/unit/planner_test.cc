@@ -208,6 +208,9 @@ TEST_CASE("planner: a reader gone: its running read-ahead is cut, blocks more th
   CHECK(count(p, K::Cancel) == 1);
   CHECK(first(p, K::Cancel, 7));
   CHECK(count(p, K::NewBlock) == 0);
+  // The block the reader was reading when it left finishes.
+  o.blocks[0].keep = true;
+  CHECK(count(planFill(input({o}, 32, 29)), K::Cancel) == 0);
 }
 
 TEST_CASE("planner: a seek by the same client makes the old reader stale (rule 8)", "[planner]") {
