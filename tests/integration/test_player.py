@@ -186,3 +186,65 @@ class FusedProbe(GatewayTest):
         self.assertEqual((r.status, r.body, r.header("X-Cache")), (200, small, "HIT"))
         ents = settled(origin, "/small.bin", quiet=0.5)
         self.assertEqual([e["range"] for e in ents], ["bytes=0-0"], ents)
+
+
+class RevalidateBeforeHeaders(GatewayTest):
+    """Issue 9 #16: once `revalidate` is due, the gateway asks the upstream
+    before the response headers go out, so the first reader after a change
+    gets the new version whole — never the old size's headers and a cut."""
+
+    def test_first_reader_after_a_change_gets_the_new_version_whole(self):
+        root = os.path.join(self.tmp, "www")
+        path = os.path.join(root, "f.bin")
+        old = random_bytes(3 * MiB, seed=31)
+        write_file(path, old)
+        origin = self.nginx(root, picky=False)
+        gw = self.gateway(
+            "[server]\n[cache]\ndir = @CACHE@\nblock_size = 1M\nmax_size = 1G\nmin_free = 0\n"
+            "[mount m]\nsource = http\nbase_url = %s\nrevalidate = 1s\n" % origin.url("/"))
+        r = gw.get("/p/m/f.bin")
+        self.assertEqual((r.status, r.body), (200, old))
+        r = gw.get("/p/m/f.bin", headers={"Range": "bytes=100-199"})
+        self.assertEqual((r.status, r.body, r.header("X-Cache")), (206, old[100:200], "HIT"))
+        for i, size in enumerate((2 * MiB + 7, 4 * MiB + 1, 4 * MiB + 1)):
+            new = random_bytes(size, seed=40 + i)
+            write_file(path, new)
+            os.utime(path, (time.time() + 10 + i, time.time() + 10 + i))  # a new ETag even within a second
+            time.sleep(1.2)  # revalidate (1 s) is due
+            for rng, want in (("", new), ("bytes=%d-" % (size - 1000), new[-1000:])):
+                with self.subTest(change=i, range=rng):
+                    r = gw.get("/p/m/f.bin", headers={"Range": rng} if rng else None)
+                    self.assertEqual(r.status, 206 if rng else 200)
+                    self.assertEqual(r.header("Content-Length"), str(len(want)))
+                    self.assertEqual(r.body, want)
+            time.sleep(1.2)
+
+    def test_a_reader_still_on_the_old_version_does_not_hold_back_the_new_one(self):
+        # The object is in memory (a client is still reading the old
+        # version, slowly) when the upstream changes and revalidate is due.
+        root = os.path.join(self.tmp, "www")
+        path = os.path.join(root, "f.bin")
+        old = random_bytes(8 * MiB, seed=51)
+        write_file(path, old)
+        origin = self.nginx(root, picky=False)
+        gw = self.gateway(
+            "[server]\n[cache]\ndir = @CACHE@\nblock_size = 1M\nmax_size = 1G\nmin_free = 0\n"
+            "[mount m]\nsource = http\nbase_url = %s\nrevalidate = 1s\n" % origin.url("/"))
+        slow = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+        slow.request("GET", "/p/m/f.bin")
+        resp = slow.getresponse()
+        got = resp.read(64 * KiB)  # then it stops reading
+        new = random_bytes(5 * MiB + 3, seed=52)
+        write_file(path, new)
+        os.utime(path, (time.time() + 10, time.time() + 10))
+        time.sleep(1.2)
+        r = gw.get("/p/m/f.bin")
+        self.assertEqual((r.status, r.header("Content-Length")), (200, str(len(new))))
+        self.assertEqual(r.body, new)
+        # The old reader: old bytes as far as it gets, never new ones.
+        try:
+            got += resp.read()
+        except http.client.IncompleteRead as e:
+            got += e.partial
+        slow.close()
+        self.assertEqual(got, old[:len(got)])
