@@ -149,6 +149,7 @@ struct Mount {
   int64_t connections = 16;              // parallel block fetches per object
   int64_t maxConnections = 32;           // cap for the whole source (account)
   int64_t readAhead = 64LL << 20;        // bytes fetched ahead of a sequential reader
+  int64_t mediaPrefetch = 4LL << 20;     // a media file's index region fetched with its head; 0 = off
   int64_t linkTtlMs = 0;                 // 0 = source default
   LinkBind linkBind = LinkBind::None;
   int64_t listTtlMs = 60'000;            // local, alist: folder listings are reused this long
@@ -177,6 +178,7 @@ struct Rule {
   std::string proxyUrl;
   std::optional<int64_t> connections;
   std::optional<bool> cache;
+  std::optional<bool> mediaPrefetch;
 };
 
 struct Config {

@@ -379,9 +379,14 @@ std::vector<Directive> makeTable() {
       {.section = S::Mount, .name = "read_ahead", .type = T::Size, .def = "64M",
        .doc = "Bytes fetched ahead of a reader (never past the end of its range; at most a quarter of max_size).",
        .apply = [](Config& c, V v) { mount(c).readAhead = v.num; }},
+      {.section = S::Mount, .name = "media_prefetch", .type = T::Size, .def = "4M", .max = 64LL << 20,
+       .doc = "On the first read of an MP4/MOV/M4V or Matroska/WebM file, fetch its index (moov, "
+              "Cues; else the file's last bytes) this far, with the head; 0 = off.",
+       .apply = [](Config& c, V v) { mount(c).mediaPrefetch = v.num; }},
       {.section = S::Mount, .name = "link_ttl", .type = T::Duration, .def = "0",
        .sources = kHttp | kAlist | kAliyun,
-       .doc = "Reuse a resolved link this long; 0 = until the expiry the source reports.",
+       .doc = "Reuse a resolved link this long when neither the source nor the link itself says when "
+              "it expires (an expiry written in a signed URL wins); 0 = the source's default.",
        .apply = [](Config& c, V v) { mount(c).linkTtlMs = v.num; }},
       {.section = S::Mount, .name = "link_bind", .type = T::Enum, .choices = "none|ua|ua+ip",
        .def = "none", .sources = kHttp | kAlist,
@@ -443,6 +448,9 @@ std::vector<Directive> makeTable() {
        .apply = [](Config& c, V v) { rule(c).connections = v.num; }},
       {.section = S::Rule, .name = "cache", .type = T::Bool, .doc = "Overrides the mount's cache.",
        .apply = [](Config& c, V v) { rule(c).cache = v.num != 0; }},
+      {.section = S::Rule, .name = "media_prefetch", .type = T::Bool,
+       .doc = "off: no index prefetch for matching files; on: the mount's media_prefetch (4M when it is 0).",
+       .apply = [](Config& c, V v) { rule(c).mediaPrefetch = v.num != 0; }},
   };
 }
 // clang-format on

@@ -191,4 +191,11 @@ std::optional<LinkExpiry> linkExpiry(std::string_view url) {
   return std::nullopt;
 }
 
+std::optional<int64_t> writtenLinkExpiryMs(std::string_view url, int64_t resolvedAtMs) {
+  std::optional<LinkExpiry> e = linkExpiry(url);
+  if (!e) return std::nullopt;
+  if (e->form == LinkExpiryForm::Plain && e->unixMs <= resolvedAtMs) return std::nullopt;
+  return e->unixMs;
+}
+
 }  // namespace slip::policy

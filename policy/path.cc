@@ -164,6 +164,19 @@ std::string encodePath(std::string_view decodedPath) {
 
 std::string encodeQueryValue(std::string_view v) { return percentEncode(v, isUnreserved); }
 
+std::string urlOrigin(std::string_view url) {
+  size_t scheme = url.find("://");
+  if (scheme == std::string_view::npos || scheme == 0) return "";
+  std::string_view rest = url.substr(scheme + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (size_t at = rest.rfind('@'); at != std::string_view::npos) rest = rest.substr(at + 1);
+  if (rest.empty()) return "";
+  std::string out;
+  for (char c : url.substr(0, scheme + 3)) out += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  for (char c : rest) out += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  return out;
+}
+
 std::string contentDisposition(std::string_view fileName, bool attachment) {
   // The quoted fallback is for clients without RFC 5987 support; control
   // bytes are replaced too so a file name can never split the header.

@@ -81,6 +81,7 @@ namespace slip::policy {
   X(UpstreamForbidden, 502, "upstream link or redirect leads where the gateway does not go (address, scheme, loop)") \
   X(SourceBadLink, 502, "the source returned a link that cannot be fetched")             \
   X(ResolveFailed, 502, "source could not resolve the path to a link")                    \
+  X(LinkExpired, 502, "the source keeps handing out links whose written expiry is past")   \
   X(SourceBadReply, 502, "the source's reply does not follow its API")                    \
   X(SourceBadHeader, 502, "the source asked for a header that cannot be sent upstream")    \
   X(AccountAuth, 502, "the cloud account's credentials were refused")                    \
@@ -213,6 +214,11 @@ std::string encodePath(std::string_view decodedPath);
 /// Percent-encodes a query parameter value (encodes '/', ':', '=', '+', ...).
 std::string encodeQueryValue(std::string_view v);
 
+/// "scheme://host[:port]" of an absolute URL, lower case, without user info,
+/// path, query or fragment (the key of an upstream host); "" when `url` has
+/// no "scheme://" or no host.
+std::string urlOrigin(std::string_view url);
+
 /// RFC 6266 Content-Disposition for a file name: `inline; filename="ascii";
 /// filename*=UTF-8''percent-encoded`. `attachment` when asked.
 std::string contentDisposition(std::string_view fileName, bool attachment = false);
@@ -303,6 +309,7 @@ struct Decision {
   int64_t connections = 0;      // effective per-object connections
   bool cache = true;
   bool needsSize = false;       // a rule's size condition could not be tested: probe, then decide again
+  int64_t mediaPrefetch = 0;    // bytes of a media file's index region fetched with its head; 0 = off
 };
 
 /// Compiled rules: regexes compiled once at load.
@@ -624,6 +631,13 @@ struct LinkExpiry {
 /// a caller that reads a `Plain` expiry at or before the time it resolved the
 /// link should treat it as "no expiry written" rather than as already expired.
 std::optional<LinkExpiry> linkExpiry(std::string_view url);
+
+/// The expiry written in a link resolved at `resolvedAtMs` (Unix ms), as the
+/// link cache uses it: linkExpiry's, except that a `Plain` one (a bare `e` or
+/// `t`) at or before `resolvedAtMs` is taken as "no expiry written" (those
+/// names mean other things on some sites). Other forms are returned even when
+/// already past: such a link is expired and must never reach a client.
+std::optional<int64_t> writtenLinkExpiryMs(std::string_view url, int64_t resolvedAtMs);
 
 // ---------------------------------------------------------------- media index
 // Where a player will look for the index of a media file (issue 11 item 3),

@@ -222,12 +222,17 @@ Decision RuleSet::explain(const conf::Config& cfg, const RequestFacts& facts,
     d.proxyUrl = hit->proxyUrl.empty() ? mount.proxyUrl : hit->proxyUrl;
     d.connections = hit->connections.value_or(mount.connections);
     d.cache = hit->cache.value_or(mount.cache);
+    d.mediaPrefetch = !hit->mediaPrefetch.value_or(true) ? 0
+                      : mount.mediaPrefetch > 0         ? mount.mediaPrefetch
+                      : hit->mediaPrefetch            ? static_cast<int64_t>(kMediaIndexMaxBytes)
+                                                        : 0;
     from = "rule " + hit->name + " action " + conf::deliveryName(hit->action);
   } else {
     d.delivery = resolve(mount.delivery, facts.route, traits[facts.mountIndex], &note);
     d.proxyUrl = mount.proxyUrl;
     d.connections = mount.connections;
     d.cache = mount.cache;
+    d.mediaPrefetch = mount.mediaPrefetch;
     from = "mount " + mount.name + " delivery " + conf::deliveryName(mount.delivery);
   }
   if (d.delivery != conf::Delivery::ProxyUrl) {

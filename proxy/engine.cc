@@ -168,6 +168,7 @@ Stats Engine::snapshot() const {
     a.downloadsWaiting = impl_->multi.admission().waiting(impl_->accountPool[i]);
     s.accounts.push_back(std::move(a));
   }
+  if (impl_->fetcher) s.hosts = impl_->fetcher->hosts();
   return s;
 }
 

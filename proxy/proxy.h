@@ -111,6 +111,13 @@ struct AccountStats {
   int downloadsWaiting = 0;      // queued behind max_connections
 };
 
+/// One upstream host of the block cache's fill (issue 11: adaptive connections).
+struct HostStats {
+  std::string host;  // scheme://host:port
+  int target = 0;    // transfers it should run at once now (connections is the ceiling)
+  int running = 0;   // the fill's transfers to it now
+};
+
 /// Counters for logs, status and metrics.
 struct Stats {
   uint64_t upstreamRequests = 0;
@@ -120,6 +127,7 @@ struct Stats {
   uint64_t linkResolutions = 0;
   uint64_t cacheHitBytes = 0;
   uint64_t corruptBlocks = 0;
+  uint64_t cancelledBlocks = 0;  // fetches stopped because no reader wanted them (a seek, a client gone)
   int activeTransfers = 0;
   // the store, filled in by snapshot()
   bool cacheEnabled = false;
@@ -127,6 +135,7 @@ struct Stats {
            cacheMaxBytes = 0, cacheEvictedBlocks = 0, cacheDroppedCorrupt = 0;
   size_t diskQueueBytes = 0;
   std::vector<AccountStats> accounts;
+  std::vector<HostStats> hosts;  // the fill's upstream hosts
 };
 
 /// One entry of a folder listing (SPEC §4).

@@ -44,6 +44,19 @@ const proxy::Headers& statusPageHeaders() {
   return h;
 }
 
+/// A Prometheus label value: backslash, double quote and newline escaped.
+std::string labelValue(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
 }  // namespace
 
 void Server::Impl::addAdminRoutes() {
@@ -152,6 +165,9 @@ std::string Server::Impl::metrics() const {
   metric("slipstream_upstream_transfers", "gauge", "Upstream transfers running now.",
          static_cast<uint64_t>(std::max(0, st.activeTransfers)));
   metric("slipstream_link_resolutions_total", "counter", "Links resolved by sources.", st.linkResolutions);
+  metric("slipstream_cancelled_blocks_total", "counter",
+         "Block fetches stopped because no reader wanted them any more (a seek, a client gone).",
+         st.cancelledBlocks);
   metric("slipstream_cache_hit_bytes_total", "counter", "Bytes served from stored blocks.", st.cacheHitBytes);
   if (st.cacheEnabled) {
     metric("slipstream_cache_objects", "gauge", "Object versions in the cache.", st.cacheObjects);
@@ -164,6 +180,18 @@ std::string Server::Impl::metrics() const {
            st.cacheDroppedCorrupt);
     metric("slipstream_disk_queue_bytes", "gauge", "Bytes waiting for the disk thread.", st.diskQueueBytes);
   }
+  // Per upstream host of the fill: the adaptive connection count (issue 11).
+  auto perHost = [&o, &st](const char* name, const char* help, int (*get)(const proxy::HostStats&)) {
+    if (st.hosts.empty()) return;
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n";
+    for (const auto& h : st.hosts)
+      o += std::string(name) + "{host=\"" + labelValue(h.host) + "\"} " + std::to_string(get(h)) + "\n";
+  };
+  perHost("slipstream_upstream_host_connections",
+          "Transfers the fill runs at once against this upstream host now (adaptive; connections is the ceiling).",
+          [](const proxy::HostStats& h) { return h.target; });
+  perHost("slipstream_upstream_host_transfers", "The fill's transfers to this upstream host now.",
+          [](const proxy::HostStats& h) { return h.running; });
   // One family per figure, one sample per [account].
   auto perAccount = [&o, &st](const char* name, const char* type, const char* help,
                               uint64_t (*get)(const proxy::AccountStats&)) {

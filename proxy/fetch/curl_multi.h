@@ -136,6 +136,10 @@ class Transfer {
   void resume();
   /// Stops without calling onDone.
   void cancel();
+  /// Hands the transfer to another handler (from the loop, while it is
+  /// paused or between callbacks): a probe whose body is a block's bytes
+  /// becomes that block's piece.
+  void setHandler(Handler* h) { handler_ = h; }
   bool paused() const { return paused_; }
 
   // Response, valid from onHeaders on.

@@ -33,6 +33,12 @@ void Fill::setState(Object* o, ObjectState s) {
 Fetcher::Fetcher(Context& ctx) : fill_(std::make_unique<Fill>(ctx)) {}
 Fetcher::~Fetcher() = default;
 
+std::vector<HostStats> Fetcher::hosts() const {
+  std::vector<HostStats> out;
+  for (const auto& f : fill_->tuner.figures()) out.push_back({f.host, f.target, f.running});
+  return out;
+}
+
 std::unique_ptr<BlockReader> Fetcher::reader(BlockReader::Client* client) {
   return std::make_unique<BlockReader>(*fill_, client);
 }
@@ -40,6 +46,7 @@ std::unique_ptr<BlockReader> Fetcher::reader(BlockReader::Client* client) {
 Fill::Fill(Context& c)
     : ctx(c),
       store(*c.store),
+      tuner(c.clock),
       sched_(c.base, [this] { schedule(); }),
       sweep_(c.base, [this] { sweep(); }),
       retryTimer_(c.base, [this] { kick(); }),
@@ -83,7 +90,11 @@ void Fill::open(BlockReader* r, const Request& req) {
   const conf::Mount& m = ctx.cfg.mounts[req.mountIndex];
   store::Key key = store::objectKey(m.name, req.rest);
   r->requestId = req.id;
+  // Who asks: a newer request of the same client far from this one is a seek.
+  r->clientId = std::hash<std::string>{}(req.client + '\n' + req.userAgent) | 1;
+  r->seq = ++readerSeq_;
   r->connections = static_cast<int>(req.decision.connections > 0 ? req.decision.connections : m.connections);
+  r->mediaPrefetch = req.decision.mediaPrefetch;
   std::unique_ptr<Object>& slot = objects_[key];
   if (!slot) {
     slot = std::make_unique<Object>();
@@ -102,6 +113,13 @@ void Fill::open(BlockReader* r, const Request& req) {
   Object* o = slot.get();
   r->obj = o;
   o->opening.push_back(r);
+  if (!o->hasMeta && !o->fuseAt && !req.head) {
+    // A cold open asks for the block this reader starts in (the fused probe);
+    // a suffix range does not say where that is before the size is known.
+    policy::WireRange w = policy::parseRange(req.range);
+    if (w.kind == policy::WireRange::Kind::Single) o->fuseAt = w.first;
+    else if (w.kind != policy::WireRange::Kind::Suffix) o->fuseAt = 0;
+  }
   if (o->state == ObjectState::Ready && policy::isFresh(o->meta.validatedMs, m.revalidateMs, ctx.clock.wallMs())) {
     finishOpen(o, {});  // a warm hit: no upstream round trip, no link resolution
     return;
@@ -118,7 +136,10 @@ void Fill::finishOpen(Object* o, const OpenResult& res) {
     r->meta_ = o->meta;
     r->client->opened(res);
   }
-  if (res.reason == Reason::None) kick();
+  if (res.reason == Reason::None) {
+    considerMedia(o);
+    kick();
+  }
   sweepSoon();
 }
 
@@ -140,6 +161,7 @@ Object* Fill::replace(Object* o) {
 void Fill::kill(Object* o, Reason r, const std::string& detail) {
   if (o->state == ObjectState::Dead) return;
   setState(o, ObjectState::Dead);
+  o->media = MediaState::Off;
   auto it = objects_.find(o->key);
   if (it != objects_.end() && it->second.get() == o) {
     retired_.push_back(std::move(it->second));
@@ -147,7 +169,7 @@ void Fill::kill(Object* o, Reason r, const std::string& detail) {
   }
   if (o->hasMeta) store.invalidate(o->key, o->meta.generation);
   if (o->whole) {
-    counted(o, -1);
+    counted(o, o->whole->host, -1);
     retire(std::move(o->whole->xfer));
     graveyard_.bury(std::move(o->whole));
   }
@@ -185,6 +207,11 @@ void Fill::unlink(Object* o, BlockReader* r) {
 void Fill::detach(BlockReader* r) {
   Object* o = r->obj;
   if (!o) return;
+  // The block it was reading is finished and stored: its client has part of it.
+  if (o->meta.blockSize > 0 && r->pos < r->end) {
+    auto it = o->blocks.find(static_cast<uint32_t>(r->pos / o->meta.blockSize));
+    if (it != o->blocks.end()) it->second->keep = true;
+  }
   unlink(o, r);
   sweepSoon();
   kick();
@@ -213,6 +240,12 @@ void Fill::wakeStalled(Object* o) {
 }
 
 // ------------------------------------------------------------------ links
+
+int Fill::hostOf(const Object* o) {
+  if (!o->haveLink) return -1;
+  std::string origin = policy::urlOrigin(o->link.url);
+  return origin.empty() ? -1 : tuner.hostId(origin);
+}
 
 bool Fill::linkUsable(const Object* o) const { return o->haveLink && proxy::linkUsable(o->link, ctx.clock.wallMs()); }
 

@@ -59,7 +59,7 @@ class BlockReader {
   };
 
   BlockReader(Fill& fill, Client* client);
-  ~BlockReader();  // detaches: read-ahead only it wanted stops, fetches in flight finish
+  ~BlockReader();  // detaches: read-ahead only it wanted stops (planner rule 9)
   BlockReader(const BlockReader&) = delete;
   BlockReader& operator=(const BlockReader&) = delete;
 
@@ -84,8 +84,12 @@ class BlockReader {
   Object* obj = nullptr;
   uint64_t pos = 0;        // next byte the client needs
   uint64_t end = 0;        // end of the client's range
+  uint64_t start = 0;      // where the client's range began (read-ahead ramps from it)
+  uint64_t clientId = 0;   // hash of the client's address and User-Agent (seeks)
+  uint64_t seq = 0;        // attach order (the fill's counter)
   uint64_t requestId = 0;
   int connections = 1;     // per-object parallelism this request may use
+  int64_t mediaPrefetch = 0;  // bytes of a media index fetched with the head (0 = off)
   plan::Priority priority = plan::Priority::Playing;
   Client* client;
 
@@ -110,6 +114,8 @@ class Fetcher {
   Fetcher& operator=(const Fetcher&) = delete;
 
   std::unique_ptr<BlockReader> reader(BlockReader::Client* client);
+  /// Per upstream host: the adaptive connection target and transfers now.
+  std::vector<HostStats> hosts() const;
 
  private:
   std::unique_ptr<Fill> fill_;

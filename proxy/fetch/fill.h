@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "proxy/fetch/fetcher.h"
+#include "proxy/fetch/tuner.h"
 
 namespace slip::proxy {
 
@@ -42,6 +43,13 @@ enum class ObjectState {
 };
 const char* objectStateName(ObjectState s);
 
+/// Media-aware prefetch of an object (media.cc).
+enum class MediaState {
+  Unknown,   // not decided: waiting for a reader and the head's first bytes
+  Fetching,  // indexRange is being fetched (an index reader for the planner)
+  Off,       // not a media file, nothing to fetch, turned off, or done
+};
+
 // One upstream range request filling [begin, end) of a block.
 struct Piece final : Transfer::Handler {
   Piece(Fill& f, Block& b, uint64_t from, uint64_t to) : fill(f), blk(b), begin(from), end(to) {}
@@ -53,6 +61,7 @@ struct Piece final : Transfer::Handler {
   plan::PieceState state = plan::PieceState::Queued;
   int attempts = 0;
   uint64_t linkSerial = 0;
+  int host = -1;  // the upstream host its transfer went to (ConnectionTuner id)
   std::unique_ptr<Transfer> xfer;
   std::unique_ptr<Timer> retry;
   uint64_t receivedAtStart = 0;  // `received` when the current attempt started
@@ -79,6 +88,7 @@ struct Block {
   uint64_t requestId = 0;
   bool committing = false;
   bool fedByStream = false;  // filled by the object's whole-body stream
+  bool keep = false;         // a reader that left was reading it: never cancelled (planner rule 9)
   Lifeline life;             // disk completions check it
 };
 
@@ -89,6 +99,7 @@ struct WholeStream final : Transfer::Handler {
   Fill& fill;
   Object& obj;
   std::unique_ptr<Transfer> xfer;
+  int host = -1;             // ConnectionTuner id
   uint64_t offset = 0;       // object offset of the next byte from upstream
   bool changed = false;      // the upstream's length or ETag differ from the object's
   bool cacheFailed = false;  // a block could not be opened in the store
@@ -100,13 +111,18 @@ struct WholeStream final : Transfer::Handler {
   void onDone(Transfer& t, const TransferResult& r) override;
 };
 
-// The 1-byte probe of an object.
+// The probe of an object: `bytes=0-0`, or — opening a version the index
+// does not know (issue 11 item 5) — the block the first reader needs, whose
+// Content-Range gives the size and whose body becomes that block's piece.
 struct ProbeCall final : Transfer::Handler {
   ProbeCall(Fill& f, Object& o) : fill(f), obj(o) {}
   Fill& fill;
   Object& obj;
   std::unique_ptr<Transfer> xfer;
   uint64_t linkSerial = 0;
+  std::optional<policy::ByteRange> fused;  // the block asked for (fused probe)
+  bool adopt = false;                      // onHeaders: the body is that block's: a piece takes it
+  std::unique_ptr<Trigger> adoptSoon;      // runs Fill::adoptProbe from the loop
   // What onHeaders found.
   bool ok = false;
   bool denied = false;
@@ -147,6 +163,10 @@ struct Object {
   std::unique_ptr<ProbeCall> probe;
   int probeAttempts = 0;
   int64_t probeFirstFailMs = 0;  // monotonic: the first of the failed attempts in a row
+  std::optional<uint64_t> fuseAt;  // a cold open: where the first reader starts (fused probe)
+  // media-aware prefetch (media.cc)
+  MediaState media = MediaState::Unknown;
+  std::optional<policy::ByteRange> indexRange;
   std::unique_ptr<Timer> probeTimer;
   // whole-body stream (upstream ignores Range)
   std::unique_ptr<WholeStream> whole;
@@ -159,7 +179,7 @@ struct Object {
   /// Nothing uses it any more: the table may free it.
   bool idle() const {
     return readers.empty() && opening.empty() && blocks.empty() && !probe && !whole && !resolving &&
-           !(probeTimer && probeTimer->pending());
+           !(probeTimer && probeTimer->pending()) && media != MediaState::Fetching;
   }
 };
 
@@ -172,6 +192,7 @@ class Fill {
 
   Context& ctx;
   store::Store& store;
+  ConnectionTuner tuner;  // adaptive transfers per upstream host
 
   // ---- object table (fetcher.cc)
   void open(BlockReader* r, const Request& req);
@@ -201,9 +222,17 @@ class Fill {
   /// Cancels and frees later (it may be the transfer whose callback runs).
   void retire(std::unique_ptr<Transfer> t);
 
+  // ---- media-aware prefetch (media.cc)
+  /// Decides (once) whether o is a media file whose index to fetch with its head.
+  void considerMedia(Object* o);
+  std::optional<std::string> headOf(Object* o, uint64_t n);
+
   // ---- probe (probe.cc)
   void startProbe(Object* o);
   void probeFinished(Object* o, const TransferResult& r);
+  /// A fused probe's answer is the block it asked for: the object takes the
+  /// version, the transfer goes on as that block's piece.
+  void adoptProbe(Object* o);
 
   // ---- scheduling (schedule.cc)
   void kick() { sched_.fire(); }
@@ -226,21 +255,30 @@ class Fill {
   /// (freed from the graveyard). Returns the readers that waited on it.
   std::vector<BlockReader*> removeBlock(Block* b);
   void dropBlock(Block* b);
+  /// The planner cancelled b (rule 9: nobody wants it; running pieces are cut).
+  void cancelBlock(Block* b);
   void failBlock(Block* b, policy::Reason r, const std::string& detail);
   void startWhole(Object* o);
   void wholeFinished(Object* o, const TransferResult& r);
-  /// Counts an upstream transfer of `o` starting (+1) or ending (-1).
-  void counted(Object* o, int delta) {
+  /// Counts an upstream transfer of `o` to `host` starting (+1) or ending (-1).
+  void counted(Object* o, int host, int delta) {
     o->running += delta;
     running_ += delta;
     if (delta > 0) o->servedTick = ++tick_;
+    if (delta > 0) tuner.started(host);
+    else tuner.ended(host);
   }
+  /// The ConnectionTuner id of o's link's host (-1 without a link).
+  int hostOf(const Object* o);
   /// Resumes transfers paused on the store's queue.
   void resumePaused();
   std::set<Piece*> paused;  // waiting for the store's queue to drain
 
  private:
   void sweep();
+  /// The probe said `fresh`: the same version is revalidated, another one
+  /// replaces o (returned). The opening readers are not told yet.
+  Object* takeVersion(Object* o, store::ObjectMeta fresh);
   bool pieceVerdict(Piece* p, const std::string& detail);
   void noRanges(Object* o);
   plan::Input snapshot(std::vector<Object*>* objs);
@@ -249,6 +287,7 @@ class Fill {
   std::map<store::Key, std::unique_ptr<Object>> objects_;  // the current version per key
   std::vector<std::unique_ptr<Object>> retired_;          // dead versions still in use
   int running_ = 0;   // the fill's upstream transfers, all objects
+  uint64_t readerSeq_ = 0;  // attach order of readers (planner rule 8)
   uint64_t tick_ = 0; // counts transfer starts, for servedTick
   Trigger sched_;
   Trigger sweep_;

@@ -14,8 +14,13 @@ uint64_t pageFloor(uint64_t v) { return v / kPage * kPage; }
 /// The planner's working state: the input, and what the plan did to it.
 class Sim {
  public:
-  explicit Sim(const Input& in) : in_(in), objs_(in.objects), pools_(in.pools), fillRunning_(in.fillRunning) {
+  explicit Sim(const Input& in)
+      : in_(in), objs_(in.objects), pools_(in.pools), hosts_(in.hosts), fillRunning_(in.fillRunning) {
     tick_ = in.tick;
+    stale_.resize(objs_.size());
+    for (size_t i = 0; i < objs_.size(); i++)
+      for (size_t r = 0; r < objs_[i].readers.size(); r++)
+        stale_[i].push_back(staleReader(objs_[i], r, readAheadOf(objs_[i], in.cacheMaxSize)));
   }
 
   Plan run() {
@@ -62,7 +67,7 @@ class Sim {
     int n = 1;
     for (const Reader& r : o.readers) n = std::max(n, r.connections);
     if (o.readers.empty()) n = std::max(n, o.defaultConnections);
-    return std::min(n, o.hostCap);
+    return n;
   }
   int fairCap(const Object& o) const {
     if (!fair_) return INT_MAX;
@@ -76,18 +81,25 @@ class Sim {
     auto it = pools_.find(o.pool);
     return it == pools_.end() ? 0 : it->second.free;
   }
+  /// Slots the object's upstream host has left (its adaptive target).
+  int hostFree(const Object& o) const {
+    auto it = hosts_.find(o.host);
+    return it == hosts_.end() ? INT_MAX : it->second.target - it->second.running;
+  }
   bool canStart(const Object& o) const {
-    return o.running < connLimit(o) && o.running < fairCap(o) && poolFree(o) > 0 &&
+    return o.running < connLimit(o) && o.running < fairCap(o) && poolFree(o) > 0 && hostFree(o) > 0 &&
            fillRunning_ < in_.fillLimit;
   }
   int freeSlots(const Object& o) const {
-    return std::min({connLimit(o) - o.running, fairCap(o) - o.running, poolFree(o), in_.fillLimit - fillRunning_});
+    return std::min({connLimit(o) - o.running, fairCap(o) - o.running, poolFree(o), hostFree(o),
+                     in_.fillLimit - fillRunning_});
   }
-  void count(Object& o) {
-    o.running++;
-    fillRunning_++;
-    pools_[o.pool].free--;
-    o.servedTick = ++tick_;
+  void count(Object& o, int n = 1) {
+    o.running += n;
+    fillRunning_ += n;
+    if (n > 0) pools_[o.pool].free -= n;  // a cut transfer's pool slot cools down (Admission)
+    if (auto it = hosts_.find(o.host); it != hosts_.end()) it->second.running += n;
+    if (n > 0) o.servedTick = ++tick_;
   }
 
   // ---- blocks
@@ -98,10 +110,16 @@ class Sim {
     return nullptr;
   }
   static bool missing(const Object& o, uint32_t idx) { return !block(o, idx) && !(o.stored && o.stored(idx)); }
+  /// Reader r's window, stale or not (rule 8).
+  std::pair<uint32_t, uint32_t> window(const Object& o, size_t r) const {
+    size_t i = static_cast<size_t>(&o - objs_.data());
+    return windowOf(o.readers[r], o, ra(o), stale_[i][r]);
+  }
+  bool stale(const Object& o, size_t r) const { return stale_[static_cast<size_t>(&o - objs_.data())][r]; }
   bool wanted(const Object& o, uint32_t idx) const {
-    for (const Reader& r : o.readers) {
-      if (r.pos >= r.end) continue;
-      auto [first, last] = windowOf(r, o, ra(o));
+    for (size_t r = 0; r < o.readers.size(); r++) {
+      if (o.readers[r].pos >= o.readers[r].end) continue;
+      auto [first, last] = window(o, r);
       if (idx >= first && idx < last) return true;
     }
     return false;
@@ -109,8 +127,8 @@ class Sim {
   /// Missing blocks inside the readers' windows, counted up to `cap`.
   int countMissing(const Object& o, int cap) const {
     std::set<uint32_t> seen;
-    for (const Reader& r : o.readers) {
-      auto [first, last] = windowOf(r, o, ra(o));
+    for (size_t r = 0; r < o.readers.size(); r++) {
+      auto [first, last] = window(o, r);
       for (uint32_t i = first; i < last && static_cast<int>(seen.size()) < cap; i++)
         if (missing(o, i)) seen.insert(i);
     }
@@ -124,34 +142,43 @@ class Sim {
     return countMissing(o, 1) > 0;
   }
   /// The next block to fetch: a block a playing reader is blocked on
-  /// (urgent), else the nearest missing block in some reader's window.
+  /// (urgent; fresh readers before stale ones), else the first missing block
+  /// of an index region, else the nearest missing block in some reader's
+  /// window.
   bool nextWanted(const Object& o, uint32_t* idx, std::optional<uint64_t>* urgent) const {
     const uint64_t bs = o.blockSize;
-    for (const Reader& r : o.readers) {
-      if (r.pos >= r.end || r.priority == Priority::Background) continue;
-      uint32_t i = static_cast<uint32_t>(r.pos / bs);
-      if (missing(o, i)) {
-        *idx = i;
-        *urgent = r.pos;
-        return true;
+    for (bool staleOnes : {false, true}) {
+      for (size_t k = 0; k < o.readers.size(); k++) {
+        const Reader& r = o.readers[k];
+        if (r.pos >= r.end || r.priority == Priority::Background || r.index || stale(o, k) != staleOnes) continue;
+        uint32_t i = static_cast<uint32_t>(r.pos / bs);
+        if (missing(o, i)) {
+          *idx = i;
+          *urgent = r.pos;
+          return true;
+        }
       }
     }
     uint64_t best = UINT64_MAX;
-    for (const Reader& r : o.readers) {
-      if (r.pos >= r.end) continue;
-      auto [first, last] = windowOf(r, o, ra(o));
-      for (uint32_t i = first; i < last; i++) {
-        uint64_t off = static_cast<uint64_t>(i) * bs;
-        uint64_t dist = off > r.pos ? off - r.pos : 0;
-        if (dist >= best) break;
-        if (!missing(o, i)) continue;
-        best = dist;
-        *idx = i;
-        *urgent = std::nullopt;
-        break;
+    for (bool indexOnes : {true, false}) {
+      for (size_t k = 0; k < o.readers.size(); k++) {
+        const Reader& r = o.readers[k];
+        if (r.pos >= r.end || r.index != indexOnes) continue;
+        auto [first, last] = window(o, k);
+        for (uint32_t i = first; i < last; i++) {
+          uint64_t off = static_cast<uint64_t>(i) * bs;
+          uint64_t dist = off > r.pos ? off - r.pos : 0;
+          if (dist >= best) break;
+          if (!missing(o, i)) continue;
+          best = dist;
+          *idx = i;
+          *urgent = std::nullopt;
+          break;
+        }
       }
+      if (best != UINT64_MAX) return true;
     }
-    return best != UINT64_MAX;
+    return false;
   }
 
   void emit(Action::Kind k, int obj, uint32_t blk = 0, int piece = 0) {
@@ -176,11 +203,13 @@ class Sim {
   }
 
   void startWhole(int i);
+  void cancelUnwanted(int i);
   bool startQueued(int i);
   void startMissing(int i);
   void startWork(int i) {
     Object& o = objs_[i];
     if (!o.ready) return;
+    cancelUnwanted(i);
     if (o.noRanges) return startWhole(i);
     if (!startQueued(i)) return;
     if (!o.linkUsable) return emit(Action::Kind::NeedLink, i);
@@ -190,11 +219,13 @@ class Sim {
   const Input& in_;
   std::vector<Object> objs_;
   std::map<int, Pool> pools_;
+  std::map<int, Host> hosts_;
   int fillRunning_;
   uint64_t tick_ = 0;
   bool fair_ = true;
   std::map<int, int> contenders_;
   std::set<int> needLink_;
+  std::vector<std::vector<bool>> stale_;  // per object, per reader (rule 8)
   Plan plan_;
 };
 
@@ -213,8 +244,35 @@ void Sim::startWhole(int i) {
   count(o);
 }
 
-/// Queued pieces, blocks a reader waits on first; unwanted queued read-ahead
-/// is cancelled. false: the object's caps are reached (stop here).
+/// Rule 9: in-flight blocks nobody wants any more are cancelled, running
+/// pieces included, unless more than half fetched, waited on or stream-fed.
+/// The object's (and the fill's) transfers they held are free again at once.
+void Sim::cancelUnwanted(int i) {
+  Object& o = objs_[i];
+  for (auto it = o.blocks.begin(); it != o.blocks.end();) {
+    const Block& b = *it;
+    uint64_t len = 0, got = 0;
+    int running = 0;
+    bool allDone = true;
+    for (const Piece& p : b.pieces) {
+      len += p.end - p.begin;
+      got += std::min(p.received, p.end - p.begin);
+      if (p.state == PieceState::Running) running++;
+      if (p.state != PieceState::Done) allDone = false;
+    }
+    if (b.length) len = b.length;
+    if (b.waitedOn || b.stream || b.keep || allDone || wanted(o, b.idx) || 2 * got > len) {
+      ++it;
+      continue;
+    }
+    emit(Action::Kind::Cancel, i, b.idx);
+    count(o, -running);
+    it = o.blocks.erase(it);
+  }
+}
+
+/// Queued pieces, blocks a reader waits on first. false: the object's caps
+/// are reached (stop here).
 bool Sim::startQueued(int i) {
   Object& o = objs_[i];
   std::vector<uint32_t> order;
@@ -225,14 +283,9 @@ bool Sim::startQueued(int i) {
   for (uint32_t idx : order) {
     auto it = std::find_if(o.blocks.begin(), o.blocks.end(), [idx](const Block& b) { return b.idx == idx; });
     Block& b = *it;
-    bool queued = false, started = false;
-    for (const Piece& p : b.pieces) (p.state == PieceState::Queued ? queued : started) = true;
+    bool queued = false;
+    for (const Piece& p : b.pieces) queued = queued || p.state == PieceState::Queued;
     if (!queued) continue;
-    if (!started && !b.waitedOn && !wanted(o, idx)) {
-      emit(Action::Kind::Cancel, i, idx);
-      o.blocks.erase(it);
-      continue;
-    }
     for (size_t pi = 0; pi < b.pieces.size(); pi++) {
       if (b.pieces[pi].state != PieceState::Queued) continue;
       if (!canStart(o)) return false;
@@ -307,11 +360,36 @@ Plan planFill(const Input& in) { return Sim(in).run(); }
 
 uint64_t readAheadOf(const Object& o, uint64_t cacheMaxSize) { return std::min(o.readAhead, cacheMaxSize / 4); }
 
-std::pair<uint32_t, uint32_t> windowOf(const Reader& r, const Object& o, uint64_t readAhead) {
+uint64_t rampOf(const Reader& r, const Object& o, uint64_t readAhead) {
+  uint64_t read = r.pos > r.start ? r.pos - r.start : 0;
+  return std::min(readAhead, std::max<uint64_t>(o.blockSize, read));
+}
+
+namespace {
+/// End (exclusive, bytes) of r's window when it is not stale.
+uint64_t windowEnd(const Reader& r, const Object& o, uint64_t readAhead) {
+  const uint64_t bs = o.blockSize;
+  if (r.index) return r.end;
+  return std::min(r.end, std::max(r.pos + rampOf(r, o, readAhead), (r.pos / bs + 1) * bs));
+}
+}  // namespace
+
+std::pair<uint32_t, uint32_t> windowOf(const Reader& r, const Object& o, uint64_t readAhead, bool stale) {
   const uint64_t bs = o.blockSize;
   if (r.pos >= r.end || bs == 0) return {0, 0};
-  uint64_t lim = std::min(r.end, std::max(r.pos + readAhead, (r.pos / bs + 1) * bs));
+  uint64_t lim = stale ? std::min(r.end, (r.pos / bs + 1) * bs) : windowEnd(r, o, readAhead);
   return {static_cast<uint32_t>(r.pos / bs), static_cast<uint32_t>((lim + bs - 1) / bs)};
+}
+
+bool staleReader(const Object& o, size_t i, uint64_t readAhead) {
+  const Reader& r = o.readers[i];
+  if (r.client == 0 || r.index || o.blockSize == 0) return false;
+  uint64_t lim = windowEnd(r, o, readAhead);
+  for (const Reader& n : o.readers) {
+    if (&n == &r || n.index || n.client != r.client || n.seq <= r.seq) continue;
+    if (n.pos + o.blockSize < r.pos || n.pos >= lim) return true;
+  }
+  return false;
 }
 
 std::vector<policy::ByteRange> splitBlock(uint64_t begin, uint64_t end, std::optional<uint64_t> urgentPos,

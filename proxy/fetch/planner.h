@@ -17,14 +17,37 @@
 //     nearest missing block in some reader's window (slots shared out among
 //     the missing blocks).
 //  5. Caps: the object's `connections` (largest of its readers'), its fair
-//     share, its pool's free slots, and the fill's `upstream_connections`.
+//     share, its pool's free slots, its upstream host's free slots (the
+//     adaptive target, proxy/fetch/tuner.h), and the fill's
+//     `upstream_connections`.
 //  6. An upstream that ignores Range gets one whole-body stream while some
 //     reader needs a block that is not stored.
 //
-// Inputs kept for the next rules (issue 11): reader priority (a Background
-// reader — prefetch — never makes a block urgent and its object yields to
-// objects with playing readers), piece progress (`received`), and a
-// per-upstream-host connection target (`hostCap`).
+// Fetch like a player reads (issue 11):
+//  7. Read-ahead grows with what a reader has read: its window is its own
+//     block plus min(read_ahead, max(block_size, pos - start)) — a player's
+//     seek that reads 2 MiB and leaves costs a few blocks, a download ramps
+//     up to the full read_ahead after reading that much.
+//  8. A reader is stale when a newer reader of the same client (address and
+//     User-Agent) on the object reads far from it (outside its window, or
+//     more than a block behind it): a seek. A stale reader gets no
+//     read-ahead, and its own block goes after the fresh readers' blocks.
+//  9. In-flight blocks no reader's window wants any more (the reader left,
+//     or went stale) are cancelled at once, their running pieces included —
+//     unless more than half of the block is already fetched (it finishes and
+//     is stored), a reader waits on it, a reader that left was reading it
+//     (`keep`: the client has part of it and may come back for the rest), or
+//     the whole-body stream feeds it.
+//     Cancelled transfers give their object's slots back at once, so the
+//     block at the new position starts with all free connections, and the
+//     object never has more than `connections` transfers.
+// 10. A media index region (the MP4 `moov`, the Matroska `Cues`) is an
+//     `index` reader: its window is exactly its range, it is never urgent,
+//     and its blocks come right after the urgent ones.
+//
+// Other input: reader priority (a Background reader — prefetch — never
+// makes a block urgent and its object yields to objects with playing
+// readers).
 #pragma once
 
 #include <climits>
@@ -51,6 +74,10 @@ struct Reader {
   int connections = 1;   // per-object parallelism this request may use
   Priority priority = Priority::Playing;
   bool stalled = false;  // waits for the block at pos and no fetch exists for it
+  uint64_t start = 0;    // where its range began: read-ahead grows with pos - start
+  uint64_t client = 0;   // who asks (address + User-Agent); 0 = nobody to compare with
+  uint64_t seq = 0;      // attach order on its object: larger is newer
+  bool index = false;    // a media index region, not a client: window = [pos, end)
 };
 
 enum class PieceState { Queued, Running, Backoff, Done };
@@ -66,6 +93,9 @@ struct Block {
   uint32_t idx = 0;
   bool waitedOn = false;  // a reader waits for its bytes
   std::vector<Piece> pieces;
+  bool stream = false;    // fed by the whole-body stream (never cancelled here)
+  bool keep = false;      // a reader that left was reading it: it finishes
+  uint64_t length = 0;    // its bytes (0: the sum of its pieces)
 };
 
 struct Object {
@@ -81,7 +111,7 @@ struct Object {
   bool linkUsable = false;
   int running = 0;             // its upstream transfers now
   uint64_t servedTick = 0;     // when a transfer last started for it
-  int hostCap = INT_MAX;       // transfers its upstream host should see at most
+  int host = -1;               // its upstream host (Input::hosts); -1 = not known
   std::vector<Reader> readers;
   std::vector<Block> blocks;   // in flight, ascending idx
   std::function<bool(uint32_t)> stored;  // the store lists this block
@@ -92,9 +122,17 @@ struct Pool {
   int free = 0;  // slots neither taken nor promised (may be <= 0)
 };
 
+/// An upstream host: the adaptive connection target and the fill's
+/// transfers to it now.
+struct Host {
+  int target = INT_MAX;
+  int running = 0;
+};
+
 struct Input {
   std::vector<Object> objects;
   std::map<int, Pool> pools;  // by pool id
+  std::map<int, Host> hosts;  // by host id
   int fillRunning = 0;        // the fill's transfers now, all objects
   int fillLimit = 0;          // upstream_connections
   uint64_t cacheMaxSize = UINT64_MAX;
@@ -103,7 +141,7 @@ struct Input {
 
 struct Action {
   enum class Kind {
-    Cancel,      // drop queued block `block` (read-ahead nobody wants)
+    Cancel,      // drop block `block` (read-ahead nobody wants; running pieces are cut)
     NewBlock,    // create block `block` with `pieces` (nothing started yet)
     StartPiece,  // start piece `piece` of block `block`
     StartWhole,  // start the object's whole-body stream
@@ -126,9 +164,16 @@ Plan planFill(const Input& in);
 
 /// read_ahead as the planner applies it: at most a quarter of max_size.
 uint64_t readAheadOf(const Object& o, uint64_t cacheMaxSize);
+/// Read-ahead of reader r (rule 7): min(readAhead, max(block, pos - start)).
+uint64_t rampOf(const Reader& r, const Object& o, uint64_t readAhead);
 /// Blocks [first, last) in reader r's window: from its block through its
-/// read-ahead, at least its own block, never past its range's end.
-std::pair<uint32_t, uint32_t> windowOf(const Reader& r, const Object& o, uint64_t readAhead);
+/// read-ahead (rampOf), at least its own block, never past its range's end.
+/// An index reader's window is its whole range; a stale one's its own block.
+std::pair<uint32_t, uint32_t> windowOf(const Reader& r, const Object& o, uint64_t readAhead,
+                                       bool stale = false);
+/// Rule 8: whether reader `i` of `o` was left behind by a newer reader of the
+/// same client reading far from it.
+bool staleReader(const Object& o, size_t i, uint64_t readAhead);
 /// The pieces of block [begin, end): up to `share` page-aligned ranges of at
 /// least kMinPiece, starting at the page of `urgentPos` (the head before it
 /// comes last), in start order.

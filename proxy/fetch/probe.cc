@@ -1,9 +1,15 @@
-// The probe: one `Range: bytes=0-0` request learns an object's size, ETag,
-// Last-Modified and whether the upstream honours Range. The same version
-// (size and validators) is revalidated in place; a different one starts a
-// new version (the old one dies and its readers fail cleanly). When the
-// upstream is unreachable and a stored version exists, it is served
-// (stale-if-error); a 404 drops it.
+// The probe: one range request learns an object's size, ETag, Last-Modified
+// and whether the upstream honours Range. The same version (size and
+// validators) is revalidated in place; a different one starts a new version
+// (the old one dies and its readers fail cleanly). When the upstream is
+// unreachable and a stored version exists, it is served (stale-if-error); a
+// 404 drops it.
+//
+// Revalidation asks `bytes=0-0`. A cold open (the index does not know the
+// object) asks for the block its first reader needs instead (issue 11 item
+// 5): the answer's Content-Range carries the size, and its body is that
+// block's bytes — the transfer is handed to the block as its piece, so a
+// cold open costs one request, not a probe and then a block.
 #include "proxy/fetch/fill.h"
 
 namespace slip::proxy {
@@ -19,8 +25,15 @@ void Fill::startProbe(Object* o) {
     if (o->probe || !linkUsable(o)) return;  // the resolution callback starts the probe
   }
   Transfer::Options opts = ctx.transferOptions(o->link, o->mount);
-  opts.range = policy::upstreamRange(policy::ByteRange{0, 1});
   o->probe = std::make_unique<ProbeCall>(*this, *o);
+  ProbeCall* pc = o->probe.get();
+  if (!o->hasMeta && o->fuseAt) {
+    const uint64_t bs = static_cast<uint64_t>(ctx.cfg.cache.blockSize);
+    uint64_t begin = *o->fuseAt / bs * bs;
+    pc->fused = policy::ByteRange{begin, begin + bs};
+    pc->adoptSoon = std::make_unique<Trigger>(ctx.base, [this, o] { adoptProbe(o); });
+  }
+  opts.range = policy::upstreamRange(pc->fused.value_or(policy::ByteRange{0, 1}));
   o->probe->linkSerial = o->link.serial;
   o->probe->xfer = std::make_unique<Transfer>(ctx.multi, std::move(opts), o->probe.get());
   o->afterProbe = o->state;
@@ -30,7 +43,21 @@ void Fill::startProbe(Object* o) {
 }
 
 bool ProbeCall::onHeaders(Transfer& t) {
-  policy::UpstreamJudgement v = policy::classifyUpstream(policy::UpstreamAsk{}, t.answer(), fill.ctx.clock.wallSeconds());  // bytes=0-0
+  const policy::UpstreamAnswer answer = t.answer();
+  if (fused && answer.status == 416) {
+    // The first reader's block starts past the end: the size is still known.
+    auto cr = policy::parseContentRange(answer.contentRange);
+    if (cr && cr->length && *cr->length <= fused->begin) {
+      ok = true;
+      meta.size = *cr->length;
+      meta.etag = t.header("etag");
+      meta.lastModified = t.header("last-modified");
+      meta.contentType = t.header("content-type");
+      return false;
+    }
+  }
+  // The probe's statuses (a fused probe's 206 reads the same: size, validators).
+  policy::UpstreamJudgement v = policy::classifyUpstream(policy::UpstreamAsk{}, answer, fill.ctx.clock.wallSeconds());
   using V = policy::UpstreamVerdict;
   detail = v.detail;
   switch (v.verdict) {
@@ -57,10 +84,21 @@ bool ProbeCall::onHeaders(Transfer& t) {
   meta.etag = t.header("etag");
   meta.lastModified = t.header("last-modified");
   meta.contentType = t.header("content-type");
-  return t.status() == 206;  // the 1-byte body is cheap; a 200 body is not
+  if (t.status() != 206) return false;  // a 200's body is not a probe's
+  if (!fused) return true;               // the 1-byte body is cheap
+  // The block it asked for, exactly: a piece takes the body (from the loop).
+  auto cr = policy::parseContentRange(answer.contentRange);
+  policy::ByteRange want{fused->begin, std::min(fused->end, meta.size)};
+  if (!cr || !cr->range || *cr->range != want) return false;  // size known; blocks are fetched as usual
+  adopt = true;
+  adoptSoon->fire();
+  return true;
 }
 
-size_t ProbeCall::onData(Transfer&, const char*, size_t n) { return n; }  // the probe's single byte
+size_t ProbeCall::onData(Transfer&, const char*, size_t n) {
+  // A fused probe's body waits (paused in curl) for the piece that takes it.
+  return adopt ? Transfer::kPause : n;  // else the probe's single byte
+}
 
 void ProbeCall::onDone(Transfer&, const TransferResult& r) { fill.probeFinished(&obj, r); }
 
@@ -74,6 +112,84 @@ bool sameVersion(const Object& o, const store::ObjectMeta& fresh) {
 }
 
 }  // namespace
+
+Object* Fill::takeVersion(Object* o, store::ObjectMeta fresh) {
+  int64_t now = ctx.clock.wallMs();
+  o->fuseAt.reset();
+  if (sameVersion(*o, fresh)) {
+    o->meta.validatedMs = now;
+    store.markValidated(o->key, o->meta, now);
+    if (o->state != ObjectState::Dead) setState(o, ObjectState::Ready);
+    return o;
+  }
+  if (o->hasMeta)
+    conf::Log::write(conf::LogLevel::Info, "upstream_changed",
+                     "path=" + conf::logValue(o->path) + " old_size=" + std::to_string(o->meta.size) +
+                         " new_size=" + std::to_string(fresh.size) + " old_etag=" + conf::logValue(o->meta.etag) +
+                         " new_etag=" + conf::logValue(fresh.etag));
+  // A new version: the old object (and everyone reading it) is finished.
+  std::vector<BlockReader*> waiting = std::move(o->opening);
+  o->opening.clear();
+  Link link = o->link;
+  bool haveLink = o->haveLink;
+  if (o->hasMeta || !o->readers.empty() || !o->blocks.empty() || o->state == ObjectState::Dead) o = replace(o);
+  o->link = link;
+  o->haveLink = haveLink;
+  fresh.blockSize = static_cast<uint32_t>(ctx.cfg.cache.blockSize);
+  fresh.validatedMs = now;
+  fresh.mount = mountOf(o).name;
+  fresh.path = o->rest;
+  o->meta = store.create(o->key, fresh);
+  o->hasMeta = true;
+  setState(o, ObjectState::Ready);
+  for (BlockReader* w : waiting) w->obj = o;
+  o->opening = std::move(waiting);
+  return o;
+}
+
+void Fill::adoptProbe(Object* o) {
+  ProbeCall* pc = o->probe.get();
+  if (!pc || !pc->adopt || !pc->xfer) return;
+  std::unique_ptr<ProbeCall> owned = std::move(o->probe);
+  if (o->state == ObjectState::Probing) setState(o, o->afterProbe);
+  std::unique_ptr<Transfer> xfer = std::move(owned->xfer);
+  const policy::ByteRange range = *owned->fused;
+  const uint64_t serial = owned->linkSerial;
+  store::ObjectMeta fresh = owned->meta;
+  graveyard_.bury(std::move(owned));
+  sweepSoon();
+  if (o->state == ObjectState::Dead) {  // killed meanwhile: its opening readers were told
+    retire(std::move(xfer));
+    return;
+  }
+  o->reResolvedFrom = 0;
+  o->probeAttempts = 0;
+  Object* v = takeVersion(o, fresh);
+  uint32_t idx = static_cast<uint32_t>(range.begin / v->meta.blockSize);
+  bool cacheFailed = false;
+  Block* b = v->blocks.count(idx) || v->meta.blockLength(idx) == 0
+                 ? nullptr
+                 : createBlock(v, idx, range.begin, {{range.begin, v->meta.blockBegin(idx) + v->meta.blockLength(idx)}},
+                               true, &cacheFailed);
+  if (b) {
+    Piece* p = b->pieces[0].get();
+    p->linkSerial = serial;
+    p->host = hostOf(v);
+    p->state = plan::PieceState::Running;
+    p->xfer = std::move(xfer);
+    p->xfer->setHandler(p);
+    counted(v, p->host, +1);
+    p->xfer->resume();
+  } else {
+    retire(std::move(xfer));  // no room: the planner fetches it later (or the open fails below)
+  }
+  finishOpen(v, {});
+  if (b && !b->initiator && !v->readers.empty()) {
+    b->initiator = v->readers.front();  // the access log's upstream bytes
+    b->requestId = b->initiator->requestId;
+  }
+  if (cacheFailed) kill(v, Reason::CacheFailed, "cannot open the cache data file");
+}
 
 void Fill::probeFinished(Object* o, const TransferResult& r) {
   std::unique_ptr<ProbeCall> pc = std::move(o->probe);  // its onDone is on the stack
@@ -90,38 +206,7 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
   }
   if (p.ok) {
     o->reResolvedFrom = 0;
-    int64_t now = ctx.clock.wallMs();
-    store::ObjectMeta fresh = p.meta;
-    if (sameVersion(*o, fresh)) {
-      o->meta.validatedMs = now;
-      store.markValidated(o->key, o->meta, now);
-      if (o->state != ObjectState::Dead) setState(o, ObjectState::Ready);
-      finishOpen(o, {});
-      return;
-    }
-    if (o->hasMeta)
-      conf::Log::write(conf::LogLevel::Info, "upstream_changed",
-                       "path=" + conf::logValue(o->path) + " old_size=" + std::to_string(o->meta.size) +
-                           " new_size=" + std::to_string(fresh.size) + " old_etag=" + conf::logValue(o->meta.etag) +
-                           " new_etag=" + conf::logValue(fresh.etag));
-    // A new version: the old object (and everyone reading it) is finished.
-    std::vector<BlockReader*> waiting = std::move(o->opening);
-    o->opening.clear();
-    Link link = o->link;
-    bool haveLink = o->haveLink;
-    if (o->hasMeta || !o->readers.empty() || !o->blocks.empty() || o->state == ObjectState::Dead) o = replace(o);
-    o->link = link;
-    o->haveLink = haveLink;
-    fresh.blockSize = static_cast<uint32_t>(ctx.cfg.cache.blockSize);
-    fresh.validatedMs = now;
-    fresh.mount = mountOf(o).name;
-    fresh.path = o->rest;
-    o->meta = store.create(o->key, fresh);
-    o->hasMeta = true;
-    setState(o, ObjectState::Ready);
-    for (BlockReader* w : waiting) w->obj = o;
-    o->opening = std::move(waiting);
-    finishOpen(o, {});
+    finishOpen(takeVersion(o, p.meta), {});
     return;
   }
   if (p.denied && linkDenied(o, p.linkSerial)) {

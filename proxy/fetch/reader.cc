@@ -6,6 +6,10 @@
 #include "proxy/fetch/fill.h"
 
 namespace slip::proxy {
+namespace {
+/// A reader tells the planner about its progress at least this often.
+constexpr uint64_t kKickStep = 256 * 1024;
+}  // namespace
 
 BlockReader::BlockReader(Fill& fill, Client* c) : client(c), fill_(fill) {}
 
@@ -28,6 +32,7 @@ CacheStatus BlockReader::cacheStatus(const policy::ByteRange& r) {
 
 void BlockReader::setRange(uint64_t begin, uint64_t stop) {
   pos = begin;
+  start = begin;
   end = stop;
   fill_.kick();
 }
@@ -50,7 +55,7 @@ BlockReader::Result BlockReader::read(uint64_t at, uint64_t max, evbuffer* out) 
   const uint64_t bs = meta_.blockSize;
   const uint32_t idx = static_cast<uint32_t>(at / bs);
   const uint64_t boff = at - static_cast<uint64_t>(idx) * bs;
-  const uint32_t oldIdx = static_cast<uint32_t>(pos / bs);
+  const uint64_t before = pos;
   // A corrupt or just-evicted block changes what there is to read: look again.
   for (int attempt = 0; attempt < 3 && obj; attempt++) {
     uint64_t n = std::min(max, meta_.blockLength(idx) - boff);
@@ -89,7 +94,8 @@ BlockReader::Result BlockReader::read(uint64_t at, uint64_t max, evbuffer* out) 
       break;
     }
     pos = at + n;
-    if (static_cast<uint32_t>(pos / bs) != oldIdx) fill_.kick();  // the read-ahead window moved
+    // The read-ahead window moved (it grows with what was read: planner rule 7).
+    if (before / bs != pos / bs || before / kKickStep != pos / kKickStep) fill_.kick();
     return {K::Ok, n, policy::Reason::None, ""};
   }
   if (!obj) return {K::Failed, 0, policy::Reason::CacheFailed, "the object is gone"};

@@ -84,6 +84,7 @@ void Fill::maybeCommit(Block* b) {
     blk->life.end();
     wakeBlock(blk.get());
     graveyard_.bury(std::move(blk));
+    if (idx == 0) considerMedia(o);
     wakeStalled(o);
     sweepSoon();
     kick();
@@ -108,6 +109,18 @@ void Fill::dropBlock(Block* b) {
   sweepSoon();
 }
 
+void Fill::cancelBlock(Block* b) {
+  if (conf::Log::enabled(conf::LogLevel::Debug)) {
+    uint64_t got = 0;
+    for (auto& p : b->pieces) got += p->received;
+    logf(conf::LogLevel::Debug, "block_cancelled",
+         "path=" + conf::logValue(b->obj->path) + " block=" + std::to_string(b->idx) +
+             " fetched=" + std::to_string(got) + " length=" + std::to_string(b->end - b->begin));
+  }
+  ctx.stats.cancelledBlocks++;
+  dropBlock(b);
+}
+
 void Fill::failBlock(Block* b, Reason r, const std::string& detail) {
   Object* o = b->obj;
   logf(conf::LogLevel::Warn, "block_failed",
@@ -118,6 +131,8 @@ void Fill::failBlock(Block* b, Reason r, const std::string& detail) {
   uint64_t bs = o->meta.blockSize;
   for (BlockReader* rd : o->readers)
     if (rd->pos < rd->end && rd->pos / bs <= b->idx && (rd->end - 1) / bs >= b->idx) victims.push_back(rd);
+  // An index region that cannot be fetched is not tried again and again.
+  if (o->indexRange && b->end > o->indexRange->begin && b->begin < o->indexRange->end) o->media = MediaState::Off;
   removeBlock(b);
   for (BlockReader* rd : victims) unlink(o, rd);  // other blocks may still list them
   for (BlockReader* rd : victims) rd->client->failed(r, detail);
@@ -141,9 +156,10 @@ void Fill::startPiece(Piece* p) {
   p->failure.reset();
   p->receivedAtStart = p->received;
   p->linkSerial = o->link.serial;
+  p->host = hostOf(o);
   p->xfer = std::make_unique<Transfer>(ctx.multi, std::move(opts), p);
   p->state = PieceState::Running;
-  counted(o, +1);
+  counted(o, p->host, +1);
   ctx.stats.upstreamRequests++;
   p->xfer->start();
 }
@@ -186,9 +202,11 @@ void Fill::storeBytes(Piece* p, const char* data, size_t n) {
     }
     p->written += n;
     wakeBlock(&p->blk);
+    if (p->blk.idx == 0) considerMedia(p->blk.obj);  // the head's first bytes landed
     if (p->state == PieceState::Done) maybeCommit(&p->blk);
   });
   p->received += n;
+  tuner.received(p->host, n);
   ctx.stats.upstreamBytes += n;
   if (b->initiator) b->initiator->client->upstreamBytes(n);
 }
@@ -198,8 +216,10 @@ void Piece::onDone(Transfer&, const TransferResult& r) { fill.pieceFinished(this
 void Fill::pieceFinished(Piece* p, const TransferResult& r) {
   Block* b = &p->blk;
   Object* o = b->obj;
-  counted(o, -1);
+  counted(o, p->host, -1);
   paused.erase(p);
+  // The host pushes back: fewer transfers to it for a while (ConnectionTuner).
+  if (p->verdict == policy::UpstreamVerdict::Busy || r.code == CURLE_COULDNT_CONNECT) tuner.pushback(p->host);
   graveyard_.bury(std::move(p->xfer));  // its onDone is on the stack
   kick();
   // Complete also when we cut the body ourselves (an upstream that sent more
@@ -277,7 +297,7 @@ void Fill::noRanges(Object* o) {
 void Fill::stopPiece(Piece* p) {
   // A Running piece with a transfer was counted by startPiece and has not
   // reported back; stream-fed pieces have no transfer of their own.
-  if (p->xfer && p->state == PieceState::Running) counted(p->blk.obj, -1);
+  if (p->xfer && p->state == PieceState::Running) counted(p->blk.obj, p->host, -1);
   paused.erase(p);
   retire(std::move(p->xfer));
 }
@@ -309,9 +329,10 @@ void Fill::resumePaused() {
 void Fill::startWhole(Object* o) {
   auto w = std::make_unique<WholeStream>(*this, *o);
   w->xfer = std::make_unique<Transfer>(ctx.multi, ctx.transferOptions(o->link, o->mount), w.get());
+  w->host = hostOf(o);
   o->whole = std::move(w);
   logf(conf::LogLevel::Debug, "whole_stream_start", "path=" + conf::logValue(o->path));
-  counted(o, +1);
+  counted(o, o->whole->host, +1);
   ctx.stats.upstreamRequests++;
   o->whole->xfer->start();
 }
@@ -353,6 +374,7 @@ size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
       if (b) {
         b->fedByStream = true;
         b->pieces[0]->state = PieceState::Running;
+        b->pieces[0]->host = host;  // its bytes count for the stream's host
       }
     }
     if (b && b->fedByStream && !b->committing) {
@@ -374,7 +396,7 @@ size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
 void WholeStream::onDone(Transfer&, const TransferResult& r) { fill.wholeFinished(&obj, r); }
 
 void Fill::wholeFinished(Object* o, const TransferResult& r) {
-  counted(o, -1);
+  counted(o, o->whole->host, -1);
   std::unique_ptr<WholeStream> owned = std::move(o->whole);  // its onDone is on the stack
   WholeStream* w = owned.get();
   graveyard_.bury(std::move(w->xfer));

@@ -24,6 +24,7 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
   in.tick = tick_;
   const int64_t monoNow = ctx.clock.monoMs();
   const Admission& adm = ctx.multi.admission();
+  std::map<int, int> ceilings;  // per host: the largest `connections` of its objects
   for (auto& [key, owned] : objects_) {
     Object* o = owned.get();
     const conf::Mount& m = mountOf(o);
@@ -40,12 +41,46 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
     po.linkUsable = linkUsable(o);
     po.running = o->running;
     po.servedTick = o->servedTick;
-    for (BlockReader* r : o->readers)
-      po.readers.push_back({r->pos, r->end, r->connections, r->priority, o->stalled.count(r) > 0});
+    po.host = hostOf(o);
+    int conns = static_cast<int>(m.connections);
+    for (BlockReader* r : o->readers) conns = std::max(conns, r->connections);
+    if (po.host >= 0) ceilings[po.host] = std::max(ceilings[po.host], conns);
+    for (BlockReader* r : o->readers) {
+      plan::Reader pr;
+      pr.pos = r->pos;
+      pr.end = r->end;
+      pr.connections = r->connections;
+      pr.priority = r->priority;
+      pr.stalled = o->stalled.count(r) > 0;
+      pr.start = r->start;
+      pr.client = r->clientId;
+      pr.seq = r->seq;
+      po.readers.push_back(pr);
+    }
+    if (o->media == MediaState::Fetching && o->state == ObjectState::Ready && o->meta.blockSize > 0) {
+      // The media index region (planner rule 10), until it is stored.
+      const policy::ByteRange& ix = *o->indexRange;
+      uint32_t first = static_cast<uint32_t>(ix.begin / o->meta.blockSize);
+      uint32_t last = static_cast<uint32_t>((ix.end - 1) / o->meta.blockSize);
+      if (store.countPresent(o->key, o->meta.generation, first, last) == last - first + 1) {
+        o->media = MediaState::Off;
+        sweepSoon();
+      } else {
+        plan::Reader pr;
+        pr.pos = ix.begin;
+        pr.end = ix.end;
+        pr.connections = static_cast<int>(m.connections);
+        pr.index = true;
+        po.readers.push_back(pr);
+      }
+    }
     for (auto& [idx, b] : o->blocks) {
       plan::Block pb;
       pb.idx = idx;
       pb.waitedOn = !b->waiters.empty();
+      pb.stream = b->fedByStream;
+      pb.keep = b->keep;
+      pb.length = b->end - b->begin;
       for (auto& p : b->pieces) pb.pieces.push_back({p->state, p->begin, p->end, p->received});
       po.blocks.push_back(std::move(pb));
     }
@@ -54,6 +89,7 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
     in.objects.push_back(std::move(po));
     objs->push_back(o);
   }
+  for (auto [host, ceiling] : ceilings) in.hosts[host] = {tuner.target(host, ceiling), tuner.running(host)};
   return in;
 }
 
@@ -78,7 +114,7 @@ void Fill::execute(const plan::Plan& plan, const std::vector<Object*>& objs) {
     Block* b = it == o->blocks.end() ? nullptr : it->second.get();
     switch (a.kind) {
       case K::Cancel:
-        if (b) dropBlock(b);  // read-ahead nobody wants any more
+        if (b && !b->committing) cancelBlock(b);  // read-ahead nobody wants any more
         break;
       case K::NewBlock: {
         if (b || noRoom.count(o)) break;

@@ -94,44 +94,68 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
   }
   Entry& e = entries_[k];
   e.pending = true;
+  e.expiredInARow = 0;
   e.waiters.push_back(std::move(cb));
+  resolve(k, mount, rest, client);
+}
+
+void LinkCache::resolve(const std::string& k, int mount, const std::string& rest, const ClientInfo& client) {
   stats_.linkResolutions++;
-  Source* src = sources_[mount].get();
-  int64_t ttl = src->defaultTtlMs();
-  // An http mount's links are its own base_url: credentials there are the user's.
-  const bool ownUrl = cfg_.mounts[mount].source == conf::SourceType::Http;
-  src->resolve(rest, client, [this, k, ttl, ownUrl, mount](const ResolveResult& res) {
-    auto it2 = entries_.find(k);
-    if (it2 == entries_.end()) return;
-    std::vector<ResolveCb> waiters;
-    waiters.swap(it2->second.waiters);
-    ResolveResult out = res;
-    if (res.reason == policy::Reason::None) {
-      // Checked once, here, for every source: a link that cannot be fetched
-      // is an answer (502), never cached, never handed to curl or a client.
-      if (auto why = policy::linkProblem(res.link.url, self_, ownUrl)) {
-        conf::Log::write(conf::LogLevel::Warn, "source_bad_link",
-                         "mount=" + conf::logValue(cfg_.mounts[mount].name) + " why=" + conf::logValue(*why));
-        out.reason = policy::Reason::SourceBadLink;
-        out.detail = *why;
-      }
-    }
-    if (out.reason == policy::Reason::None) {
-      Entry& e2 = it2->second;
-      e2.pending = false;
-      out.link.serial = nextSerial_++;
-      int64_t now2 = clock_.wallMs();
-      out.link.obtainedAtMs = now2;
-      int64_t expires = out.link.expiresAtMs;
-      if (expires == 0 && ttl > 0) expires = now2 + ttl;
-      out.link.expiresAtMs = expires;
-      e2.validUntilMs = policy::linkUsableUntil(out.link.obtainedAtMs, out.link.expiresAtMs);
-      e2.link = out.link;
-    } else {
-      entries_.erase(it2);  // failures are not cached
-    }
-    for (auto& w : waiters) w(out);
+  sources_[mount]->resolve(rest, client, [this, k, mount, rest, client](const ResolveResult& res) {
+    resolved(k, mount, rest, client, res);
   });
+}
+
+void LinkCache::resolved(const std::string& k, int mount, const std::string& rest, const ClientInfo& client,
+                         const ResolveResult& res) {
+  auto it = entries_.find(k);
+  if (it == entries_.end()) return;
+  Entry& e = it->second;
+  ResolveResult out = res;
+  if (res.reason == policy::Reason::None) {
+    // Checked once, here, for every source: a link that cannot be fetched
+    // is an answer (502), never cached, never handed to curl or a client.
+    // An http mount's links are its own base_url: credentials there are the user's.
+    const bool ownUrl = cfg_.mounts[mount].source == conf::SourceType::Http;
+    if (auto why = policy::linkProblem(res.link.url, self_, ownUrl)) {
+      conf::Log::write(conf::LogLevel::Warn, "source_bad_link",
+                       "mount=" + conf::logValue(cfg_.mounts[mount].name) + " why=" + conf::logValue(*why));
+      out = {};
+      out.reason = policy::Reason::SourceBadLink;
+      out.detail = *why;
+    }
+  }
+  if (out.reason == policy::Reason::None) {
+    int64_t now = clock_.wallMs();
+    Link& l = out.link;
+    std::optional<int64_t> written = policy::writtenLinkExpiryMs(l.url, now);
+    if (written && *written <= now) {
+      // Never handed to anyone: ask again, a few times.
+      conf::Log::write(conf::LogLevel::Warn, "link_expired",
+                       "mount=" + conf::logValue(cfg_.mounts[mount].name) + " path=" + conf::logValue(rest) +
+                           " expired_ms_ago=" + std::to_string(now - *written) +
+                           " attempt=" + std::to_string(e.expiredInARow + 1));
+      if (++e.expiredInARow < kExpiredResolutions) return resolve(k, mount, rest, client);
+      out = {};
+      out.reason = policy::Reason::LinkExpired;
+      out.detail = "the source returned " + std::to_string(e.expiredInARow) +
+                   " links in a row whose written expiry had passed (" +
+                   policy::formatHttpDate(*written / 1000) + ")";
+    } else {
+      l.serial = nextSerial_++;
+      l.obtainedAtMs = now;
+      if (written) l.expiresAtMs = l.expiresAtMs ? std::min(l.expiresAtMs, *written) : *written;
+      int64_t ttl = sources_[mount]->defaultTtlMs();
+      if (l.expiresAtMs == 0 && ttl > 0) l.expiresAtMs = now + ttl;
+      e.pending = false;
+      e.validUntilMs = policy::linkUsableUntil(l.obtainedAtMs, l.expiresAtMs);
+      e.link = l;
+    }
+  }
+  std::vector<ResolveCb> waiters;
+  waiters.swap(e.waiters);
+  if (out.reason != policy::Reason::None) entries_.erase(it);  // failures are not cached
+  for (auto& w : waiters) w(out);
 }
 
 void LinkCache::invalidate(int mount, const std::string& rest, const ClientInfo& client,

@@ -71,6 +71,13 @@ class Source {
 std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s);
 
 /// Resolved links by (mount, path[, client]); one resolution in flight per key.
+///
+/// A link lives until the expiry its source reports, else the expiry written
+/// in the link itself (policy::writtenLinkExpiryMs: x-oss-expires, X-Amz-*,
+/// Expires, ...; the earlier of the two when both say), else the source's
+/// default TTL (`link_ttl`). A link whose written expiry is already past when
+/// it arrives is never handed out: it is resolved again, and after
+/// kExpiredResolutions such links in a row the callers get LinkExpired (502).
 class LinkCache {
  public:
   LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
@@ -85,14 +92,22 @@ class LinkCache {
   /// The gateway's own listen addresses ("host:port"): links to them are refused.
   void setSelf(std::vector<std::string> hostPorts) { self_ = std::move(hostPorts); }
 
+  /// Resolutions that may return an already expired link before callers get
+  /// LinkExpired.
+  static constexpr int kExpiredResolutions = 3;
+
  private:
   struct Entry {
     bool pending = false;
     Link link;
     int64_t validUntilMs = 0;  // policy::linkUsableUntil of the link
     std::vector<ResolveCb> waiters;
+    int expiredInARow = 0;     // resolutions of this round that came back expired
   };
   std::string key(int mount, const std::string& rest, const ClientInfo& client) const;
+  void resolve(const std::string& k, int mount, const std::string& rest, const ClientInfo& client);
+  void resolved(const std::string& k, int mount, const std::string& rest, const ClientInfo& client,
+                const ResolveResult& res);
 
   const conf::Config& cfg_;
   std::vector<std::unique_ptr<Source>>& sources_;

@@ -4,7 +4,9 @@ curl's resume, and ffprobe reading an MP4 whose moov atom is at the end."""
 
 import json
 import os
+import re
 import subprocess
+import time
 
 from harness import GatewayTest, random_bytes, sha256, sha256_file, write_file
 
@@ -82,13 +84,27 @@ class Ffprobe(GatewayTest):
         self.assertAlmostEqual(float(info["format"]["duration"]), 12.0, delta=0.1)
         self.assertEqual(info["streams"][0]["codec_name"], "mpeg4")
         self.assertEqual((info["streams"][0]["width"], info["streams"][0]["height"]), (640, 360))
-        first = origin.body_bytes("/clip.mp4")
-        self.assertGreater(first, 0)
-        # The same probe again: everything it reads is stored, nothing goes upstream.
+        self.assertGreater(origin.body_bytes("/clip.mp4"), 0)
+        # The same probe again: its jump to moov is a hit, nothing goes
+        # upstream for it. (The gateway sends a client more than ffprobe
+        # reads before it hangs up — as fast as it can, so further from the
+        # cache than from the origin — and read-ahead that only a client that
+        # left wanted is cut off (issue 11): a request that starts in the
+        # head may still fetch bytes past what the first probe was sent,
+        # never the same bytes twice.)
         info2 = probe()
         self.assertEqual(info2, info)
-        self.assertEqual(origin.body_bytes("/clip.mp4"), first)
         second = [a for a in gw.wait_access(n1 + 1) if a.get("path") == "/p/m/clip.mp4"][n1:]
         self.assertTrue(second)
-        for a in second:  # every request of the second probe came from the cache
-            self.assertEqual((a.get("cache"), a.get("upstream_bytes")), ("HIT", "0"), a)
+        moov = raw.rfind(b"moov") - 4
+        for a in second:
+            first_byte = int(re.match(r'"?bytes=(\d+)-', a.get("range", "")).group(1))
+            if first_byte >= moov:  # the index
+                self.assertEqual((a.get("cache"), a.get("upstream_bytes")), ("HIT", "0"), a)
+        # Nothing stored was fetched again: at most a piece cut short on the way.
+        quiet, since = origin.body_bytes("/clip.mp4"), time.monotonic()
+        while time.monotonic() - since < 0.6:
+            now = origin.body_bytes("/clip.mp4")
+            if now != quiet:
+                quiet, since = now, time.monotonic()
+        self.assertLessEqual(quiet, len(raw) + 2 * 64 * 1024)

@@ -692,9 +692,13 @@ SECURE = "nginx-secure-9"
 
 
 def secure_locations(rate):
+    # The expiry goes in `deadline`, a name the gateway does not read as one
+    # (issue 11 reads `expires`, `x-oss-expires`, ... and renews such links
+    # before they die: test_link_expiry.py): these tests are about links that
+    # die without saying when, so the upstream's 403/410 is what they meet.
     return """
     location /s/ {
-      secure_link $arg_md5,$arg_expires;
+      secure_link $arg_md5,$arg_deadline;
       secure_link_md5 "$secure_link_expires$uri %s";
       if ($secure_link = "") { return 403; }
       if ($secure_link = "0") { return 410; }
@@ -718,7 +722,7 @@ class LinkExpiry(EdgeTest):
         expires = int(time.time()) + life
         uri = "/s/big.bin"
         self.mint_log.append(expires)
-        return {"url": "http://127.0.0.1:%d%s?md5=%s&expires=%d" % (
+        return {"url": "http://127.0.0.1:%d%s?md5=%s&deadline=%d" % (
             self.origin.port, uri, nginx_secure_md5(uri, SECURE, expires), expires),
             "header": {"User-Agent": [USER_AGENT]}}
 

@@ -1,6 +1,9 @@
 // The link cache with a manual clock: links reused within their usable
 // life, resolved again after it, concurrent resolutions coalesced, client
-// binding, failures not cached, invalidation by serial.
+// binding, failures not cached, invalidation by serial; expiry written in
+// the link (issue 11 item 4).
+#include <functional>
+
 #include <catch2/catch.hpp>
 
 #include "conf/clock.h"
@@ -21,6 +24,8 @@ class FakeSource : public Source {
   int calls = 0;
   std::vector<ResolveCb> pending;
   const Clock* clock = nullptr;
+  /// Extra query the link carries, from the call number (signed links).
+  std::function<std::string(int)> query;
 
   void resolve(const std::string& rest, const ClientInfo& client, ResolveCb cb) override {
     calls++;
@@ -33,6 +38,7 @@ class FakeSource : public Source {
     ResolveResult r;
     r.reason = fail;
     r.link.url = "http://origin" + rest + "?ua=" + client.userAgent + "&n=" + std::to_string(calls);
+    if (query) r.link.url += "&" + query(calls);
     if (expiresInMs) r.link.expiresAtMs = clock->wallMs() + expiresInMs;
     cb(r);
   }
@@ -183,4 +189,91 @@ TEST_CASE("link cache: a wall clock jump back keeps links, forward expires them"
   CHECK(f.get() == first);
   f.clock.setWallMs(f.clock.wallMs() + 2 * 3'600'000);
   CHECK(f.get() != first);
+}
+
+namespace {
+/// Unix seconds `ms` from the fixture's now, as a link writes them.
+std::string secondsFrom(const Fixture& f, int64_t ms) { return std::to_string((f.clock.wallMs() + ms) / 1000); }
+}  // namespace
+
+TEST_CASE("link cache: an expiry written in the link: reused in its life, renewed before it", "[links]") {
+  Fixture f;
+  f.src->ttlMs = 5 * 60'000;  // alist's default: the written 30 s win
+  f.src->query = [&f](int) { return "x-oss-expires=" + secondsFrom(f, 30'000) + "&OSSAccessKeyId=k&Signature=s"; };
+  std::string first = f.get();
+  uint64_t serial = 0;
+  int64_t expires = 0;
+  f.links->get(0, "/a.mkv", {}, [&](const ResolveResult& r) {
+    serial = r.link.serial;
+    expires = r.link.expiresAtMs;
+  });
+  CHECK(expires / 1000 == (f.clock.wallMs() + 30'000) / 1000);
+  f.clock.advanceMs(23'000);  // within 30 s minus a fifth
+  CHECK(f.get() == first);
+  CHECK(f.src->calls == 1);
+  f.clock.advanceMs(1'000);
+  std::string second = f.get();
+  CHECK(second != first);
+  CHECK(f.src->calls == 2);
+}
+
+TEST_CASE("link cache: the earlier of the reported and the written expiry counts", "[links]") {
+  Fixture f;
+  f.src->expiresInMs = 10 * 60'000;
+  f.src->query = [&f](int) { return "Expires=" + secondsFrom(f, 100'000); };
+  std::string first = f.get();
+  f.clock.advanceMs(80'000);  // usable until 80 s of the written 100 s
+  CHECK(f.get() != first);
+  CHECK(f.src->calls == 2);
+}
+
+TEST_CASE("link cache: a link already expired is never handed out", "[links]") {
+  SECTION("the next resolution is good") {
+    Fixture f;
+    f.src->query = [&f](int call) {
+      return "X-Amz-Date=" + std::string(call == 1 ? "20200101T000000Z" : "20991231T000000Z") +
+             "&X-Amz-Expires=60";
+    };
+    std::string got = f.get();
+    CHECK(f.src->calls == 2);
+    CHECK(got.find("n=2") != std::string::npos);
+  }
+  SECTION("a source that keeps handing out expired links: LinkExpired") {
+    Fixture f;
+    f.src->query = [&f](int) { return "x-oss-expires=" + secondsFrom(f, -1'000); };
+    policy::Reason reason = policy::Reason::None;
+    std::string detail;
+    f.links->get(0, "/a.mkv", {}, [&](const ResolveResult& r) {
+      reason = r.reason;
+      detail = r.detail;
+    });
+    CHECK(reason == policy::Reason::LinkExpired);
+    CHECK(policy::reasonStatus(reason) == 502);
+    CHECK(detail.find("3 links in a row") != std::string::npos);
+    CHECK(f.src->calls == LinkCache::kExpiredResolutions);
+    CHECK(f.get() == "");  // not cached: asked again
+    CHECK(f.src->calls == 2 * LinkCache::kExpiredResolutions);
+  }
+  SECTION("one that expires now counts as expired") {
+    Fixture f;
+    f.src->query = [&f](int) { return "Expires=" + secondsFrom(f, 0); };
+    CHECK(f.get() == "");
+  }
+}
+
+TEST_CASE("link cache: a bare e/t that is already past is not an expiry (link_ttl applies)", "[links]") {
+  Fixture f;
+  f.src->ttlMs = 100'000;
+  f.src->query = [&f](int) { return "t=" + secondsFrom(f, -3'600'000); };  // an issue time, say
+  std::string first = f.get();
+  CHECK(!first.empty());
+  f.clock.advanceMs(79'999);
+  CHECK(f.get() == first);
+  CHECK(f.src->calls == 1);
+  // A bare e in the future is an expiry.
+  Fixture g;
+  g.src->query = [&g](int) { return "e=" + secondsFrom(g, 10'000); };
+  std::string a = g.get();
+  g.clock.advanceMs(8'001);
+  CHECK(g.get() != a);
 }

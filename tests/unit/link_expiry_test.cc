@@ -184,3 +184,15 @@ TEST_CASE("linkExpiry refuses malformed, implausible and overflowing values", "[
   // Two-form links keep working when one part is garbage.
   CHECK(linkExpiry("https://h/a?X-Amz-Date=x&X-Amz-Expires=y&t=1700003600")->form == F::Plain);
 }
+
+TEST_CASE("writtenLinkExpiryMs: a past bare e/t is no expiry, other forms are kept even when past",
+          "[linkexpiry]") {
+  using slip::policy::writtenLinkExpiryMs;
+  const int64_t now = 1'700'000'000'000;
+  CHECK(writtenLinkExpiryMs("https://h/f?t=1699990000", now) == std::nullopt);       // past bare t
+  CHECK(writtenLinkExpiryMs("https://h/f?e=1700000000", now) == std::nullopt);       // exactly now
+  CHECK(writtenLinkExpiryMs("https://h/f?e=1700000060", now) == 1'700'000'060'000);  // ahead: kept
+  CHECK(writtenLinkExpiryMs("https://h/f?Expires=1690000000", now) == 1'690'000'000'000);  // past: kept
+  CHECK(writtenLinkExpiryMs("https://h/f?x-oss-expires=1700000030&e=1", now) == 1'700'000'030'000);
+  CHECK(writtenLinkExpiryMs("https://h/f", now) == std::nullopt);
+}

@@ -371,3 +371,16 @@ TEST_CASE("reason table", "[path]") {
   CHECK(std::string(statusText(416)) == "Range Not Satisfiable");
   CHECK(std::string(statusText(599)) == "Unknown");
 }
+
+TEST_CASE("urlOrigin: the key of an upstream host", "[path]") {
+  using slip::policy::urlOrigin;
+  CHECK(urlOrigin("http://127.0.0.1:8080/a/b?c=d") == "http://127.0.0.1:8080");
+  CHECK(urlOrigin("HTTPS://CDN.Example.com/f.mkv") == "https://cdn.example.com");
+  CHECK(urlOrigin("https://user:secret@host.example:443/x") == "https://host.example:443");  // no user info
+  CHECK(urlOrigin("https://[::1]:9000?x") == "https://[::1]:9000");
+  CHECK(urlOrigin("https://host#frag") == "https://host");
+  CHECK(urlOrigin("/relative/path") == "");
+  CHECK(urlOrigin("://nohost") == "");
+  CHECK(urlOrigin("http:///path") == "");
+  CHECK(urlOrigin("") == "");
+}
