@@ -152,6 +152,11 @@ Stats Engine::snapshot() const {
   return s;
 }
 
+std::optional<FillActivity> Engine::activity(const std::string& mount, const std::string& rest) const {
+  if (!impl_->fetcher) return std::nullopt;
+  return impl_->fetcher->activity(store::objectKey(mount, rest));
+}
+
 void Engine::quiesce() { impl_->ctx.quiescing = true; }
 
 void Engine::list(int mount, const std::string& rest, ListCb cb) {

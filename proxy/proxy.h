@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -82,6 +83,9 @@ class Job {
   virtual ~Job() = default;
   virtual void onWritable() = 0;
   virtual void onClientGone() = 0;
+  /// Upstream connections working for this response now (the status page):
+  /// its object's transfers in the block cache, its own stream otherwise.
+  virtual int upstreamConnections() const { return 0; }
 };
 
 /// A request after routing and policy, as the front end hands it over.
@@ -110,6 +114,12 @@ struct AccountStats {
   int downloadsWaiting = 0;      // queued behind max_connections
 };
 
+/// One mount's link figures (by mount name, so they outlive a reload).
+struct MountCounters {
+  uint64_t linksResolved = 0;  // links its source handed out
+  uint64_t linkRefusals = 0;   // links the upstream refused (401/403/410) or the source would not give
+};
+
 /// Counters for logs, status and metrics.
 struct Stats {
   uint64_t upstreamRequests = 0;
@@ -120,12 +130,19 @@ struct Stats {
   uint64_t cacheHitBytes = 0;
   uint64_t corruptBlocks = 0;
   int activeTransfers = 0;
+  std::map<std::string, MountCounters> mounts;
   // the store, filled in by snapshot()
   bool cacheEnabled = false;
   uint64_t cacheObjects = 0, cacheBlocks = 0, cacheBytes = 0, cacheReserved = 0,
            cacheMaxBytes = 0, cacheEvictedBlocks = 0, cacheDroppedCorrupt = 0;
   size_t diskQueueBytes = 0;
   std::vector<AccountStats> accounts;
+};
+
+/// What the block cache's fill is doing for one object now (the status page).
+struct FillActivity {
+  std::vector<uint32_t> fetching;  // blocks being fetched, ascending
+  int connections = 0;             // the object's upstream transfers
 };
 
 /// One entry of a folder listing (SPEC §4).
@@ -194,6 +211,9 @@ class Engine {
 
   /// Counters now, with the store's usage.
   Stats snapshot() const;
+  /// The fill's work on the object (mount name, path below the mount) now;
+  /// nullopt when it has none (not being read or fetched, or no cache).
+  std::optional<FillActivity> activity(const std::string& mount, const std::string& rest) const;
 
   /// The header every upstream download request carries: a random value
   /// new for each process. A client request that arrives with it came from

@@ -36,6 +36,8 @@ class StreamJob final : public Job, public Transfer::Handler {
     if (xfer_ && xfer_->paused()) xfer_->resume();
   }
 
+  int upstreamConnections() const override { return xfer_ ? 1 : 0; }
+
   void onClientGone() override {
     state_ = State::Gone;
     sink_ = nullptr;

@@ -32,7 +32,10 @@ class GatewayAdmin final : public admin::AdminContext {
   admin::Stats stats() override;
   std::vector<admin::Transfer> transfers() override;
   Outcome<admin::ObjectPage> objects(const admin::ObjectQuery& q) override {
-    return admin::objectsFromStore(s_.store, s_.cfg.mounts, q);
+    Outcome<admin::ObjectPage> page = admin::objectsFromStore(s_.store, s_.cfg.mounts, q);
+    if (page.value)
+      for (admin::ObjectInfo& o : page.value->objects) markFetching(o.mount, o.path, &o.blocks.states);
+    return page;
   }
   Outcome<admin::PrefetchJob> startPrefetch(const std::string&) override {
     return Outcome<admin::PrefetchJob>::fail(Reason::NotReady, kNextStep);
@@ -48,6 +51,13 @@ class GatewayAdmin final : public admin::AdminContext {
 
  private:
   admin::CacheStats cacheStats(const proxy::Stats& st) const;
+  /// Marks the blocks the fill is fetching now ('F') in a block map drawn
+  /// from the store (stored blocks stay 'S').
+  void markFetching(const std::string& mount, const std::string& rest, std::string* states) const {
+    if (auto a = s_.engine.activity(mount, rest))
+      for (uint32_t idx : a->fetching)
+        if (idx < states->size() && (*states)[idx] == admin::kBlockMissing) (*states)[idx] = admin::kBlockFetching;
+  }
   std::optional<admin::BlockMap> blockMap(const Exchange& ex) const;
 
   Server::Impl& s_;
@@ -103,7 +113,11 @@ admin::Stats GatewayAdmin::stats() {
     ms.prefix = m.prefix;
     ms.source = conf::sourceTypeName(m.source);
     if (m.source == conf::SourceType::AliyundriveOpen) ms.account = m.account;
-    ms.linkRefusals = f.linkRefusals;
+    // Link figures come from the link cache (by mount name); requests that
+    // failed because a link was refused count too when the cache saw none.
+    auto lc = st.mounts.find(m.name);
+    ms.linksResolved = lc == st.mounts.end() ? 0 : lc->second.linksResolved;
+    ms.linkRefusals = std::max(f.linkRefusals, lc == st.mounts.end() ? 0 : lc->second.linkRefusals);
     ms.rateLimited = f.rateLimited;
     if (f.lastError != Reason::None)
       ms.lastError = admin::LastError{f.lastErrorUnix, f.lastError, f.lastErrorDetail};
@@ -136,9 +150,9 @@ std::optional<admin::BlockMap> GatewayAdmin::blockMap(const Exchange& ex) const 
   if (!s_.usesCache(ex)) return std::nullopt;
   auto o = s_.store->storedObject(store::objectKey(m.name, ex.mountPath()));
   if (!o) return std::nullopt;
-  // Blocks being fetched come from the fill (next step); until then a
-  // block is stored or missing.
-  return admin::BlockMap{o->meta.size, o->meta.blockSize, admin::blockStates(o->present)};
+  admin::BlockMap map{o->meta.size, o->meta.blockSize, admin::blockStates(o->present)};
+  markFetching(m.name, ex.mountPath(), &map.states);
+  return map;
 }
 
 std::vector<admin::Transfer> GatewayAdmin::transfers() {
@@ -160,6 +174,7 @@ std::vector<admin::Transfer> GatewayAdmin::transfers() {
     t.speedBps = ex->speed().bytesPerSecond();
     t.startedUnix = ex->startedWallMs() / 1000;
     t.blocks = blockMap(*ex);
+    t.upstreamConnections = ex->job ? ex->job->upstreamConnections() : 0;
     out.push_back(std::move(t));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });

@@ -37,6 +37,15 @@ std::unique_ptr<BlockReader> Fetcher::reader(BlockReader::Client* client) {
   return std::make_unique<BlockReader>(*fill_, client);
 }
 
+std::optional<FillActivity> Fetcher::activity(const store::Key& k) const {
+  const Object* o = fill_->find(k);
+  if (!o) return std::nullopt;
+  FillActivity a;
+  for (const auto& [idx, b] : o->blocks) a.fetching.push_back(idx);
+  a.connections = o->running;
+  return a;
+}
+
 Fill::Fill(Context& c)
     : ctx(c),
       store(*c.store),

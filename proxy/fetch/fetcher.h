@@ -65,6 +65,8 @@ class BlockReader {
   /// Finds or opens req's object: fresh from the index (within the mount's
   /// `revalidate`), else after one 1-byte probe. Calls client->opened() once.
   void open(const Request& req);
+  /// Upstream transfers of the object read now (0 before it is open).
+  int upstreamConnections() const;
   /// The object's metadata (after a successful open).
   const store::ObjectMeta& meta() const { return meta_; }
   /// X-Cache for `r` from the blocks stored now.
@@ -109,6 +111,8 @@ class Fetcher {
   Fetcher& operator=(const Fetcher&) = delete;
 
   std::unique_ptr<BlockReader> reader(BlockReader::Client* client);
+  /// Blocks in flight and upstream transfers of the current version of `k`.
+  std::optional<FillActivity> activity(const store::Key& k) const;
 
  private:
   std::unique_ptr<Fill> fill_;

@@ -169,6 +169,11 @@ class Fill {
   store::Store& store;
 
   // ---- object table (fetcher.cc)
+  /// The current version of `k`, or null.
+  const Object* find(const store::Key& k) const {
+    auto it = objects_.find(k);
+    return it == objects_.end() ? nullptr : it->second.get();
+  }
   void open(BlockReader* r, const Request& req);
   void detach(BlockReader* r);
   void finishOpen(Object* o, const OpenResult& res);

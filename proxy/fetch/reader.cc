@@ -13,6 +13,8 @@ BlockReader::~BlockReader() { close(); }
 
 void BlockReader::open(const Request& req) { fill_.open(this, req); }
 
+int BlockReader::upstreamConnections() const { return obj ? obj->running : 0; }
+
 void BlockReader::close() {
   unpin();
   fill_.detach(this);

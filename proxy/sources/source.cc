@@ -98,9 +98,14 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
   stats_.linkResolutions++;
   Source* src = sources_[mount].get();
   int64_t ttl = src->defaultTtlMs();
-  src->resolve(rest, client, [this, k, ttl](const ResolveResult& res) {
+  std::string name = cfg_.mounts[mount].name;
+  src->resolve(rest, client, [this, k, ttl, name](const ResolveResult& res) {
     auto it2 = entries_.find(k);
     if (it2 == entries_.end()) return;
+    MountCounters& mc = stats_.mounts[name];
+    if (res.reason == policy::Reason::None) mc.linksResolved++;
+    else if (res.reason == policy::Reason::UpstreamDenied || res.reason == policy::Reason::AccountAuth)
+      mc.linkRefusals++;
     std::vector<ResolveCb> waiters;
     waiters.swap(it2->second.waiters);
     ResolveResult out = res;
@@ -124,6 +129,7 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
 
 void LinkCache::invalidate(int mount, const std::string& rest, const ClientInfo& client,
                            uint64_t serial) {
+  stats_.mounts[cfg_.mounts[mount].name].linkRefusals++;  // the upstream refused a link
   auto it = entries_.find(key(mount, rest, client));
   if (it != entries_.end() && !it->second.pending && it->second.link.serial == serial)
     entries_.erase(it);

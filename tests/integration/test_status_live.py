@@ -72,7 +72,8 @@ class StatusLiveTest(GatewayTest):
             status, body = self.api("transfers")
             self.assertEqual(status, 200)
             ts = [t for t in body["transfers"] if t["path"] == "/web/" + NAME]
-            return ts[0] if ts and ts[0]["speed_bps"] > 0 and ts[0]["blocks"] else None
+            return (ts[0] if ts and ts[0]["speed_bps"] > 0 and ts[0]["blocks"] and "F" in ts[0]["blocks"]["states"]
+                    else None)
         return wait_until(ready, 30, interval=0.1, what="the transfer with a speed")
 
     def chromium(self, profile, *args):
@@ -98,7 +99,11 @@ class StatusLiveTest(GatewayTest):
         self.assertEqual((t["mount"], t["client"], t["delivery"], t["cache"]), ("web", "127.0.0.1", "proxy", "MISS"))
         self.assertEqual((t["range"]["begin"], t["range"]["end"]), (0, SIZE))
         self.assertEqual((t["blocks"]["count"], t["blocks"]["size"], t["blocks"]["block_size"]), (9, SIZE, MiB))
-        self.assertRegex(t["blocks"]["states"], r"^[S-]{9}$")
+        # The fill's live state: blocks being fetched, the object's connections.
+        self.assertRegex(t["blocks"]["states"], r"^[SF-]{9}$")
+        self.assertIn("F", t["blocks"]["states"])
+        self.assertGreaterEqual(t["upstream_connections"], 1)
+        self.assertLessEqual(t["upstream_connections"], 2)  # connections = 2
         self.assertGreater(t["bytes_sent"], 0)
         self.assertLess(t["bytes_sent"], SIZE)
 
@@ -115,6 +120,8 @@ class StatusLiveTest(GatewayTest):
         bar = tr.by_class("blockmap")[0]
         self.assertEqual(bar.attrs.get("data-blocks"), "9")
         self.assertEqual(len(bar.by_class("cell")), 9)
+        # Cells of blocks being fetched while the transfer runs ('F').
+        self.assertGreaterEqual(len([c for c in bar.by_class("cell") if "f" in c.classes()]), 1)
         speed = tr.by_class("speed")[0].all_text()
         self.assertRegex(speed, r"^\d+(\.\d)? (B|KB|MB)/s$")
         self.assertNotEqual(speed, "0 B/s")
