@@ -157,6 +157,16 @@ std::optional<FillActivity> Engine::activity(const std::string& mount, const std
   return impl_->fetcher->activity(store::objectKey(mount, rest));
 }
 
+std::unique_ptr<Prefetch> Engine::prefetch(const Request& req, const PrefetchSpec& spec) {
+  if (!impl_->ctx.fetcher) return nullptr;
+  return makePrefetch(impl_->ctx, req, spec);
+}
+
+std::vector<Purged> Engine::purge(const std::string& mount, const std::string& rest, bool folder) {
+  if (!impl_->fetcher) return {};
+  return impl_->fetcher->purge(mount, rest, folder);
+}
+
 void Engine::quiesce() { impl_->ctx.quiescing = true; }
 
 void Engine::list(int mount, const std::string& rest, ListCb cb) {

@@ -91,5 +91,6 @@ std::unique_ptr<Job> makeRedirectJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeStreamJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeLocalJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeCacheJob(Context& c, const Request& r, Sink* s);
+std::unique_ptr<Prefetch> makePrefetch(Context& c, const Request& r, const PrefetchSpec& spec);
 
 }  // namespace slip::proxy

@@ -130,6 +130,7 @@ struct Stats {
   uint64_t cacheHitBytes = 0;
   uint64_t corruptBlocks = 0;
   int activeTransfers = 0;
+  uint64_t preemptions = 0;  // background pieces stopped for a playing reader
   std::map<std::string, MountCounters> mounts;
   // the store, filled in by snapshot()
   bool cacheEnabled = false;
@@ -143,6 +144,47 @@ struct Stats {
 struct FillActivity {
   std::vector<uint32_t> fetching;  // blocks being fetched, ascending
   int connections = 0;             // the object's upstream transfers
+};
+
+/// One object version dropped by Engine::purge.
+struct Purged {
+  std::string mount, rest;  // mount name, path below the mount
+  uint64_t size = 0;        // the object's size
+  uint64_t bytes = 0;       // bytes of its blocks that were stored
+  bool inUse = false;       // responses were reading it (they end short, never with other bytes)
+};
+
+/// A background fill of one file: the admin API's prefetch, the next
+/// episode's warming. It delivers nothing: it walks the wanted bytes as a
+/// Background reader of the block cache's fill (the same coalescing, pools
+/// and account limits as a client; it never makes a block urgent and yields
+/// to playing clients), moving on as blocks are stored.
+class Prefetch {
+ public:
+  enum class State { Opening, Running, Done, Failed, Cancelled };
+  struct Progress {
+    State state = State::Opening;
+    uint64_t done = 0;   // bytes of the wanted ranges stored
+    uint64_t total = 0;  // 0 until the object is open
+    uint64_t upstreamBytes = 0;
+    policy::Reason reason = policy::Reason::None;  // Failed
+    std::string detail;
+  };
+  virtual ~Prefetch() = default;
+  virtual Progress progress() const = 0;
+  /// Stops asking for blocks: read-ahead only it wanted stops, pieces in
+  /// flight finish and are stored. No-op once it ended.
+  virtual void cancel() = 0;
+};
+const char* prefetchStateName(Prefetch::State s);
+
+/// What a prefetch wants of its file.
+struct PrefetchSpec {
+  std::vector<policy::ByteRange> ranges;  // empty: the whole file (clipped to its size)
+  /// > 0: the first `mediaHead` bytes, then the media index they point at
+  /// (policy::locateMediaIndex; the last `mediaHead` bytes when they do not
+  /// say), instead of `ranges`.
+  uint64_t mediaHead = 0;
 };
 
 /// One entry of a folder listing (SPEC §4).
@@ -220,6 +262,18 @@ class Engine {
   /// this gateway itself (a link pointing back at it), and the front end
   /// refuses it.
   const Header& selfHeader() const;
+
+  /// Starts a background fill of req's file (its decision must cache: the
+  /// caller ran policy). Null when the engine keeps no cache. The Prefetch
+  /// may already have ended (failed) when it is returned.
+  std::unique_ptr<Prefetch> prefetch(const Request& req, const PrefetchSpec& spec);
+
+  /// Drops the cached objects of mount `mount` (by name) whose path below the
+  /// mount is `rest` — or, with `folder`, lies in the folder `rest` ("/" =
+  /// the whole mount) — from the fill and the store. Responses reading one
+  /// stop: one whose head is out ends short (the connection closes), never
+  /// with bytes of something else. The next request fetches it again.
+  std::vector<Purged> purge(const std::string& mount, const std::string& rest, bool folder);
 
   /// Stops scheduling new upstream work (shutdown); running fetches finish.
   void quiesce();

@@ -151,6 +151,8 @@ std::string Server::Impl::metrics() const {
   metric("slipstream_upstream_retries_total", "counter", "Upstream retries after a failure.", st.retries);
   metric("slipstream_upstream_transfers", "gauge", "Upstream transfers running now.",
          static_cast<uint64_t>(std::max(0, st.activeTransfers)));
+  metric("slipstream_fill_preemptions_total", "counter",
+         "Background (prefetch) pieces stopped so that a playing client got the connection.", st.preemptions);
   metric("slipstream_link_resolutions_total", "counter", "Links resolved by sources.", st.linkResolutions);
   metric("slipstream_cache_hit_bytes_total", "counter", "Bytes served from stored blocks.", st.cacheHitBytes);
   if (st.cacheEnabled) {

@@ -22,9 +22,6 @@ namespace {
 using admin::Outcome;
 using policy::Reason;
 
-constexpr const char* kNextStep =
-    "prefetch and purge arrive with the fill scheduler; this build only reports";
-
 class GatewayAdmin final : public admin::AdminContext {
  public:
   explicit GatewayAdmin(Server::Impl& s) : s_(s) {}
@@ -37,17 +34,18 @@ class GatewayAdmin final : public admin::AdminContext {
       for (admin::ObjectInfo& o : page.value->objects) markFetching(o.mount, o.path, &o.blocks.states);
     return page;
   }
-  Outcome<admin::PrefetchJob> startPrefetch(const std::string&) override {
-    return Outcome<admin::PrefetchJob>::fail(Reason::NotReady, kNextStep);
+  Outcome<admin::PrefetchJob> startPrefetch(const std::string& path) override;
+  std::vector<admin::PrefetchJob> prefetches() override { return s_.prefetches.list(); }
+  std::optional<admin::PrefetchJob> prefetch(const std::string& id) override { return s_.prefetches.get(id); }
+  Outcome<admin::PrefetchJob> cancelPrefetch(const std::string& id) override {
+    Outcome<admin::PrefetchJob> out = s_.prefetches.cancel(id);
+    if (out.value)
+      conf::Log::write(conf::LogLevel::Info, "prefetch_cancel",
+                       "id=" + id + " path=" + conf::logValue(out.value->path) +
+                           " state=" + admin::prefetchStateName(out.value->state));
+    return out;
   }
-  std::vector<admin::PrefetchJob> prefetches() override { return {}; }
-  std::optional<admin::PrefetchJob> prefetch(const std::string&) override { return std::nullopt; }
-  Outcome<admin::PrefetchJob> cancelPrefetch(const std::string&) override {
-    return Outcome<admin::PrefetchJob>::fail(Reason::NotReady, kNextStep);
-  }
-  Outcome<admin::PurgeResult> purge(const admin::PurgeRequest&) override {
-    return Outcome<admin::PurgeResult>::fail(Reason::NotReady, kNextStep);
-  }
+  Outcome<admin::PurgeResult> purge(const admin::PurgeRequest& r) override;
 
  private:
   admin::CacheStats cacheStats(const proxy::Stats& st) const;
@@ -153,6 +151,85 @@ std::optional<admin::BlockMap> GatewayAdmin::blockMap(const Exchange& ex) const 
   admin::BlockMap map{o->meta.size, o->meta.blockSize, admin::blockStates(o->present)};
   markFetching(m.name, ex.mountPath(), &map.states);
   return map;
+}
+
+// A prefetch is the admin's own request for the file through the cache
+// (route /p/, GET): the rules decide as for a client, except that it has
+// no address or User-Agent (rules naming clients or agents do not match
+// it), and a delivery that would not cache the file is refused.
+Outcome<admin::PrefetchJob> GatewayAdmin::startPrefetch(const std::string& path) {
+  using Out = Outcome<admin::PrefetchJob>;
+  if (auto joined = s_.prefetches.running(path)) return Out::ok(std::move(*joined));
+  if (!s_.store) return Out::fail(Reason::CacheDisabled, "no mount has cache = on");
+  policy::MountMatch mm = policy::matchMount(s_.cfg.mounts, path);
+  if (mm.index < 0) return Out::fail(Reason::UnknownMount, "no mount serves " + path);
+  const conf::Mount& m = s_.cfg.mounts[static_cast<size_t>(mm.index)];
+  if (m.source == conf::SourceType::Local)
+    return Out::fail(Reason::NotCacheable, "mount " + m.name + " is local: its files are read in place");
+  if (mm.rest == "/" || mm.rest.empty()) return Out::fail(Reason::NotAFile, "a prefetch names one file");
+  policy::RequestFacts facts;
+  facts.route = policy::Route::Proxy;
+  facts.method = "GET";
+  facts.path = path;
+  facts.mountIndex = mm.index;
+  policy::Decision d = s_.rules.decide(s_.cfg, facts, s_.engine.traits());
+  if (d.needsSize) {  // no probe for a rule's size condition: such conditions do not match
+    facts.sizeUnknowable = true;
+    d = s_.rules.decide(s_.cfg, facts, s_.engine.traits());
+  }
+  if (d.delivery == conf::Delivery::Deny) return Out::fail(Reason::Denied, "rule " + d.rule);
+  if (!d.cache || d.delivery != conf::Delivery::Proxy)
+    return Out::fail(Reason::NotCacheable, d.rule.empty() ? "mount " + m.name + " does not cache"
+                                                          : "rule " + d.rule + " does not cache it");
+  if (!s_.prefetches.makeRoom())
+    return Out::fail(Reason::TooManyPrefetches,
+                     std::to_string(PrefetchRegistry::kMaxJobs) + " prefetch jobs are running");
+  proxy::Request req;
+  req.id = s_.nextId++;
+  req.mountIndex = mm.index;
+  req.path = path;
+  req.rest = mm.rest;
+  req.decision = d;
+  std::unique_ptr<proxy::Prefetch> job = s_.engine.prefetch(req, {});
+  if (!job) return Out::fail(Reason::CacheDisabled, "no mount has cache = on");
+  admin::PrefetchJob j = s_.prefetches.add(path, std::move(job));
+  conf::Log::write(conf::LogLevel::Info, "prefetch_start", "id=" + j.id + " path=" + conf::logValue(path));
+  return Out::ok(std::move(j));
+}
+
+// A file: the mount that serves it. A folder: the mount that serves it (the
+// folder inside it) and every mount whose prefix lies in it (whole).
+Outcome<admin::PurgeResult> GatewayAdmin::purge(const admin::PurgeRequest& r) {
+  using Out = Outcome<admin::PurgeResult>;
+  if (!s_.store) return Out::fail(Reason::CacheDisabled, "no mount has cache = on");
+  const std::vector<conf::Mount>& mounts = s_.cfg.mounts;
+  std::vector<std::pair<const conf::Mount*, std::string>> targets;  // mount, path below it
+  policy::MountMatch mm = policy::matchMount(mounts, r.path);
+  if (mm.index >= 0) targets.emplace_back(&mounts[static_cast<size_t>(mm.index)], mm.rest);
+  if (r.prefix) {
+    std::string dir = r.path == "/" ? "/" : r.path + "/";
+    for (const conf::Mount& m : mounts)
+      if ((dir == "/" || m.prefix.starts_with(dir)) && (mm.index < 0 || &m != &mounts[static_cast<size_t>(mm.index)]))
+        targets.emplace_back(&m, "/");
+  }
+  if (targets.empty()) return Out::fail(Reason::UnknownMount, "no mount serves " + r.path);
+  admin::PurgeResult out;
+  for (const auto& [m, rest] : targets) {
+    for (proxy::Purged& p : s_.engine.purge(m->name, rest, r.prefix)) {
+      admin::PurgedObject o;
+      o.mount = p.mount;
+      o.virtualPath = (m->prefix == "/" ? "" : m->prefix) + p.rest;
+      o.path = std::move(p.rest);
+      o.size = p.size;
+      o.bytes = p.bytes;
+      o.inUse = p.inUse;
+      out.purged.push_back(std::move(o));
+    }
+  }
+  conf::Log::write(conf::LogLevel::Info, "purge",
+                   std::string(r.prefix ? "prefix=" : "path=") + conf::logValue(r.path) +
+                       " objects=" + std::to_string(out.purged.size()));
+  return Out::ok(std::move(out));
 }
 
 std::vector<admin::Transfer> GatewayAdmin::transfers() {

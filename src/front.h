@@ -18,6 +18,7 @@
 #include "src/exchange.h"
 #include "src/http_conn.h"
 #include "src/listener.h"
+#include "src/prefetches.h"
 #include "src/router.h"
 #include "src/server.h"
 #include "src/tls.h"
@@ -103,6 +104,7 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   };
   std::vector<MountFigures> mountFigures;  // per cfg.mounts
   std::unique_ptr<admin::AdminContext> adminCtx;  // the API's view of this server
+  PrefetchRegistry prefetches{clock};             // POST /-/api/v1/prefetch jobs
   // Responses through the block cache by X-Cache: HIT, and MISS or PARTIAL
   // (a PARTIAL's stored part is not told apart).
   uint64_t hitRequests = 0, missRequests = 0, hitBytesOut = 0, missBytesOut = 0;

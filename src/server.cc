@@ -295,6 +295,7 @@ bool Server::start(std::string* err) {
     auto* impl = static_cast<Impl*>(arg);
     int64_t now = impl->clock.monoNs();
     for (auto& [ex, owned] : impl->active) ex->speed().sample(now, ex->bytesWritten());
+    impl->prefetches.sample(now);
   }, &s);
   timeval speedTv{0, 500'000};
   event_add(s.speedTimer, &speedTv);

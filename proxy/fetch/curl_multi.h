@@ -115,6 +115,8 @@ class Transfer {
   /// Stops without calling onDone.
   void cancel();
   bool paused() const { return paused_; }
+  /// Queued in its pool, waiting for a connection slot.
+  bool waiting() const { return waiting_; }
 
   // Response, valid from onHeaders on.
   int status() const { return status_; }

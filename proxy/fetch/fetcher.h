@@ -78,6 +78,11 @@ class BlockReader {
   /// readable yet; client->wake() follows when that may have changed.
   /// Failed: the object cannot be read (reason, detail).
   Result read(uint64_t pos, uint64_t max, evbuffer* out);
+  /// A background reader's step: Ok(n) when the block at `at` is stored
+  /// (n: to its end, at most to `stop`; the position moves there without
+  /// reading a byte), Wait when it is not stored yet (client->wake() follows
+  /// when a fetch of it progresses), Failed when the object is gone.
+  Result skip(uint64_t at, uint64_t stop);
   /// The response is done or gone: unpin, detach (also done by the destructor).
   void close();
 
@@ -111,6 +116,8 @@ class Fetcher {
   Fetcher& operator=(const Fetcher&) = delete;
 
   std::unique_ptr<BlockReader> reader(BlockReader::Client* client);
+  /// See Engine::purge.
+  std::vector<Purged> purge(const std::string& mount, const std::string& rest, bool folder);
   /// Blocks in flight and upstream transfers of the current version of `k`.
   std::optional<FillActivity> activity(const store::Key& k) const;
 

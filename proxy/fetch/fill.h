@@ -180,6 +180,9 @@ class Fill {
   /// The upstream has a new version: `o` dies, a new object takes its key.
   Object* replace(Object* o);
   void kill(Object* o, policy::Reason r, const std::string& detail);
+  /// Kills the objects of `mount` at or below `rest` and drops their stored
+  /// versions (Engine::purge).
+  std::vector<Purged> purge(const std::string& mount, const std::string& rest, bool folder);
   /// Moves o to state s (a debug log line shows each object's trail).
   void setState(Object* o, ObjectState s);
   /// Forgets reader r everywhere in o (readers, waiters, initiators).
@@ -250,6 +253,7 @@ class Fill {
   Trigger sweep_;
   Timer retryTimer_;  // kicks the scheduler after a backoff
   int64_t retryAtMs_ = 0;
+  std::map<int, int64_t> preemptedUntil_;  // pool → monotonic end of a preempted slot's grace
   Subscription drained_;  // the store's queue fell below half
   Subscription spare_;    // a pool slot freed that nobody queued took
   Graveyard graveyard_;   // last: swept first when the fill goes

@@ -20,6 +20,15 @@
 //     share, its pool's free slots, and the fill's `upstream_connections`.
 //  6. An upstream that ignores Range gets one whole-body stream while some
 //     reader needs a block that is not stored.
+//  7. Background readers (prefetch) come after every playing one: an object
+//     only they read takes no fair share and starts work only once playing
+//     objects took what they can use; a stalled background reader does not
+//     put its object first. When a playing reader waits for a block and its
+//     pool has no slot, running pieces of objects only background readers
+//     read are preempted (stopped; they resume from the byte reached later),
+//     one at a time per pool (none while a preempted slot is still on its
+//     way). A playing reader whose object's probe waits for a slot counts
+//     as waiting.
 //
 // Inputs kept for the next rules (issue 11): reader priority (a Background
 // reader — prefetch — never makes a block urgent and its object yields to
@@ -82,6 +91,7 @@ struct Object {
   int running = 0;             // its upstream transfers now
   uint64_t servedTick = 0;     // when a transfer last started for it
   int hostCap = INT_MAX;       // transfers its upstream host should see at most
+  bool probeWaiting = false;   // its probe waits for a pool slot while a playing reader opens it
   std::vector<Reader> readers;
   std::vector<Block> blocks;   // in flight, ascending idx
   std::function<bool(uint32_t)> stored;  // the store lists this block
@@ -89,7 +99,8 @@ struct Object {
 
 struct Pool {
   int limit = 0;
-  int free = 0;  // slots neither taken nor promised (may be <= 0)
+  int free = 0;          // slots neither taken nor promised (may be <= 0)
+  bool freeing = false;  // a preempted piece's slot is on its way (the admission's cut-off grace)
 };
 
 struct Input {
@@ -108,6 +119,7 @@ struct Action {
     StartPiece,  // start piece `piece` of block `block`
     StartWhole,  // start the object's whole-body stream
     NeedLink,    // resolve the object's link (work waits for it)
+    Preempt,     // stop running piece `piece` of block `block` (background work; it is queued again)
   };
   Kind kind = Kind::StartPiece;
   int object = 0;  // index into Input::objects
