@@ -88,11 +88,34 @@ class Job {
   virtual int upstreamConnections() const { return 0; }
 };
 
+struct MountRun;
+struct AccountRun;
+
+/// One configuration as the engine runs it (Engine::prepare): the Config,
+/// and per mount what was built from it (source, pool, local root). A
+/// configuration reload makes a new Setup; mounts and accounts whose
+/// settings did not change are shared with the previous one. A request
+/// carries the Setup it was decided with and its jobs keep it, so a reload
+/// never changes the mount, source, headers or limits under a transfer that
+/// is already running.
+struct Setup {
+  uint64_t generation = 0;
+  std::shared_ptr<const conf::Config> cfg;
+  std::vector<policy::SourceTraits> traits;            // like cfg->mounts
+  std::vector<std::shared_ptr<MountRun>> mounts;       // like cfg->mounts (engine-private type)
+  std::vector<std::shared_ptr<AccountRun>> accounts;   // like cfg->accounts
+};
+using SetupPtr = std::shared_ptr<const Setup>;
+
 /// A request after routing and policy, as the front end hands it over.
 struct Request {
   uint64_t id = 0;
   bool head = false;                 // HEAD: headers only
+  /// The configuration the request was decided with (null: the engine's
+  /// current one) and the mount's index in its cfg->mounts.
+  SetupPtr setup;
   int mountIndex = -1;
+  int mountId = -1;                  // set by the engine: the mount's id (what jobs and caches use)
   std::string path;                  // normalised virtual path (for names, keys)
   std::string rest;                  // path below the mount prefix (for the source)
   std::string range;                 // client's Range header, "" if none
@@ -221,15 +244,29 @@ class Engine {
   /// `base` must have been created after evthread_use_pthreads(). `store` may
   /// be null when no mount caches. None is owned; `clock` is the only time
   /// the proxy reads.
-  Engine(event_base* base, const conf::Config& cfg, store::Store* store, const Clock& clock);
+  Engine(event_base* base, std::shared_ptr<const conf::Config> cfg, store::Store* store,
+         const Clock& clock);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  /// false (with a message) when libcurl lacks what we need (async DNS).
+  /// false (with a message) when libcurl lacks what we need (async DNS), or
+  /// a mount cannot start (a local root that cannot be opened).
   bool init(std::string* err);
 
-  /// What each mount's source needs, indexed like Config::mounts.
+  /// The configuration new requests use.
+  SetupPtr setup() const;
+  /// Builds the Setup of a reloaded configuration without using it yet:
+  /// mounts and accounts whose settings did not change are shared, the
+  /// others built anew. Null with *err when a mount cannot start. Keys that
+  /// need a restart ([cache], state_dir, role) must already hold the running
+  /// values (the caller's job).
+  SetupPtr prepare(std::shared_ptr<const conf::Config> cfg, std::string* err);
+  /// New requests use `s` from now on; connection pools take its limits.
+  /// Requests, prefetches and fills already running keep their Setup.
+  void install(SetupPtr s);
+
+  /// What each mount's source needs, indexed like the current Config::mounts.
   const std::vector<policy::SourceTraits>& traits() const;
 
   /// Starts the delivery chosen by policy (Redirect or Proxy).
@@ -250,6 +287,10 @@ class Engine {
   void list(int mount, const std::string& rest, ListCb cb);
   /// The entry at `rest`, from its parent's listing (the root: a folder).
   void stat(int mount, const std::string& rest, StatCb cb);
+  /// The same for mount `mount` of `setup` (a request's, which a reload
+  /// does not change).
+  void list(const SetupPtr& setup, int mount, const std::string& rest, ListCb cb);
+  void stat(const SetupPtr& setup, int mount, const std::string& rest, StatCb cb);
 
   /// Counters now, with the store's usage.
   Stats snapshot() const;

@@ -22,7 +22,7 @@ class StreamJob final : public Job, public Transfer::Handler {
     if (sink_) sink_->noteProgress(Sink::Progress::Resolving);
     ClientInfo ci{req_.client, req_.userAgent};
     Watch alive = life_.watch();
-    c_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
+    c_.links.get(req_.mountId, req_.rest, ci, [this, alive](const ResolveResult& res) {
       if (!alive || state_ != State::Resolving) return;
       if (res.reason != policy::Reason::None) {
         finishWith(res.reason, res.detail);
@@ -149,7 +149,7 @@ class StreamJob final : public Job, public Transfer::Handler {
       conf::Log::write(conf::LogLevel::Info, "link_refused",
                        "path=" + conf::logValue(req_.path) + " serial=" +
                            std::to_string(linkSerial_) + " action=re_resolve");
-      c_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
+      c_.links.invalidate(req_.mountId, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
       state_ = State::Resolving;
       c_.graveyard.bury(std::move(xfer_));  // we are inside its callback
       begin();
@@ -171,7 +171,7 @@ class StreamJob final : public Job, public Transfer::Handler {
 
  private:
   void startTransfer(const Link& link) {
-    Transfer::Options o = c_.transferOptions(link, req_.mountIndex);
+    Transfer::Options o = c_.transferOptions(link, req_);
     o.range = policy::upstreamRange(wire_);  // "" for no range or several
     if (!o.range.empty() && !req_.ifRange.empty()) o.headers.push_back({"If-Range", req_.ifRange});
     state_ = State::AwaitingHeaders;

@@ -5,6 +5,7 @@
 // merged they answer 503 not_ready with a detail, never a fake success.
 #include <limits.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -29,7 +30,7 @@ class GatewayAdmin final : public admin::AdminContext {
   admin::Stats stats() override;
   std::vector<admin::Transfer> transfers() override;
   Outcome<admin::ObjectPage> objects(const admin::ObjectQuery& q) override {
-    Outcome<admin::ObjectPage> page = admin::objectsFromStore(s_.store, s_.cfg.mounts, q);
+    Outcome<admin::ObjectPage> page = admin::objectsFromStore(s_.store, s_.cfg().mounts, q);
     if (page.value)
       for (admin::ObjectInfo& o : page.value->objects) markFetching(o.mount, o.path, &o.blocks.states);
     return page;
@@ -71,7 +72,7 @@ admin::CacheStats GatewayAdmin::cacheStats(const proxy::Stats& st) const {
   c.evictedBlocks = st.cacheEvictedBlocks;
   if (c.enabled) {
     struct statvfs fs {};
-    if (statvfs(s_.cfg.cache.dir.c_str(), &fs) == 0)
+    if (statvfs(s_.cfg().cache.dir.c_str(), &fs) == 0)
       c.diskFree = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
   }
   // Bytes of responses that went through the cache (an X-Cache header),
@@ -94,8 +95,13 @@ admin::Stats GatewayAdmin::stats() {
   out.nowUnix = s_.clock.wallSeconds();
   out.startedUnix = s_.startedWallMs / 1000;
   char real[PATH_MAX];
-  out.configFile = realpath(s_.cfg.file.c_str(), real) ? real : s_.cfg.file;
-  out.configLoadedUnix = out.startedUnix;  // no reload yet: loaded at start
+  out.configFile = realpath(s_.cfg().file.c_str(), real) ? real : s_.cfg().file;
+  out.configLoadedUnix = s_.gen->loadedWallMs / 1000;  // at start, or the last reload that took
+  out.pid = static_cast<long>(getpid());
+  out.reloads = s_.reloads;
+  out.reloadFailures = s_.reloadFailures;
+  if (const auto& lr = s_.lastReload)
+    out.lastReload = admin::ReloadInfo{lr->atWallMs, lr->ok, lr->errors, lr->needsRestart};
   out.loopLagMs = static_cast<double>(s_.lagLastUs) / 1000.0;
   out.loopLagMaxMs = static_cast<double>(s_.lagMaxUs) / 1000.0;
   out.activeRequests = s_.active.size();
@@ -103,9 +109,8 @@ admin::Stats GatewayAdmin::stats() {
   out.bytesToClients = s_.bytesOut;
   out.bytesFromUpstream = st.upstreamBytes;
   out.cache = cacheStats(st);
-  for (size_t i = 0; i < s_.cfg.mounts.size(); i++) {
-    const conf::Mount& m = s_.cfg.mounts[i];
-    const Server::Impl::MountFigures& f = s_.mountFigures[i];
+  for (const conf::Mount& m : s_.cfg().mounts) {
+    const Server::Impl::MountFigures& f = s_.mountFigures[m.name];
     admin::MountStats ms;
     ms.name = m.name;
     ms.prefix = m.prefix;
@@ -135,7 +140,7 @@ admin::Stats GatewayAdmin::stats() {
     // file); only the time is taken from it, never a token.
     std::string err;
     if (auto ts =
-            proxy::readTokenState(proxy::tokenStatePath(s_.cfg.server.stateDir, a.name), &err);
+            proxy::readTokenState(proxy::tokenStatePath(s_.cfg().server.stateDir, a.name), &err);
         ts && ts->updatedMs > 0)
       as.lastRotationUnix = ts->updatedMs / 1000;
     out.accounts.push_back(std::move(as));
@@ -144,7 +149,7 @@ admin::Stats GatewayAdmin::stats() {
 }
 
 std::optional<admin::BlockMap> GatewayAdmin::blockMap(const Exchange& ex) const {
-  const conf::Mount& m = s_.cfg.mounts[static_cast<size_t>(ex.mount())];
+  const conf::Mount& m = ex.gen->cfg->mounts[static_cast<size_t>(ex.mount())];
   if (!s_.usesCache(ex)) return std::nullopt;
   auto o = s_.store->storedObject(store::objectKey(m.name, ex.mountPath()));
   if (!o) return std::nullopt;
@@ -161,9 +166,10 @@ Outcome<admin::PrefetchJob> GatewayAdmin::startPrefetch(const std::string& path)
   using Out = Outcome<admin::PrefetchJob>;
   if (auto joined = s_.prefetches.running(path)) return Out::ok(std::move(*joined));
   if (!s_.store) return Out::fail(Reason::CacheDisabled, "no mount has cache = on");
-  policy::MountMatch mm = policy::matchMount(s_.cfg.mounts, path);
+  const Generation& g = *s_.gen;
+  policy::MountMatch mm = policy::matchMount(g.cfg->mounts, path);
   if (mm.index < 0) return Out::fail(Reason::UnknownMount, "no mount serves " + path);
-  const conf::Mount& m = s_.cfg.mounts[static_cast<size_t>(mm.index)];
+  const conf::Mount& m = g.cfg->mounts[static_cast<size_t>(mm.index)];
   if (m.source == conf::SourceType::Local)
     return Out::fail(Reason::NotCacheable, "mount " + m.name + " is local: its files are read in place");
   if (mm.rest == "/" || mm.rest.empty()) return Out::fail(Reason::NotAFile, "a prefetch names one file");
@@ -172,10 +178,10 @@ Outcome<admin::PrefetchJob> GatewayAdmin::startPrefetch(const std::string& path)
   facts.method = "GET";
   facts.path = path;
   facts.mountIndex = mm.index;
-  policy::Decision d = s_.rules.decide(s_.cfg, facts, s_.engine.traits());
+  policy::Decision d = g.rules.decide(*g.cfg, facts, g.setup->traits);
   if (d.needsSize) {  // no probe for a rule's size condition: such conditions do not match
     facts.sizeUnknowable = true;
-    d = s_.rules.decide(s_.cfg, facts, s_.engine.traits());
+    d = g.rules.decide(*g.cfg, facts, g.setup->traits);
   }
   if (d.delivery == conf::Delivery::Deny) return Out::fail(Reason::Denied, "rule " + d.rule);
   if (!d.cache || d.delivery != conf::Delivery::Proxy)
@@ -186,6 +192,7 @@ Outcome<admin::PrefetchJob> GatewayAdmin::startPrefetch(const std::string& path)
                      std::to_string(PrefetchRegistry::kMaxJobs) + " prefetch jobs are running");
   proxy::Request req;
   req.id = s_.nextId++;
+  req.setup = g.setup;
   req.mountIndex = mm.index;
   req.path = path;
   req.rest = mm.rest;
@@ -202,7 +209,7 @@ Outcome<admin::PrefetchJob> GatewayAdmin::startPrefetch(const std::string& path)
 Outcome<admin::PurgeResult> GatewayAdmin::purge(const admin::PurgeRequest& r) {
   using Out = Outcome<admin::PurgeResult>;
   if (!s_.store) return Out::fail(Reason::CacheDisabled, "no mount has cache = on");
-  const std::vector<conf::Mount>& mounts = s_.cfg.mounts;
+  const std::vector<conf::Mount>& mounts = s_.cfg().mounts;
   std::vector<std::pair<const conf::Mount*, std::string>> targets;  // mount, path below it
   policy::MountMatch mm = policy::matchMount(mounts, r.path);
   if (mm.index >= 0) targets.emplace_back(&mounts[static_cast<size_t>(mm.index)], mm.rest);
@@ -241,7 +248,7 @@ std::vector<admin::Transfer> GatewayAdmin::transfers() {
     t.id = ex->id();
     t.client = ex->client();
     t.userAgent = e.userAgent;
-    t.mount = s_.cfg.mounts[static_cast<size_t>(ex->mount())].name;
+    t.mount = ex->gen->cfg->mounts[static_cast<size_t>(ex->mount())].name;
     t.path = ex->virtualPath();
     t.delivery = e.delivery == "-" ? "" : e.delivery;
     t.cache = e.cache == "-" ? "" : e.cache;

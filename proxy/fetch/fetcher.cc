@@ -90,7 +90,8 @@ void Fill::sweep() {
 // ------------------------------------------------------------------ open
 
 void Fill::open(BlockReader* r, const Request& req) {
-  const conf::Mount& m = ctx.cfg.mounts[req.mountIndex];
+  const std::shared_ptr<MountRun>& run = ctx.mountOf(req);
+  const conf::Mount& m = *run->m;
   store::Key key = store::objectKey(m.name, req.rest);
   r->requestId = req.id;
   r->connections = static_cast<int>(req.decision.connections > 0 ? req.decision.connections : m.connections);
@@ -99,7 +100,8 @@ void Fill::open(BlockReader* r, const Request& req) {
     slot = std::make_unique<Object>();
     Object* o = slot.get();
     o->key = key;
-    o->mount = req.mountIndex;
+    o->mount = run->id;
+    o->run = run;
     o->rest = req.rest;
     o->path = req.path;
     o->client = {req.client, req.userAgent};
@@ -110,6 +112,13 @@ void Fill::open(BlockReader* r, const Request& req) {
     }
   }
   Object* o = slot.get();
+  if (run->id > o->mount) {
+    // A reader decided with a reloaded mount: fetches from now on use its
+    // settings (source, headers, connections); pieces running keep theirs.
+    o->run = run;
+    o->mount = run->id;
+    o->haveLink = false;
+  }
   r->obj = o;
   o->opening.push_back(r);
   if (o->state == ObjectState::Ready && policy::isFresh(o->meta.validatedMs, m.revalidateMs, ctx.clock.wallMs())) {
@@ -137,6 +146,7 @@ Object* Fill::replace(Object* o) {
   auto n = std::make_unique<Object>();
   n->key = o->key;
   n->mount = o->mount;
+  n->run = o->run;
   n->rest = o->rest;
   n->path = o->path;
   n->client = o->client;

@@ -122,7 +122,8 @@ struct ProbeCall final : Transfer::Handler {
 // The in-memory state of one object version that readers are using.
 struct Object {
   store::Key key;
-  int mount = -1;
+  int mount = -1;                // run->id (links are cached by it)
+  std::shared_ptr<MountRun> run; // the settings new fetches use: the newest a reader opened it with
   std::string rest, path;
   ClientInfo client;
   store::ObjectMeta meta;
@@ -195,8 +196,8 @@ class Fill {
   void waitFor(BlockReader* r, uint32_t idx);
   void wakeBlock(Block* b);
   void wakeStalled(Object* o);
-  const conf::Mount& mountOf(const Object* o) const { return ctx.cfg.mounts[o->mount]; }
-  int poolOf(const Object* o) const { return ctx.poolOf[o->mount]; }
+  const conf::Mount& mountOf(const Object* o) const { return *o->run->m; }
+  int poolOf(const Object* o) const { return o->run->pool; }
   /// Cancels and frees later (it may be the transfer whose callback runs).
   void retire(std::unique_ptr<Transfer> t);
 

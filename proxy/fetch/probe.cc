@@ -18,7 +18,7 @@ void Fill::startProbe(Object* o) {
     ensureLink(o);
     if (o->probe || !linkUsable(o)) return;  // the resolution callback starts the probe
   }
-  Transfer::Options opts = ctx.transferOptions(o->link, o->mount);
+  Transfer::Options opts = ctx.transferOptions(o->link, *o->run);
   opts.range = policy::upstreamRange(policy::ByteRange{0, 1});
   o->probe = std::make_unique<ProbeCall>(*this, *o);
   o->probe->linkSerial = o->link.serial;
@@ -120,7 +120,7 @@ void Fill::probeFinished(Object* o, const TransferResult& r) {
     if (o->hasMeta || !o->readers.empty() || !o->blocks.empty() || o->state == ObjectState::Dead) o = replace(o);
     o->link = link;
     o->haveLink = haveLink;
-    fresh.blockSize = static_cast<uint32_t>(ctx.cfg.cache.blockSize);
+    fresh.blockSize = static_cast<uint32_t>(ctx.cfg().cache.blockSize);
     fresh.validatedMs = now;
     fresh.mount = mountOf(o).name;
     fresh.path = o->rest;

@@ -20,8 +20,8 @@ void Fill::kickAt(int64_t atMs) {
 plan::Input Fill::snapshot(std::vector<Object*>* objs) {
   plan::Input in;
   in.fillRunning = running_;
-  in.fillLimit = static_cast<int>(ctx.cfg.server.upstreamConnections);
-  in.cacheMaxSize = static_cast<uint64_t>(ctx.cfg.cache.maxSize);
+  in.fillLimit = static_cast<int>(ctx.cfg().server.upstreamConnections);
+  in.cacheMaxSize = static_cast<uint64_t>(ctx.cfg().cache.maxSize);
   in.tick = tick_;
   const int64_t monoNow = ctx.clock.monoMs();
   const Admission& adm = ctx.multi.admission();

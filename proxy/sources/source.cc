@@ -58,13 +58,17 @@ namespace {
 constexpr size_t kMaxEntries = 4096;
 }  // namespace
 
+LinkCache::LinkCache(MountDirectory& mounts, const Clock& clock, Stats& stats)
+    : mounts_(mounts), clock_(clock), stats_(stats) {}
+
 LinkCache::LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
                      const Clock& clock, Stats& stats)
-    : cfg_(cfg), sources_(sources), clock_(clock), stats_(stats) {}
+    : owned_(std::make_unique<IndexedMounts>(cfg, sources)), mounts_(*owned_), clock_(clock), stats_(stats) {}
 
-std::string LinkCache::key(int mount, const std::string& rest, const ClientInfo& client) const {
+std::string LinkCache::key(const conf::Mount& m, int mount, const std::string& rest,
+                           const ClientInfo& client) const {
   std::string k = std::to_string(mount) + '\n' + rest;
-  switch (cfg_.mounts[mount].linkBind) {
+  switch (m.linkBind) {
     case conf::LinkBind::None: break;
     case conf::LinkBind::Ua: k += '\n' + client.userAgent; break;
     case conf::LinkBind::UaIp: k += '\n' + client.userAgent + '\n' + client.address; break;
@@ -73,7 +77,16 @@ std::string LinkCache::key(int mount, const std::string& rest, const ClientInfo&
 }
 
 void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client, ResolveCb cb) {
-  std::string k = key(mount, rest, client);
+  const conf::Mount* m = mounts_.mount(mount);
+  Source* src = mounts_.source(mount);
+  if (!m || !src) {
+    ResolveResult r;
+    r.reason = policy::Reason::UnknownMount;
+    r.detail = "the mount is no longer configured";
+    cb(r);
+    return;
+  }
+  std::string k = key(*m, mount, rest, client);
   int64_t now = clock_.wallMs();
   auto it = entries_.find(k);
   if (it != entries_.end()) {
@@ -96,10 +109,10 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
   e.pending = true;
   e.waiters.push_back(std::move(cb));
   stats_.linkResolutions++;
-  Source* src = sources_[mount].get();
   int64_t ttl = src->defaultTtlMs();
-  std::string name = cfg_.mounts[mount].name;
-  src->resolve(rest, client, [this, k, ttl, name](const ResolveResult& res) {
+  std::string name = m->name;
+  // The source lives until it answered (a reload may drop its mount meanwhile).
+  src->resolve(rest, client, [this, k, ttl, name, hold = mounts_.hold(mount)](const ResolveResult& res) {
     auto it2 = entries_.find(k);
     if (it2 == entries_.end()) return;
     MountCounters& mc = stats_.mounts[name];
@@ -129,8 +142,10 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
 
 void LinkCache::invalidate(int mount, const std::string& rest, const ClientInfo& client,
                            uint64_t serial) {
-  stats_.mounts[cfg_.mounts[mount].name].linkRefusals++;  // the upstream refused a link
-  auto it = entries_.find(key(mount, rest, client));
+  const conf::Mount* m = mounts_.mount(mount);
+  if (!m) return;
+  stats_.mounts[m->name].linkRefusals++;  // the upstream refused a link
+  auto it = entries_.find(key(*m, mount, rest, client));
   if (it != entries_.end() && !it->second.pending && it->second.link.serial == serial)
     entries_.erase(it);
 }

@@ -70,9 +70,43 @@ class Source {
 /// makeLocalSource, makeAliyunSource).
 std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s);
 
+/// The mounts the link and listing caches serve, by id. The engine's ids
+/// are stable across configuration reloads (a mount whose settings changed
+/// gets a new id, and its old one lives while requests still use it).
+class MountDirectory {
+ public:
+  virtual ~MountDirectory() = default;
+  /// Mount `id`'s source and settings; null when no such mount lives.
+  virtual Source* source(int id) = 0;
+  virtual const conf::Mount* mount(int id) = 0;
+  /// Keeps mount `id` (its source) alive while a call to it is in flight.
+  virtual std::shared_ptr<const void> hold(int id) = 0;
+};
+
+/// A MountDirectory over a Config and its sources (ids are indexes); for
+/// callers without reloads. Neither is owned.
+class IndexedMounts final : public MountDirectory {
+ public:
+  IndexedMounts(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources)
+      : cfg_(cfg), sources_(sources) {}
+  Source* source(int id) override {
+    return id >= 0 && static_cast<size_t>(id) < sources_.size() ? sources_[id].get() : nullptr;
+  }
+  const conf::Mount* mount(int id) override {
+    return id >= 0 && static_cast<size_t>(id) < cfg_.mounts.size() ? &cfg_.mounts[id] : nullptr;
+  }
+  std::shared_ptr<const void> hold(int) override { return nullptr; }
+
+ private:
+  const conf::Config& cfg_;
+  std::vector<std::unique_ptr<Source>>& sources_;
+};
+
 /// Resolved links by (mount, path[, client]); one resolution in flight per key.
 class LinkCache {
  public:
+  explicit LinkCache(MountDirectory& mounts, const Clock& clock, Stats& stats);
+  /// Over a Config and its sources (indexed like cfg.mounts).
   LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
             const Clock& clock, Stats& stats);
 
@@ -90,10 +124,10 @@ class LinkCache {
     int64_t validUntilMs = 0;  // policy::linkUsableUntil of the link
     std::vector<ResolveCb> waiters;
   };
-  std::string key(int mount, const std::string& rest, const ClientInfo& client) const;
+  std::string key(const conf::Mount& m, int mount, const std::string& rest, const ClientInfo& client) const;
 
-  const conf::Config& cfg_;
-  std::vector<std::unique_ptr<Source>>& sources_;
+  std::unique_ptr<IndexedMounts> owned_;  // the Config-and-sources constructor's
+  MountDirectory& mounts_;
   const Clock& clock_;
   Stats& stats_;
   std::map<std::string, Entry> entries_;
