@@ -34,6 +34,7 @@ struct ListenAddr {
 struct Header {
   std::string name;
   std::string value;
+  bool operator==(const Header&) const = default;
 };
 
 /// An IPv4 or IPv6 network. IPv4 addresses are stored as IPv4-mapped IPv6
@@ -121,6 +122,7 @@ struct Account {
   int64_t linkIntervalMs = 1000;         // least time between two getDownloadUrl calls
   int64_t listIntervalMs = 250;          // least time between two other API calls
   int64_t listTtlMs = 60'000;            // folder listings are reused this long
+  bool operator==(const Account&) const = default;
 };
 
 /// A WebDAV user (`[user NAME]`): HTTP Basic against a crypt(3) hash.
@@ -158,6 +160,7 @@ struct Mount {
   int accountIndex = -1;                 // index in Config::accounts, set by the loader
   std::string rootFolderId = "root";
   int64_t linkExpireMs = 4 * 3'600'000;  // expire_sec asked of getDownloadUrl
+  bool operator==(const Mount&) const = default;
 };
 
 struct Rule {
@@ -215,6 +218,12 @@ LoadResult loadFile(const std::string& path);
 /// Same, from text in memory; `name` is used as the file name in messages.
 LoadResult loadString(std::string_view text, const std::string& name);
 
+/// The directives a running gateway cannot change (Directive::restart)
+/// whose value differs between `running` and `next`, as "[cache] dir": each
+/// is set back to its running value in `next`, which is then what a reload
+/// applies.
+std::vector<std::string> keepRestartValues(const Config& running, Config* next);
+
 /// Plain-text reference of every directive (for `--help-config`).
 std::string helpText();
 
@@ -263,6 +272,9 @@ struct Directive {
   unsigned sources = kAllSources;    // [mount]: the source types the key applies to
   unsigned requiredFor = 0;          // [mount]: source types that need it; others: kAllSources = always
   const char* doc = "";
+  /// SIGHUP cannot apply a new value: the running one stays until a restart
+  /// (keepRestartValues names it in the log; the references say so).
+  bool restart = false;
   /// SecretFile rows: the name of the Secret key whose value the file holds
   /// (the row is derived from that key's row and shares its apply/check).
   const char* fileOf = nullptr;

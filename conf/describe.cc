@@ -80,6 +80,7 @@ std::string notesText(const Directive& d) {
   else if (d.requiredFor)
     add("required for " + sourcesText(d.requiredFor));
   if (d.section == S::Mount && d.sources != kAllSources) add(sourcesText(d.sources) + " only");
+  if (d.restart) add("needs a restart: SIGHUP keeps the running value");
   return s;
 }
 

@@ -194,6 +194,7 @@ std::vector<Directive> makeTable() {
        .apply = [](Config& c, V v) { c.server.signExempt = v.cidrs; }},
       {.section = S::Server, .name = "role", .type = T::Enum, .choices = "main|edge", .def = "main",
        .doc = "main serves /d/ and /p/; edge serves AList-style proxy links /<path>?sign= (like alist-proxy) and needs sign_secret.",
+       .restart = true,
        .apply = [](Config& c, V v) { c.server.role = pick(v, {Role::Main, Role::Edge}); }},
       {.section = S::Server, .name = "admin_allow", .type = T::CidrList, .def = "127.0.0.0/8 ::1",
        .doc = "Clients allowed on the /-/ admin routes without admin_token.",
@@ -208,6 +209,7 @@ std::vector<Directive> makeTable() {
       {.section = S::Server, .name = "state_dir", .type = T::Path, .def = "/var/lib/slipstream",
        .doc = "Directory for state that must survive restarts: each account's rotated refresh "
               "token (mode 0600).",
+       .restart = true,
        .apply = [](Config& c, V v) { c.server.stateDir = v.text; }},
 
       {.section = S::Server, .name = "tls_cert", .type = T::Path,
@@ -227,15 +229,19 @@ std::vector<Directive> makeTable() {
       // ------------------------------------------------------------ [cache]
       {.section = S::Cache, .name = "dir", .type = T::Path, .def = "/var/cache/slipstream",
        .doc = "Directory holding the LMDB index and the blocks.",
+       .restart = true,
        .apply = [](Config& c, V v) { c.cache.dir = v.text; }},
       {.section = S::Cache, .name = "max_size", .type = T::Size, .def = "10G", .min = kM,
        .doc = "Cap on cached data; the least valuable blocks are evicted above it.",
+       .restart = true,
        .apply = [](Config& c, V v) { c.cache.maxSize = v.num; }},
       {.section = S::Cache, .name = "min_free", .type = T::Size, .def = "1G",
        .doc = "Free space to leave on the cache's file system.",
+       .restart = true,
        .apply = [](Config& c, V v) { c.cache.minFree = v.num; }},
       {.section = S::Cache, .name = "block_size", .type = T::Size, .def = "1M", .min = 64 * kK,
        .max = 64 * kM, .units = "power of two", .doc = "Unit of fetching and storing.",
+       .restart = true,
        .apply = [](Config& c, V v) { c.cache.blockSize = v.num; }, .check = powerOfTwo},
 
       // ------------------------------------------------------------ [account NAME]

@@ -61,6 +61,7 @@ namespace slip::policy {
   X(ApiMethodNotAllowed, 405, "method not allowed on this API route")                     \
   X(DavMethodNotAllowed, 405, "method not offered by the read-only WebDAV share")          \
   X(CacheDisabled, 409, "no mount keeps a cache")                                         \
+  X(NotCacheable, 409, "this path is not kept in the cache (local mount, cache = off, or a rule)") \
   X(PayloadTooLarge, 413, "request body too large")                                       \
   X(RequestTimeout, 408, "the request was not received in time (header_timeout)")         \
   X(BodyTooLarge, 413, "request body too large (max_request_body)")                       \
@@ -91,6 +92,8 @@ namespace slip::policy {
   X(ShuttingDown, 503, "shutting down")                                                   \
   X(NotReady, 503, "not available in this build yet")                                     \
   X(UpstreamBusy, 503, "upstream busy (429/503): it asks to wait longer than the gateway waits, or kept refusing") \
+  X(Purged, 503, "the cached file was purged while it was being read")                     \
+  X(TooManyPrefetches, 503, "too many prefetch jobs are running; try again when one ends")  \
   X(UpstreamTimeout, 504, "upstream timed out")                                           \
   X(UnknownMethod, 501, "request method not recognised")                                  \
   X(UnsupportedCoding, 501, "transfer coding not implemented (only chunked is)")          \

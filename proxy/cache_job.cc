@@ -50,6 +50,11 @@ class CacheJob final : public Job, public BlockReader::Client {
     if (sink_) sink_->noteUpstreamBytes(n);
   }
 
+  int upstreamConnections() const override {
+    if (fallback_) return fallback_->upstreamConnections();
+    return state_ == State::Streaming ? reader_->upstreamConnections() : 0;
+  }
+
  private:
   void pump() {
     if (state_ != State::Streaming) return;

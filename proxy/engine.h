@@ -3,6 +3,7 @@
 // proxy/DESIGN.md for how the pieces fit.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,46 +24,97 @@ class Fetcher;
 /// Largest piece a job reads from disk per step.
 inline constexpr size_t kReadChunk = 128 * 1024;
 
+/// One [account] as one configuration built it (shared by the Setups whose
+/// account section is the same).
+struct AccountRun {
+  std::shared_ptr<const conf::Config> cfg;  // the account refers into it
+  const conf::Account* conf = nullptr;
+  int pool = -1;                            // its mounts' connection pool
+  std::unique_ptr<AliyunAccount> account;
+};
+
+/// One mount as one configuration built it. Kept alive by the Setups that
+/// have it, by the requests and fill objects that use it and by calls to its
+/// source in flight; its id is never reused.
+struct MountRun {
+  MountRun() = default;
+  MountRun(const MountRun&) = delete;
+  MountRun& operator=(const MountRun&) = delete;
+  ~MountRun();
+
+  int id = -1;                              // keys the link and listing caches
+  std::shared_ptr<const conf::Config> cfg;  // `m`, and what the source refers to, live in it
+  const conf::Mount* m = nullptr;
+  std::shared_ptr<AccountRun> account;      // aliyundrive_open (outlives `source`)
+  int rootFd = -1;                          // local: the root directory
+  Worker* worker = nullptr;                 // local: reads the root; closes it after them
+  std::unique_ptr<Source> source;
+  int pool = -1;                            // Admission pool (by mount or account name)
+  int trust = 0;                            // TLS trust set of its downloads (TrustStores id)
+  policy::SourceTraits traits;
+};
+
 /// What a job (and the fill) may use: nothing else of the engine.
 struct Context {
   event_base* base;
-  const conf::Config& cfg;
   const Clock& clock;
   CurlMulti& multi;
   LinkCache& links;
   store::Store* store;                // null when no mount caches
   Stats& stats;
   Graveyard& graveyard;               // frees what leaves inside its own callback
-  const std::vector<int>& poolOf;     // per mount: its connection pool
-  const std::vector<int>& localRoots; // per mount: directory fd, or -1
-  const std::vector<int>& trustOf;    // per mount: its downloads' TLS trust set (TrustStores id)
+  MountDirectory& mounts;             // mount ids → MountRun
   Fetcher* fetcher = nullptr;         // the block cache's fill; null without a store
   bool quiescing = false;             // shutting down: no new upstream work
   Header self;                        // on every download (see Engine::selfHeader)
+  SetupPtr current;                   // the configuration new work uses
 
-  /// Options for a download transfer of `link` on mount `mount` (in its
+  /// The current configuration (server-wide settings: upstream_connections,
+  /// timeouts, the cache's).
+  const conf::Config& cfg() const { return *current->cfg; }
+  /// The mount a request was decided with (the engine set its setup).
+  const std::shared_ptr<MountRun>& mountOf(const Request& r) const {
+    return r.setup->mounts[static_cast<size_t>(r.mountIndex)];
+  }
+  /// Options for a download transfer of `link` on mount `m` (in its
   /// connection pool).
-  Transfer::Options transferOptions(const Link& link, int mount) const;
+  Transfer::Options transferOptions(const Link& link, const MountRun& m) const;
+  Transfer::Options transferOptions(const Link& link, const Request& r) const {
+    return transferOptions(link, *mountOf(r));
+  }
 };
 
-struct Engine::Impl {
-  Impl(event_base* b, const conf::Config& c, store::Store* s, const Clock& clk);
-  ~Impl();
+struct Engine::Impl final : MountDirectory {
+  Impl(event_base* b, std::shared_ptr<const conf::Config> c, store::Store* s, const Clock& clk);
+  ~Impl() override;
+
+  // MountDirectory: mount ids of every Setup still in use.
+  Source* source(int id) override;
+  const conf::Mount* mount(int id) override;
+  std::shared_ptr<const void> hold(int id) override;
+  std::shared_ptr<MountRun> run(int id);
+
+  /// The pool named `name` ("account NAME", "mount NAME"): the same across
+  /// reloads, so old and new transfers of an account share its limit.
+  int pool(const std::string& name, int64_t limit);
+  std::shared_ptr<AccountRun> buildAccount(const std::shared_ptr<const conf::Config>& cfg, size_t i);
+  std::shared_ptr<MountRun> buildMount(const std::shared_ptr<const conf::Config>& cfg, size_t i,
+                                       const std::vector<std::shared_ptr<AccountRun>>& accounts,
+                                       std::string* err);
+  /// The Request as jobs see it: a Setup and the mount's id.
+  Request bind(const Request& req) const;
 
   event_base* base;
-  const conf::Config& cfg;
+  std::shared_ptr<const conf::Config> first;     // the configuration at start (until init)
   const Clock& clock;
   store::Store* store;
   Stats stats;
   CurlMulti multi;
   std::unique_ptr<Worker> worker;                // blocking calls off the loop (local listings)
-  std::vector<std::unique_ptr<AliyunAccount>> accounts;  // per [account]; outlive the sources
-  std::vector<std::unique_ptr<Source>> sources;  // per mount
-  std::vector<int> localRoots;                   // per mount: directory fd, or -1
-  std::vector<policy::SourceTraits> traits;
-  std::vector<int> poolOf;                       // per mount: its connection pool
-  std::vector<int> accountPool;                  // per account: the pool its mounts share
-  std::vector<int> trustOf;                      // per mount: TLS trust set of its downloads
+  std::map<int, std::weak_ptr<MountRun>> runs;   // by id
+  std::map<std::string, int> pools;              // by name
+  int nextMountId = 0;
+  uint64_t nextGeneration = 1;
   std::vector<std::string> self;                 // the listen addresses, "host:port" as bound
   LinkCache links;
   ListingCache listings;
@@ -96,5 +148,6 @@ std::unique_ptr<Job> makeRedirectJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeStreamJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeLocalJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeCacheJob(Context& c, const Request& r, Sink* s);
+std::unique_ptr<Prefetch> makePrefetch(Context& c, const Request& r, const PrefetchSpec& spec);
 
 }  // namespace slip::proxy

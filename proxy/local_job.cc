@@ -30,7 +30,7 @@ class LocalJob final : public Job {
 
   void begin() {
     sink_->noteProgress(Sink::Progress::Opening);
-    fd_ = openBeneath(c_.localRoots[req_.mountIndex], req_.rest,
+    fd_ = openBeneath(c_.mountOf(req_)->rootFd, req_.rest,
                       O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd_ < 0) {
       int err = -fd_;

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -83,13 +84,39 @@ class Job {
   virtual ~Job() = default;
   virtual void onWritable() = 0;
   virtual void onClientGone() = 0;
+  /// Upstream connections working for this response now (the status page):
+  /// its object's transfers in the block cache, its own stream otherwise.
+  virtual int upstreamConnections() const { return 0; }
 };
+
+struct MountRun;
+struct AccountRun;
+
+/// One configuration as the engine runs it (Engine::prepare): the Config,
+/// and per mount what was built from it (source, pool, local root). A
+/// configuration reload makes a new Setup; mounts and accounts whose
+/// settings did not change are shared with the previous one. A request
+/// carries the Setup it was decided with and its jobs keep it, so a reload
+/// never changes the mount, source, headers or limits under a transfer that
+/// is already running.
+struct Setup {
+  uint64_t generation = 0;
+  std::shared_ptr<const conf::Config> cfg;
+  std::vector<policy::SourceTraits> traits;            // like cfg->mounts
+  std::vector<std::shared_ptr<MountRun>> mounts;       // like cfg->mounts (engine-private type)
+  std::vector<std::shared_ptr<AccountRun>> accounts;   // like cfg->accounts
+};
+using SetupPtr = std::shared_ptr<const Setup>;
 
 /// A request after routing and policy, as the front end hands it over.
 struct Request {
   uint64_t id = 0;
   bool head = false;                 // HEAD: headers only
+  /// The configuration the request was decided with (null: the engine's
+  /// current one) and the mount's index in its cfg->mounts.
+  SetupPtr setup;
   int mountIndex = -1;
+  int mountId = -1;                  // set by the engine: the mount's id (what jobs and caches use)
   std::string path;                  // normalised virtual path (for names, keys)
   std::string rest;                  // path below the mount prefix (for the source)
   std::string range;                 // client's Range header, "" if none
@@ -118,6 +145,12 @@ struct HostStats {
   int running = 0;   // the fill's transfers to it now
 };
 
+/// One mount's link figures (by mount name, so they outlive a reload).
+struct MountCounters {
+  uint64_t linksResolved = 0;  // links its source handed out
+  uint64_t linkRefusals = 0;   // links the upstream refused (401/403/410) or the source would not give
+};
+
 /// Counters for logs, status and metrics.
 struct Stats {
   uint64_t upstreamRequests = 0;
@@ -129,6 +162,8 @@ struct Stats {
   uint64_t corruptBlocks = 0;
   uint64_t cancelledBlocks = 0;  // fetches stopped because no reader wanted them (a seek, a client gone)
   int activeTransfers = 0;
+  uint64_t preemptions = 0;  // background pieces stopped for a playing reader
+  std::map<std::string, MountCounters> mounts;
   // the store, filled in by snapshot()
   bool cacheEnabled = false;
   uint64_t cacheObjects = 0, cacheBlocks = 0, cacheBytes = 0, cacheReserved = 0,
@@ -136,6 +171,53 @@ struct Stats {
   size_t diskQueueBytes = 0;
   std::vector<AccountStats> accounts;
   std::vector<HostStats> hosts;  // the fill's upstream hosts
+};
+
+/// What the block cache's fill is doing for one object now (the status page).
+struct FillActivity {
+  std::vector<uint32_t> fetching;  // blocks being fetched, ascending
+  int connections = 0;             // the object's upstream transfers
+};
+
+/// One object version dropped by Engine::purge.
+struct Purged {
+  std::string mount, rest;  // mount name, path below the mount
+  uint64_t size = 0;        // the object's size
+  uint64_t bytes = 0;       // bytes of its blocks that were stored
+  bool inUse = false;       // responses were reading it (they end short, never with other bytes)
+};
+
+/// A background fill of one file: the admin API's prefetch, the next
+/// episode's warming. It delivers nothing: it walks the wanted bytes as a
+/// Background reader of the block cache's fill (the same coalescing, pools
+/// and account limits as a client; it never makes a block urgent and yields
+/// to playing clients), moving on as blocks are stored.
+class Prefetch {
+ public:
+  enum class State { Opening, Running, Done, Failed, Cancelled };
+  struct Progress {
+    State state = State::Opening;
+    uint64_t done = 0;   // bytes of the wanted ranges stored
+    uint64_t total = 0;  // 0 until the object is open
+    uint64_t upstreamBytes = 0;
+    policy::Reason reason = policy::Reason::None;  // Failed
+    std::string detail;
+  };
+  virtual ~Prefetch() = default;
+  virtual Progress progress() const = 0;
+  /// Stops asking for blocks: read-ahead only it wanted stops, pieces in
+  /// flight finish and are stored. No-op once it ended.
+  virtual void cancel() = 0;
+};
+const char* prefetchStateName(Prefetch::State s);
+
+/// What a prefetch wants of its file.
+struct PrefetchSpec {
+  std::vector<policy::ByteRange> ranges;  // empty: the whole file (clipped to its size)
+  /// > 0: the first `mediaHead` bytes, then the media index they point at
+  /// (policy::locateMediaIndex; the last `mediaHead` bytes when they do not
+  /// say), instead of `ranges`.
+  uint64_t mediaHead = 0;
 };
 
 /// One entry of a folder listing (SPEC §4).
@@ -177,15 +259,29 @@ class Engine {
   /// `base` must have been created after evthread_use_pthreads(). `store` may
   /// be null when no mount caches. None is owned; `clock` is the only time
   /// the proxy reads.
-  Engine(event_base* base, const conf::Config& cfg, store::Store* store, const Clock& clock);
+  Engine(event_base* base, std::shared_ptr<const conf::Config> cfg, store::Store* store,
+         const Clock& clock);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  /// false (with a message) when libcurl lacks what we need (async DNS).
+  /// false (with a message) when libcurl lacks what we need (async DNS), or
+  /// a mount cannot start (a local root that cannot be opened).
   bool init(std::string* err);
 
-  /// What each mount's source needs, indexed like Config::mounts.
+  /// The configuration new requests use.
+  SetupPtr setup() const;
+  /// Builds the Setup of a reloaded configuration without using it yet:
+  /// mounts and accounts whose settings did not change are shared, the
+  /// others built anew. Null with *err when a mount cannot start. Keys that
+  /// need a restart ([cache], state_dir, role) must already hold the running
+  /// values (the caller's job).
+  SetupPtr prepare(std::shared_ptr<const conf::Config> cfg, std::string* err);
+  /// New requests use `s` from now on; connection pools take its limits.
+  /// Requests, prefetches and fills already running keep their Setup.
+  void install(SetupPtr s);
+
+  /// What each mount's source needs, indexed like the current Config::mounts.
   const std::vector<policy::SourceTraits>& traits() const;
 
   /// Starts the delivery chosen by policy (Redirect or Proxy).
@@ -206,9 +302,16 @@ class Engine {
   void list(int mount, const std::string& rest, ListCb cb);
   /// The entry at `rest`, from its parent's listing (the root: a folder).
   void stat(int mount, const std::string& rest, StatCb cb);
+  /// The same for mount `mount` of `setup` (a request's, which a reload
+  /// does not change).
+  void list(const SetupPtr& setup, int mount, const std::string& rest, ListCb cb);
+  void stat(const SetupPtr& setup, int mount, const std::string& rest, StatCb cb);
 
   /// Counters now, with the store's usage.
   Stats snapshot() const;
+  /// The fill's work on the object (mount name, path below the mount) now;
+  /// nullopt when it has none (not being read or fetched, or no cache).
+  std::optional<FillActivity> activity(const std::string& mount, const std::string& rest) const;
 
   /// The header every upstream download request carries: a random value
   /// new for each process. A client request that arrives with it came from
@@ -225,6 +328,18 @@ class Engine {
   /// each ca_file); a file that fails keeps its old certificates and `err`
   /// names it. For SIGHUP.
   bool reloadTrust(std::string* err);
+
+  /// Starts a background fill of req's file (its decision must cache: the
+  /// caller ran policy). Null when the engine keeps no cache. The Prefetch
+  /// may already have ended (failed) when it is returned.
+  std::unique_ptr<Prefetch> prefetch(const Request& req, const PrefetchSpec& spec);
+
+  /// Drops the cached objects of mount `mount` (by name) whose path below the
+  /// mount is `rest` — or, with `folder`, lies in the folder `rest` ("/" =
+  /// the whole mount) — from the fill and the store. Responses reading one
+  /// stop: one whose head is out ends short (the connection closes), never
+  /// with bytes of something else. The next request fetches it again.
+  std::vector<Purged> purge(const std::string& mount, const std::string& rest, bool folder);
 
   /// Stops scheduling new upstream work (shutdown); running fetches finish.
   void quiesce();

@@ -13,7 +13,7 @@ class RedirectJob final : public Job {
   void begin() {
     sink_->noteProgress(Sink::Progress::Resolving);
     Watch alive = life_.watch();
-    c_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
+    c_.links.get(req_.mountId, req_.rest, {req_.client, req_.userAgent},
                  [this, alive](const ResolveResult& res) {
                    if (!alive || gone_) return;
                    if (res.reason != policy::Reason::None) {

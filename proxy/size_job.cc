@@ -16,11 +16,11 @@ class SizeJob final : public Job, public Transfer::Handler {
   SizeJob(Context& c, const Request& r, Done done) : c_(c), req_(r), done_(std::move(done)) {}
 
   void begin() {
-    const conf::Mount& m = c_.cfg.mounts[req_.mountIndex];
+    const conf::Mount& m = *c_.mountOf(req_)->m;
     if (m.source == conf::SourceType::Local) {
       std::string rel = req_.rest.substr(1);
       struct stat st{};
-      if (fstatat(c_.localRoots[req_.mountIndex], rel.empty() ? "." : rel.c_str(), &st, 0) == 0 &&
+      if (fstatat(c_.mountOf(req_)->rootFd, rel.empty() ? "." : rel.c_str(), &st, 0) == 0 &&
           S_ISREG(st.st_mode))
         return report(static_cast<uint64_t>(st.st_size));
       return report(std::nullopt);
@@ -29,12 +29,12 @@ class SizeJob final : public Job, public Transfer::Handler {
       if (auto meta = c_.store->lookup(store::objectKey(m.name, req_.rest))) return report(meta->size);
     }
     Watch alive = life_.watch();
-    c_.links.get(req_.mountIndex, req_.rest, {req_.client, req_.userAgent},
+    c_.links.get(req_.mountId, req_.rest, {req_.client, req_.userAgent},
                  [this, alive](const ResolveResult& res) {
                    if (!alive || gone_) return;
                    if (res.reason != policy::Reason::None) return report(std::nullopt);
                    linkSerial_ = res.link.serial;
-                   Transfer::Options o = c_.transferOptions(res.link, req_.mountIndex);
+                   Transfer::Options o = c_.transferOptions(res.link, req_);
                    o.range = policy::upstreamRange(policy::ByteRange{0, 1});
                    xfer_ = std::make_unique<Transfer>(c_.multi, std::move(o), this);
                    c_.stats.upstreamRequests++;
@@ -61,7 +61,7 @@ class SizeJob final : public Job, public Transfer::Handler {
   size_t onData(Transfer&, const char*, size_t) override { return 0; }
   void onDone(Transfer&, const TransferResult& r) override {
     if (policy::transportBlamesLink(r.failure))
-      c_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
+      c_.links.invalidate(req_.mountId, req_.rest, {req_.client, req_.userAgent}, linkSerial_);
     if (!gone_) report(size_);
   }
 
@@ -86,7 +86,7 @@ class SizeJob final : public Job, public Transfer::Handler {
 
 std::unique_ptr<Job> Engine::probeSize(const Request& req,
                                        std::function<void(std::optional<uint64_t>)> done) {
-  auto j = std::make_unique<SizeJob>(impl_->ctx, req, std::move(done));
+  auto j = std::make_unique<SizeJob>(impl_->ctx, impl_->bind(req), std::move(done));
   j->begin();
   return j;
 }

@@ -32,7 +32,7 @@ class StreamJob final : public Job, public Transfer::Handler {
     state_ = State::Resolving;
     ClientInfo ci{req_.client, req_.userAgent};
     Watch alive = life_.watch();
-    c_.links.get(req_.mountIndex, req_.rest, ci, [this, alive](const ResolveResult& res) {
+    c_.links.get(req_.mountId, req_.rest, ci, [this, alive](const ResolveResult& res) {
       if (!alive || state_ != State::Resolving) return;
       if (res.reason != policy::Reason::None) {
         finishWith(res.reason, res.detail);
@@ -46,6 +46,8 @@ class StreamJob final : public Job, public Transfer::Handler {
   void onWritable() override {
     if (xfer_ && xfer_->paused()) xfer_->resume();
   }
+
+  int upstreamConnections() const override { return xfer_ ? 1 : 0; }
 
   void onClientGone() override {
     state_ = State::Gone;
@@ -136,7 +138,7 @@ class StreamJob final : public Job, public Transfer::Handler {
       conf::Log::write(conf::LogLevel::Info, "link_refused",
                        "path=" + conf::logValue(req_.path) + " serial=" + std::to_string(link_.serial) +
                            " action=re_resolve");
-      c_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, link_.serial);
+      c_.links.invalidate(req_.mountId, req_.rest, {req_.client, req_.userAgent}, link_.serial);
       begin();
       return;
     }
@@ -150,7 +152,7 @@ class StreamJob final : public Job, public Transfer::Handler {
     policy::FetchFailure f = failure_ ? *failure_ : policy::fetchFailure(t);
     std::string detail = !detail_.empty() ? detail_ : r.code != CURLE_OK ? r.error : "upstream body ended early";
     if (!failure_ && policy::transportBlamesLink(r.failure))
-      c_.links.invalidate(req_.mountIndex, req_.rest, {req_.client, req_.userAgent}, link_.serial);
+      c_.links.invalidate(req_.mountId, req_.rest, {req_.client, req_.userAgent}, link_.serial);
     int64_t now = c_.clock.monoMs();
     if (attempts_ == 0 || sent_ > sentAtStart_) firstFailMs_ = now;  // progress restarts the bound
     policy::RetryDecision d = policy::retryDecision(f, ++attempts_, now - firstFailMs_);
@@ -229,7 +231,7 @@ class StreamJob final : public Job, public Transfer::Handler {
   }
 
   void startTransfer() {
-    Transfer::Options o = c_.transferOptions(link_, req_.mountIndex);
+    Transfer::Options o = c_.transferOptions(link_, req_);
     resuming_ = sink_ && sink_->headersSent();
     if (resuming_) {
       o.range = policy::upstreamRange(policy::ByteRange{answer_.range.begin + sent_, answer_.range.end});

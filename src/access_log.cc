@@ -33,6 +33,35 @@ AccessLog::~AccessLog() {
   }
 }
 
+bool AccessLog::reopen(const std::string& spec, std::string* err) {
+  FILE* next = nullptr;
+  if (spec != "off" && spec != "-") {
+    next = fopen(spec.c_str(), "ae");
+    if (!next) {
+      *err = "access_log " + spec + ": " + strerror(errno);
+      return false;
+    }
+  }
+  if (flush_) event_free(flush_);
+  flush_ = nullptr;
+  if (f_) {
+    fflush(f_);
+    if (own_) fclose(f_);
+  }
+  f_ = nullptr;
+  own_ = false;
+  if (spec == "off") return true;
+  if (!next) return open(spec, err);  // "-": stdout
+  f_ = next;
+  own_ = true;
+  flush_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
+    fflush(static_cast<FILE*>(arg));
+  }, f_);
+  timeval tv{0, 200'000};
+  event_add(flush_, &tv);
+  return true;
+}
+
 bool AccessLog::open(const std::string& spec, std::string* err) {
   if (spec == "off") return true;
   if (spec == "-") {

@@ -36,6 +36,9 @@ class AccessLog {
   /// `spec`: a path, "-" for stdout, "off". False with a message when the
   /// file cannot be opened.
   bool open(const std::string& spec, std::string* err);
+  /// SIGHUP: opens `spec` afresh (a rotated file, or another path) and
+  /// closes the old one; on an error the old one stays (false, *err).
+  bool reopen(const std::string& spec, std::string* err);
   void write(const AccessEntry& e);
 
  private:

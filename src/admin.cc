@@ -86,14 +86,14 @@ void Server::Impl::addAdminRoutes() {
 }
 
 bool Server::Impl::adminAllowed(const Exchange& ex) const {
-  return admin::adminAllowed(cfg.server, ex.client(), ex.request().headers.get("Authorization"));
+  return admin::adminAllowed(cfg().server, ex.client(), ex.request().headers.get("Authorization"));
 }
 
 void Server::Impl::serveApi(Exchange& ex) {
   const http::HeaderList& h = ex.request().headers;
   admin::ApiResponse resp;
   if (!adminAllowed(ex)) {
-    if (cfg.server.adminToken.empty()) {
+    if (cfg().server.adminToken.empty()) {
       resp = admin::errorResponse(
           policy::Reason::Denied, "admin route: the client is not in admin_allow (no admin_token is set)");
     } else {
@@ -157,6 +157,10 @@ std::string Server::Impl::metrics() const {
          "WebDAV passwords hashed (verdicts are cached; a worker thread hashes).",
          authenticator.hashings());
   metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", bytesOut);
+  o += "# HELP slipstream_config_reloads_total Configuration reloads (SIGHUP), by result.\n"
+       "# TYPE slipstream_config_reloads_total counter\n"
+       "slipstream_config_reloads_total{result=\"ok\"} " + std::to_string(reloads) + "\n"
+       "slipstream_config_reloads_total{result=\"failed\"} " + std::to_string(reloadFailures) + "\n";
   o += tlsMetrics();
   metric("slipstream_upstream_requests_total", "counter", "Upstream HTTP requests started.", st.upstreamRequests);
   metric("slipstream_upstream_bytes_total", "counter", "Body bytes received from upstreams.", st.upstreamBytes);
@@ -164,6 +168,8 @@ std::string Server::Impl::metrics() const {
   metric("slipstream_upstream_retries_total", "counter", "Upstream retries after a failure.", st.retries);
   metric("slipstream_upstream_transfers", "gauge", "Upstream transfers running now.",
          static_cast<uint64_t>(std::max(0, st.activeTransfers)));
+  metric("slipstream_fill_preemptions_total", "counter",
+         "Background (prefetch) pieces stopped so that a playing client got the connection.", st.preemptions);
   metric("slipstream_link_resolutions_total", "counter", "Links resolved by sources.", st.linkResolutions);
   metric("slipstream_cancelled_blocks_total", "counter",
          "Block fetches stopped because no reader wanted them any more (a seek, a client gone).",

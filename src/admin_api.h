@@ -114,8 +114,19 @@ struct AccountStats {
   std::optional<LastError> lastError;
 };
 
+/// The last configuration reload (SIGHUP).
+struct ReloadInfo {
+  int64_t atUnixMs = 0;
+  bool ok = false;
+  std::vector<std::string> errors;        // "file:line: [section] key: what is wrong"
+  std::vector<std::string> needsRestart;  // "[cache] dir": running values kept
+};
+
 struct Stats {
   std::string version;
+  long pid = 0;
+  uint64_t reloads = 0, reloadFailures = 0;
+  std::optional<ReloadInfo> lastReload;
   int64_t nowUnix = 0, startedUnix = 0;
   std::string configFile;
   int64_t configLoadedUnix = 0;

@@ -1,7 +1,13 @@
 #include "src/admin_client.h"
 
 #include <curl/curl.h>
+#include <limits.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
@@ -373,6 +379,69 @@ int prefetch(const conf::Config& cfg, const std::vector<std::string>& args, cons
     }
   }
   return 0;
+}
+
+namespace {
+
+struct Running {
+  long pid = 0;
+  std::string file;
+  json lastReload;  // null before the first
+};
+
+std::optional<Running> running(const conf::Config& cfg, const std::string& base) {
+  Reply r = call(cfg, base, "GET", "stats");
+  json j = json::parse(r.body, nullptr, false);
+  if (r.status != 200 || j.is_discarded() || !j.value("pid", json()).is_number_integer() ||
+      !j.value("config", json()).is_object()) {
+    fprintf(stderr, "slipstream reload: %s\n", r.status == 200 ? "unexpected answer from the gateway" : describe(r).c_str());
+    return std::nullopt;
+  }
+  Running out;
+  out.pid = j["pid"].get<long>();
+  out.file = j["config"].value("file", std::string());
+  out.lastReload = j["config"].value("last_reload", json());
+  return out;
+}
+
+}  // namespace
+
+int reload(const conf::Config& cfg, const Flags& flags) {
+  std::string base = flag(flags, "url") ? *flag(flags, "url") : apiBase(cfg);
+  auto before = running(cfg, base);
+  if (!before) return 1;
+  char real[PATH_MAX];
+  std::string mine = realpath(cfg.file.c_str(), real) ? real : cfg.file;
+  if (before->file != mine) {
+    fprintf(stderr, "slipstream reload: the gateway at %s runs %s, not %s: nothing sent\n", base.c_str(),
+            printable(before->file).c_str(), printable(mine).c_str());
+    return 1;
+  }
+  if (before->pid <= 1 || kill(static_cast<pid_t>(before->pid), SIGHUP) != 0) {
+    fprintf(stderr, "slipstream reload: cannot signal pid %ld: %s (run it as the gateway's user)\n", before->pid,
+            strerror(errno));
+    return 1;
+  }
+  // The outcome: a last_reload newer than the one before.
+  for (int i = 0; i < 100; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto now = running(cfg, base);
+    if (!now) return 1;
+    const json& lr = now->lastReload;
+    if (!lr.is_object() || lr == before->lastReload) continue;
+    for (const json& k : lr.value("needs_restart", json::array()))
+      if (k.is_string()) printf("needs a restart (running value kept): %s\n", printable(k.get<std::string>()).c_str());
+    if (lr.value("ok", false)) {
+      printf("reloaded %s (pid %ld)\n", printable(mine).c_str(), now->pid);
+      return 0;
+    }
+    for (const json& e : lr.value("errors", json::array()))
+      if (e.is_string()) fprintf(stderr, "%s\n", printable(e.get<std::string>()).c_str());
+    fprintf(stderr, "slipstream reload: the gateway kept its running configuration\n");
+    return 1;
+  }
+  fprintf(stderr, "slipstream reload: signal sent to pid %ld, no outcome reported within 10 s\n", before->pid);
+  return 1;
 }
 
 int purge(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags) {

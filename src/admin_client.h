@@ -23,6 +23,12 @@ int status(const conf::Config& cfg, const Flags& flags);
 int prefetch(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags);
 /// `slipstream purge /MOUNT/PATH` or `slipstream purge --prefix /MOUNT/DIR`.
 int purge(const conf::Config& cfg, const std::vector<std::string>& args, const Flags& flags);
+/// `slipstream reload -c FILE [--url URL]`: asks the running gateway (its
+/// admin API, found from FILE) for its pid and the file it runs on, refuses
+/// when that is another file, sends it SIGHUP and waits for the outcome:
+/// exit 0 when it took the file, 1 with its errors when it kept running on
+/// the old configuration.
+int reload(const conf::Config& cfg, const Flags& flags);
 
 /// The gateway's API base URL from the configuration: the first plain
 /// listen address (any-address → loopback), else the first tls one.

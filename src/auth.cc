@@ -134,8 +134,18 @@ std::optional<std::string> hashPassword(std::string_view password, std::string* 
 }
 
 Authenticator::Authenticator(const conf::Config& cfg, const Clock& clock)
-    : cfg_(cfg), clock_(clock) {
+    : Authenticator(std::shared_ptr<const conf::Config>(&cfg, [](const conf::Config*) {}), clock) {}
+
+Authenticator::Authenticator(std::shared_ptr<const conf::Config> cfg, const Clock& clock)
+    : cfg_(std::move(cfg)), clock_(clock) {
   RAND_bytes(key_.data(), static_cast<int>(key_.size()));
+}
+
+void Authenticator::reset(std::shared_ptr<const conf::Config> cfg) {
+  cfg_ = std::move(cfg);
+  cache_.clear();
+  lru_.clear();
+  generation_++;
 }
 
 Authenticator::Mac Authenticator::mac(std::string_view authorization) const {
@@ -151,11 +161,11 @@ std::optional<Result> Authenticator::quick(std::string_view client,
                                            std::string_view authorization) {
   Result r;
   r.cached = true;
-  if (policy::anyCidrContains(cfg_.server.davAllow, client)) {
+  if (policy::anyCidrContains(cfg_->server.davAllow, client)) {
     r.verdict = Verdict::Trusted;
     return r;
   }
-  if (cfg_.users.empty()) {
+  if (cfg_->users.empty()) {
     r.verdict = Verdict::NoUsers;
     return r;
   }
@@ -198,7 +208,7 @@ void Authenticator::remember(const Mac& m, const Result& r) {
 Result Authenticator::check(std::string_view client, std::string_view authorization) {
   if (auto r = quick(client, authorization)) return *r;
   hashings_++;
-  Result r = verifyCredentials(cfg_, *parseBasic(authorization));
+  Result r = verifyCredentials(*cfg_, *parseBasic(authorization));
   remember(mac(authorization), r);
   return r;
 }
@@ -216,10 +226,10 @@ void Authenticator::check(std::string client, std::string authorization, Worker&
   hashings_++;
   auto out = std::make_shared<Result>();
   auto creds = std::make_shared<Credentials>(*parseBasic(authorization));
-  const conf::Config& cfg = cfg_;
-  worker.post([out, creds, &cfg] { *out = verifyCredentials(cfg, *creds); },
-              [this, out, m] {
-                remember(m, *out);
+  std::shared_ptr<const conf::Config> cfg = cfg_;  // the users it is checked against live as long
+  worker.post([out, creds, cfg] { *out = verifyCredentials(*cfg, *creds); },
+              [this, out, m, gen = generation_] {
+                if (gen == generation_) remember(m, *out);
                 auto callbacks = std::move(hashing_[m]);
                 hashing_.erase(m);
                 for (auto& cb : callbacks) cb(*out);

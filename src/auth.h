@@ -18,6 +18,7 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -71,6 +72,13 @@ class Authenticator {
  public:
   /// `cfg` and `clock` are not owned and must outlive it.
   Authenticator(const conf::Config& cfg, const Clock& clock);
+  /// Keeps `cfg` (users, dav_allow); `clock` must outlive it.
+  Authenticator(std::shared_ptr<const conf::Config> cfg, const Clock& clock);
+  /// A reloaded configuration: its users and dav_allow from now on.
+  /// Remembered verdicts are forgotten; hashings in flight answer their
+  /// requests (with the users they were checked against) and are not
+  /// remembered.
+  void reset(std::shared_ptr<const conf::Config> cfg);
 
   /// The verdict when it needs no hashing; nullopt when it does.
   std::optional<Result> quick(std::string_view client, std::string_view authorization);
@@ -97,8 +105,9 @@ class Authenticator {
   Mac mac(std::string_view authorization) const;
   void remember(const Mac& m, const Result& r);
 
-  const conf::Config& cfg_;
+  std::shared_ptr<const conf::Config> cfg_;
   const Clock& clock_;
+  uint64_t generation_ = 0;  // counts reset()s
   std::array<unsigned char, 32> key_{};
   std::map<Mac, Cached> cache_;
   std::list<Mac> lru_;  // front = most recently used

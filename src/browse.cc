@@ -37,7 +37,9 @@ bool EngineLoop::start(std::string* err) {
       base_, -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
   timeval second{1, 0};
   event_add(tick_, &second);
-  engine_ = std::make_unique<proxy::Engine>(base_, cfg_, nullptr, clock_);
+  // The Config outlives the loop (the caller owns both): a non-owning pointer.
+  engine_ = std::make_unique<proxy::Engine>(
+      base_, std::shared_ptr<const conf::Config>(&cfg_, [](const conf::Config*) {}), nullptr, clock_);
   return engine_->init(err);
 }
 

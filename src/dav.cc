@@ -83,8 +83,9 @@ bool plainCollection(const conf::Config& cfg, const std::string& virt) {
 
 void resolve(Impl& s, Exchange& ex, const std::string& virt, TargetCb done) {
   Target t;
-  t.mountDirs = policy::mountFolders(s.cfg.mounts, virt);
-  policy::MountMatch mm = policy::matchMount(s.cfg.mounts, virt);
+  const conf::Config& cfg = *ex.gen->cfg;  // the request's configuration
+  t.mountDirs = policy::mountFolders(cfg.mounts, virt);
+  policy::MountMatch mm = policy::matchMount(cfg.mounts, virt);
   if (mm.index < 0) {
     if (virt != "/" && t.mountDirs.empty()) t.reason = Reason::UnknownMount;
     t.collection = true;
@@ -98,7 +99,7 @@ void resolve(Impl& s, Exchange& ex, const std::string& virt, TargetCb done) {
   }
   ex.setState(ExState::Resolving);
   ExRef ref(s, ex);
-  s.engine.stat(mm.index, mm.rest, [ref, t, done](const proxy::StatResult& r) mutable {
+  s.engine.stat(ex.gen->setup, mm.index, mm.rest, [ref, t, done](const proxy::StatResult& r) mutable {
     Exchange* e = ref.get();
     if (!e) return;
     if (r.reason == Reason::None) {
@@ -140,7 +141,7 @@ void members(Impl& s, Exchange& ex, const Target& t, MembersCb done) {
   ex.setState(ExState::Resolving);
   ExRef ref(s, ex);
   std::vector<std::string> dirs = t.mountDirs;
-  s.engine.list(t.mount, t.rest, [ref, dirs, done](const proxy::ListResult& r) {
+  s.engine.list(ex.gen->setup, t.mount, t.rest, [ref, dirs, done](const proxy::ListResult& r) {
     Exchange* e = ref.get();
     if (!e) return;
     proxy::DirEntries out;
@@ -265,7 +266,7 @@ void serve(Impl& s, Exchange& ex) {
       // through the normal delivery without asking the source first (an
       // `http` mount cannot be asked, and a player's range requests must
       // not each cost a listing).
-      if (slash || plainCollection(s.cfg, virt)) return index(s, ex, virt);
+      if (slash || plainCollection(*ex.gen->cfg, virt)) return index(s, ex, virt);
       return s.deliverPath(ex, policy::Route::Dav, virt);
   }
 }
@@ -273,7 +274,7 @@ void serve(Impl& s, Exchange& ex) {
 }  // namespace
 
 void Server::Impl::addDavRoutes() {
-  if (cfg.server.role == conf::Role::Edge) return;  // an edge serves signed paths only
+  if (cfg().server.role == conf::Role::Edge) return;  // an edge serves signed paths only
   for (const char* pattern : {"/dav", "/dav/"}) {
     router.add({.pattern = pattern,
                 .prefix = pattern[4] == '/',

@@ -10,7 +10,7 @@ namespace slip {
 using policy::Reason;
 
 void Server::Impl::addDeliveryRoutes() {
-  if (cfg.server.role == conf::Role::Edge) {
+  if (cfg().server.role == conf::Role::Edge) {  // role needs a restart: the routes stay
     router.setFallback({.pattern = "/", .prefix = true, .handler = [this](Exchange& ex) {
                           deliverPath(ex, policy::Route::Edge, ex.path());
                         }});
@@ -25,6 +25,7 @@ void Server::Impl::addDeliveryRoutes() {
 }
 
 void Server::Impl::deliverPath(Exchange& ex, policy::Route route, std::string virt) {
+  const conf::Config& cfg = *ex.gen->cfg;  // the request's configuration
   policy::MountMatch mm = policy::matchMount(cfg.mounts, virt);
   if (mm.index < 0) return ex.sendError(Reason::UnknownMount, "");
   ex.setTarget(mm.index, virt, mm.rest);
@@ -53,6 +54,7 @@ void Server::Impl::deliverPath(Exchange& ex, policy::Route route, std::string vi
   facts.userAgent = std::string(in.get("User-Agent"));
   proxy::Request preq;
   preq.id = ex.id();
+  preq.setup = ex.gen->setup;
   preq.head = ex.isHead();
   preq.mountIndex = mm.index;
   preq.path = virt;
@@ -65,7 +67,9 @@ void Server::Impl::deliverPath(Exchange& ex, policy::Route route, std::string vi
 }
 
 void Server::Impl::deliver(Exchange& ex, policy::RequestFacts facts, proxy::Request preq) {
-  policy::Decision d = rules.decide(cfg, facts, engine.traits());
+  const Generation& g = *ex.gen;
+  const conf::Config& cfg = *g.cfg;
+  policy::Decision d = g.rules.decide(cfg, facts, g.setup->traits);
   if (d.needsSize) {
     // A rule's size condition: learn the size (index or a 1-byte probe), then decide again.
     ex.setState(ExState::ProbingSize);

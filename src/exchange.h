@@ -17,6 +17,8 @@
 
 namespace slip {
 
+struct Generation;
+
 class Clock;
 class Exchange;
 
@@ -103,7 +105,7 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   void setUser(std::string user) { entry_.user = std::move(user); }
 
   // ---- what the status page shows about a download (set by the delivery route)
-  /// The mount (index into cfg.mounts), the virtual path (/movies/a.mkv)
+  /// The mount (index into gen->cfg->mounts), the virtual path (/movies/a.mkv)
   /// and the path inside the mount (/a.mkv).
   void setTarget(int mount, std::string virt, std::string rest);
   int mount() const { return mount_; }
@@ -118,6 +120,10 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   int64_t startedWallMs() const { return startWallMs_; }
   SpeedMeter& speed() { return speed_; }
   const SpeedMeter& speed() const { return speed_; }
+
+  /// The configuration this request is answered with (the one current when
+  /// it arrived): a reload while it runs changes nothing for it.
+  std::shared_ptr<const Generation> gen;
 
   /// The job producing the response. Jobs replaced (a size probe followed by
   /// the delivery) live on until the exchange is freed: never freed inside

@@ -18,6 +18,7 @@
 #include "src/exchange.h"
 #include "src/http_conn.h"
 #include "src/listener.h"
+#include "src/prefetches.h"
 #include "src/router.h"
 #include "src/server.h"
 #include "src/tls.h"
@@ -28,14 +29,26 @@ namespace admin {
 class AdminContext;
 }
 
+/// One configuration as the front end runs it: the Config, its compiled
+/// rules, the engine's Setup built from it and the WebDAV users' checker.
+/// The server's current one answers new requests; an Exchange keeps the one
+/// it arrived under (a reload changes nothing for a running request).
+struct Generation {
+  std::shared_ptr<const conf::Config> cfg;
+  policy::RuleSet rules;
+  proxy::SetupPtr setup;
+  int64_t loadedWallMs = 0;
+};
+
 struct Server::Impl final : http::ConnHost, ExchangeHost {
-  Impl(event_base* b, const conf::Config& c, const policy::RuleSet& r, proxy::Engine& e,
+  Impl(event_base* b, std::shared_ptr<const conf::Config> c, policy::RuleSet r, proxy::Engine& e,
        store::Store* st, const Clock& clk);
   ~Impl() override;
 
   event_base* base;
-  const conf::Config& cfg;
-  const policy::RuleSet& rules;
+  std::shared_ptr<const Generation> gen;  // the current configuration
+  /// The current configuration (what new requests and connections get).
+  const conf::Config& cfg() const { return *gen->cfg; }
   proxy::Engine& engine;
   store::Store* store;  // null when no mount caches
   const Clock& clock;
@@ -101,11 +114,33 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
     policy::Reason lastError = policy::Reason::None;
     std::string lastErrorDetail;
   };
-  std::vector<MountFigures> mountFigures;  // per cfg.mounts
+  std::map<std::string, MountFigures> mountFigures;  // by mount name (they outlive a reload)
   std::unique_ptr<admin::AdminContext> adminCtx;  // the API's view of this server
+  PrefetchRegistry prefetches{clock};             // POST /-/api/v1/prefetch jobs
   // Responses through the block cache by X-Cache: HIT, and MISS or PARTIAL
   // (a PARTIAL's stored part is not told apart).
   uint64_t hitRequests = 0, missRequests = 0, hitBytesOut = 0, missBytesOut = 0;
+
+  // ---- reload.cc: SIGHUP
+  void reloadConfig();
+  /// The front end's part of a valid reload (see Server::reloadConfig):
+  /// false with *err, and nothing changed, when a new listen address
+  /// cannot be bound.
+  bool reload(std::shared_ptr<const conf::Config> c, policy::RuleSet r, proxy::SetupPtr setup, std::string* err);
+  /// Opens a listener for `l` (false with *err when it cannot bind).
+  std::unique_ptr<Listener> makeListener(const conf::ListenAddr& l, std::string* err);
+  bool openListener(const conf::ListenAddr& l, std::string* err);
+  /// The engine refuses links to these listeners (as bound).
+  void tellEngineSelf();
+  void applyConnLimits(const conf::Server& s);
+  struct ReloadOutcome {
+    int64_t atWallMs = 0;
+    bool ok = false;
+    std::vector<std::string> errors;        // file:line: [section] key: what
+    std::vector<std::string> needsRestart;  // "[cache] dir"
+  };
+  std::optional<ReloadOutcome> lastReload;
+  uint64_t reloads = 0, reloadFailures = 0;
 
   // ---- server.cc
   void onAccept(int fd, const sockaddr_storage& peer, Listener& from);

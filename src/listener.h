@@ -48,6 +48,8 @@ class Listener {
   /// Marked `tls`: the server wraps what it accepts in TLS (with the
   /// certificate current at accept time, so a reload needs no new listener).
   bool tls() const { return opts_.addr.tls; }
+  /// The address as configured (port 0 stays 0).
+  const conf::ListenAddr& addr() const { return opts_.addr; }
   bool paused() const { return paused_; }
   /// Pause episodes so far (for /-/metrics).
   uint64_t pauses() const { return pauses_; }

@@ -46,6 +46,7 @@ const char* kUsage =
     "                       [--sign-ttl 0|DURATION] [--base-url URL] [--sidecar-max SIZE]\n"
     "                                       export a mount as .strm files for media servers\n"
     "       slipstream passwd               read a password on stdin, print its hash for [user NAME]\n"
+    "       slipstream reload -c FILE           make the running gateway re-read FILE (SIGHUP)\n"
     "       slipstream status -c FILE           what the running gateway is doing\n"
     "       slipstream prefetch -c FILE /MOUNT/PATH [--wait yes|no]\n"
     "                                       fill the cache with a file, with progress\n"
@@ -122,26 +123,18 @@ std::optional<conf::Config> load(const std::string& file, const Clock& clock) {
 struct Loop {
   event_base* base;
   Server* server;
-  int64_t graceMs;
   bool stopping = false;
 };
 
-/// SIGHUP. The TLS certificate files are read again (a renewed Let's
-/// Encrypt certificate needs no restart). Until the configuration reload
-/// exists (issue 12: re-read the INI, keep running on the old configuration
-/// if the new one has errors, let running transfers finish on the settings
-/// they started with), the rest is logged and the gateway keeps running:
-/// logrotate and `systemctl reload` must not kill it.
+/// SIGHUP (`systemctl reload`, `slipstream reload`, logrotate): the
+/// configuration file is read again (Server::reloadConfig: a broken file is
+/// logged and changes nothing; running transfers finish on the settings
+/// they started with), TLS certificates and the access log reopened.
 void onReload(evutil_socket_t, short, void* arg) {
   auto* l = static_cast<Loop*>(arg);
   if (l->stopping) return;
-  l->server->reloadTls();
-  conf::Log::write(conf::LogLevel::Warn, "reload_unsupported",
-                   "signal=SIGHUP action=ignored hint=\"configuration reload is not implemented "
-                   "yet: restart to apply changes (TLS certificates are re-read)\"");
-  // The reload hook goes here: load and compile the file like load() does,
-  // log every error and keep the old Config on failure, else hand the new
-  // one to the Engine and the Server for new requests.
+  conf::Log::write(conf::LogLevel::Info, "reloading", "signal=SIGHUP");
+  l->server->reloadConfig();
 }
 
 void onSignal(evutil_socket_t sig, short, void* arg) {
@@ -153,12 +146,13 @@ void onSignal(evutil_socket_t sig, short, void* arg) {
   }
   l->stopping = true;
   conf::Log::write(conf::LogLevel::Info, "stopping", "signal=" + std::to_string(sig));
-  l->server->drain(l->graceMs, [l] { event_base_loopexit(l->base, nullptr); });
+  l->server->drain(l->server->shutdownGraceMs(), [l] { event_base_loopexit(l->base, nullptr); });
 }
 
 // SIGHUP must not kill the gateway (its default action) when systemd's
 // ExecReload sends it.
-int run(const conf::Config& cfg, const Clock& clock) {
+int run(std::shared_ptr<const conf::Config> cfgPtr, const Clock& clock) {
+  const conf::Config& cfg = *cfgPtr;  // the configuration at start (a reload makes new ones)
   conf::Log::setLevel(cfg.server.logLevel);
   signal(SIGPIPE, SIG_IGN);
   evthread_use_pthreads();  // the store's disk thread posts completions to the loop
@@ -187,18 +181,18 @@ int run(const conf::Config& cfg, const Clock& clock) {
     }
     policy::RuleSet rules;
     policy::RuleSet::compile(cfg, &rules);
-    proxy::Engine engine(base, cfg, st.get(), clock);
+    proxy::Engine engine(base, cfgPtr, st.get(), clock);
     std::string err;
     if (!engine.init(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
-    Server server(base, cfg, rules, engine, st.get(), clock);
+    Server server(base, cfgPtr, std::move(rules), engine, st.get(), clock);
     if (!server.start(&err)) {
       fprintf(stderr, "slipstream: %s\n", err.c_str());
       return 1;
     }
-    Loop loop{base, &server, cfg.server.shutdownGraceMs};
+    Loop loop{base, &server};
     EventPtr sigs[] = {EventPtr(evsignal_new(base, SIGTERM, onSignal, &loop)),
                        EventPtr(evsignal_new(base, SIGINT, onSignal, &loop)),
                        EventPtr(evsignal_new(base, SIGHUP, onReload, &loop))};
@@ -258,7 +252,13 @@ int main(int argc, char** argv) {
   RealClock clock;  // the one time source: the engine, the store, the front end, the commands
   auto cfg = load(a.config, clock);
   if (!cfg) return 2;
-  if (a.command == "run") return run(*cfg, clock);
+  if (a.command == "run") return run(std::make_shared<const conf::Config>(std::move(*cfg)), clock);
+  if (a.command == "reload") {  // the file is valid (load() checked it): signal the gateway
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = cmd::reload(*cfg, a.flags);
+    curl_global_cleanup();
+    return rc;
+  }
   if (a.command == "check") return cmd::check(*cfg);
   if (a.command == "cache") return cmd::cache(*cfg, a.sub, a.positional);
   if (a.command == "explain") return cmd::explain(*cfg, a.flags);

@@ -44,25 +44,34 @@ std::string clientAddress(const sockaddr_storage& ss) {
 
 }  // namespace
 
-Server::Impl::Impl(event_base* b, const conf::Config& c, const policy::RuleSet& r,
+Server::Impl::Impl(event_base* b, std::shared_ptr<const conf::Config> c, policy::RuleSet r,
                    proxy::Engine& e, store::Store* st, const Clock& clk)
     : base(b),
-      cfg(c),
-      rules(r),
       engine(e),
       store(st),
       clock(clk),
       accessLog(b, clk),
       authenticator(c, clk),
       authWorker(b) {
-  connOpts.limits.maxRequestLine = static_cast<size_t>(c.server.maxRequestLine);
-  connOpts.limits.maxHeaderBytes = static_cast<size_t>(c.server.maxHeaderSize);
-  connOpts.limits.maxBody = static_cast<size_t>(c.server.maxRequestBody);
-  connOpts.headerTimeoutMs = c.server.headerTimeoutMs;
-  connOpts.idleTimeoutMs = c.server.idleTimeoutMs;
-  connOpts.sendTimeoutMs = c.server.sendTimeoutMs;
+  auto g = std::make_shared<Generation>();
+  g->cfg = std::move(c);
+  g->rules = std::move(r);
+  g->setup = e.setup();
+  g->loadedWallMs = clk.wallMs();
+  gen = std::move(g);
   connOpts.copier = &copier;
-  mountFigures.resize(c.mounts.size());
+  applyConnLimits(cfg().server);
+}
+
+// Limits and timeouts of connections accepted from now on (open ones keep
+// the options they were made with).
+void Server::Impl::applyConnLimits(const conf::Server& s) {
+  connOpts.limits.maxRequestLine = static_cast<size_t>(s.maxRequestLine);
+  connOpts.limits.maxHeaderBytes = static_cast<size_t>(s.maxHeaderSize);
+  connOpts.limits.maxBody = static_cast<size_t>(s.maxRequestBody);
+  connOpts.headerTimeoutMs = s.headerTimeoutMs;
+  connOpts.idleTimeoutMs = s.idleTimeoutMs;
+  connOpts.sendTimeoutMs = s.sendTimeoutMs;
 }
 
 Server::Impl::~Impl() {
@@ -104,7 +113,7 @@ void Server::Impl::onAccept(int fd, const sockaddr_storage& peer, Listener& from
     return;
   }
   accepted++;
-  bool over = static_cast<int64_t>(conns.size() + sniffing.size()) >= cfg.server.maxConnections;
+  bool over = static_cast<int64_t>(conns.size() + sniffing.size()) >= cfg().server.maxConnections;
   auto conn = std::make_unique<http::Conn>(*this, base, bev, clientAddress(peer), connOpts, clock);
   http::Conn* c = conn.get();
   conns.emplace(c, std::move(conn));
@@ -132,6 +141,7 @@ void Server::Impl::onClosed(http::Conn& c) {
 void Server::Impl::onRequest(http::Conn& c, http::Request&& r) {
   auto owned = std::make_unique<Exchange>(*this, c, std::move(r), nextId++, clock);
   Exchange& ex = *owned;
+  ex.gen = gen;  // answered with the configuration current now, whatever a reload does meanwhile
   active.emplace(&ex, std::move(owned));
   c.setHandler(&ex);
   ex.setState(ExState::Deciding);
@@ -173,7 +183,7 @@ void Server::Impl::route(Exchange& ex) {
   if (rt->admin && !adminAllowed(ex)) {
     // With a token configured the client can still prove itself: 401 and a
     // Basic challenge (a browser asks for the token as a password).
-    if (cfg.server.adminToken.empty()) return ex.sendError(Reason::Denied, "admin route");
+    if (cfg().server.adminToken.empty()) return ex.sendError(Reason::Denied, "admin route");
     return ex.sendError(Reason::AdminAuth, "");
   }
   rt->handler(ex);
@@ -214,16 +224,18 @@ void Server::Impl::noteOutcome(const Exchange& ex) {
 }
 
 bool Server::Impl::usesCache(const Exchange& ex) const {
-  if (!store || ex.mount() < 0 || static_cast<size_t>(ex.mount()) >= cfg.mounts.size()) return false;
+  const std::vector<conf::Mount>& mounts = ex.gen->cfg->mounts;
+  if (!store || ex.mount() < 0 || static_cast<size_t>(ex.mount()) >= mounts.size()) return false;
   // A local mount's files are read in place (its X-Cache says HIT for
   // what is on disk, not for the block cache).
-  return cfg.mounts[static_cast<size_t>(ex.mount())].source != conf::SourceType::Local &&
+  return mounts[static_cast<size_t>(ex.mount())].source != conf::SourceType::Local &&
          ex.entry().cache != "-";
 }
 
 void Server::Impl::noteMountOutcome(const Exchange& ex) {
-  if (ex.mount() < 0 || static_cast<size_t>(ex.mount()) >= mountFigures.size()) return;
-  MountFigures& m = mountFigures[static_cast<size_t>(ex.mount())];
+  const std::vector<conf::Mount>& mounts = ex.gen->cfg->mounts;
+  if (ex.mount() < 0 || static_cast<size_t>(ex.mount()) >= mounts.size()) return;
+  MountFigures& m = mountFigures[mounts[static_cast<size_t>(ex.mount())].name];
   Reason r = ex.failure();
   if (r == Reason::UpstreamDenied || r == Reason::AccountAuth) m.linkRefusals++;
   if (r == Reason::RateLimited) m.rateLimited++;
@@ -263,15 +275,19 @@ void Server::Impl::checkDrained() {
 
 // ------------------------------------------------------------------ Server
 
-Server::Server(event_base* base, const conf::Config& cfg, const policy::RuleSet& rules,
+Server::Server(event_base* base, std::shared_ptr<const conf::Config> cfg, policy::RuleSet rules,
                proxy::Engine& engine, store::Store* store, const Clock& clock)
-    : impl_(std::make_unique<Impl>(base, cfg, rules, engine, store, clock)) {}
+    : impl_(std::make_unique<Impl>(base, std::move(cfg), std::move(rules), engine, store, clock)) {}
+
+void Server::reloadConfig() { impl_->reloadConfig(); }
 
 void Server::reloadTls() { impl_->reloadTls(); }
 
 Server::~Server() = default;
 
 size_t Server::activeRequests() const { return impl_->active.size(); }
+
+int64_t Server::shutdownGraceMs() const { return impl_->cfg().server.shutdownGraceMs; }
 
 bool Server::start(std::string* err) {
   Impl& s = *impl_;
@@ -295,33 +311,21 @@ bool Server::start(std::string* err) {
     auto* impl = static_cast<Impl*>(arg);
     int64_t now = impl->clock.monoNs();
     for (auto& [ex, owned] : impl->active) ex->speed().sample(now, ex->bytesWritten());
+    impl->prefetches.sample(now);
   }, &s);
   timeval speedTv{0, 500'000};
   event_add(s.speedTimer, &speedTv);
   s.startedWallMs = s.clock.wallMs();
-  if (!s.accessLog.open(s.cfg.server.accessLog, err)) return false;
-  if (s.cfg.server.anyTls() && !s.loadTls(err)) return false;
+  if (!s.accessLog.open(s.cfg().server.accessLog, err)) return false;
+  if (s.cfg().server.anyTls() && !s.loadTls(err)) return false;
 
   s.addAdminRoutes();
   s.addDeliveryRoutes();
   s.addDavRoutes();
 
-  for (const auto& l : s.cfg.server.listen) {
-    Listener::Options o;
-    o.addr = l;
-    auto lis = std::make_unique<Listener>(
-        s.base, o, [&s](int fd, const sockaddr_storage& peer, Listener& from) {
-          s.onAccept(fd, peer, from);
-        });
-    if (!lis->open(err)) return false;
-    conf::Log::write(conf::LogLevel::Info, "listening",
-                     "address=" + lis->name() + (l.tls ? " tls=on" : ""));
-    s.listeners.push_back(std::move(lis));
-  }
-  // Links a source returns that point back here are refused (issue 9 #12).
-  std::vector<std::string> self;
-  for (const auto& l : s.listeners) self.push_back(l->name());
-  s.engine.setSelfAddresses(self);
+  for (const auto& l : s.cfg().server.listen)
+    if (!s.openListener(l, err)) return false;
+  s.tellEngineSelf();
   return true;
 }
 

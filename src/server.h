@@ -26,7 +26,7 @@ class Server {
  public:
   /// Nothing is owned; all of it must outlive the Server. `store` is null
   /// when no mount caches (it feeds the admin API's block maps and objects).
-  Server(event_base* base, const conf::Config& cfg, const policy::RuleSet& rules,
+  Server(event_base* base, std::shared_ptr<const conf::Config> cfg, policy::RuleSet rules,
          proxy::Engine& engine, store::Store* store, const Clock& clock);
   ~Server();
   Server(const Server&) = delete;
@@ -36,6 +36,17 @@ class Server {
   /// `listen` address and logs it (port 0 → the kernel's choice). False
   /// with a message when a certificate cannot be loaded or an address bound.
   bool start(std::string* err);
+
+  /// SIGHUP: reads the configuration file again. With errors, each is
+  /// logged as `file:line: [section] key: what is wrong` and the running
+  /// configuration stays (its TLS certificate is still re-read). Valid: keys
+  /// that need a restart keep their running values (named in one log line);
+  /// listen addresses that appeared are opened (one that cannot be bound
+  /// fails the reload, changing nothing), those that went are closed; the
+  /// engine gets the new mounts, accounts and limits; new requests and
+  /// connections use the new configuration while running ones finish on
+  /// theirs. The outcome is in /-/api/v1/stats (`config`).
+  void reloadConfig();
 
   /// SIGHUP: reads tls_cert/tls_key again. New connections get the new
   /// certificate; on an error (logged as `file:line: key: …`) the old one
@@ -48,6 +59,8 @@ class Server {
   void drain(int64_t graceMs, std::function<void()> done);
 
   size_t activeRequests() const;
+  /// shutdown_grace of the current configuration.
+  int64_t shutdownGraceMs() const;
 
   struct Impl;
 

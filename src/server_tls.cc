@@ -23,7 +23,7 @@ namespace slip {
 void Server::Impl::onTlsAccept(int fd, std::string peer) {
   accepted++;
   tlsAccepted++;
-  if (static_cast<int64_t>(conns.size() + sniffing.size()) >= cfg.server.maxConnections) {
+  if (static_cast<int64_t>(conns.size() + sniffing.size()) >= cfg().server.maxConnections) {
     // No plain-text 503 on a TLS port, and a handshake only to refuse would
     // cost more than the refusal saves: close at once.
     refusedConns++;
@@ -40,7 +40,7 @@ void Server::Impl::onTlsAccept(int fd, std::string peer) {
       },
       sn);
   sniffing.emplace(sn, std::move(owned));
-  timeval tv = msToTimeval(cfg.server.headerTimeoutMs);
+  timeval tv = msToTimeval(cfg().server.headerTimeoutMs);
   event_add(sn->ev, &tv);
 }
 
@@ -55,7 +55,7 @@ void Server::Impl::dropSniff(Sniff* sn) {
 
 void Server::Impl::sniffed(Sniff* sn, short what) {
   int64_t spentMs = (clock.monoNs() - sn->acceptedNs) / 1'000'000;
-  int64_t leftMs = cfg.server.headerTimeoutMs - spentMs;
+  int64_t leftMs = cfg().server.headerTimeoutMs - spentMs;
   if ((what & EV_TIMEOUT) || leftMs <= 0) return dropSniff(sn);  // nothing came: as on a plain port
   unsigned char first = 0;
   ssize_t n = recv(sn->fd, &first, 1, MSG_PEEK);
@@ -100,15 +100,15 @@ void Server::Impl::onTlsFailure(http::Conn& c, const std::string& reason) {
 }
 
 bool Server::Impl::loadTls(std::string* err) {
-  if (!tls.load(cfg, clock.wallSeconds(), err)) return false;
+  if (!tls.load(cfg(), clock.wallSeconds(), err)) return false;
   conf::Log::write(conf::LogLevel::Info, "tls_loaded", tls.context()->describe());
   return true;
 }
 
 void Server::Impl::reloadTls() {
-  if (!cfg.server.anyTls()) return;
+  if (!cfg().server.anyTls()) return;
   std::string err;
-  if (!tls.load(cfg, clock.wallSeconds(), &err)) {
+  if (!tls.load(cfg(), clock.wallSeconds(), &err)) {
     tlsReloadFailures++;
     // The whole `file:line: [server] key: what` as one field, and the
     // context in use stays.
@@ -123,7 +123,7 @@ void Server::Impl::reloadTls() {
 }
 
 std::string Server::Impl::tlsMetrics() const {
-  if (!cfg.server.anyTls()) return "";
+  if (!cfg().server.anyTls()) return "";
   std::string o;
   auto metric = [&o](const char* name, const char* type, const char* help, uint64_t v) {
     o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" +

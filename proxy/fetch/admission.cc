@@ -12,6 +12,12 @@ int Admission::addPool(int limit) {
   return static_cast<int>(pools_.size()) - 1;
 }
 
+void Admission::setLimit(int pool, int limit) {
+  if (pools_[pool].limit == limit) return;
+  pools_[pool].limit = limit;
+  promote_.fire();
+}
+
 int Admission::free(int pool) const {
   const Pool& p = pools_[pool];
   return p.limit - p.running - static_cast<int>(p.waiting.size());

@@ -31,6 +31,9 @@ class Admission {
   /// A pool of `limit` slots; returns its id.
   int addPool(int limit);
   int limit(int pool) const { return pools_[pool].limit; }
+  /// A new limit (a configuration reload). Transfers over a lowered limit
+  /// finish; queued ones start as slots free under the new one.
+  void setLimit(int pool, int limit);
   /// Slots taken, including ones cooling down after a cut-off transfer.
   int running(int pool) const { return pools_[pool].running; }
   int waiting(int pool) const { return static_cast<int>(pools_[pool].waiting.size()); }

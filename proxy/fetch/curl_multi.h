@@ -141,6 +141,8 @@ class Transfer {
   /// becomes that block's piece.
   void setHandler(Handler* h) { handler_ = h; }
   bool paused() const { return paused_; }
+  /// Queued in its pool, waiting for a connection slot.
+  bool waiting() const { return waiting_; }
 
   // Response, valid from onHeaders on.
   int status() const { return status_; }

@@ -1,6 +1,7 @@
 // The fill's object table: one Object per (mount, path) version that
 // readers use, from open (index or probe) to release; links; readers
 // attaching and leaving; an object's death. See fill.h for the parts.
+#include <algorithm>
 #include <cassert>
 
 #include "proxy/fetch/fill.h"
@@ -41,6 +42,15 @@ std::vector<HostStats> Fetcher::hosts() const {
 
 std::unique_ptr<BlockReader> Fetcher::reader(BlockReader::Client* client) {
   return std::make_unique<BlockReader>(*fill_, client);
+}
+
+std::optional<FillActivity> Fetcher::activity(const store::Key& k) const {
+  const Object* o = fill_->find(k);
+  if (!o) return std::nullopt;
+  FillActivity a;
+  for (const auto& [idx, b] : o->blocks) a.fetching.push_back(idx);
+  a.connections = o->running;
+  return a;
 }
 
 Fill::Fill(Context& c)
@@ -87,7 +97,8 @@ void Fill::sweep() {
 // ------------------------------------------------------------------ open
 
 void Fill::open(BlockReader* r, const Request& req) {
-  const conf::Mount& m = ctx.cfg.mounts[req.mountIndex];
+  const std::shared_ptr<MountRun>& run = ctx.mountOf(req);
+  const conf::Mount& m = *run->m;
   store::Key key = store::objectKey(m.name, req.rest);
   r->requestId = req.id;
   // Who asks: a newer request of the same client far from this one is a seek.
@@ -100,7 +111,8 @@ void Fill::open(BlockReader* r, const Request& req) {
     slot = std::make_unique<Object>();
     Object* o = slot.get();
     o->key = key;
-    o->mount = req.mountIndex;
+    o->mount = run->id;
+    o->run = run;
     o->rest = req.rest;
     o->path = req.path;
     o->client = {req.client, req.userAgent};
@@ -111,6 +123,13 @@ void Fill::open(BlockReader* r, const Request& req) {
     }
   }
   Object* o = slot.get();
+  if (run->id > o->mount) {
+    // A reader decided with a reloaded mount: fetches from now on use its
+    // settings (source, headers, connections); pieces running keep theirs.
+    o->run = run;
+    o->mount = run->id;
+    o->haveLink = false;
+  }
   r->obj = o;
   o->opening.push_back(r);
   if (!o->hasMeta && !o->fuseAt && !req.head) {
@@ -148,6 +167,7 @@ Object* Fill::replace(Object* o) {
   auto n = std::make_unique<Object>();
   n->key = o->key;
   n->mount = o->mount;
+  n->run = o->run;
   n->rest = o->rest;
   n->path = o->path;
   n->client = o->client;
@@ -289,6 +309,80 @@ bool Fill::linkDenied(Object* o, uint64_t serial) {
                    "path=" + conf::logValue(o->path) + " serial=" + std::to_string(serial) + " action=re_resolve");
   ensureLink(o);
   return true;
+}
+
+
+// ------------------------------------------------------------------ purge
+
+namespace {
+
+/// `path` is `rest`, or lies in the folder `rest` ("/" holds everything).
+bool matches(const std::string& path, const std::string& rest, bool folder) {
+  if (!folder) return path == rest;
+  if (rest.empty() || rest == "/") return true;
+  std::string dir = rest.back() == '/' ? rest : rest + "/";
+  return path == rest || path.starts_with(dir);
+}
+
+}  // namespace
+
+std::vector<Purged> Fetcher::purge(const std::string& mount, const std::string& rest, bool folder) {
+  return fill_->purge(mount, rest, folder);
+}
+
+// Objects the fill holds die first (their readers stop and the store drops
+// the version they read); then every stored version that matches. A store
+// version already being dropped is reported once, by its object.
+std::vector<Purged> Fill::purge(const std::string& mount, const std::string& rest, bool folder) {
+  std::map<store::Key, Purged> out;
+  std::vector<Object*> victims;
+  for (auto& [key, o] : objects_)
+    if (mountOf(o.get()).name == mount && matches(o->rest, rest, folder)) victims.push_back(o.get());
+  auto stored = [&](const store::Key& k) -> Purged& {
+    Purged& p = out[k];
+    if (auto so = store.storedObject(k)) {
+      p.size = so->meta.size;
+      p.bytes = so->presentBytes;
+    }
+    return p;
+  };
+  for (Object* o : victims) {
+    Purged& p = stored(o->key);
+    p.mount = mount;
+    p.rest = o->rest;
+    if (!p.size) p.size = o->meta.size;
+    p.inUse = !o->readers.empty() || !o->opening.empty();
+    kill(o, policy::Reason::Purged, "purged by the admin API");
+    if (o->hasMeta) store.invalidate(o->key, o->meta.generation);  // kill's, unless it had none
+  }
+  std::vector<store::StoredObject> found;
+  if (!folder) {
+    if (auto so = store.storedObject(store::objectKey(mount, rest))) found.push_back(std::move(*so));
+  } else {
+    store::ObjectFilter f;
+    f.mount = mount;
+    f.prefix = rest == "/" ? "" : rest;
+    f.limit = 1000;
+    for (;;) {
+      store::ObjectListing page = store.listObjects(f);
+      for (auto& so : page.objects)
+        if (so.meta.mount == mount && matches(so.meta.path, rest, true)) found.push_back(std::move(so));
+      if (page.next.empty()) break;
+      f.after = page.next;
+    }
+  }
+  for (const store::StoredObject& so : found) {
+    store::Key k = store::objectKey(so.meta.mount, so.meta.path);
+    if (out.count(k)) continue;
+    auto cur = store.lookup(k);  // the index walk may list a version already being dropped
+    if (!cur || cur->generation != so.meta.generation) continue;
+    store.invalidate(k, so.meta.generation);
+    out[k] = Purged{so.meta.mount, so.meta.path, so.meta.size, so.presentBytes, false};
+  }
+  std::vector<Purged> list;
+  for (auto& [k, p] : out) list.push_back(std::move(p));
+  std::sort(list.begin(), list.end(), [](const Purged& a, const Purged& b) { return a.rest < b.rest; });
+  return list;
 }
 
 }  // namespace slip::proxy

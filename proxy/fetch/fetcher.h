@@ -66,6 +66,8 @@ class BlockReader {
   /// Finds or opens req's object: fresh from the index (within the mount's
   /// `revalidate`), else after one 1-byte probe. Calls client->opened() once.
   void open(const Request& req);
+  /// Upstream transfers of the object read now (0 before it is open).
+  int upstreamConnections() const;
   /// The object's metadata (after a successful open).
   const store::ObjectMeta& meta() const { return meta_; }
   /// X-Cache for `r` from the blocks stored now.
@@ -77,6 +79,11 @@ class BlockReader {
   /// readable yet; client->wake() follows when that may have changed.
   /// Failed: the object cannot be read (reason, detail).
   Result read(uint64_t pos, uint64_t max, evbuffer* out);
+  /// A background reader's step: Ok(n) when the block at `at` is stored
+  /// (n: to its end, at most to `stop`; the position moves there without
+  /// reading a byte), Wait when it is not stored yet (client->wake() follows
+  /// when a fetch of it progresses), Failed when the object is gone.
+  Result skip(uint64_t at, uint64_t stop);
   /// The response is done or gone: unpin, detach (also done by the destructor).
   void close();
 
@@ -116,6 +123,10 @@ class Fetcher {
   std::unique_ptr<BlockReader> reader(BlockReader::Client* client);
   /// Per upstream host: the adaptive connection target and transfers now.
   std::vector<HostStats> hosts() const;
+  /// See Engine::purge.
+  std::vector<Purged> purge(const std::string& mount, const std::string& rest, bool folder);
+  /// Blocks in flight and upstream transfers of the current version of `k`.
+  std::optional<FillActivity> activity(const store::Key& k) const;
 
  private:
   std::unique_ptr<Fill> fill_;

@@ -140,7 +140,8 @@ struct ProbeCall final : Transfer::Handler {
 // The in-memory state of one object version that readers are using.
 struct Object {
   store::Key key;
-  int mount = -1;
+  int mount = -1;                // run->id (links are cached by it)
+  std::shared_ptr<MountRun> run; // the settings new fetches use: the newest a reader opened it with
   std::string rest, path;
   ClientInfo client;
   store::ObjectMeta meta;
@@ -195,12 +196,20 @@ class Fill {
   ConnectionTuner tuner;  // adaptive transfers per upstream host
 
   // ---- object table (fetcher.cc)
+  /// The current version of `k`, or null.
+  const Object* find(const store::Key& k) const {
+    auto it = objects_.find(k);
+    return it == objects_.end() ? nullptr : it->second.get();
+  }
   void open(BlockReader* r, const Request& req);
   void detach(BlockReader* r);
   void finishOpen(Object* o, const OpenResult& res);
   /// The upstream has a new version: `o` dies, a new object takes its key.
   Object* replace(Object* o);
   void kill(Object* o, policy::Reason r, const std::string& detail);
+  /// Kills the objects of `mount` at or below `rest` and drops their stored
+  /// versions (Engine::purge).
+  std::vector<Purged> purge(const std::string& mount, const std::string& rest, bool folder);
   /// Moves o to state s (a debug log line shows each object's trail).
   void setState(Object* o, ObjectState s);
   /// Forgets reader r everywhere in o (readers, waiters, initiators).
@@ -217,8 +226,8 @@ class Fill {
   void waitFor(BlockReader* r, uint32_t idx);
   void wakeBlock(Block* b);
   void wakeStalled(Object* o);
-  const conf::Mount& mountOf(const Object* o) const { return ctx.cfg.mounts[o->mount]; }
-  int poolOf(const Object* o) const { return ctx.poolOf[o->mount]; }
+  const conf::Mount& mountOf(const Object* o) const { return *o->run->m; }
+  int poolOf(const Object* o) const { return o->run->pool; }
   /// Cancels and frees later (it may be the transfer whose callback runs).
   void retire(std::unique_ptr<Transfer> t);
 
@@ -293,6 +302,7 @@ class Fill {
   Trigger sweep_;
   Timer retryTimer_;  // kicks the scheduler after a backoff
   int64_t retryAtMs_ = 0;
+  std::map<int, int64_t> preemptedUntil_;  // pool → monotonic end of a preempted slot's grace
   Subscription drained_;  // the store's queue fell below half
   Subscription spare_;    // a pool slot freed that nobody queued took
   Graveyard graveyard_;   // last: swept first when the fill goes

@@ -28,20 +28,23 @@ class Sim {
       contenders_.clear();
       if (fair)
         for (size_t i = 0; i < objs_.size(); i++)
-          if (wantsTransfer(objs_[i])) contenders_[objs_[i].pool]++;
+          if (wantsTransfer(objs_[i]) && !onlyBackground(objs_[i])) contenders_[objs_[i].pool]++;
       fair_ = fair;
       for (int i : order()) {
-        if (fillRunning_ >= in_.fillLimit) return std::move(plan_);
+        if (fillRunning_ >= in_.fillLimit) break;
+        if (fair && onlyBackground(objs_[i])) continue;  // after every playing object
         startWork(i);
       }
     }
+    preempt();
     return std::move(plan_);
   }
 
  private:
   // ---- what an object may do
   static bool anyStalled(const Object& o) {
-    return std::any_of(o.readers.begin(), o.readers.end(), [](const Reader& r) { return r.stalled; });
+    return std::any_of(o.readers.begin(), o.readers.end(),
+                       [](const Reader& r) { return r.stalled && r.priority == Priority::Playing; });
   }
   static bool onlyBackground(const Object& o) {
     return !o.readers.empty() && std::all_of(o.readers.begin(), o.readers.end(), [](const Reader& r) {
@@ -202,6 +205,17 @@ class Sim {
     count(objs_[i]);
   }
 
+  /// A playing reader waits for a block: stalled (nothing fetches it) or
+  /// on a block whose pieces are still queued.
+  static bool playingWaits(const Object& o) {
+    if (anyStalled(o)) return true;
+    for (const Block& b : o.blocks)
+      if (b.waitedOn)
+        for (const Piece& p : b.pieces)
+          if (p.state == PieceState::Queued) return true;
+    return false;
+  }
+  void preempt();
   void startWhole(int i);
   void cancelUnwanted(int i);
   bool startQueued(int i);
@@ -271,8 +285,36 @@ void Sim::cancelUnwanted(int i) {
   }
 }
 
-/// Queued pieces, blocks a reader waits on first. false: the object's caps
-/// are reached (stop here).
+/// Rule 11's preemption: a playing reader still waits after the passes and
+/// its pool is full: stop a running background piece of that pool. Their slots free after the admission's
+/// cut-off grace; the next plan gives them to the playing object first.
+void Sim::preempt() {
+  for (int i : order()) {
+    Object& o = objs_[i];
+    bool waits = o.probeWaiting || (o.ready && o.linkUsable && playingWaits(o) && o.running < connLimit(o));
+    if (onlyBackground(o) || !waits || poolFree(o) > 0 || pools_[o.pool].freeing) continue;
+    // One piece at a time: enough to unblock the reader (its block or its
+    // probe gets the slot); a reader still waiting later preempts another.
+    int want = 1;
+    pools_[o.pool].freeing = true;
+    for (size_t j = 0; j < objs_.size() && want > 0; j++) {
+      Object& bg = objs_[j];
+      if (!onlyBackground(bg) || bg.pool != o.pool) continue;
+      for (Block& b : bg.blocks)
+        for (size_t pi = 0; pi < b.pieces.size() && want > 0; pi++) {
+          Piece& p = b.pieces[pi];
+          if (p.state != PieceState::Running) continue;
+          emit(Action::Kind::Preempt, static_cast<int>(j), b.idx, static_cast<int>(pi));
+          p.state = PieceState::Queued;
+          bg.running--;
+          want--;
+        }
+    }
+  }
+}
+
+/// Queued pieces, blocks a reader waits on first; unwanted queued read-ahead
+/// is cancelled. false: the object's caps are reached (stop here).
 bool Sim::startQueued(int i) {
   Object& o = objs_[i];
   std::vector<uint32_t> order;
@@ -352,6 +394,7 @@ const char* actionKindName(Action::Kind k) {
     case Action::Kind::StartPiece: return "start_piece";
     case Action::Kind::StartWhole: return "start_whole";
     case Action::Kind::NeedLink: return "need_link";
+    case Action::Kind::Preempt: return "preempt";
   }
   return "?";
 }

@@ -45,9 +45,16 @@
 //     `index` reader: its window is exactly its range, it is never urgent,
 //     and its blocks come right after the urgent ones.
 //
-// Other input: reader priority (a Background reader — prefetch — never
-// makes a block urgent and its object yields to objects with playing
-// readers).
+// Background work (issue 12):
+// 11. Background readers (prefetch) come after every playing one: an object
+//     only they read takes no fair share and starts work only once playing
+//     objects took what they can use; a stalled background reader does not
+//     put its object first. When a playing reader waits for a block and its
+//     pool has no slot, running pieces of objects only background readers
+//     read are preempted (stopped; they resume from the byte reached later),
+//     one at a time per pool (none while a preempted slot is still on its
+//     way). A playing reader whose object's probe waits for a slot counts
+//     as waiting.
 #pragma once
 
 #include <climits>
@@ -112,6 +119,7 @@ struct Object {
   int running = 0;             // its upstream transfers now
   uint64_t servedTick = 0;     // when a transfer last started for it
   int host = -1;               // its upstream host (Input::hosts); -1 = not known
+  bool probeWaiting = false;   // its probe waits for a pool slot while a playing reader opens it
   std::vector<Reader> readers;
   std::vector<Block> blocks;   // in flight, ascending idx
   std::function<bool(uint32_t)> stored;  // the store lists this block
@@ -119,7 +127,8 @@ struct Object {
 
 struct Pool {
   int limit = 0;
-  int free = 0;  // slots neither taken nor promised (may be <= 0)
+  int free = 0;          // slots neither taken nor promised (may be <= 0)
+  bool freeing = false;  // a preempted piece's slot is on its way (the admission's cut-off grace)
 };
 
 /// An upstream host: the adaptive connection target and the fill's
@@ -146,6 +155,7 @@ struct Action {
     StartPiece,  // start piece `piece` of block `block`
     StartWhole,  // start the object's whole-body stream
     NeedLink,    // resolve the object's link (work waits for it)
+    Preempt,     // stop running piece `piece` of block `block` (background work; it is queued again)
   };
   Kind kind = Kind::StartPiece;
   int object = 0;  // index into Input::objects

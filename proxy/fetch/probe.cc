@@ -24,7 +24,7 @@ void Fill::startProbe(Object* o) {
     ensureLink(o);
     if (o->probe || !linkUsable(o)) return;  // the resolution callback starts the probe
   }
-  Transfer::Options opts = ctx.transferOptions(o->link, o->mount);
+  Transfer::Options opts = ctx.transferOptions(o->link, *o->run);
   o->probe = std::make_unique<ProbeCall>(*this, *o);
   ProbeCall* pc = o->probe.get();
   if (!o->hasMeta && o->fuseAt) {

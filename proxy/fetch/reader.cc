@@ -17,6 +17,8 @@ BlockReader::~BlockReader() { close(); }
 
 void BlockReader::open(const Request& req) { fill_.open(this, req); }
 
+int BlockReader::upstreamConnections() const { return obj ? obj->running : 0; }
+
 void BlockReader::close() {
   unpin();
   fill_.detach(this);
@@ -48,6 +50,24 @@ void BlockReader::pin(uint32_t idx) {
 void BlockReader::unpin() {
   if (pinned_) fill_.store.unpin(pinnedKey_, *pinned_);
   pinned_.reset();
+}
+
+BlockReader::Result BlockReader::skip(uint64_t at, uint64_t stop) {
+  using K = Result::Kind;
+  if (!obj) return {K::Failed, 0, policy::Reason::CacheFailed, "the object is gone"};
+  const uint64_t bs = meta_.blockSize;
+  const uint32_t idx = static_cast<uint32_t>(at / bs);
+  const uint32_t oldIdx = static_cast<uint32_t>(pos / bs);
+  Object* o = obj;
+  if (!o->blocks.count(idx) && fill_.store.present(o->key, meta_.generation, idx)) {
+    uint64_t n = std::min(stop, meta_.blockBegin(idx) + meta_.blockLength(idx)) - at;
+    pos = at + n;
+    if (static_cast<uint32_t>(pos / bs) != oldIdx) fill_.kick();  // the window moved
+    return {K::Ok, n, policy::Reason::None, ""};
+  }
+  pos = at;
+  fill_.waitFor(this, idx);
+  return {};
 }
 
 BlockReader::Result BlockReader::read(uint64_t at, uint64_t max, evbuffer* out) {

@@ -149,7 +149,7 @@ void Fill::startPiece(Piece* p) {
     maybeCommit(&p->blk);
     return;
   }
-  Transfer::Options opts = ctx.transferOptions(o->link, o->mount);
+  Transfer::Options opts = ctx.transferOptions(o->link, *o->run);
   opts.range = policy::upstreamRange({p->begin + p->received, p->end});
   p->verdict.reset();
   p->detail.clear();
@@ -328,7 +328,7 @@ void Fill::resumePaused() {
 
 void Fill::startWhole(Object* o) {
   auto w = std::make_unique<WholeStream>(*this, *o);
-  w->xfer = std::make_unique<Transfer>(ctx.multi, ctx.transferOptions(o->link, o->mount), w.get());
+  w->xfer = std::make_unique<Transfer>(ctx.multi, ctx.transferOptions(o->link, *o->run), w.get());
   w->host = hostOf(o);
   o->whole = std::move(w);
   logf(conf::LogLevel::Debug, "whole_stream_start", "path=" + conf::logValue(o->path));

@@ -3,6 +3,7 @@
 // through the runner. Runs from its own loop callback whenever something
 // changed (a reader moved or waits, a transfer ended, a slot freed, a
 // backoff ran out).
+#include <algorithm>
 #include <set>
 
 #include "proxy/fetch/fill.h"
@@ -19,8 +20,8 @@ void Fill::kickAt(int64_t atMs) {
 plan::Input Fill::snapshot(std::vector<Object*>* objs) {
   plan::Input in;
   in.fillRunning = running_;
-  in.fillLimit = static_cast<int>(ctx.cfg.server.upstreamConnections);
-  in.cacheMaxSize = static_cast<uint64_t>(ctx.cfg.cache.maxSize);
+  in.fillLimit = static_cast<int>(ctx.cfg().server.upstreamConnections);
+  in.cacheMaxSize = static_cast<uint64_t>(ctx.cfg().cache.maxSize);
   in.tick = tick_;
   const int64_t monoNow = ctx.clock.monoMs();
   const Admission& adm = ctx.multi.admission();
@@ -85,7 +86,11 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
       po.blocks.push_back(std::move(pb));
     }
     po.stored = [this, o](uint32_t idx) { return store.present(o->key, o->meta.generation, idx); };
-    in.pools[po.pool] = {adm.limit(po.pool), adm.free(po.pool)};
+    po.probeWaiting = o->probe && o->probe->xfer && o->probe->xfer->waiting() &&
+                      std::any_of(o->opening.begin(), o->opening.end(),
+                                  [](const BlockReader* r) { return r->priority == plan::Priority::Playing; });
+    auto held = preemptedUntil_.find(po.pool);
+    in.pools[po.pool] = {adm.limit(po.pool), adm.free(po.pool), held != preemptedUntil_.end() && monoNow < held->second};
     in.objects.push_back(std::move(po));
     objs->push_back(o);
   }
@@ -140,6 +145,24 @@ void Fill::execute(const plan::Plan& plan, const std::vector<Object*>& objs) {
       case K::NeedLink:
         ensureLink(o);
         break;
+      case K::Preempt: {
+        // Background work gives its slot to a playing reader; the piece
+        // resumes from the byte reached when the planner starts it again.
+        if (!b || a.piece >= static_cast<int>(b->pieces.size())) break;
+        Piece* p = b->pieces[a.piece].get();
+        if (p->state != plan::PieceState::Running || !p->xfer) break;
+        stopPiece(p);
+        p->state = plan::PieceState::Queued;
+        ctx.stats.preemptions++;
+        // Its slot comes free after the admission's cut-off grace: no
+        // second preemption in the pool meanwhile.
+        preemptedUntil_[poolOf(o)] = ctx.clock.monoMs() + Admission::kCutOffGraceMs + 50;
+        kickAt(preemptedUntil_[poolOf(o)]);
+        conf::Log::write(conf::LogLevel::Debug, "piece_preempted",
+                         "path=" + conf::logValue(o->path) + " block=" + std::to_string(b->idx) +
+                             " from=" + std::to_string(p->begin + p->received));
+        break;
+      }
     }
   }
 }

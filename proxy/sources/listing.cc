@@ -28,13 +28,19 @@ std::string folderPath(const std::string& rest) {
   return out.empty() ? "/" : out;
 }
 
+ListingCache::ListingCache(MountDirectory& mounts, const Clock& clock) : mounts_(mounts), clock_(clock) {}
+
 ListingCache::ListingCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
                            const Clock& clock)
-    : cfg_(cfg), sources_(sources), clock_(clock) {}
+    : owned_(std::make_unique<IndexedMounts>(cfg, sources)), mounts_(*owned_), clock_(clock) {}
 
 void ListingCache::list(int mount, const std::string& rest, ListCb cb) {
   Key key{mount, folderPath(rest)};
-  Source* src = sources_[mount].get();
+  Source* src = mounts_.source(mount);
+  if (!src) {
+    cb(listFailure(Reason::UnknownMount, "the mount is no longer configured"));
+    return;
+  }
   auto it = entries_.find(key);
   if (it != entries_.end()) {
     Entry& e = it->second;
@@ -56,8 +62,9 @@ void ListingCache::list(int mount, const std::string& rest, ListCb cb) {
   e.waiters.push_back(std::move(cb));
   uint64_t gen = e.gen;
   fetches_++;
-  // May answer synchronously, erasing `e`: nothing below touches it.
-  src->list(key.second, [this, key, gen](const ListResult& r) { finish(key, gen, r); });
+  // May answer synchronously, erasing `e`: nothing below touches it. The
+  // source lives until it answered (a reload may drop its mount meanwhile).
+  src->list(key.second, [this, key, gen, hold = mounts_.hold(mount)](const ListResult& r) { finish(key, gen, r); });
 }
 
 void ListingCache::evictOne() {
@@ -80,8 +87,10 @@ void ListingCache::finish(const Key& key, uint64_t gen, const ListResult& r) {
   e.pending = false;
   ListResult out;
   out.reason = r.reason;
+  const conf::Mount* m = mounts_.mount(key.first);
+  Source* src = mounts_.source(key.first);
   if (r.reason != Reason::None) {
-    out.detail = "mount " + cfg_.mounts[key.first].name + ": " + r.detail;
+    out.detail = "mount " + (m ? m->name : std::string("?")) + ": " + r.detail;
     entries_.erase(it);
   } else {
     auto kept = std::make_shared<DirEntries>();
@@ -96,7 +105,7 @@ void ListingCache::finish(const Key& key, uint64_t gen, const ListResult& r) {
           kept->end());
     }
     out.entries = kept;
-    if (sources_[key.first]->listTtlMs() > 0) {
+    if (src && src->listTtlMs() > 0) {
       e.entries = kept;
       e.fetchedMs = clock_.monoMs();
     } else {

@@ -40,6 +40,8 @@ inline ListResult listFailure(policy::Reason r, std::string detail) {
 
 class ListingCache {
  public:
+  /// Mounts by id (see MountDirectory); not owned.
+  ListingCache(MountDirectory& mounts, const Clock& clock);
   /// `sources` is indexed like cfg.mounts; neither is owned.
   ListingCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
                const Clock& clock);
@@ -65,8 +67,8 @@ class ListingCache {
   void finish(const Key& key, uint64_t gen, const ListResult& r);
   void evictOne();
 
-  const conf::Config& cfg_;
-  std::vector<std::unique_ptr<Source>>& sources_;
+  std::unique_ptr<IndexedMounts> owned_;  // the Config-and-sources constructor's
+  MountDirectory& mounts_;
   const Clock& clock_;
   std::map<Key, Entry> entries_;
   uint64_t gen_ = 0;

@@ -58,13 +58,17 @@ namespace {
 constexpr size_t kMaxEntries = 4096;
 }  // namespace
 
+LinkCache::LinkCache(MountDirectory& mounts, const Clock& clock, Stats& stats)
+    : mounts_(mounts), clock_(clock), stats_(stats) {}
+
 LinkCache::LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
                      const Clock& clock, Stats& stats)
-    : cfg_(cfg), sources_(sources), clock_(clock), stats_(stats) {}
+    : owned_(std::make_unique<IndexedMounts>(cfg, sources)), mounts_(*owned_), clock_(clock), stats_(stats) {}
 
-std::string LinkCache::key(int mount, const std::string& rest, const ClientInfo& client) const {
+std::string LinkCache::key(const conf::Mount& m, int mount, const std::string& rest,
+                           const ClientInfo& client) const {
   std::string k = std::to_string(mount) + '\n' + rest;
-  switch (cfg_.mounts[mount].linkBind) {
+  switch (m.linkBind) {
     case conf::LinkBind::None: break;
     case conf::LinkBind::Ua: k += '\n' + client.userAgent; break;
     case conf::LinkBind::UaIp: k += '\n' + client.userAgent + '\n' + client.address; break;
@@ -73,7 +77,16 @@ std::string LinkCache::key(int mount, const std::string& rest, const ClientInfo&
 }
 
 void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client, ResolveCb cb) {
-  std::string k = key(mount, rest, client);
+  const conf::Mount* m = mounts_.mount(mount);
+  Source* src = mounts_.source(mount);
+  if (!m || !src) {
+    ResolveResult r;
+    r.reason = policy::Reason::UnknownMount;
+    r.detail = "the mount is no longer configured";
+    cb(r);
+    return;
+  }
+  std::string k = key(*m, mount, rest, client);
   int64_t now = clock_.wallMs();
   auto it = entries_.find(k);
   if (it != entries_.end()) {
@@ -100,8 +113,16 @@ void LinkCache::get(int mount, const std::string& rest, const ClientInfo& client
 }
 
 void LinkCache::resolve(const std::string& k, int mount, const std::string& rest, const ClientInfo& client) {
+  Source* src = mounts_.source(mount);
+  if (!src) {
+    ResolveResult r;
+    r.reason = policy::Reason::UnknownMount;
+    r.detail = "the mount is no longer configured";
+    return resolved(k, mount, rest, client, r);
+  }
   stats_.linkResolutions++;
-  sources_[mount]->resolve(rest, client, [this, k, mount, rest, client](const ResolveResult& res) {
+  // The source lives until it answered (a reload may drop its mount meanwhile).
+  src->resolve(rest, client, [this, k, mount, rest, client, hold = mounts_.hold(mount)](const ResolveResult& res) {
     resolved(k, mount, rest, client, res);
   });
 }
@@ -111,15 +132,29 @@ void LinkCache::resolved(const std::string& k, int mount, const std::string& res
   auto it = entries_.find(k);
   if (it == entries_.end()) return;
   Entry& e = it->second;
+  const conf::Mount* m = mounts_.mount(mount);
+  Source* src = mounts_.source(mount);
+  const std::string name = m ? m->name : std::string();
   ResolveResult out = res;
-  if (res.reason == policy::Reason::None) {
+  if (m) {
+    MountCounters& mc = stats_.mounts[name];
+    if (res.reason == policy::Reason::None) mc.linksResolved++;
+    else if (res.reason == policy::Reason::UpstreamDenied || res.reason == policy::Reason::AccountAuth)
+      mc.linkRefusals++;
+  }
+  if (res.reason == policy::Reason::None && (!m || !src)) {
+    out = {};
+    out.reason = policy::Reason::UnknownMount;
+    out.detail = "the mount is no longer configured";
+  }
+  if (out.reason == policy::Reason::None) {
     // Checked once, here, for every source: a link that cannot be fetched
     // is an answer (502), never cached, never handed to curl or a client.
     // An http mount's links are its own base_url: credentials there are the user's.
-    const bool ownUrl = cfg_.mounts[mount].source == conf::SourceType::Http;
+    const bool ownUrl = m->source == conf::SourceType::Http;
     if (auto why = policy::linkProblem(res.link.url, self_, ownUrl)) {
       conf::Log::write(conf::LogLevel::Warn, "source_bad_link",
-                       "mount=" + conf::logValue(cfg_.mounts[mount].name) + " why=" + conf::logValue(*why));
+                       "mount=" + conf::logValue(name) + " why=" + conf::logValue(*why));
       out = {};
       out.reason = policy::Reason::SourceBadLink;
       out.detail = *why;
@@ -132,7 +167,7 @@ void LinkCache::resolved(const std::string& k, int mount, const std::string& res
     if (written && *written <= now) {
       // Never handed to anyone: ask again, a few times.
       conf::Log::write(conf::LogLevel::Warn, "link_expired",
-                       "mount=" + conf::logValue(cfg_.mounts[mount].name) + " path=" + conf::logValue(rest) +
+                       "mount=" + conf::logValue(name) + " path=" + conf::logValue(rest) +
                            " expired_ms_ago=" + std::to_string(now - *written) +
                            " attempt=" + std::to_string(e.expiredInARow + 1));
       if (++e.expiredInARow < kExpiredResolutions) return resolve(k, mount, rest, client);
@@ -145,7 +180,7 @@ void LinkCache::resolved(const std::string& k, int mount, const std::string& res
       l.serial = nextSerial_++;
       l.obtainedAtMs = now;
       if (written) l.expiresAtMs = l.expiresAtMs ? std::min(l.expiresAtMs, *written) : *written;
-      int64_t ttl = sources_[mount]->defaultTtlMs();
+      int64_t ttl = src->defaultTtlMs();
       if (l.expiresAtMs == 0 && ttl > 0) l.expiresAtMs = now + ttl;
       e.pending = false;
       e.validUntilMs = policy::linkUsableUntil(l.obtainedAtMs, l.expiresAtMs);
@@ -160,7 +195,10 @@ void LinkCache::resolved(const std::string& k, int mount, const std::string& res
 
 void LinkCache::invalidate(int mount, const std::string& rest, const ClientInfo& client,
                            uint64_t serial) {
-  auto it = entries_.find(key(mount, rest, client));
+  const conf::Mount* m = mounts_.mount(mount);
+  if (!m) return;
+  stats_.mounts[m->name].linkRefusals++;  // the upstream refused a link
+  auto it = entries_.find(key(*m, mount, rest, client));
   if (it != entries_.end() && !it->second.pending && it->second.link.serial == serial)
     entries_.erase(it);
 }

@@ -70,6 +70,38 @@ class Source {
 /// makeLocalSource, makeAliyunSource).
 std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const conf::Server& s);
 
+/// The mounts the link and listing caches serve, by id. The engine's ids
+/// are stable across configuration reloads (a mount whose settings changed
+/// gets a new id, and its old one lives while requests still use it).
+class MountDirectory {
+ public:
+  virtual ~MountDirectory() = default;
+  /// Mount `id`'s source and settings; null when no such mount lives.
+  virtual Source* source(int id) = 0;
+  virtual const conf::Mount* mount(int id) = 0;
+  /// Keeps mount `id` (its source) alive while a call to it is in flight.
+  virtual std::shared_ptr<const void> hold(int id) = 0;
+};
+
+/// A MountDirectory over a Config and its sources (ids are indexes); for
+/// callers without reloads. Neither is owned.
+class IndexedMounts final : public MountDirectory {
+ public:
+  IndexedMounts(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources)
+      : cfg_(cfg), sources_(sources) {}
+  Source* source(int id) override {
+    return id >= 0 && static_cast<size_t>(id) < sources_.size() ? sources_[id].get() : nullptr;
+  }
+  const conf::Mount* mount(int id) override {
+    return id >= 0 && static_cast<size_t>(id) < cfg_.mounts.size() ? &cfg_.mounts[id] : nullptr;
+  }
+  std::shared_ptr<const void> hold(int) override { return nullptr; }
+
+ private:
+  const conf::Config& cfg_;
+  std::vector<std::unique_ptr<Source>>& sources_;
+};
+
 /// Resolved links by (mount, path[, client]); one resolution in flight per key.
 ///
 /// A link lives until the expiry its source reports, else the expiry written
@@ -80,6 +112,8 @@ std::unique_ptr<Source> makeSource(const conf::Mount& m, CurlMulti& multi, const
 /// kExpiredResolutions such links in a row the callers get LinkExpired (502).
 class LinkCache {
  public:
+  explicit LinkCache(MountDirectory& mounts, const Clock& clock, Stats& stats);
+  /// Over a Config and its sources (indexed like cfg.mounts).
   LinkCache(const conf::Config& cfg, std::vector<std::unique_ptr<Source>>& sources,
             const Clock& clock, Stats& stats);
 
@@ -104,13 +138,13 @@ class LinkCache {
     std::vector<ResolveCb> waiters;
     int expiredInARow = 0;     // resolutions of this round that came back expired
   };
-  std::string key(int mount, const std::string& rest, const ClientInfo& client) const;
+  std::string key(const conf::Mount& m, int mount, const std::string& rest, const ClientInfo& client) const;
   void resolve(const std::string& k, int mount, const std::string& rest, const ClientInfo& client);
   void resolved(const std::string& k, int mount, const std::string& rest, const ClientInfo& client,
                 const ResolveResult& res);
 
-  const conf::Config& cfg_;
-  std::vector<std::unique_ptr<Source>>& sources_;
+  std::unique_ptr<IndexedMounts> owned_;  // the Config-and-sources constructor's
+  MountDirectory& mounts_;
   const Clock& clock_;
   Stats& stats_;
   std::map<std::string, Entry> entries_;

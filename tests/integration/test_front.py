@@ -390,7 +390,7 @@ class SignalsAndLog(FrontTest):
         gw = self.local_gateway()
         for n in (1, 2):
             gw.signal(signal.SIGHUP)
-            wait_until(lambda: len(log_lines(gw, "reload_unsupported")) >= n, 10, what="the SIGHUP log line")
+            wait_until(lambda: len(log_lines(gw, "reloaded")) >= n, 10, what="the SIGHUP log line")
         self.assertIsNone(gw.proc.poll(), "SIGHUP killed the gateway")
         self.assertEqual(gw.get("/p/loc/f.bin").body, self.data)
         self.assertEqual(gw.stop(), 0)

@@ -27,6 +27,9 @@ struct FakeContext : AdminContext {
     s.startedUnix = 1'700'000'000;
     s.configFile = "/etc/slipstream/slipstream.ini";
     s.configLoadedUnix = 1'700'000'000;
+    s.pid = 4242;
+    s.reloads = 1;
+    s.lastReload = ReloadInfo{1'700'000'050'000, false, {"a.ini:3: [mount m] base_url: not a URL"}, {"[cache] dir"}};
     s.loopLagMs = 0.25;
     s.loopLagMaxMs = 3.5;
     s.cache = {.enabled = true, .bytesUsed = 3 << 20, .maxSize = 10 << 20, .diskFree = 1 << 30,

@@ -488,6 +488,63 @@ TEST_CASE("planner: a background (prefetch) reader never makes a block urgent an
   CHECK_FALSE(nb->urgentPos);
 }
 
+TEST_CASE("planner: a background object takes no fair share and no slot a playing one can use", "[planner]") {
+  Object play = object(), pre = object();
+  play.readers = {reader(0, 10 * MiB, 4)};
+  play.servedTick = 9;
+  pre.readers = {reader(0, 10 * MiB, 4)};
+  pre.readers[0].priority = Priority::Background;
+  pre.servedTick = 1;  // stalled and served long ago: it would go first were it playing
+  Plan p = planFill(input({pre, play}, 4, 4));
+  INFO(show(p));
+  CHECK(count(p, K::StartPiece, 1) == 4);  // every slot: no fair half for the prefetch
+  CHECK(count(p, K::StartPiece, 0) == 0);
+  CHECK(count(p, K::Preempt) == 0);
+  // Slots the playing object cannot use (its connections) go to the prefetch.
+  play.readers[0].connections = 1;
+  Plan q = planFill(input({pre, play}, 4, 4));
+  INFO(show(q));
+  CHECK(count(q, K::StartPiece, 1) == 1);
+  CHECK(count(q, K::StartPiece, 0) == 3);
+}
+
+TEST_CASE("planner: a playing reader waiting on a full pool preempts one running background piece",
+          "[planner]") {
+  Object play = object(), pre = object();
+  play.readers = {reader(0, 10 * MiB, 4)};  // stalled: nothing fetches its block
+  pre.readers = {reader(0, 10 * MiB, 2)};
+  pre.readers[0].priority = Priority::Background;
+  pre.readers[0].stalled = false;
+  pre.running = 2;
+  pre.blocks = {{0, true, {{PieceState::Running, 0, MiB, 100}}}, {1, false, {{PieceState::Running, MiB, 2 * MiB, 0}}}};
+  Plan p = planFill(input({pre, play}, 2, 0));
+  INFO(show(p));
+  CHECK(count(p, K::Preempt) == 1);
+  CHECK(count(p, K::Preempt, 0) == 1);
+  CHECK(count(p, K::NewBlock) == 0);  // the slot frees later: the next plan uses it
+  // Another pool's background work is left alone; so is it when nobody plays.
+  Object other = pre;
+  other.pool = 1;
+  Input in = input({other, play}, 2, 0);
+  in.pools[1] = Pool{2, 0};
+  CHECK(count(planFill(in), K::Preempt) == 0);
+  CHECK(count(planFill(input({pre}, 2, 0)), K::Preempt) == 0);
+  // A playing reader that is not waiting (its block is being fetched) preempts nothing.
+  play.readers[0].stalled = false;
+  play.blocks = {{0, true, {{PieceState::Running, 0, MiB, 0}}}};
+  play.running = 1;
+  CHECK(count(planFill(input({pre, play}, 2, 0)), K::Preempt) == 0);
+  // A playing reader whose object's probe waits for a slot waits too; not
+  // while a slot preempted earlier is still on its way.
+  Object opening = object();
+  opening.ready = false;
+  opening.probeWaiting = true;
+  CHECK(count(planFill(input({pre, opening}, 2, -1)), K::Preempt) == 1);
+  Input held = input({pre, opening}, 2, -1);
+  held.pools[0].freeing = true;
+  CHECK(count(planFill(held), K::Preempt) == 0);
+}
+
 TEST_CASE("planner: an upstream host's adaptive target caps its objects together", "[planner]") {
   Object o = object();
   o.host = 0;
