@@ -35,6 +35,11 @@ UpstreamJudgement byStatus(const UpstreamAnswer& a) {
     j.detail = "upstream: 404";
   } else if (st == 429 || st == 503) {
     j.verdict = V::Busy;
+  } else if (st == 501 || st == 505 || st == 508) {
+    // Not implemented, version not supported, a loop (our own 508
+    // self_request): asking again gets the same answer.
+    j.verdict = V::BadStatus;
+    j.permanent = true;
   } else if (st >= 500 || st == 408) {
     j.verdict = V::ServerError;  // 408: the server gave up on us; a new request may do
   } else {

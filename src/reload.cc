@@ -71,7 +71,11 @@ bool Server::Impl::reload(std::shared_ptr<const conf::Config> c, policy::RuleSet
     opened.push_back(std::move(lis));
   }
   if (next.anyTls() && !tls.load(*c, clock.wallSeconds(), err)) return false;  // then the old context stays
-  if (next.anyTls()) tlsReloads++;
+  if (next.anyTls()) {
+    tlsReloads++;
+    conf::Log::write(conf::LogLevel::Info, "tls_reloaded",
+                     tls.context()->describe() + " generation=" + std::to_string(tls.generation()));
+  }
   // Switch: from here on nothing fails.
   for (auto it = listeners.begin(); it != listeners.end();) {
     bool keep = std::any_of(next.listen.begin(), next.listen.end(),

@@ -72,6 +72,13 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
         pr.end = ix.end;
         pr.connections = static_cast<int>(m.connections);
         pr.index = true;
+        // Wanted for whoever reads the object: background work (rule 11)
+        // when only prefetches read it, so it yields like them.
+        const bool background =
+            !o->readers.empty() && std::all_of(o->readers.begin(), o->readers.end(), [](const BlockReader* r) {
+              return r->priority == plan::Priority::Background;
+            });
+        if (background) pr.priority = plan::Priority::Background;
         po.readers.push_back(pr);
       }
     }

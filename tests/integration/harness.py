@@ -392,6 +392,10 @@ class Gateway:
         if "[server]" not in text:
             text = "[server]\n" + text
         text = text.replace("[server]", "[server]\nlisten = 127.0.0.1:0\naccess_log = %s\n" % self.access_log, 1)
+        # Never the system's /var/cache/slipstream: gateways of tests running
+        # in parallel would refuse each other's cache directory (DirLock).
+        if "[cache]" not in text:
+            text += "\n[cache]\ndir = %s\n" % self.cache_dir
         self.ini = os.path.join(self.dir, "slipstream.ini")
         with open(self.ini, "w") as f:
             f.write(text)

@@ -346,10 +346,17 @@ class SelfRequests(FrontTest):
         holder = {}
 
         def resolve(path, nth):
+            # The gateway's own address as bound: refused when the source
+            # returns it (502 source_bad_link), never fetched.
             if path == "/metrics.bin":
                 return {"url": "http://127.0.0.1:%d/-/metrics" % holder["port"], "header": {}}
             if path == "/loop.bin":
                 return {"url": "http://127.0.0.1:%d/p/raw/loop.bin" % holder["port"], "header": {}}
+            # Another name for it: only the request itself can tell (508 self_request).
+            if path == "/alias-metrics.bin":
+                return {"url": "http://localhost:%d/-/metrics" % holder["port"], "header": {}}
+            if path == "/alias-loop.bin":
+                return {"url": "http://localhost:%d/p/raw/alias-loop.bin" % holder["port"], "header": {}}
             return None
 
         fake = FakeAList("tok", resolve)
@@ -365,21 +372,27 @@ class SelfRequests(FrontTest):
         st, _, _ = get_with_source(gw.port, "/-/metrics", "127.0.0.2")
         self.assertEqual(st, 403)
         # ... and cannot reach the admin page through a link either, nor loop.
-        for path in ("/p/al/metrics.bin", "/p/raw/metrics.bin", "/p/raw/loop.bin"):
+        paths = ("/p/al/metrics.bin", "/p/raw/metrics.bin", "/p/raw/loop.bin",
+                 "/p/al/alias-metrics.bin", "/p/raw/alias-metrics.bin", "/p/raw/alias-loop.bin")
+        for path in paths:
             with self.subTest(path):
                 st, _, body = get_with_source(gw.port, path, "127.0.0.2", timeout=60)
                 self.assertEqual(st, 502, body[:300])
                 self.assertNotIn(b"slipstream_", body)
-        wait_until(lambda: [l for l in gw.access() if l["path"] == "/p/raw/loop.bin" and l["status"] == "502"],
+        wait_until(lambda: {l["path"] for l in gw.access() if l["status"] == "502"} >= set(paths),
                    5, what="the access log")  # written every 200 ms
+        by_path = {l["path"]: l for l in gw.access() if l["path"] in paths and l["status"] == "502"}
+        for path in paths[:3]:
+            self.assertEqual(by_path[path]["reason"], "source_bad_link", path)
         own = [l for l in gw.access() if l["status"] == "508"]
         self.assertEqual({l["reason"] for l in own}, {"self_request"})
-        self.assertEqual(sorted({l["path"] for l in own}), ["/-/metrics", "/p/raw/loop.bin"])
+        self.assertEqual(sorted({l["path"] for l in own}), ["/-/metrics", "/p/raw/alias-loop.bin"])
         # The loop was cut at the first turn: one request of the gateway's own per client request.
-        self.assertEqual(sum(1 for l in own if l["path"] == "/p/raw/loop.bin"), 1)
+        self.assertEqual(sum(1 for l in own if l["path"] == "/p/raw/alias-loop.bin"), 1)
         text = gw.get("/-/metrics").body.decode()  # from 127.0.0.1: an admin client
         self.assertEqual(metric(text, "slipstream_cache_objects"), 0)
         self.assertGreaterEqual(metric(text, 'slipstream_request_failures_total{reason="self_request"}'), 3)
+        self.assertGreaterEqual(metric(text, 'slipstream_request_failures_total{reason="source_bad_link"}'), 3)
 
 
 # ------------------------------------------------------------------ signals and the access log

@@ -336,7 +336,8 @@ class TlsTest(GatewayTest):
         m = self.metrics(gw)
         self.assertEqual(metric(m, "slipstream_tls_reloads_total"), 1)
         self.assertEqual(metric(m, "slipstream_tls_reload_failures_total"), 1)
-        self.assertIn("event=reload_unsupported", gw.errors())  # the rest of the INI: not yet
+        # The broken file failed the whole reload: the running configuration stays.
+        self.assertIn("event=reload_failed", gw.errors())
 
     def test_plain_and_tls_listeners_side_by_side(self):
         gw = self.start()

@@ -55,7 +55,7 @@ class TlsConfigTest(GatewayTest):
         gw = self.gateway("[server]\n")
         self.assertEqual(gw.get("/-/health").status, 200)
         gw.signal(signal.SIGHUP)
-        wait_until(lambda: "event=reload_unsupported" in gw.errors(), 10, what="reload log line")
+        wait_until(lambda: "event=reloaded" in gw.errors(), 10, what="reload log line")
         self.assertIsNone(gw.proc.poll())
         self.assertEqual(gw.get("/-/health").status, 200)
         self.assertEqual(gw.stop(), 0)

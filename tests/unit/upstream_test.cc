@@ -258,5 +258,11 @@ TEST_CASE("classify: which failures are permanent (issue 9 #11)", "[upstream]") 
   CHECK(classifyUpstream(ask, ans(408), kNow).verdict == V::ServerError);
   CHECK_FALSE(classifyUpstream(ask, ans(500), kNow).permanent);
   CHECK_FALSE(classifyUpstream(ask, ans(503), kNow).permanent);
+  // The same answer again: not implemented, version, a loop (a gateway's 508 self_request).
+  for (int st : {501, 505, 508}) {
+    CAPTURE(st);
+    CHECK(classifyUpstream(ask, ans(st), kNow).permanent);
+    CHECK(classifyUpstream(ask, ans(st), kNow).verdict == V::BadStatus);
+  }
   CHECK_FALSE(classifyUpstream(ask, ans(206, "bytes 5-9/100"), kNow).permanent);  // another node may do better
 }
