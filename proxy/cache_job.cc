@@ -41,6 +41,7 @@ class CacheJob final : public Job, public BlockReader::Client {
 
   void failed(policy::Reason r, const std::string& detail) override {
     if (state_ == State::Done || state_ == State::Gone) return;
+    if (r == policy::Reason::CacheFailed && bypass(detail)) return;
     state_ = State::Done;
     reader_->close();
     sink_->fail(r, detail);
@@ -91,6 +92,26 @@ class CacheJob final : public Job, public BlockReader::Client {
     sink_->finish();
   }
 
+  /// The store cannot take or give the bytes (full, read-only, failing):
+  /// the rest of the response is streamed from the upstream uncached — the
+  /// cache never makes a download fail (issue 9 #14). False when that is
+  /// not possible (the head is out and the object has no validator to
+  /// resume on safely): the caller fails the response (it closes short).
+  bool bypass(const std::string& why) {
+    const bool headsOut = state_ == State::Streaming;
+    if (headsOut && info_.etag.empty() && info_.lastModified.empty()) return false;
+    state_ = State::Done;
+    reader_->close();
+    c_.stats.cacheBypasses++;
+    conf::Log::write(c_.stats.cacheBypasses == 1 ? conf::LogLevel::Warn : conf::LogLevel::Debug, "cache_bypassed",
+                     "path=" + conf::logValue(req_.path) + " detail=" + conf::logValue(why) + " at=" +
+                         std::to_string(headsOut ? pos_ : 0) +
+                         " action=streamed_uncached hint=\"check the cache directory's free space and health\"");
+    fallback_ = headsOut ? continueStreamJob(c_, req_, sink_, info_, answer_, pos_ - answer_.range.begin)
+                         : makeStreamJob(c_, req_, sink_);
+    return true;
+  }
+
   Context& c_;
   Request req_;
   Sink* sink_;
@@ -99,6 +120,8 @@ class CacheJob final : public Job, public BlockReader::Client {
   uint64_t pos_ = 0, end_ = 0;
   bool pumping_ = false, again_ = false;
   std::unique_ptr<Job> fallback_;
+  ObjectInfo info_;                // what the head said (a bypass continues it)
+  policy::RangeAnswer answer_;
 };
 
 void CacheJob::opened(const OpenResult& res) {
@@ -108,6 +131,7 @@ void CacheJob::opened(const OpenResult& res) {
     fallback_ = makeStreamJob(c_, req_, sink_);
     return;
   }
+  if (res.reason == policy::Reason::CacheFailed && bypass(res.detail)) return;
   if (res.reason != policy::Reason::None) {
     state_ = State::Done;
     sink_->fail(res.reason, res.detail, retryAfterHeaders(res.retryAfterS));
@@ -124,6 +148,8 @@ void CacheJob::opened(const OpenResult& res) {
     sink_->sendHeaders(416, h);
     return finish();
   }
+  info_ = info;
+  answer_ = a;
   CacheStatus cs = reader_->cacheStatus(a.range);
   sink_->sendHeaders(a.kind == policy::RangeAnswer::Kind::Partial ? 206 : 200, bodyHeaders(info, a, req_.path, cs));
   if (req_.head || a.range.size() == 0) return finish();

@@ -376,7 +376,9 @@ std::unique_ptr<Job> Engine::start(const Request& in, Sink* sink) {
   const conf::Mount& m = *c.mountOf(req)->m;
   if (m.source == conf::SourceType::Local) return makeLocalJob(c, req, sink);
   if (req.decision.delivery == conf::Delivery::Redirect) return makeRedirectJob(c, req, sink);
-  if (req.decision.cache && c.fetcher) return makeCacheJob(c, req, sink);
+  // A store that can never hold a byte (min_free ≥ its file system) is
+  // bypassed: the cache must never make a download fail (issue 9 #14).
+  if (req.decision.cache && c.fetcher && !c.store->off()) return makeCacheJob(c, req, sink);
   return makeStreamJob(c, req, sink);
 }
 

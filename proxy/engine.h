@@ -146,6 +146,11 @@ std::string mimeTypeFor(const std::string& path);
 
 std::unique_ptr<Job> makeRedirectJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeStreamJob(Context& c, const Request& r, Sink* s);
+/// A StreamJob that continues a response whose head is out at byte `sent`
+/// of `answer`'s range (If-Range on info's validator; no validator: the
+/// connection closes short).
+std::unique_ptr<Job> continueStreamJob(Context& c, const Request& r, Sink* s, const ObjectInfo& info,
+                                       const policy::RangeAnswer& answer, uint64_t sent);
 std::unique_ptr<Job> makeLocalJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Job> makeCacheJob(Context& c, const Request& r, Sink* s);
 std::unique_ptr<Prefetch> makePrefetch(Context& c, const Request& r, const PrefetchSpec& spec);

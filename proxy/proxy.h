@@ -160,6 +160,7 @@ struct Stats {
   uint64_t linkResolutions = 0;
   uint64_t cacheHitBytes = 0;
   uint64_t corruptBlocks = 0;
+  uint64_t cacheBypasses = 0;    // responses streamed uncached because the store failed (issue 9 #14)
   uint64_t cancelledBlocks = 0;  // fetches stopped because no reader wanted them (a seek, a client gone)
   int activeTransfers = 0;
   uint64_t preemptions = 0;  // background pieces stopped for a playing reader

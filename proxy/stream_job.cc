@@ -27,6 +27,16 @@ class StreamJob final : public Job, public Transfer::Handler {
     wire_ = policy::parseRange(req_.range);
   }
 
+  /// Takes over a response whose head is out and of whose range `sent`
+  /// bytes were delivered (a cache job whose store failed): the rest is
+  /// asked with If-Range on the object's validator, like a resume.
+  void continueFrom(const ObjectInfo& info, const policy::RangeAnswer& answer, uint64_t sent) {
+    info_ = info;
+    answer_ = answer;
+    sent_ = sent;
+    upstreamEnd_ = answer.range.end;
+  }
+
   void begin() {
     if (sink_) sink_->noteProgress(Sink::Progress::Resolving);
     state_ = State::Resolving;
@@ -315,6 +325,14 @@ class StreamJob final : public Job, public Transfer::Handler {
 
 std::unique_ptr<Job> makeStreamJob(Context& c, const Request& r, Sink* s) {
   auto j = std::make_unique<StreamJob>(c, r, s);
+  j->begin();
+  return j;
+}
+
+std::unique_ptr<Job> continueStreamJob(Context& c, const Request& r, Sink* s, const ObjectInfo& info,
+                                       const policy::RangeAnswer& answer, uint64_t sent) {
+  auto j = std::make_unique<StreamJob>(c, r, s);
+  j->continueFrom(info, answer, sent);
   j->begin();
   return j;
 }

@@ -185,6 +185,8 @@ std::string Server::Impl::metrics() const {
     metric("slipstream_cache_corrupt_blocks_total", "counter", "Blocks dropped for a bad checksum.",
            st.cacheDroppedCorrupt);
     metric("slipstream_disk_queue_bytes", "gauge", "Bytes waiting for the disk thread.", st.diskQueueBytes);
+    metric("slipstream_cache_bypassed_total", "counter",
+           "Responses streamed uncached because the store could not take or give their bytes.", st.cacheBypasses);
   }
   // Per upstream host of the fill: the adaptive connection count (issue 11).
   auto perHost = [&o, &st](const char* name, const char* help, int (*get)(const proxy::HostStats&)) {

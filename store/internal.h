@@ -149,6 +149,7 @@ struct Store::Impl {
   event_base* base = nullptr;
   const Clock* clock = nullptr;
   DirLock lock;  // declared before env: released after the index is closed
+  bool off = false;  // min_free leaves nothing to store: every request bypasses the cache
   Env env;
 
   // ---- loop thread

@@ -54,8 +54,10 @@ std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, con
   // One gateway per directory, and nothing in this process maps an index
   // that a child could not walk.
   if (!Impl::makeDirs(cfg.dir, err) || !s.lock.acquire(cfg.dir, err)) return nullptr;
-  if (auto warn = minFreeProblem(cfg))
+  if (auto warn = minFreeProblem(cfg)) {
     logStore(conf::LogLevel::Warn, "cache_off", "dir=" + conf::logValue(cfg.dir) + " detail=" + conf::logValue(*warn));
+    s.off = true;
+  }
   uint64_t bad = 0;
   if (!checkIndex(cfg.dir, true, clock, err, &bad)) return nullptr;
   if (!Impl::makeDirs(cfg.dir + "/index", err) || !Impl::makeDirs(cfg.dir + "/data", err)) return nullptr;
@@ -474,6 +476,8 @@ std::optional<StoredObject> Store::storedObject(const Key& k) {
   impl_->endRead();
   return o;
 }
+
+bool Store::off() const { return impl_->off; }
 
 Usage Store::usage() const {
   const Impl& s = *impl_;

@@ -189,6 +189,11 @@ class Store {
 
   Usage usage() const;
 
+  /// True when `min_free` is not below the size of the cache's file system
+  /// (minFreeProblem at open): nothing could ever be stored, so requests
+  /// bypass the cache (streamed as with `cache = off`) instead of failing.
+  bool off() const;
+
   /// Objects listed in the index (committed ones: an object created in the
   /// last moments may show up on the next call), sorted by mount and path,
   /// with their block maps. A read-only walk; the disk thread is not blocked.
