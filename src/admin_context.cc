@@ -1,8 +1,8 @@
 // The running gateway as the admin API sees it (admin::AdminContext): what
 // stats, transfers and objects report, gathered on the loop thread from the
 // server's counters and live exchanges, the engine's snapshot and the store.
-// Prefetch and purge need the fill scheduler (the next step): until it is
-// merged they answer 503 not_ready with a detail, never a fake success.
+// Prefetch and purge go to the engine's fill (src/prefetches.cc keeps the
+// jobs).
 #include <limits.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
