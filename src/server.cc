@@ -152,8 +152,18 @@ void Server::Impl::adopt(Handoff& h) {
   bufferevent* bev = bufferevent_socket_new(base, h.fd, BEV_OPT_CLOSE_ON_FREE);
   if (!bev) return;  // ~Handoff closes the socket
   h.fd = -1;
-  if (!h.unread.empty()) evbuffer_add(bufferevent_get_input(bev), h.unread.data(), h.unread.size());
+  if (!h.unread.empty()) {
+    // A new socket bufferevent keeps its input's end frozen until it reads:
+    // the bytes the worker had read go in front of whatever comes next.
+    evbuffer* in = bufferevent_get_input(bev);
+    evbuffer_unfreeze(in, 0);
+    evbuffer_add(in, h.unread.data(), h.unread.size());
+    evbuffer_freeze(in, 0);
+  }
   handedIn++;
+  conf::Log::write(conf::LogLevel::Debug, "connection_handed_over",
+                   "worker=" + std::to_string(h.worker) + " peer=" + h.peer + " unread=" + std::to_string(h.unread.size()) +
+                       " target=" + conf::logValue(h.request.target));
   auto conn = std::make_unique<http::Conn>(*this, base, bev, h.peer, connOpts, clock);
   http::Conn* c = conn.get();
   conns.emplace(c, std::move(conn));

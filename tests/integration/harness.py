@@ -392,6 +392,10 @@ class Gateway:
         if "[server]" not in text:
             text = "[server]\n" + text
         text = text.replace("[server]", "[server]\nlisten = 127.0.0.1:0\naccess_log = %s\n" % self.access_log, 1)
+        # SLIP_TEST_WORKERS=2 runs a suite with front-end worker threads (issue
+        # 14; e.g. the cache tests under ThreadSanitizer), unless a test sets them.
+        if os.environ.get("SLIP_TEST_WORKERS") and not re.search(r"(?m)^workers\s*=", text):
+            text = text.replace("[server]", "[server]\nworkers = %s" % os.environ["SLIP_TEST_WORKERS"], 1)
         self.ini = os.path.join(self.dir, "slipstream.ini")
         with open(self.ini, "w") as f:
             f.write(text)
