@@ -63,10 +63,11 @@ Handoff::~Handoff() {
 class FrontWorker final : public http::ConnHost, public ExchangeHost {
  public:
   FrontWorker(FrontShared& sh, int index) : sh_(sh), index_(index) {
-    event_config* ecfg = event_config_new();
-    event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    base_ = event_base_new_with_config(ecfg);
-    event_config_free(ecfg);
+    // No epoll changelist here (the main loop has one): a connection handed
+    // to the main loop must leave this thread's epoll set inside
+    // Conn::release, before the main loop can close its descriptor and the
+    // number is reused, not at this loop's next turn.
+    base_ = event_base_new();
     inbox_ = std::make_unique<Mailbox>(base_);
     reaper_ = event_new(base_, -1, 0, [](evutil_socket_t, short, void* a) { static_cast<FrontWorker*>(a)->reap(); }, this);
     tick_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void* a) { static_cast<FrontWorker*>(a)->onTick(); }, this);
