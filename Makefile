@@ -2,6 +2,7 @@
 #
 #   make            build/slipstream (release, C++20, -Werror)
 #   make SAN=1      the same with ASan+UBSan, in build/san/
+#   make SAN=thread the same with ThreadSanitizer, in build/tsan/
 #   make test       install missing Debian packages, build, run every test
 #   make demo       the main job end to end on loopback
 #   make run        the gateway on conf/slipstream.ini
@@ -11,7 +12,12 @@
 
 CXX      ?= g++
 SAN      ?= 0
-ifeq ($(SAN),1)
+ifeq ($(SAN),thread)
+# ThreadSanitizer (issue 14): the front-end worker threads, the disk thread.
+BUILD    := build/tsan
+OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=thread -Wno-maybe-uninitialized -Wno-tsan
+HARDEN   :=
+else ifeq ($(SAN),1)
 BUILD    := build/san
 OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-maybe-uninitialized
 HARDEN   :=

@@ -58,6 +58,22 @@ bool powerOfTwo(V v, std::string* why) {
   return false;
 }
 
+/// "1".."64" → the number; anything else → -1.
+int64_t workerNumber(const std::string& t) {
+  int64_t n = 0;
+  for (char ch : t) {
+    if (ch < '0' || ch > '9' || n > 64) return -1;
+    n = n * 10 + (ch - '0');
+  }
+  return !t.empty() && n >= 1 && n <= 64 ? n : -1;
+}
+
+bool workerCount(V v, std::string* why) {
+  if (v.text == "auto" || workerNumber(v.text) > 0) return true;
+  *why = "must be auto or a number of threads from 1 to 64: '" + v.text + "'";
+  return false;
+}
+
 bool passwordHash(V v, std::string* why) { return checkPasswordHash(v.text, why); }
 
 bool nonEmpty(V v, std::string* why) {
@@ -115,6 +131,13 @@ std::vector<Directive> makeTable() {
               "port 0 picks a free port. Add the word tls for HTTPS with tls_cert and tls_key: "
               "[::]:8443 tls.",
        .apply = [](Config& c, V v) { c.server.listen.push_back(v.listen); }},
+      {.section = S::Server, .name = "workers", .type = T::String, .def = "1",
+       .doc = "Threads that accept plain-HTTP clients and serve warm hits (every requested byte "
+              "stored) themselves: a number (1..64) or auto (one per core). 1 = the event loop "
+              "alone. Everything else (misses, admin, WebDAV, TLS) runs on the main loop.",
+       .restart = true,
+       .apply = [](Config& c, V v) { c.server.workers = v.text == "auto" ? 0 : workerNumber(v.text); },
+       .check = workerCount},
       {.section = S::Server, .name = "max_connections", .type = T::Int, .def = "1024", .min = 1,
        .max = 1'000'000, .units = "connections",
        .doc = "Client connections open at once, idle ones included; one more is answered 503 "

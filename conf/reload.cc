@@ -17,6 +17,7 @@ std::vector<std::string> keepRestartValues(const Config& running, Config* next) 
   // that every such row is here).
   keep("[server] role", next->server.role, running.server.role);
   keep("[server] state_dir", next->server.stateDir, running.server.stateDir);
+  keep("[server] workers", next->server.workers, running.server.workers);
   keep("[cache] dir", next->cache.dir, running.cache.dir);
   keep("[cache] max_size", next->cache.maxSize, running.cache.maxSize);
   keep("[cache] min_free", next->cache.minFree, running.cache.minFree);

@@ -400,6 +400,11 @@ Headers bodyHeaders(const ObjectInfo& info, const policy::RangeAnswer& a, const 
   return h;
 }
 
+Headers hitHeaders(uint64_t size, const std::string& etag, const std::string& lastModified,
+                   const std::string& contentType, const policy::RangeAnswer& answer, const std::string& path) {
+  return bodyHeaders(ObjectInfo{size, etag, lastModified, contentType}, answer, path, CacheStatus::Hit);
+}
+
 Headers retryAfterHeaders(int64_t seconds) {
   if (seconds < 0) return {};
   return {{"Retry-After", std::to_string(seconds)}};

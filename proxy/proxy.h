@@ -351,4 +351,10 @@ class Engine {
   std::unique_ptr<Impl> impl_;
 };
 
+/// The head of a warm hit as CacheJob answers it (a front-end worker thread
+/// serves those itself, src/warm.cc): Content-Type, -Length, -Range,
+/// validators, Content-Disposition, X-Cache: HIT. Pure.
+Headers hitHeaders(uint64_t size, const std::string& etag, const std::string& lastModified,
+                   const std::string& contentType, const policy::RangeAnswer& answer, const std::string& path);
+
 }  // namespace slip::proxy

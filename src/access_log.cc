@@ -33,6 +33,12 @@ AccessLog::~AccessLog() {
   }
 }
 
+void AccessLog::flush(evutil_socket_t, short, void* arg) {
+  auto* l = static_cast<AccessLog*>(arg);
+  std::lock_guard<std::mutex> g(l->mu_);
+  if (l->f_) fflush(l->f_);
+}
+
 bool AccessLog::reopen(const std::string& spec, std::string* err) {
   FILE* next = nullptr;
   if (spec != "off" && spec != "-") {
@@ -44,6 +50,7 @@ bool AccessLog::reopen(const std::string& spec, std::string* err) {
   }
   if (flush_) event_free(flush_);
   flush_ = nullptr;
+  std::lock_guard<std::mutex> g(mu_);
   if (f_) {
     fflush(f_);
     if (own_) fclose(f_);
@@ -51,12 +58,13 @@ bool AccessLog::reopen(const std::string& spec, std::string* err) {
   f_ = nullptr;
   own_ = false;
   if (spec == "off") return true;
-  if (!next) return open(spec, err);  // "-": stdout
-  f_ = next;
-  own_ = true;
-  flush_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
-    fflush(static_cast<FILE*>(arg));
-  }, f_);
+  if (!next) {  // "-": stdout
+    f_ = stdout;
+  } else {
+    f_ = next;
+    own_ = true;
+  }
+  flush_ = event_new(base_, -1, EV_PERSIST, &AccessLog::flush, this);
   timeval tv{0, 200'000};
   event_add(flush_, &tv);
   return true;
@@ -74,15 +82,14 @@ bool AccessLog::open(const std::string& spec, std::string* err) {
     }
     own_ = true;
   }
-  flush_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
-    fflush(static_cast<FILE*>(arg));
-  }, f_);
+  flush_ = event_new(base_, -1, EV_PERSIST, &AccessLog::flush, this);
   timeval tv{0, 200'000};
   event_add(flush_, &tv);
   return true;
 }
 
 void AccessLog::write(const AccessEntry& e) {
+  std::lock_guard<std::mutex> g(mu_);
   if (!f_) return;
   char ttfb[32] = "-";
   if (e.ttfbMs >= 0) snprintf(ttfb, sizeof ttfb, "%.1f", e.ttfbMs);

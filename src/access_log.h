@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <mutex>
 #include <string>
 
 namespace slip {
@@ -39,14 +40,17 @@ class AccessLog {
   /// SIGHUP: opens `spec` afresh (a rotated file, or another path) and
   /// closes the old one; on an error the old one stays (false, *err).
   bool reopen(const std::string& spec, std::string* err);
+  /// Thread-safe: the front-end worker threads write their lines too.
   void write(const AccessEntry& e);
 
  private:
+  static void flush(evutil_socket_t, short, void* arg);
   event_base* base_;
   const Clock& clock_;
   FILE* f_ = nullptr;
   bool own_ = false;
   event* flush_ = nullptr;
+  std::mutex mu_;  // f_ (reopen on the loop, writes from every thread)
 };
 
 }  // namespace slip

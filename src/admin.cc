@@ -121,8 +121,63 @@ void Server::Impl::serveApi(Exchange& ex) {
   ex.respond(resp.status, std::move(out), resp.body);
 }
 
+Server::Impl::Totals Server::Impl::totals() const {
+  Totals t;
+  t.requests = requests;
+  t.bytesOut = bytesOut;
+  t.hitRequests = hitRequests;
+  t.hitBytes = hitBytesOut;
+  t.accepted = accepted;
+  t.active = active.size();
+  t.conns = conns.size() + sniffing.size();
+  t.byStatus = byStatus;
+  t.failures = failures;
+  for (size_t i = 0; workers && i < workers->size(); i++) {
+    const WorkerFigures& f = workers->figures(i);
+    t.requests += f.requests;
+    t.bytesOut += f.bytesOut;
+    t.hitRequests += f.hits;
+    t.hitBytes += f.hitBytes;
+    t.accepted += f.accepted;
+    t.active += f.active;
+    t.conns += f.conns;
+    std::lock_guard<std::mutex> g(f.mu);
+    for (const auto& [code, n] : f.byStatus) t.byStatus[code] += n;
+    for (const auto& [reason, n] : f.failures) t.failures[reason] += n;
+  }
+  return t;
+}
+
+// Per thread: thread 0 is the main loop (every request it answered, warm or
+// not), 1.. the workers (the warm hits they served themselves).
+std::string Server::Impl::threadMetrics() const {
+  std::string o =
+      "# HELP slipstream_thread_requests_total Requests answered by each front-end thread (0 = the main loop).\n"
+      "# TYPE slipstream_thread_requests_total counter\n"
+      "slipstream_thread_requests_total{thread=\"0\"} " + std::to_string(requests) + "\n";
+  std::string hits =
+      "# HELP slipstream_thread_hits_total Responses with X-Cache: HIT answered by each front-end thread.\n"
+      "# TYPE slipstream_thread_hits_total counter\n"
+      "slipstream_thread_hits_total{thread=\"0\"} " + std::to_string(hitRequests) + "\n";
+  std::string handoffs =
+      "# HELP slipstream_thread_handoffs_total Connections a worker thread handed to the main loop.\n"
+      "# TYPE slipstream_thread_handoffs_total counter\n";
+  for (size_t i = 0; workers && i < workers->size(); i++) {
+    const WorkerFigures& f = workers->figures(i);
+    std::string label = "{thread=\"" + std::to_string(i + 1) + "\"} ";
+    o += "slipstream_thread_requests_total" + label + std::to_string(f.requests.load()) + "\n";
+    hits += "slipstream_thread_hits_total" + label + std::to_string(f.hits.load()) + "\n";
+    handoffs += "slipstream_thread_handoffs_total" + label + std::to_string(f.handoffs.load()) + "\n";
+  }
+  return o + hits + handoffs +
+         "# HELP slipstream_front_threads Threads accepting plain-HTTP clients ([server] workers).\n"
+         "# TYPE slipstream_front_threads gauge\n"
+         "slipstream_front_threads " + std::to_string(workers ? workers->size() + 1 : 1) + "\n";
+}
+
 std::string Server::Impl::metrics() const {
   proxy::Stats st = engine.snapshot();
+  Totals t = totals();
   std::string o;
   auto metric = [&o](const char* name, const char* type, const char* help, uint64_t v) {
     o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name +
@@ -130,9 +185,9 @@ std::string Server::Impl::metrics() const {
   };
   o += "# HELP slipstream_requests_total Requests answered, by status.\n"
        "# TYPE slipstream_requests_total counter\n";
-  for (const auto& [code, n] : byStatus)
+  for (const auto& [code, n] : t.byStatus)
     o += "slipstream_requests_total{status=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
-  metric("slipstream_active_requests", "gauge", "Requests running now.", active.size());
+  metric("slipstream_active_requests", "gauge", "Requests running now.", t.active);
   metric("slipstream_loop_lag_max_microseconds", "gauge", "Longest the event loop was late for a timer.",
          static_cast<uint64_t>(lagMaxUs));
   metric("slipstream_loop_lag_over_10ms_total", "counter", "Timer ticks the loop served over 10 ms late.",
@@ -141,12 +196,12 @@ std::string Server::Impl::metrics() const {
          lagOver100ms);
   o += "# HELP slipstream_request_failures_total Requests that failed, by reason (policy/reasons.cc).\n"
        "# TYPE slipstream_request_failures_total counter\n";
-  for (const auto& [reason, n] : failures)
+  for (const auto& [reason, n] : t.failures)
     o += "slipstream_request_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
   metric("slipstream_client_connections", "gauge",
          "Client connections open (on tls listeners also those before their first byte).",
-         conns.size() + sniffing.size());
-  metric("slipstream_accepted_connections_total", "counter", "Client connections accepted.", accepted);
+         t.conns);
+  metric("slipstream_accepted_connections_total", "counter", "Client connections accepted.", t.accepted);
   metric("slipstream_refused_connections_total", "counter",
          "Connections answered 503 and closed because max_connections were open.", refusedConns);
   uint64_t pauses = 0;
@@ -156,7 +211,8 @@ std::string Server::Impl::metrics() const {
   metric("slipstream_dav_password_checks_total", "counter",
          "WebDAV passwords hashed (verdicts are cached; a worker thread hashes).",
          authenticator.hashings());
-  metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", bytesOut);
+  metric("slipstream_sent_bytes_total", "counter", "Body bytes sent to clients.", t.bytesOut);
+  o += threadMetrics();
   o += "# HELP slipstream_config_reloads_total Configuration reloads (SIGHUP), by result.\n"
        "# TYPE slipstream_config_reloads_total counter\n"
        "slipstream_config_reloads_total{result=\"ok\"} " + std::to_string(reloads) + "\n"

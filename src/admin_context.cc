@@ -77,13 +77,14 @@ admin::CacheStats GatewayAdmin::cacheStats(const proxy::Stats& st) const {
   }
   // Bytes of responses that went through the cache (an X-Cache header),
   // ended and running, by their X-Cache: HIT, or MISS/PARTIAL.
-  c.hitBytes = s_.hitBytesOut;
+  Server::Impl::Totals t = s_.totals();  // warm hits the worker threads served included
+  c.hitBytes = t.hitBytes;
   c.missBytes = s_.missBytesOut;
   for (const auto& [ex, owned] : s_.active) {
     if (!s_.usesCache(*ex)) continue;
     (ex->entry().cache == "HIT" ? c.hitBytes : c.missBytes) += ex->entry().bytes;
   }
-  c.hitRequests = s_.hitRequests;
+  c.hitRequests = t.hitRequests;
   c.missRequests = s_.missRequests;
   return c;
 }
@@ -104,9 +105,10 @@ admin::Stats GatewayAdmin::stats() {
     out.lastReload = admin::ReloadInfo{lr->atWallMs, lr->ok, lr->errors, lr->needsRestart};
   out.loopLagMs = static_cast<double>(s_.lagLastUs) / 1000.0;
   out.loopLagMaxMs = static_cast<double>(s_.lagMaxUs) / 1000.0;
-  out.activeRequests = s_.active.size();
-  out.totalRequests = s_.requests;
-  out.bytesToClients = s_.bytesOut;
+  Server::Impl::Totals t = s_.totals();
+  out.activeRequests = t.active;
+  out.totalRequests = t.requests;
+  out.bytesToClients = t.bytesOut;
   out.bytesFromUpstream = st.upstreamBytes;
   out.cache = cacheStats(st);
   for (const conf::Mount& m : s_.cfg().mounts) {
@@ -191,7 +193,7 @@ Outcome<admin::PrefetchJob> GatewayAdmin::startPrefetch(const std::string& path)
     return Out::fail(Reason::TooManyPrefetches,
                      std::to_string(PrefetchRegistry::kMaxJobs) + " prefetch jobs are running");
   proxy::Request req;
-  req.id = s_.nextId++;
+  req.id = s_.shared.nextId++;
   req.setup = g.setup;
   req.mountIndex = mm.index;
   req.path = path;

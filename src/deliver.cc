@@ -11,15 +11,18 @@ using policy::Reason;
 
 void Server::Impl::addDeliveryRoutes() {
   if (cfg().server.role == conf::Role::Edge) {  // role needs a restart: the routes stay
-    router.setFallback({.pattern = "/", .prefix = true, .handler = [this](Exchange& ex) {
+    router.setFallback({.pattern = "/", .prefix = true, .download = true,
+                        .kind = static_cast<int>(policy::Route::Edge), .handler = [this](Exchange& ex) {
                           deliverPath(ex, policy::Route::Edge, ex.path());
                         }});
     return;
   }
-  router.add({.pattern = "/d/", .prefix = true, .handler = [this](Exchange& ex) {
+  router.add({.pattern = "/d/", .prefix = true, .download = true,
+              .kind = static_cast<int>(policy::Route::Download), .handler = [this](Exchange& ex) {
                 deliverPath(ex, policy::Route::Download, ex.path().substr(2));
               }});
-  router.add({.pattern = "/p/", .prefix = true, .handler = [this](Exchange& ex) {
+  router.add({.pattern = "/p/", .prefix = true, .download = true,
+              .kind = static_cast<int>(policy::Route::Proxy), .handler = [this](Exchange& ex) {
                 deliverPath(ex, policy::Route::Proxy, ex.path().substr(2));
               }});
 }

@@ -22,6 +22,7 @@
 #include "src/router.h"
 #include "src/server.h"
 #include "src/tls.h"
+#include "src/workers.h"
 
 namespace slip {
 
@@ -67,7 +68,26 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   event* drainPoll = nullptr;  // re-checks while finished responses flush
   bool draining = false;
   std::function<void()> drained;
-  uint64_t nextId = 1;
+  // ---- worker threads (issue 14; src/workers.h, DESIGN.md "Threads")
+  FrontShared shared{clock, store, router, accessLog};  // what the workers read
+  Mailbox mailbox{base};                                // connections handed over by workers
+  std::unique_ptr<WorkerPool> workers;                  // none with workers = 1
+  uint64_t handedIn = 0;                                // connections taken over from workers
+  /// Threads that accept plain HTTP (the loop included): `workers`, auto = cores.
+  int frontThreads() const;
+  bool startWorkers(std::string* err);
+  /// The plain-HTTP listen addresses as bound (port 0 resolved).
+  std::vector<conf::ListenAddr> plainAddrs() const;
+  void adopt(Handoff& h);
+  /// Sums over the main loop and the workers, for /-/metrics and the stats.
+  struct Totals {
+    uint64_t requests = 0, bytesOut = 0, hitRequests = 0, hitBytes = 0, accepted = 0, active = 0, conns = 0;
+    std::map<int, uint64_t> byStatus;
+    std::map<std::string, uint64_t> failures;
+  };
+  Totals totals() const;
+  std::string threadMetrics() const;
+
   // WebDAV users. The worker hashes passwords off the loop; it is declared
   // after the authenticator so that it stops (dropping pending hashings)
   // before the authenticator its callbacks use goes.

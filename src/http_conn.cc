@@ -376,8 +376,50 @@ void Conn::abortResponse() {
   wake();
 }
 
+void Conn::whenFlushed(std::function<void()> fn) {
+  flushed_ = std::move(fn);
+  if (queued() == 0) return wake();
+  bufferevent_setwatermark(bev_, EV_WRITE, 0, 0);
+  bufferevent_enable(bev_, EV_WRITE);
+}
+
+int Conn::release(std::string* unread) {
+  if (state_ == State::Closed || ssl_ || !bev_ || queued() > 0) return -1;
+  int fd = bufferevent_getfd(bev_);
+  if (fd < 0) return -1;
+  evbuffer* in = bufferevent_get_input(bev_);
+  size_t n = evbuffer_get_length(in);
+  if (n > 0) {
+    size_t at = unread->size();
+    unread->resize(at + n);
+    evbuffer_remove(in, unread->data() + at, n);
+  }
+  handler_ = nullptr;
+  flushed_ = nullptr;
+  state_ = State::Closed;
+  evtimer_del(timer_);
+  event_del(wake_);
+  bufferevent_setcb(bev_, nullptr, nullptr, nullptr, nullptr);
+  bufferevent_disable(bev_, EV_READ | EV_WRITE);
+  bufferevent_setfd(bev_, -1);  // freeing it must not close the socket
+  bufferevent_free(bev_);
+  bev_ = nullptr;
+  host_.onClosed(*this);
+  return fd;
+}
+
+void Conn::resume(Request&& r) {
+  startNs_ = r.startNs;
+  dispatch(std::move(r));
+}
+
 void Conn::onWrite(bufferevent*, void* arg) {
   auto* c = static_cast<Conn*>(arg);
+  if (c->flushed_ && c->queued() == 0) {
+    auto fn = std::move(c->flushed_);
+    c->flushed_ = nullptr;
+    return fn();
+  }
   if (c->pending_ && !c->pump()) return;  // the wake event closes it
   if (c->state_ == State::Responding && c->handler_) {
     // TLS: the job makes more once what it queued is with OpenSSL.
@@ -390,6 +432,11 @@ void Conn::onWrite(bufferevent*, void* arg) {
 void Conn::onWake(evutil_socket_t, short, void* arg) {
   auto* c = static_cast<Conn*>(arg);
   if (c->copyFailed_) return c->peerGone();
+  if (c->flushed_ && c->queued() == 0) {
+    auto fn = std::move(c->flushed_);
+    c->flushed_ = nullptr;
+    return fn();
+  }
   if (c->state_ == State::Reading) {
     if (evbuffer_get_length(bufferevent_get_input(c->bev_)) > 0) c->parse();
   } else if (c->state_ == State::Flushing) {

@@ -9,6 +9,7 @@
 #include <event2/event.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -156,6 +157,22 @@ class Conn {
   /// Closes now (no more callbacks; the host's onClosed follows).
   void close();
 
+  // ---- moving a connection to another thread (issue 14: a worker hands a
+  // request it does not serve to the main loop). Plain HTTP only.
+
+  /// Runs `fn` (from the loop) once nothing is queued towards the client:
+  /// the previous response of a keep-alive connection may still be going out.
+  void whenFlushed(std::function<void()> fn);
+  /// Gives up the socket without closing it: returns its descriptor and
+  /// appends the bytes read but not parsed (pipelined requests) to *unread.
+  /// The connection is Closed afterwards (the host's onClosed follows); -1
+  /// when it cannot be moved (TLS, closed, output still queued).
+  int release(std::string* unread);
+  /// The receiving side of release(): a connection built on the moved
+  /// socket (its unread bytes already in the bufferevent's input) handles
+  /// `r`, the request the other thread parsed, as if it had read it.
+  void resume(Request&& r);
+
  private:
   static void onRead(bufferevent*, void* arg);
   static void onWrite(bufferevent*, void* arg);
@@ -201,6 +218,7 @@ class Conn {
   uint64_t remaining_ = 0;
   int versionMinor_ = 1;
   bool keepAlive_ = false;
+  std::function<void()> flushed_;  // whenFlushed
 };
 
 }  // namespace slip::http

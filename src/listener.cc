@@ -77,6 +77,11 @@ bool Listener::open(std::string* err) {
   }
   fd_ = fd;
   name_ = boundName(fd);
+  sockaddr_storage bound{};
+  socklen_t blen = sizeof bound;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen);
+  port_ = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                             : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   ev_ = event_new(base_, fd_, EV_READ | EV_PERSIST, &Listener::onAccept, this);
   resume_ = evtimer_new(base_, &Listener::onResume, this);
   event_add(ev_, nullptr);

@@ -50,6 +50,8 @@ class Listener {
   bool tls() const { return opts_.addr.tls; }
   /// The address as configured (port 0 stays 0).
   const conf::ListenAddr& addr() const { return opts_.addr; }
+  /// The port as bound (port 0 resolved); 0 before open().
+  uint16_t boundPort() const { return port_; }
   bool paused() const { return paused_; }
   /// Pause episodes so far (for /-/metrics).
   uint64_t pauses() const { return pauses_; }
@@ -66,6 +68,7 @@ class Listener {
   event* ev_ = nullptr;
   event* resume_ = nullptr;
   std::string name_;
+  uint16_t port_ = 0;
   bool paused_ = false;    // waiting for the resume timer
   bool episode_ = false;   // out of descriptors since the accept queue was last empty
   uint64_t pauses_ = 0;

@@ -35,6 +35,7 @@ std::string joined(const std::vector<std::string>& v) {
 std::unique_ptr<Listener> Server::Impl::makeListener(const conf::ListenAddr& l, std::string* err) {
   Listener::Options o;
   o.addr = l;
+  o.reusePort = frontThreads() > 1 && !l.tls;  // the workers bind the same plain addresses
   auto lis = std::make_unique<Listener>(
       base, o, [this](int fd, const sockaddr_storage& peer, Listener& from) { onAccept(fd, peer, from); });
   if (!lis->open(err)) return nullptr;
@@ -89,6 +90,7 @@ bool Server::Impl::reload(std::shared_ptr<const conf::Config> c, policy::RuleSet
     it = listeners.erase(it);
   }
   for (auto& lis : opened) listeners.push_back(std::move(lis));
+  if (workers) workers->setListeners(plainAddrs());
   tellEngineSelf();
   std::string logErr;
   if (!accessLog.reopen(next.accessLog, &logErr))
@@ -103,6 +105,7 @@ bool Server::Impl::reload(std::shared_ptr<const conf::Config> c, policy::RuleSet
   g->setup = std::move(setup);
   g->loadedWallMs = clock.wallMs();
   gen = std::move(g);
+  shared.publish(gen);
   return true;
 }
 

@@ -22,6 +22,10 @@ struct Route {
   bool anyMethod = false;               // every method reaches the handler, which answers 405 itself
   bool admin = false;                   // admin_allow clients or the admin_token only
   bool acceptsBody = false;             // requests with a body are refused (400) unless set
+  /// A download route (/d/, /p/, the edge): a worker thread may serve its
+  /// warm hits (src/warm.cc) as `kind` (a policy::Route value).
+  bool download = false;
+  int kind = 0;
   /// Answers the request through the Exchange (at once or later; exactly
   /// once: respond(), sendError(), or a job streaming through its Sink).
   std::function<void(Exchange&)> handler;

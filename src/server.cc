@@ -18,13 +18,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "conf/clock.h"
 #include "src/admin_api.h"
 #include "src/front.h"
 
 namespace slip {
-namespace {
 
 using policy::Reason;
 
@@ -42,8 +42,6 @@ std::string clientAddress(const sockaddr_storage& ss) {
   return buf;
 }
 
-}  // namespace
-
 Server::Impl::Impl(event_base* b, std::shared_ptr<const conf::Config> c, policy::RuleSet r,
                    proxy::Engine& e, store::Store* st, const Clock& clk)
     : base(b),
@@ -59,6 +57,13 @@ Server::Impl::Impl(event_base* b, std::shared_ptr<const conf::Config> c, policy:
   g->setup = e.setup();
   g->loadedWallMs = clk.wallMs();
   gen = std::move(g);
+  shared.publish(gen);
+  shared.selfName = e.selfHeader().name;
+  shared.selfValue = e.selfHeader().value;
+  shared.toMain = [this](std::unique_ptr<Handoff> h) {
+    std::shared_ptr<Handoff> held(std::move(h));
+    mailbox.post([this, held] { adopt(*held); });
+  };
   connOpts.copier = &copier;
   applyConnLimits(cfg().server);
 }
@@ -75,6 +80,7 @@ void Server::Impl::applyConnLimits(const conf::Server& s) {
 }
 
 Server::Impl::~Impl() {
+  workers.reset();  // the threads stop first: nothing of theirs reaches this loop any more
   // Requests still running at exit: their clients count as gone.
   std::vector<http::Conn*> open;
   for (auto& [c, owned] : conns) open.push_back(c);
@@ -113,10 +119,12 @@ void Server::Impl::onAccept(int fd, const sockaddr_storage& peer, Listener& from
     return;
   }
   accepted++;
-  bool over = static_cast<int64_t>(conns.size() + sniffing.size()) >= cfg().server.maxConnections;
+  bool over = static_cast<int64_t>(conns.size() + sniffing.size()) + shared.workerConns.load() >=
+              cfg().server.maxConnections;
   auto conn = std::make_unique<http::Conn>(*this, base, bev, clientAddress(peer), connOpts, clock);
   http::Conn* c = conn.get();
   conns.emplace(c, std::move(conn));
+  shared.mainConns++;
   if (over) {
     // Tell the client rather than leave it hanging in the backlog: one
     // 503 and close. The connection is short-lived (lingerMs at most).
@@ -132,14 +140,42 @@ void Server::Impl::onClosed(http::Conn& c) {
   if (it == conns.end()) return;
   deadConns.push_back(std::move(it->second));
   conns.erase(it);
+  shared.mainConns--;
   if (reaper) event_active(reaper, 0, 0);
   for (auto& l : listeners) l->kick();  // a descriptor is free again
+}
+
+// A connection a worker thread did not serve: from now on it is this
+// loop's, for good (its descriptor, the bytes it had read after the request,
+// and the request as the worker parsed it).
+void Server::Impl::adopt(Handoff& h) {
+  bufferevent* bev = bufferevent_socket_new(base, h.fd, BEV_OPT_CLOSE_ON_FREE);
+  if (!bev) return;  // ~Handoff closes the socket
+  h.fd = -1;
+  if (!h.unread.empty()) {
+    // A new socket bufferevent keeps its input's end frozen until it reads:
+    // the bytes the worker had read go in front of whatever comes next.
+    evbuffer* in = bufferevent_get_input(bev);
+    evbuffer_unfreeze(in, 0);
+    evbuffer_add(in, h.unread.data(), h.unread.size());
+    evbuffer_freeze(in, 0);
+  }
+  handedIn++;
+  conf::Log::write(conf::LogLevel::Debug, "connection_handed_over",
+                   "worker=" + std::to_string(h.worker) + " peer=" + h.peer + " unread=" + std::to_string(h.unread.size()) +
+                       " target=" + conf::logValue(h.request.target));
+  auto conn = std::make_unique<http::Conn>(*this, base, bev, h.peer, connOpts, clock);
+  http::Conn* c = conn.get();
+  conns.emplace(c, std::move(conn));
+  shared.mainConns++;
+  c->resume(std::move(h.request));
+  if (draining) c->shutdownWhenIdle();  // closes after this response
 }
 
 // ------------------------------------------------------------------ requests
 
 void Server::Impl::onRequest(http::Conn& c, http::Request&& r) {
-  auto owned = std::make_unique<Exchange>(*this, c, std::move(r), nextId++, clock);
+  auto owned = std::make_unique<Exchange>(*this, c, std::move(r), shared.nextId++, clock);
   Exchange& ex = *owned;
   ex.gen = gen;  // answered with the configuration current now, whatever a reload does meanwhile
   active.emplace(&ex, std::move(owned));
@@ -260,6 +296,11 @@ void Server::Impl::reap() {
 void Server::Impl::checkDrained() {
   if (!draining || !drained) return;
   if (!active.empty()) return;
+  if (workers && !workers->drained()) {  // their responses finish on their threads
+    timeval tv{0, 20'000};
+    event_add(drainPoll, &tv);
+    return;
+  }
   // Finished responses may still have bytes queued for their clients.
   for (auto& [c, owned] : conns) {
     if (!c->idle()) {
@@ -271,6 +312,32 @@ void Server::Impl::checkDrained() {
   auto fn = std::move(drained);
   drained = nullptr;
   fn();
+}
+
+// ------------------------------------------------------------------ worker threads
+
+int Server::Impl::frontThreads() const {
+  int64_t n = cfg().server.workers;  // a restart key: the value at start
+  if (n <= 0) n = std::max(1u, std::thread::hardware_concurrency());
+  return static_cast<int>(std::min<int64_t>(n, 64));
+}
+
+std::vector<conf::ListenAddr> Server::Impl::plainAddrs() const {
+  std::vector<conf::ListenAddr> out;
+  for (const auto& l : listeners) {
+    if (l->tls()) continue;  // TLS connections stay on this loop
+    conf::ListenAddr a = l->addr();
+    a.port = l->boundPort();
+    out.push_back(a);
+  }
+  return out;
+}
+
+bool Server::Impl::startWorkers(std::string* err) {
+  int n = frontThreads();
+  if (n <= 1) return true;  // today's single loop, exactly
+  workers = std::make_unique<WorkerPool>(shared, n - 1);
+  return workers->start(plainAddrs(), err);
 }
 
 // ------------------------------------------------------------------ Server
@@ -326,7 +393,7 @@ bool Server::start(std::string* err) {
   for (const auto& l : s.cfg().server.listen)
     if (!s.openListener(l, err)) return false;
   s.tellEngineSelf();
-  return true;
+  return s.startWorkers(err);
 }
 
 void Server::drain(int64_t graceMs, std::function<void()> done) {
@@ -334,6 +401,7 @@ void Server::drain(int64_t graceMs, std::function<void()> done) {
   if (s.draining) return;
   s.draining = true;
   for (auto& l : s.listeners) l->close();
+  if (s.workers) s.workers->drain();
   std::vector<Impl::Sniff*> sniffs;
   for (auto& [sn, owned] : s.sniffing) sniffs.push_back(sn);
   for (Impl::Sniff* sn : sniffs) s.dropSniff(sn);

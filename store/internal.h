@@ -38,6 +38,63 @@ struct BlockId {
   auto operator<=>(const BlockId&) const = default;
 };
 
+/// Blocks being evicted or dropped ("leaving") and blocks being read
+/// ("pinned"), shared by the loop and the front-end worker threads (issue
+/// 14): every access takes the mutex, and each check-and-claim is one call,
+/// so a worker's pin and the loop's choice of a victim never interleave.
+class PinTable {
+ public:
+  bool leaving(const BlockId& b) const {
+    std::lock_guard<std::mutex> g(mu_);
+    return leaving_.count(b) > 0;
+  }
+  void stay(const BlockId& b) {
+    std::lock_guard<std::mutex> g(mu_);
+    leaving_.erase(b);
+  }
+  bool pinned(const BlockId& b) const {
+    std::lock_guard<std::mutex> g(mu_);
+    return pins_.count(b) > 0;
+  }
+  void pin(const BlockId& b) {
+    std::lock_guard<std::mutex> g(mu_);
+    pins_[b]++;
+  }
+  /// A worker's pin: refused (false) when the block is leaving.
+  bool pinIfStaying(const BlockId& b) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (leaving_.count(b)) return false;
+    pins_[b]++;
+    return true;
+  }
+  /// True when that was the block's last pin.
+  bool unpin(const BlockId& b) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = pins_.find(b);
+    if (it == pins_.end() || --it->second > 0) return false;
+    pins_.erase(it);
+    return true;
+  }
+  /// Eviction: marks the block leaving unless it is pinned or leaving already.
+  bool claim(const BlockId& b) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (pins_.count(b) || leaving_.count(b)) return false;
+    leaving_.insert(b);
+    return true;
+  }
+  /// A drop: marks the block leaving; whether it is pinned now.
+  bool leaveAndPinned(const BlockId& b) {
+    std::lock_guard<std::mutex> g(mu_);
+    leaving_.insert(b);
+    return pins_.count(b) > 0;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::set<BlockId> leaving_;
+  std::map<BlockId, int> pins_;
+};
+
 /// An open data file, shared by the loop (reads) and the disk thread (writes).
 struct DataFile {
   int fd = -1;
@@ -160,8 +217,7 @@ struct Store::Impl {
   uint64_t objects = 0, blocks = 0;
   uint64_t evicted = 0, dropped = 0;
   std::map<Key, std::optional<ObjectMeta>> pendingObjects;  // queued, not yet committed
-  std::set<BlockId> leaving;                                // being evicted or dropped
-  std::map<BlockId, int> pins;
+  PinTable pins;  // leaving (being evicted or dropped) and pinned blocks; shared with workers
   std::map<const Store::Writer*, std::unique_ptr<Store::Writer>> writers;  // filling
   std::multimap<BlockId, std::unique_ptr<Store::Writer>> deferredAbandon;  // punched when unpinned
   std::multimap<BlockId, Op> deferredPunch;                // dropped blocks, punched when unpinned
@@ -180,6 +236,16 @@ struct Store::Impl {
   bool wantDrained = false;
   int64_t overheadAtMs = 0;  // monotonic
   uint64_t overhead = 0;
+
+  // ---- shared with the front-end workers (WarmReader, store/warm.cc)
+  std::mutex fromWorkersMu;
+  std::vector<BlockId> workerUnpinned;                          // last pins a worker let go
+  std::vector<std::tuple<Key, uint64_t, uint32_t>> workerCorrupt;  // pages a worker found bad
+  EventPtr fromWorkersEv;  // activated by a worker; runs workerNotes() on the loop
+  void workerNotes();
+  void afterLastPin(const BlockId& b);
+  void unpinFromWorker(const BlockId& b);
+  void reportCorrupt(const Key& k, uint64_t gen, uint32_t idx);
 
   // ---- shared with the disk thread
   std::mutex mu;

@@ -102,7 +102,7 @@ bool Store::Impl::sendfileSegment(int fd, const Key& k, uint64_t gen, uint32_t i
       close(d);
       return false;
     }
-    pins[{k, idx}]++;
+    pins.pin({k, idx});
     evbuffer_file_segment_add_cleanup_cb(
         seg,
         [](const evbuffer_file_segment*, int, void* arg) {
@@ -147,7 +147,7 @@ bool Store::Impl::loadBlock(const Key& k, uint32_t idx, BlockRecord* r) {
 ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
                        evbuffer* out) {
   Impl& s = *impl_;
-  if (s.leaving.count({k, idx})) return ReadResult::Missing;
+  if (s.pins.leaving({k, idx})) return ReadResult::Missing;
   BlockRecord r;
   if (!s.loadBlock(k, idx, &r) || r.generation != m.generation) return ReadResult::Missing;
   if (len == 0) return ReadResult::Ok;
@@ -203,12 +203,12 @@ void Store::Impl::dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, c
                               const std::string& why) {
   verified.erase({k, m.generation, idx});
   dropped++;
-  leaving.insert({k, idx});
+  bool pinned = pins.leaveAndPinned({k, idx});
   if (used >= r.length) used -= r.length;
   if (blocks) blocks--;
   Op op{OpKind::Drop};
   op.victims.push_back({k, m.generation, idx, r.length, m.blockSize});
-  if (pins.count({k, idx})) {
+  if (pinned) {
     // Verified pages of it may be queued for sendfile to other clients:
     // unlist it now, punch once they are out (or never, if it is fetched
     // again first — beginBlock cancels this).

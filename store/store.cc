@@ -77,6 +77,9 @@ std::unique_ptr<Store> Store::open(const conf::Cache& cfg, event_base* base, con
     static_cast<Impl*>(arg)->completions();
   }, &s));
   event_add(s.doneEv.get(), nullptr);
+  s.fromWorkersEv.reset(event_new(base, -1, 0, [](evutil_socket_t, short, void* arg) {
+    static_cast<Impl*>(arg)->workerNotes();
+  }, &s));
   s.touchTimer.reset(event_new(base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
     static_cast<Impl*>(arg)->flushTouches();
   }, &s));
@@ -143,7 +146,7 @@ void Store::Impl::completions() {
           // The listed bytes it deleted no longer count (evicted or dropped
           // ones were already subtracted when they were chosen).
           for (const Victim& v : op.victims) {
-            if (leaving.count({v.key, v.idx})) continue;
+            if (pins.leaving({v.key, v.idx})) continue;
             used -= std::min<uint64_t>(used, v.length);
             if (blocks) blocks--;
           }
@@ -159,10 +162,10 @@ void Store::Impl::completions() {
         }
         break;
       case OpKind::Evict:
-        for (const Victim& v : op.victims) leaving.erase({v.key, v.idx});
+        for (const Victim& v : op.victims) pins.stay({v.key, v.idx});
         break;
       case OpKind::Drop:
-        for (const Victim& v : op.victims) leaving.erase({v.key, v.idx});
+        for (const Victim& v : op.victims) pins.stay({v.key, v.idx});
         break;
       default:
         break;
@@ -242,7 +245,7 @@ void Store::invalidate(const Key& k, uint64_t generation) {
 
 bool Store::present(const Key& k, uint64_t gen, uint32_t idx) {
   Impl& s = *impl_;
-  if (s.leaving.count({k, idx})) return false;
+  if (s.pins.leaving({k, idx})) return false;
   BlockRecord r;
   return s.loadBlock(k, idx, &r) && r.generation == gen;
 }
@@ -262,7 +265,7 @@ uint32_t Store::countPresent(const Key& k, uint64_t gen, uint32_t first, uint32_
       uint32_t idx = BlockKey::index(kv);
       if (idx > last) break;
       BlockRecord r;
-      if (decodeBlock(view(v), &r) && r.generation == gen && !s.leaving.count({k, idx})) n++;
+      if (decodeBlock(view(v), &r) && r.generation == gen && !s.pins.leaving({k, idx})) n++;
     }
   }
   s.endRead();
@@ -281,13 +284,18 @@ void Store::Impl::flushTouches() {
   enqueue(std::move(op));
 }
 
-void Store::pin(const Key& k, uint32_t idx) { impl_->pins[{k, idx}]++; }
+void Store::pin(const Key& k, uint32_t idx) { impl_->pins.pin({k, idx}); }
 
 void Store::unpin(const Key& k, uint32_t idx) {
-  Impl& s = *impl_;
-  auto it = s.pins.find({k, idx});
-  if (it == s.pins.end() || --it->second > 0) return;
-  s.pins.erase(it);
+  if (impl_->pins.unpin({k, idx})) impl_->afterLastPin({k, idx});
+}
+
+// The block's last pin went: what waited for it (a punch of a dropped
+// block, an abandoned fill's writer) goes to the disk thread now.
+void Store::Impl::afterLastPin(const BlockId& b) {
+  Impl& s = *this;
+  const Key& k = b.key;
+  uint32_t idx = b.idx;
   auto range = s.deferredAbandon.equal_range({k, idx});
   for (auto d = range.first; d != range.second; ++d) {
     Op op{OpKind::Abandon};
@@ -329,15 +337,16 @@ uint64_t Store::Impl::evict(uint64_t need) {
       if (k.mv_size != 28 || !decodeLru(view(v), &lv)) continue;
       Key key = LruKey::object(k);
       uint32_t idx = LruKey::index(k);
-      if (pins.count({key, idx}) || leaving.count({key, idx})) continue;
       if (touches.count({key, lv.generation, idx})) continue;  // just read: not least valuable
+      // Marks it leaving in the same step that finds it unpinned: a worker
+      // thread cannot pin it in between.
+      if (!pins.claim({key, idx})) continue;
       op.victims.push_back({key, lv.generation, idx, lv.length, 0});
       freed += lv.length;
     }
   }
   endRead();
   if (op.victims.empty()) return 0;
-  for (const Victim& vic : op.victims) leaving.insert({vic.key, vic.idx});
   used -= std::min(used, freed);
   blocks -= std::min<uint64_t>(blocks, op.victims.size());
   evicted += op.victims.size();
@@ -439,7 +448,7 @@ void Store::commit(Writer* w, uint64_t requestId, std::function<void(bool)> done
 void Store::abandon(Writer* w) {
   Impl& s = *impl_;
   s.reserved -= std::min<uint64_t>(s.reserved, w->length);
-  if (s.pins.count({w->key, w->idx})) {
+  if (s.pins.pinned({w->key, w->idx})) {
     // Bytes of it may still be queued for sendfile: punch once they are out.
     s.deferredAbandon.emplace(BlockId{w->key, w->idx}, s.takeWriter(w));
     return;

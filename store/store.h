@@ -221,11 +221,46 @@ class Store {
   /// holds (or will hold) the cache: then nothing can ever be stored.
   static std::optional<std::string> minFreeProblem(const conf::Cache& cfg);
 
+  /// The read path for one front-end worker thread (issue 14; WarmReader).
+  std::unique_ptr<class WarmReader> warmReader();
+
   struct Impl;
 
  private:
   explicit Store(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+};
+
+/// The store's read path for one front-end worker thread (issue 14). Only
+/// reads, and only of listed blocks: its own LMDB read transaction (the
+/// environment is MDB_NOTLS), its own descriptors of the data files, its own
+/// record of verified pages (checked on first read per page and epoch, as
+/// the loop does) and its own sendfile segments. Pins and the blocks being
+/// evicted are shared with the loop (a mutex): a block is pinned before its
+/// listing is read, so it cannot be evicted or punched while it is served.
+/// A page that fails its checksum is not served and is reported to the loop,
+/// which drops the block. Create on the loop; use on one thread only.
+class WarmReader {
+ public:
+  ~WarmReader();
+  WarmReader(const WarmReader&) = delete;
+  WarmReader& operator=(const WarmReader&) = delete;
+  /// The object's committed version (the loop's queued changes are not
+  /// seen: a version being dropped may show here for a few milliseconds).
+  std::optional<ObjectMeta> lookup(const Key& k);
+  /// Every block in [first, last] is listed for `gen` and not leaving.
+  bool allPresent(const Key& k, uint64_t gen, uint32_t first, uint32_t last);
+  /// As Store::read, for a listed block: Missing when it is not (any more).
+  ReadResult read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
+                  evbuffer* out);
+  /// Lets go of kept sendfile segments older than a second (call it often).
+  void sweep(int64_t monoMs);
+
+ private:
+  friend class Store;
+  struct State;
+  explicit WarmReader(std::unique_ptr<State> s);
+  std::unique_ptr<State> s_;
 };
 
 }  // namespace slip::store

@@ -396,6 +396,10 @@ class Gateway:
         # in parallel would refuse each other's cache directory (DirLock).
         if "[cache]" not in text:
             text += "\n[cache]\ndir = %s\n" % self.cache_dir
+        # SLIP_TEST_WORKERS=2 runs a suite with front-end worker threads (issue
+        # 14; e.g. the cache tests under ThreadSanitizer), unless a test sets them.
+        if os.environ.get("SLIP_TEST_WORKERS") and not re.search(r"(?m)^workers\s*=", text):
+            text = text.replace("[server]", "[server]\nworkers = %s" % os.environ["SLIP_TEST_WORKERS"], 1)
         self.ini = os.path.join(self.dir, "slipstream.ini")
         with open(self.ini, "w") as f:
             f.write(text)

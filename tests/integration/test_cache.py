@@ -215,6 +215,8 @@ class StreamingClient(threading.Thread):
 class BlockCache(GatewayTest):
     """Cache behaviour against a real nginx origin."""
 
+    server = ""  # extra [server] lines (test_workers runs some of these with workers = 2)
+
     def setUp(self):
         super().setUp()
         self.root = os.path.join(self.tmp, "www")
@@ -228,7 +230,8 @@ class BlockCache(GatewayTest):
     def start(self, limit_rate=None, block_size="1M", max_size="1G", mount_extra="", extra_cache=""):
         self.origin = self.nginx(self.root, picky=True, limit_rate=limit_rate)
         self.gw = self.gateway(cache_ini(self.http_mount("m", self.origin.url(), extra=mount_extra),
-                                         block_size=block_size, max_size=max_size, extra_cache=extra_cache))
+                                         block_size=block_size, max_size=max_size, extra_cache=extra_cache,
+                                         server=self.server))
         return self.gw
 
     def assert_picky_ok(self, entries):

@@ -13,7 +13,7 @@ using namespace conf_test;
 namespace {
 
 const char* kBase =
-    "[server]\nrole = main\nstate_dir = /tmp/a\nsign_secret = s1\n"
+    "[server]\nrole = main\nstate_dir = /tmp/a\nsign_secret = s1\nworkers = 1\n"
     "[cache]\ndir = /tmp/c1\nmax_size = 2G\nmin_free = 1G\nblock_size = 1M\n"
     "[mount m]\nsource = http\nbase_url = http://127.0.0.1:1/\n";
 
@@ -29,6 +29,7 @@ TEST_CASE("reload: restart keys are named and keep their running values", "[conf
   const Row rows[] = {
       {"[server] role", "role = main", "role = edge"},
       {"[server] state_dir", "state_dir = /tmp/a", "state_dir = /tmp/b"},
+      {"[server] workers", "workers = 1", "workers = auto"},
       {"[cache] dir", "dir = /tmp/c1", "dir = /tmp/c2"},
       {"[cache] max_size", "max_size = 2G", "max_size = 3G"},
       {"[cache] min_free", "min_free = 1G", "min_free = 2G"},
