@@ -22,7 +22,8 @@ void checkOne(std::string_view name) {
   FUZZ_ASSERT(e->begin < e->end && e->end <= base.size());
   FUZZ_ASSERT(e->episode >= 0 && e->episode <= 9999 && e->last >= e->episode && e->last <= 9999);
   FUZZ_ASSERT(e->season >= -1 && e->season <= 9999);
-  FUZZ_ASSERT(again->begin == e->begin && again->episode == e->episode && again->season == e->season);
+  FUZZ_ASSERT(again->begin == e->begin && again->episode == e->episode &&
+              again->season == e->season);
   FUZZ_ASSERT(episodeFormName(e->form)[0] != '?');
 }
 
