@@ -156,6 +156,7 @@ struct Mount {
   int64_t linkTtlMs = 0;                 // 0 = source default
   LinkBind linkBind = LinkBind::None;
   int64_t listTtlMs = 60'000;            // local, alist: folder listings are reused this long
+  int nextEpisode = 0;                   // % of an episode read that warms the next one; 0 = off
   // aliyundrive_open
   std::string account;                   // the [account NAME] it uses
   int accountIndex = -1;                 // index in Config::accounts, set by the loader
@@ -183,6 +184,7 @@ struct Rule {
   std::optional<int64_t> connections;
   std::optional<bool> cache;
   std::optional<bool> mediaPrefetch;
+  std::optional<int> nextEpisode;        // % (0 = off); unset = the mount's
 };
 
 struct Config {

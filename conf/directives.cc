@@ -74,6 +74,25 @@ bool workerCount(V v, std::string* why) {
   return false;
 }
 
+// `next_episode`: off, on (80 %) or a share of the file, 1%..99%.
+int episodeShare(std::string_view v) {
+  if (v == "off") return 0;
+  if (v == "on") return 80;
+  if (v.size() < 2 || v.size() > 3 || v.back() != '%') return -1;
+  int n = 0;
+  for (char ch : v.substr(0, v.size() - 1)) {
+    if (ch < '0' || ch > '9') return -1;
+    n = n * 10 + (ch - '0');
+  }
+  return n >= 1 && n <= 99 ? n : -1;
+}
+
+bool episodeShareValue(V v, std::string* why) {
+  if (episodeShare(v.text) >= 0) return true;
+  *why = "must be off, on (80%) or a share like 75% (1%..99%): '" + v.text + "'";
+  return false;
+}
+
 bool passwordHash(V v, std::string* why) { return checkPasswordHash(v.text, why); }
 
 bool nonEmpty(V v, std::string* why) {
@@ -429,6 +448,13 @@ std::vector<Directive> makeTable() {
        .doc = "Reuse a folder listing this long (WebDAV, strm export); aliyundrive_open: the "
               "account's list_ttl.",
        .apply = [](Config& c, V v) { mount(c).listTtlMs = v.num; }},
+      {.section = S::Mount, .name = "next_episode", .type = T::String, .def = "off",
+       .units = "off, on, 1%..99%", .sources = kAlist | kAliyun,
+       .doc = "When a client has read this share of an episode (S01E03, 1x03, EP03, E03, 第3集, …), "
+              "warm the next one of its folder: its head and media index, as background work that "
+              "yields to clients; on = 80%.",
+       .apply = [](Config& c, V v) { mount(c).nextEpisode = episodeShare(v.text); },
+       .check = episodeShareValue},
 
       // ------------------------------------------------------------ [rule NAME]
       {.section = S::Rule, .name = "mount", .type = T::List,
@@ -480,6 +506,10 @@ std::vector<Directive> makeTable() {
       {.section = S::Rule, .name = "media_prefetch", .type = T::Bool,
        .doc = "off: no index prefetch for matching files; on: the mount's media_prefetch (4M when it is 0).",
        .apply = [](Config& c, V v) { rule(c).mediaPrefetch = v.num != 0; }},
+      {.section = S::Rule, .name = "next_episode", .type = T::String, .units = "off, on, 1%..99%",
+       .doc = "Overrides the mount's next_episode for matching files (off, on = 80%, or a share).",
+       .apply = [](Config& c, V v) { rule(c).nextEpisode = episodeShare(v.text); },
+       .check = episodeShareValue},
   };
 }
 // clang-format on

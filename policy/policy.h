@@ -313,6 +313,7 @@ struct Decision {
   bool cache = true;
   bool needsSize = false;       // a rule's size condition could not be tested: probe, then decide again
   int64_t mediaPrefetch = 0;    // bytes of a media file's index region fetched with its head; 0 = off
+  int nextEpisode = 0;          // % of an episode read that warms the next one; 0 = off
 };
 
 /// Compiled rules: regexes compiled once at load.
@@ -674,5 +675,42 @@ struct MediaIndex {
 /// Every returned range is within the file and at most `maxBytes` long.
 MediaIndex locateMediaIndex(uint64_t fileSize, std::string_view head,
                             uint64_t maxBytes = kMediaIndexMaxBytes);
+
+// ---------------------------------------------------------------- episodes
+// The next episode, warmed ahead (issue 13 item 4): which file names mark an
+// episode of a series, and which file of a folder comes next.
+
+/// An episode marker in a file name.
+struct Episode {
+  enum class Form {
+    SeasonEpisode,  // S01E03, s1e3, S01.E03, S01E03E04, S01E03-E05
+    Cross,          // 1x03, 01x103
+    Ep,             // EP03, Ep.3, ep 12
+    E,              // E03
+    Cjk,            // 第3集, 第03话, 第十二話, 第5回
+    Dash,           // "[Group] Title - 03 [1080p]", "Title - 12v2.mkv"
+  };
+  Form form = Form::E;
+  int season = -1;   // -1: the name does not say
+  int episode = 0;   // the first episode the file holds
+  int last = 0;      // the last one (S01E03E04: 4), else == episode
+  size_t begin = 0, end = 0;  // the marker's bytes in the name (its last segment)
+};
+const char* episodeFormName(Episode::Form f);
+
+/// The episode marker of a file name (the last segment of `name`). A marker
+/// stands apart from the words and numbers around it: 1920x1080, 5x5, HEVC,
+/// x264, DDP5.1, 2019 and 1080p are not episodes. When a name has several,
+/// the most telling form wins (the order of Form), then the first. Pure,
+/// linear in the name's length, never reads outside it.
+std::optional<Episode> parseEpisode(std::string_view name);
+
+/// The file to warm after `current` (a path or a name) among `names` (one
+/// folder's files): the smallest (season, episode) after current's last
+/// episode, preferring the same series (the text before the marker) and
+/// the same extension; only audio and video files. Seasons are compared
+/// when both names say one, else the same season is assumed. nullopt when
+/// current is no episode or nothing comes after it.
+std::optional<size_t> nextEpisode(std::string_view current, const std::vector<std::string>& names);
 
 }  // namespace slip::policy

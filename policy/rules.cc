@@ -226,6 +226,7 @@ Decision RuleSet::explain(const conf::Config& cfg, const RequestFacts& facts,
                       : mount.mediaPrefetch > 0         ? mount.mediaPrefetch
                       : hit->mediaPrefetch            ? static_cast<int64_t>(kMediaIndexMaxBytes)
                                                         : 0;
+    d.nextEpisode = hit->nextEpisode.value_or(mount.nextEpisode);
     from = "rule " + hit->name + " action " + conf::deliveryName(hit->action);
   } else {
     d.delivery = resolve(mount.delivery, facts.route, traits[facts.mountIndex], &note);
@@ -233,6 +234,7 @@ Decision RuleSet::explain(const conf::Config& cfg, const RequestFacts& facts,
     d.connections = mount.connections;
     d.cache = mount.cache;
     d.mediaPrefetch = mount.mediaPrefetch;
+    d.nextEpisode = mount.nextEpisode;
     from = "mount " + mount.name + " delivery " + conf::deliveryName(mount.delivery);
   }
   if (d.delivery != conf::Delivery::ProxyUrl) {

@@ -226,6 +226,15 @@ std::string Server::Impl::metrics() const {
          static_cast<uint64_t>(std::max(0, st.activeTransfers)));
   metric("slipstream_fill_preemptions_total", "counter",
          "Background (prefetch) pieces stopped so that a playing client got the connection.", st.preemptions);
+  const EpisodeWarmer::Counters& ep = episodes.counters();
+  metric("slipstream_next_episode_started_total", "counter",
+         "Next episodes whose warming (head and media index) started.", ep.started);
+  metric("slipstream_next_episode_warmed_total", "counter",
+         "Next episodes warmed: head and media index stored.", ep.warmed);
+  metric("slipstream_next_episode_failed_total", "counter", "Next-episode warmings that failed.", ep.failed);
+  metric("slipstream_next_episode_skipped_total", "counter",
+         "Next episodes not warmed: no listing, a rule that does not cache them, too many running.",
+         ep.skipped);
   metric("slipstream_link_resolutions_total", "counter", "Links resolved by sources.", st.linkResolutions);
   metric("slipstream_cancelled_blocks_total", "counter",
          "Block fetches stopped because no reader wanted them any more (a seek, a client gone).",

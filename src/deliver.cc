@@ -106,6 +106,10 @@ void Server::Impl::deliver(Exchange& ex, policy::RequestFacts facts, proxy::Requ
                       "");
   }
   preq.decision = d;
+  // The next episode: only for what the cache keeps, and names that are episodes.
+  if (d.nextEpisode > 0 && d.cache && d.delivery == conf::Delivery::Proxy && !preq.head &&
+      policy::parseEpisode(preq.rest))
+    ex.nextEpisodeShare = d.nextEpisode;
   ex.job = engine.start(preq, &ex);
 }
 

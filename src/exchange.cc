@@ -213,9 +213,11 @@ void Exchange::sendHeaders(int status, const proxy::Headers& headers) {
           slash != std::string_view::npos && slash > dash) {
         rangeBegin_ = number(v.substr(sp + 1, dash - sp - 1));
         rangeEnd_ = number(v.substr(dash + 1, slash - dash - 1)) + 1;
+        objectSize_ = number(v.substr(slash + 1));
       }
     }
   }
+  if (status == 200) objectSize_ = rangeEnd_;
   entry_.status = status;
   headersSent_ = true;
   entry_.ttfbMs = sinceStartMs();

@@ -115,6 +115,8 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   /// Content-Length); end 0 before the head.
   uint64_t rangeBegin() const { return rangeBegin_; }
   uint64_t rangeEnd() const { return rangeEnd_; }
+  /// The whole object's size (Content-Range's, or a 200's Content-Length); 0 = unknown.
+  uint64_t objectSize() const { return objectSize_; }
   /// Body bytes written towards the client (queued ones not counted).
   uint64_t bytesWritten() const;
   int64_t startedWallMs() const { return startWallMs_; }
@@ -124,6 +126,12 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   /// The configuration this request is answered with (the one current when
   /// it arrived): a reload while it runs changes nothing for it.
   std::shared_ptr<const Generation> gen;
+
+  /// The next episode (src/episodes.h): the share of this episode that,
+  /// once read, warms the next one (0 = not an episode or off), and
+  /// whether that was looked at already.
+  int nextEpisodeShare = 0;
+  bool episodeChecked = false;
 
   /// The job producing the response. Jobs replaced (a size probe followed by
   /// the delivery) live on until the exchange is freed: never freed inside
@@ -173,7 +181,7 @@ class Exchange final : public proxy::Sink, public http::ResponseHandler {
   std::string path_;
   int mount_ = -1;
   std::string virtualPath_, rest_;
-  uint64_t rangeBegin_ = 0, rangeEnd_ = 0;
+  uint64_t rangeBegin_ = 0, rangeEnd_ = 0, objectSize_ = 0;
   int64_t startWallMs_ = 0;
   SpeedMeter speed_;
   ExState state_ = ExState::Parsing;

@@ -15,6 +15,7 @@
 #include "conf/worker.h"
 #include "src/access_log.h"
 #include "src/auth.h"
+#include "src/episodes.h"
 #include "src/exchange.h"
 #include "src/http_conn.h"
 #include "src/listener.h"
@@ -137,6 +138,7 @@ struct Server::Impl final : http::ConnHost, ExchangeHost {
   std::map<std::string, MountFigures> mountFigures;  // by mount name (they outlive a reload)
   std::unique_ptr<admin::AdminContext> adminCtx;  // the API's view of this server
   PrefetchRegistry prefetches{clock};             // POST /-/api/v1/prefetch jobs
+  EpisodeWarmer episodes{engine, clock, life, shared.nextId};  // the next episode, warmed ahead
   // Responses through the block cache by X-Cache: HIT, and MISS or PARTIAL
   // (a PARTIAL's stored part is not told apart).
   uint64_t hitRequests = 0, missRequests = 0, hitBytesOut = 0, missBytesOut = 0;

@@ -81,6 +81,7 @@ void Server::Impl::applyConnLimits(const conf::Server& s) {
 
 Server::Impl::~Impl() {
   workers.reset();  // the threads stop first: nothing of theirs reaches this loop any more
+  draining = true;  // requests that end now start nothing (a next episode's warming)
   // Requests still running at exit: their clients count as gone.
   std::vector<http::Conn*> open;
   for (auto& [c, owned] : conns) open.push_back(c);
@@ -234,6 +235,7 @@ void Server::Impl::retire(Exchange& ex) {
   byStatus[e.status]++;
   if (ex.failure() != Reason::None) failures[policy::reasonCode(ex.failure())]++;
   noteOutcome(ex);
+  if (!draining) episodes.check(ex);
   accessLog.write(e);
   if (conf::Log::enabled(conf::LogLevel::Debug))
     conf::Log::write(conf::LogLevel::Debug, "request_trail",
@@ -377,8 +379,12 @@ bool Server::start(std::string* err) {
   s.speedTimer = event_new(s.base, -1, EV_PERSIST, [](evutil_socket_t, short, void* arg) {
     auto* impl = static_cast<Impl*>(arg);
     int64_t now = impl->clock.monoNs();
-    for (auto& [ex, owned] : impl->active) ex->speed().sample(now, ex->bytesWritten());
+    for (auto& [ex, owned] : impl->active) {
+      ex->speed().sample(now, ex->bytesWritten());
+      impl->episodes.check(*ex);
+    }
     impl->prefetches.sample(now);
+    impl->episodes.sample();
   }, &s);
   timeval speedTv{0, 500'000};
   event_add(s.speedTimer, &speedTv);

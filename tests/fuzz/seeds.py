@@ -77,6 +77,15 @@ SEEDS = {
         b'{"ok":false,"refused":true,"status":401,"code":"InvalidParameter.RefreshToken",'
         b'"message":"refresh token is invalid"}',
         b"2024-05-01T10:00:00.000Z", b"2024-05-01T10:00:00+00:00"],
+    # The current name, then the folder's names, one a line.
+    "episode": [
+        b"Show.S01E03.1080p.mkv\nShow.S01E01.mkv\nShow.S01E04.mkv\nShow.S01E04.srt\nShow.S02E01.mkv",
+        b"show.s1e3.mkv\nshow.s1e4.mkv", b"Show 1x03.avi\nShow 1x04.avi\nMovie 1920x1080.mkv",
+        b"Show EP03.mkv\nShow Ep.04.mkv\nShow E05.mkv", b"Show.S01E03E04.mkv\nShow.S01E05-E06.mkv",
+        "\u5c55\u662d \u7b2c3\u96c6.mp4\n\u5c55\u662d \u7b2c4\u96c6.mp4\n"
+        "\u7b2c\u5341\u4e8c\u8bdd.mkv\n\u7b2c\u4e00\u767e\u96f6\u4e94\u96c6.mp4".encode(),
+        b"[Group] Title - 03 [1080p].mkv\n[Group] Title - 04v2 [1080p].mkv",
+        b"/films/Season 1/Show.S01E09.mkv\n/films/Season 1/Show.S01E10.mkv"],
 }
 
 
