@@ -117,6 +117,7 @@ void CurlMulti::add(Transfer* t) {
     return;
   }
   t->added_ = true;
+  attached_++;
 }
 
 void CurlMulti::remove(Transfer* t) {
@@ -124,6 +125,7 @@ void CurlMulti::remove(Transfer* t) {
   if (!t->added_) return;
   curl_multi_remove_handle(multi_, t->easy_);
   t->added_ = false;
+  attached_--;
 }
 
 // ------------------------------------------------------------------ Transfer

@@ -40,7 +40,9 @@ class CurlMulti {
   void defer(std::function<void()> fn);
   bool insideCurl() const { return depth_ > 0; }
   event_base* base() const { return base_; }
-  int running() const { return running_; }
+  /// Transfers added to curl and not yet removed (curl's own running count
+  /// is only refreshed when it acts, so it lags behind removals).
+  int running() const { return attached_; }
   /// The connection pools every download transfer is admitted through.
   Admission& admission() { return admission_; }
   const Admission& admission() const { return admission_; }
@@ -68,6 +70,7 @@ class CurlMulti {
   Trigger deferEv_;   // runs deferred_ once curl returned
   int depth_ = 0;
   int running_ = 0;
+  int attached_ = 0;
   std::vector<std::function<void()>> deferred_;
   Admission admission_;
 };
