@@ -157,8 +157,12 @@ class StracedGateway(Gateway):
         self.trace = os.path.join(self.dir, "openat.trace")
         self.errf = open(self.err_log, "ab")
         self._err_offset = os.path.getsize(self.err_log)
+        env = dict(os.environ)
+        if env.get("ASAN_OPTIONS"):
+            env["ASAN_OPTIONS"] += ":detect_leaks=0"  # LeakSanitizer cannot run under ptrace
         self.proc = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=openat", "-o", self.trace,
-                                      BIN, "run", "-c", self.ini], stdout=subprocess.DEVNULL, stderr=self.errf)
+                                      BIN, "run", "-c", self.ini], stdout=subprocess.DEVNULL, stderr=self.errf,
+                                     env=env)
         m = wait_until(self._listening, 30, what="gateway to listen")
         self.port = int(m.group(1))
 
