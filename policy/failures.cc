@@ -156,7 +156,6 @@ bool isSelf(const std::string& host, int port, const std::vector<std::string>& s
     auto a = parseAddress(sh), b = parseAddress(host);
     if (a && b && *a == *b) return true;
     if ((sh == "0.0.0.0" || sh == "::") && loopbackName(host)) return true;
-    if (host == "localhost" && loopbackName(sh)) return true;  // resolves to the loopback listener
   }
   return false;
 }

@@ -72,7 +72,6 @@ class LinkChecksTest(GatewayTest):
             "/meta.bin": "http://169.254.169.254/latest/meta-data/",
             "/meta6.bin": "http://[fe80::1]/x",
             "/self.bin": "http://127.0.0.1:%d/-/metrics" % gw.port,
-            "/selfname.bin": "http://localhost:%d/-/metrics" % gw.port,
             "/ctl.bin": good + "\x01",
             "/nohost.bin": "http:///ok/f.bin",
             "/ftp.bin": good.replace("http://", "ftp://"),
