@@ -4,6 +4,7 @@
 #   make SAN=1      the same with ASan+UBSan, in build/san/
 #   make SAN=thread the same with ThreadSanitizer, in build/tsan/
 #   make test       install missing Debian packages, build, run every test
+#   make test-san   the unit, fuzz smoke and integration tests with ASan+UBSan
 #   make demo       the main job end to end on loopback
 #   make run        the gateway on conf/slipstream.ini
 #   make bench      the benchmark against the peers (scripts/bench)
@@ -19,7 +20,7 @@ OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=thread -Wno-maybe-uninitia
 HARDEN   :=
 else ifeq ($(SAN),1)
 BUILD    := build/san
-OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-maybe-uninitialized
+OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -Wno-maybe-uninitialized
 HARDEN   :=
 else
 BUILD    := build
@@ -56,7 +57,7 @@ UNIT     := $(BUILD)/unit_tests
 RELAY    := $(BUILD)/ratelimit_relay
 BENCH_TABLES := main player https peers fast rss
 
-.PHONY: all deps test unit integration demo run bench $(addprefix bench-,$(BENCH_TABLES)) clean format fuzz fuzz-build fuzz-smoke deb fnlen
+.PHONY: all deps test test-san unit integration demo run bench $(addprefix bench-,$(BENCH_TABLES)) clean format fuzz fuzz-build fuzz-smoke deb fnlen
 all: $(BIN)
 
 deps:
@@ -101,6 +102,26 @@ test: deps
 
 unit: $(UNIT)
 	$(UNIT)
+
+# The same tests with AddressSanitizer and UndefinedBehaviorSanitizer
+# (float-cast-overflow included, every report fatal, leaks too): the unit
+# tests and the integration suite against build/san/, and the fuzz smoke
+# (its targets are always sanitized). The integration runner fails the test
+# during which any sanitized process wrote a report (SAN_LOGS, log_path);
+# RSS bounds scale for ASan (SLIP_SANITIZER, harness.rss_limit).
+SAN_LOGS := build/san/reports
+ASAN_OPTS := halt_on_error=1:detect_leaks=1:quarantine_size_mb=16
+UBSAN_OPTS := halt_on_error=1:print_stacktrace=1
+SAN_OPTS := ASAN_OPTIONS=$(ASAN_OPTS) UBSAN_OPTIONS=$(UBSAN_OPTS)
+test-san: deps
+	@$(MAKE) --no-print-directory SAN=1 -j$$(nproc) build/san/slipstream build/san/unit_tests
+	@$(MAKE) --no-print-directory -j$$(nproc) fuzz-build
+	$(SAN_OPTS) build/san/unit_tests
+	@$(MAKE) --no-print-directory fuzz-smoke
+	@rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	ASAN_OPTIONS=$(ASAN_OPTS):log_path=$(CURDIR)/$(SAN_LOGS)/asan \
+	  UBSAN_OPTIONS=$(UBSAN_OPTS):log_path=$(CURDIR)/$(SAN_LOGS)/ubsan \
+	  SLIP_SAN_LOG_DIR=$(CURDIR)/$(SAN_LOGS) SLIP_SANITIZER=1 python3 tests/integration/run.py --bin build/san/slipstream
 
 integration: $(BIN)
 	python3 tests/integration/run.py --bin $(BIN)

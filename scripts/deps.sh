@@ -20,6 +20,8 @@ pkgs=(
   node-llhttp
   # tests and demo: a real nginx origin, real clients, the test runner
   nginx curl wget aria2 python3 openssl procps iproute2 lmdb-utils ffmpeg
+  # test_upstream_tls.py counts the CA files the gateway opens (issue 9 #19)
+  strace
   # WebDAV clients and the conformance suite (tests/integration/test_dav.py)
   rclone litmus
   # the status page's browser test

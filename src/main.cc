@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -166,6 +167,8 @@ int run(std::shared_ptr<const conf::Config> cfgPtr, const Clock& clock) {
   event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
   event_base* base = event_base_new_with_config(ecfg);
   event_config_free(ecfg);
+  // Freed last, after the store, engine and server, on every way out.
+  std::unique_ptr<event_base, decltype(&event_base_free)> baseOwner(base, &event_base_free);
   int rc = 0;
   {
     std::unique_ptr<store::Store> st;
@@ -174,7 +177,6 @@ int run(std::shared_ptr<const conf::Config> cfgPtr, const Clock& clock) {
       st = store::Store::open(cfg.cache, base, clock, &err);
       if (!st) {
         fprintf(stderr, "slipstream: cache: %s\n", err.c_str());
-        event_base_free(base);
         curl_global_cleanup();
         return 1;
       }
@@ -205,7 +207,7 @@ int run(std::shared_ptr<const conf::Config> cfgPtr, const Clock& clock) {
     engine.quiesce();
     conf::Log::write(conf::LogLevel::Info, "stopped", "active=" + std::to_string(server.activeRequests()));
   }
-  event_base_free(base);
+  baseOwner.reset();
   curl_global_cleanup();
   return rc;
 }

@@ -6,6 +6,7 @@ Everything runs on 127.0.0.1, every process is killed at the end, every wait
 has a deadline. Python standard library only.
 """
 
+import gzip
 import hashlib
 import http.client
 import http.server
@@ -15,6 +16,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,20 @@ import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("SLIPSTREAM_BIN", os.path.join(ROOT, "build", "slipstream"))
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+# Set by `make test-san` (the gateway built with ASan/UBSan): ASan's shadow
+# memory and quarantine add to the RSS; tests that bound the RSS compare
+# against rss_limit() instead of being skipped.
+SANITIZER = os.environ.get("SLIP_SANITIZER") == "1"
+
+
+def rss_limit(nbytes):
+    """`nbytes`, or what the same bound is under the sanitizers: ASan keeps
+    freed memory in a quarantine (ASAN_OPTIONS quarantine_size_mb, which
+    `make test-san` sets to 16) and its shadow and allocator metadata cost
+    about as much again as the heap."""
+    return 2 * nbytes + 64 * 1024 * 1024 if SANITIZER else nbytes
+
 
 REFERER = "http://origin.example/"
 USER_AGENT = "SlipTest/1.0"
@@ -585,6 +601,29 @@ class ScriptedOrigin:
       /status/NAME       answers `status_code` (and Retry-After) `status_times`
                          times, then normally
       /deny/NAME         403 after `deny_after` requests until `allow()`
+    The misbehaving-origin table (test_misbehaving.py, issue 9) adds modes
+    that misbehave until `fix(mode)`; "once" ones only on the first request
+    for body bytes (not the 1-byte probe) of each path:
+      /cut/NAME          once: half the body, then a clean close
+      /rst/NAME          once: part of the body, then a TCP RST
+      /cutall/NAME       every body request (the 1-byte probe is spared): the
+                         head, then a close before any body byte
+      /badrange/NAME     once: a 206 whose Content-Range starts one byte late
+      /shortrange/NAME   once: a 206 that ends one byte before what was asked
+      /longrange/NAME    206s that run to the end of the file (more than asked)
+      /gzip/NAME         Content-Encoding: gzip over the range's bytes
+      /gzipbody/NAME     the same, but the 1-byte probe is answered plainly
+      /chunked/NAME      206/200 with Transfer-Encoding: chunked, no length
+      /busy1/NAME        once (any request): 429 Retry-After: 1
+      /busyhuge/NAME     503 Retry-After: 86400
+      /busyabsurd/NAME   503 Retry-After: 99999999999999999
+      /blackhole/NAME    once: reads the request, never answers
+      /trickle/NAME      once: the head, then 4 bytes a second
+      /redirmeta/NAME    302 to http://169.254.169.254/latest/meta-data/
+      /redirfile/NAME    302 to file:///etc/passwd
+      /redirloop/NAME    302 to itself
+      /malformed/NAME    a status line that is not HTTP ("HTTP/1.1 2OO OK")
+      /bigheaders/NAME   100 KiB of response headers
     Every request is recorded: (method, path, range, status, body bytes sent,
     start, end, connection id)."""
 
@@ -606,6 +645,9 @@ class ScriptedOrigin:
         # is answered: a test may add what it saw at that instant (say, what
         # the gateway had logged), for ordering checks without clocks.
         self.on_request = None
+        self.fixed = set()   # misbehaving modes that behave again
+        self.spent = set()   # paths whose "once" misbehaviour happened
+        self.stopping = threading.Event()
         origin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -680,6 +722,9 @@ class ScriptedOrigin:
 
         if data is None:
             return reply(404, [("Content-Length", "0")])
+        if mode in self.MISBEHAVING and mode not in self.fixed:
+            if self._misbehave(h, head, mode, path, rng, data, rec):
+                return
         with self.lock:
             nreq = sum(1 for r in self.requests if r["path"] == path)
         if mode == "status" and nreq < self.status_times:
@@ -690,7 +735,7 @@ class ScriptedOrigin:
         if mode == "deny" and nreq >= self.deny_after:
             return reply(403, [("Content-Length", "0")])
         etag = '"v1-%d"' % len(data)
-        if mode == "etagflip":
+        if mode == "etagflip" and mode not in self.fixed:
             with self.lock:
                 self.etag_counter += 1
                 etag = '"flip-%d"' % (self.etag_counter % 2)
@@ -755,6 +800,158 @@ class ScriptedOrigin:
             return
         reply(status, hdrs, body)
 
+    MISBEHAVING = {"cut", "rst", "cutall", "badrange", "shortrange", "longrange", "gzip", "gzipbody", "chunked", "busy1",
+                   "busyhuge", "busyabsurd", "blackhole", "trickle", "redirmeta", "redirfile",
+                   "redirloop", "malformed", "bigheaders"}
+    ONCE = {"cut", "rst", "badrange", "shortrange", "blackhole", "trickle"}
+
+    def fix(self, mode):
+        """`mode` behaves from now on (a blackhole or trickle in progress ends)."""
+        with self.lock:
+            self.fixed.add(mode)
+
+    def _misbehave(self, h, head, mode, path, rng, data, rec):
+        """Answers one request the way `mode` misbehaves; False to answer
+        normally (a "once" mode already spent, or a probe it spares)."""
+        size = len(data)
+        begin, end, ranged = 0, size, False
+        m = re.match(r"bytes=(\d*)-(\d*)$", rng or "")
+        if m and (m.group(1) or m.group(2)):
+            ranged = True
+            if m.group(1):
+                begin = int(m.group(1))
+                end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+            else:
+                begin = max(0, size - int(m.group(2)))
+        if mode in self.ONCE:
+            if rng == "bytes=0-0":
+                return False  # the 1-byte probe is spared: the body requests misbehave
+            with self.lock:
+                if path in self.spent:
+                    return False
+                self.spent.add(path)
+        if mode == "cutall" and rng == "bytes=0-0":
+            return False
+        if mode == "busy1":
+            with self.lock:
+                if path in self.spent:
+                    return False
+                self.spent.add(path)
+        etag = '"v1-%d"' % size
+        status = 206 if ranged else 200
+        base = [("ETag", etag), ("Last-Modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+                ("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
+
+        def cr(b, e):
+            return [("Content-Range", "bytes %d-%d/%d" % (b, e - 1, size))] if status == 206 else []
+
+        def send(status_line, headers, body=b"", close=False):
+            out = status_line.encode() + b"\r\n"
+            for k, v in headers:
+                out += ("%s: %s\r\n" % (k, v)).encode()
+            out += b"\r\n"
+            try:
+                h.wfile.write(out)
+                if not head and body:
+                    h.wfile.write(body)
+                h.wfile.flush()
+            except OSError:
+                pass
+            rec.update(status=int(status_line.split()[1]) if status_line.split()[1].isdigit() else 0,
+                       bytes=0 if head else len(body), end=time.monotonic(), mode=mode)
+            self._record(**rec)
+            if close:
+                h.close_connection = True
+
+        def line(st):
+            return "HTTP/1.1 %d %s" % (st, http.client.responses.get(st, "X"))
+
+        if mode in ("cut", "rst", "cutall"):
+            body = data[begin:end]
+            part = b"" if mode == "cutall" else body[: max(1, len(body) // 2)]
+            send(line(status), base + cr(begin, end) + [("Content-Length", str(len(body)))], part, close=True)
+            if mode == "rst":
+                try:
+                    h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR) if mode == "cut" else h.connection.close()
+            except OSError:
+                pass
+            return True
+        if mode == "badrange" and ranged:
+            b = min(begin + 1, end - 1)
+            send(line(206), base + [("Content-Range", "bytes %d-%d/%d" % (b, end - 1, size)),
+                                    ("Content-Length", str(end - b))], data[b:end])
+            return True
+        if mode == "shortrange" and ranged and end - begin > 1:
+            send(line(206), base + [("Content-Range", "bytes %d-%d/%d" % (begin, end - 2, size)),
+                                    ("Content-Length", str(end - 1 - begin))], data[begin:end - 1])
+            return True
+        if mode == "longrange" and ranged:
+            send(line(206), base + [("Content-Range", "bytes %d-%d/%d" % (begin, size - 1, size)),
+                                    ("Content-Length", str(size - begin))], data[begin:])
+            return True
+        if mode == "gzipbody" and rng == "bytes=0-0":
+            return False
+        if mode in ("gzip", "gzipbody"):
+            z = gzip.compress(data[begin:end])
+            send(line(status), base + cr(begin, end) + [("Content-Encoding", "gzip"),
+                                                        ("Content-Length", str(len(z)))], z)
+            return True
+        if mode == "chunked":
+            body = data[begin:end]
+            chunks = b"".join(b"%x\r\n" % len(body[i:i + 7000]) + body[i:i + 7000] + b"\r\n"
+                              for i in range(0, len(body), 7000)) + b"0\r\n\r\n"
+            send(line(status), base + cr(begin, end) + [("Transfer-Encoding", "chunked")], chunks)
+            return True
+        if mode in ("busy1", "busyhuge", "busyabsurd"):
+            st, ra = {"busy1": (429, "1"), "busyhuge": (503, "86400"),
+                      "busyabsurd": (503, "99999999999999999")}[mode]
+            send(line(st), [("Retry-After", ra), ("Content-Length", "0")])
+            return True
+        if mode == "blackhole":
+            rec.update(status=0, bytes=0, end=time.monotonic(), mode=mode)
+            self._record(**rec)
+            while mode not in self.fixed and not self.stopping.wait(0.05):
+                pass
+            h.close_connection = True
+            return True
+        if mode == "trickle":
+            body = data[begin:end]
+            hdr = line(status) + "\r\n" + "".join("%s: %s\r\n" % kv for kv in base + cr(begin, end)) + \
+                "Content-Length: %d\r\n\r\n" % len(body)
+            sent = 0
+            try:
+                h.wfile.write(hdr.encode())
+                while sent < len(body) and mode not in self.fixed and not self.stopping.is_set():
+                    h.wfile.write(body[sent:sent + 1])
+                    h.wfile.flush()
+                    sent += 1
+                    self.stopping.wait(0.25)
+            except OSError:
+                pass
+            rec.update(status=status, bytes=sent, end=time.monotonic(), mode=mode)
+            self._record(**rec)
+            h.close_connection = True
+            return True
+        if mode in ("redirmeta", "redirfile", "redirloop"):
+            loc = {"redirmeta": "http://169.254.169.254/latest/meta-data/",
+                   "redirfile": "file:///etc/passwd",
+                   "redirloop": self.url(path)}[mode]
+            send(line(302), [("Location", loc), ("Content-Length", "0")])
+            return True
+        if mode == "malformed":
+            send("HTTP/1.1 2OO OK", base + [("Content-Length", str(end - begin))], data[begin:end], close=True)
+            return True
+        if mode == "bigheaders":
+            pad = [("X-Pad-%d" % i, "p" * 100) for i in range(1000)]
+            send(line(status), base + cr(begin, end) + pad + [("Content-Length", str(end - begin))],
+                 data[begin:end])
+            return True
+        return False
+
     def count(self, path=None):
         with self.lock:
             return sum(1 for r in self.requests if path is None or r["path"] == path)
@@ -777,6 +974,7 @@ class ScriptedOrigin:
             return sum(r.get("bytes", 0) for r in self.requests if path is None or r["path"] == path)
 
     def stop(self):
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 

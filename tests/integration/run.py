@@ -45,6 +45,11 @@ class TimedResult(unittest.TextTestResult):
         super().startTest(test)
 
     def stopTest(self, test):
+        for report in SanitizerCheck.failures():
+            try:
+                raise AssertionError("sanitizer report:\n" + report)
+            except AssertionError:
+                self.addFailure(test, sys.exc_info())
         super().stopTest(test)
         began = self._started.pop(test.id(), None)
         if began is not None:
@@ -155,6 +160,38 @@ def print_slowest(times, n=SLOWEST, out=sys.stdout):
         print("  %6.2fs  %s" % (secs, name), file=out)
 
 
+def sanitizer_reports(d, seen):
+    """Report files ASan/UBSan/LSan wrote into `d` (their log_path) since
+    `seen`; each one is a failure of the test that was running."""
+    if not d or not os.path.isdir(d):
+        return []
+    out = []
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name)
+        if path in seen:
+            continue
+        seen.add(path)
+        with open(path, errors="replace") as f:
+            text = f.read()
+        if text.strip():
+            out.append("%s:\n%s" % (path, text[:20000]))
+    return out
+
+
+class SanitizerCheck:
+    """Fails a test during which a sanitized gateway (or CLI run) reported
+    anything, even at exit (a leak) or in a process no test looked at. With
+    parallel jobs a report may be charged to a test of another job running
+    at the same time: the run fails either way, and the report names the
+    process."""
+    san_dir = os.environ.get("SLIP_SAN_LOG_DIR")
+    seen = set()
+
+    @classmethod
+    def failures(cls):
+        return sanitizer_reports(cls.san_dir, cls.seen)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=None, help="gateway binary (default build/slipstream)")
@@ -178,6 +215,9 @@ def main():
     order = sorted(range(len(GROUPS)), key=lambda i: -previous.get(GROUPS[i][0], 1e9))
     jobs = max(1, min(args.jobs, len(GROUPS)))
     start = time.monotonic()
+    # Reports already there are not this run's (workers inherit the set).
+    SanitizerCheck.seen = set(os.path.join(SanitizerCheck.san_dir, n) for n in os.listdir(SanitizerCheck.san_dir)) \
+        if SanitizerCheck.san_dir and os.path.isdir(SanitizerCheck.san_dir) else set()
     results = []
 
     def report(r):

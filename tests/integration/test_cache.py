@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 
-from harness import GatewayTest, random_bytes, sha256, write_file, wait_until
+from harness import GatewayTest, random_bytes, rss_limit, sha256, write_file, wait_until
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -650,7 +650,7 @@ class BlockCache(GatewayTest):
         print("\n    [fig] fast client %.2fs, slow client had %d KiB; RSS peak %.1f MiB (VmHWM %.1f MiB)"
               % (fast.finished_at - fast.started_at, slow_at_fast_end // KiB, max(rss) / MiB,
                  gw.peak_rss() / MiB), end="")
-        self.assertLess(peak, 64 * MiB)
+        self.assertLess(peak, rss_limit(64 * MiB))
         ents = settled_entries(self.origin, "/s.bin")
         self.assertLessEqual(sum(e["bytes"] for e in ents), 1.01 * size, fmt_entries(ents))
 

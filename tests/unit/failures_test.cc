@@ -180,6 +180,7 @@ TEST_CASE("links a source returns: what can be fetched (issue 9 #12)", "[failure
       {"http://127.0.0.2:9000/x", false},
       {"http://[::1]:8691/x", false},
       {"http://127.0.0.1:8691/x", true},  // another port
+      {"http://localhost:8690/x", true},  // another name for a loopback listener: 508 self_request
       {"http://169.254.169.254/latest/meta-data/", false},
       {"http://[fe80::1]/x", false},
       {"http://[fd00:ec2::254]/x", false},
