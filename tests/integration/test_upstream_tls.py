@@ -311,7 +311,9 @@ class UpstreamTlsTest(GatewayTest):
         self.assertEqual(self.cold, (200, sha256(self.data)))
         cold = [e for e in self.origin.entries() if e[7] == "/f.bin"]
         conns = {e[0] for e in cold}
-        self.assertGreaterEqual(len(conns), 8, "the cold open used parallel connections: %r" % cold)
+        # The fill starts with a few connections and adds more while they pay
+        # (issue 11's adaptive count): at least two new TLS connections here.
+        self.assertGreaterEqual(len(conns), 2, "the cold open used parallel connections: %r" % cold)
         after = gw.opens(SYSTEM_BUNDLE, self.ca)
         lag1 = self.lag(gw)
         print("\n    [fig] #19: CA files read at start %d, during a cold %d-connection HTTPS open %d; "
