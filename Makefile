@@ -149,23 +149,34 @@ $(addprefix bench-,$(BENCH_TABLES)):
 # fatal) over the pure modules they exercise. Seeds: tests/fuzz/corpus/<name>/;
 # learnt corpus and findings stay in build/fuzz/ (scripts/fuzz.sh).
 FUZZ_CXX      ?= clang++
+FUZZ_CC       ?= clang
 FUZZ_SECONDS  ?= 60
 FUZZ_SMOKE_SECONDS ?= 3
 FUZZ_DIR      := build/fuzz
 FUZZ_SAN      := -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
 FUZZ_CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -Wno-missing-field-initializers -pthread -I. \
+                 -isystem $(LLHTTP_INC) -DLLHTTP_STRICT_MODE=1 \
                  -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN)
-# The pure modules, and the sources' reply parsers (they need only conf,
-# policy and the header-only nlohmann JSON).
-FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc) proxy/sources/replies.cc
-FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o)
+# The pure modules, the sources' reply parsers (they need only conf, policy
+# and the header-only nlohmann JSON), and the front end's parsers of client
+# bytes: HTTP requests (with llhttp, built by clang too), WebDAV PROPFIND
+# bodies (libexpat), Basic credentials, the admin API's JSON bodies.
+FUZZ_LIB_SRCS := $(wildcard conf/*.cc policy/*.cc) proxy/sources/replies.cc \
+                 src/http_parser.cc src/webdav.cc src/auth.cc src/admin_body.cc
+FUZZ_LIB_OBJS := $(FUZZ_LIB_SRCS:%.cc=$(FUZZ_DIR)/obj/%.o) \
+                 $(addprefix $(FUZZ_DIR)/obj/llhttp/,llhttp.o api.o http.o)
 FUZZ_SRCS     := $(wildcard tests/fuzz/*_fuzz.cc)
 FUZZ_BINS     := $(FUZZ_SRCS:tests/fuzz/%_fuzz.cc=$(FUZZ_DIR)/bin/%)
-FUZZ_LIBS     := -lssl -lcrypto -lcrypt -levent_pthreads -levent
+FUZZ_LIBS     := -lssl -lcrypto -lcrypt -lexpat -levent_pthreads -levent
 
 $(FUZZ_DIR)/obj/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(FUZZ_CXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -w -isystem $(LLHTTP_INC)/llhttp -DLLHTTP_STRICT_MODE=1 -O1 -g \
+	  -fno-omit-frame-pointer $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_DIR)/bin/%: $(FUZZ_DIR)/obj/tests/fuzz/%_fuzz.o $(FUZZ_LIB_OBJS)
 	@mkdir -p $(dir $@)

@@ -17,7 +17,6 @@ using json = nlohmann::json;
 using policy::Reason;
 
 constexpr std::string_view kV1 = "/-/api/v1/";
-constexpr int kMaxJsonDepth = 16;     // our bodies are flat objects
 constexpr size_t kMaxLimit = 1000;    // objects per page
 constexpr size_t kMaxIdLength = 64;
 
@@ -192,72 +191,6 @@ std::optional<ApiError> crossSite(const ApiRequest& r) {
   return std::nullopt;
 }
 
-// Deepest nesting of [ and { outside strings: refused before the parser
-// sees a body built to exhaust its stack.
-int nesting(std::string_view s) {
-  int depth = 0, worst = 0;
-  bool inString = false, escaped = false;
-  for (char c : s) {
-    if (inString) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') inString = false;
-    } else if (c == '"') {
-      inString = true;
-    } else if (c == '[' || c == '{') {
-      worst = std::max(worst, ++depth);
-    } else if (c == ']' || c == '}') {
-      depth--;
-    }
-  }
-  return worst;
-}
-
-// The body as a JSON object whose keys are all in `allowed`.
-std::optional<json> objectBody(const ApiRequest& r, std::initializer_list<std::string_view> allowed,
-                               ApiError* err) {
-  if (r.body.size() > kMaxBody) {
-    *err = {Reason::PayloadTooLarge, "at most " + std::to_string(kMaxBody) + " bytes"};
-    return std::nullopt;
-  }
-  if (nesting(r.body) > kMaxJsonDepth) {
-    *err = {Reason::BadJson, "nested too deeply"};
-    return std::nullopt;
-  }
-  json j = json::parse(r.body, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) {
-    *err = {Reason::BadJson, j.is_discarded() ? "not valid JSON" : "expected a JSON object"};
-    return std::nullopt;
-  }
-  for (const auto& [key, value] : j.items()) {
-    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
-      *err = {Reason::BadJson, "unknown key '" + key + "'"};
-      return std::nullopt;
-    }
-  }
-  return j;
-}
-
-// A virtual path from a JSON string: absolute, normalised like a request path
-// (no '..', NUL or backslash).
-std::optional<std::string> virtualPath(const json& v, const char* key, ApiError* err) {
-  if (!v.is_string() || v.get_ref<const std::string&>().empty()) {
-    *err = {Reason::BadJson, std::string(key) + " must be a non-empty string"};
-    return std::nullopt;
-  }
-  const std::string& raw = v.get_ref<const std::string&>();
-  if (raw[0] != '/') {
-    *err = {Reason::BadPath, std::string(key) + " must start with '/': /MOUNT/PATH"};
-    return std::nullopt;
-  }
-  policy::PathResult pr = policy::normalizePath(policy::encodePath(raw));
-  if (pr.reason != Reason::None) {
-    *err = {pr.reason, std::string(key) + ": " + policy::reasonText(pr.reason)};
-    return std::nullopt;
-  }
-  return pr.path;
-}
-
 bool validId(std::string_view id) {
   if (id.empty() || id.size() > kMaxIdLength) return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
@@ -306,12 +239,9 @@ ApiResponse prefetchCollection(const ApiRequest& r, AdminContext& ctx) {
   }
   if (r.method != "POST") return methodNotAllowed("GET, HEAD, POST");
   if (auto e = crossSite(r)) return errorOf(*e);
-  ApiError err;
-  auto body = objectBody(r, {"path"}, &err);
-  if (!body) return errorOf(err);
-  auto path = virtualPath(body->contains("path") ? (*body)["path"] : json(), "path", &err);
-  if (!path) return errorOf(err);
-  Outcome<PrefetchJob> job = ctx.startPrefetch(*path);
+  Outcome<std::string> path = parsePrefetchBody(r.body);
+  if (!path.value) return errorOf(path.error);
+  Outcome<PrefetchJob> job = ctx.startPrefetch(*path.value);
   if (!job.value) return errorOf(job.error);
   ApiResponse resp = jsonResponse(202, toJson(*job.value));
   resp.headers.emplace_back("Location", std::string(kV1) + "prefetch/" + job.value->id);
@@ -335,16 +265,9 @@ ApiResponse prefetchItem(const ApiRequest& r, AdminContext& ctx, std::string_vie
 ApiResponse purge(const ApiRequest& r, AdminContext& ctx) {
   if (r.method != "POST") return methodNotAllowed("POST");
   if (auto e = crossSite(r)) return errorOf(*e);
-  ApiError err;
-  auto body = objectBody(r, {"path", "prefix"}, &err);
-  if (!body) return errorOf(err);
-  bool hasPath = body->contains("path"), hasPrefix = body->contains("prefix");
-  if (hasPath == hasPrefix)
-    return errorResponse(Reason::BadJson, "give exactly one of path (a file) or prefix (a folder)");
-  const char* key = hasPath ? "path" : "prefix";
-  auto path = virtualPath((*body)[key], key, &err);
-  if (!path) return errorOf(err);
-  Outcome<PurgeResult> res = ctx.purge({*path, hasPrefix});
+  Outcome<PurgeRequest> req = parsePurgeBody(r.body);
+  if (!req.value) return errorOf(req.error);
+  Outcome<PurgeResult> res = ctx.purge(*req.value);
   if (!res.value) return errorOf(res.error);
   return jsonResponse(200, toJson(*res.value));
 }

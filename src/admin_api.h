@@ -232,6 +232,14 @@ class AdminContext {
 /// already checked adminAllowed.
 ApiResponse handle(const ApiRequest& req, AdminContext& ctx);
 
+/// The body of POST /-/api/v1/prefetch, {"path": "/MOUNT/PATH"}: the
+/// normalised virtual path, or BadJson / BadPath / PayloadTooLarge and why.
+/// Untrusted bytes: at most kMaxBody, nested at most 16 deep, known keys only.
+Outcome<std::string> parsePrefetchBody(std::string_view body);
+/// The body of POST /-/api/v1/purge: exactly one of {"path": a file} or
+/// {"prefix": a folder}, normalised like parsePrefetchBody's path.
+Outcome<PurgeRequest> parsePurgeBody(std::string_view body);
+
 /// The JSON error body: {"error": {"reason", "status", "message", "detail"}}.
 ApiResponse errorResponse(policy::Reason r, std::string_view detail);
 

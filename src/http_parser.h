@@ -90,6 +90,7 @@ class RequestParser {
   static int onUrl(llhttp_t* p, const char* at, size_t n);
   static int onHeaderField(llhttp_t* p, const char* at, size_t n);
   static int onHeaderValue(llhttp_t* p, const char* at, size_t n);
+  static int onHeaderValueComplete(llhttp_t* p);
   static int onHeadersComplete(llhttp_t* p);
   static int onBody(llhttp_t* p, const char* at, size_t n);
   static int onMessageComplete(llhttp_t* p);

@@ -88,6 +88,72 @@ SEEDS = {
         b"/films/Season 1/Show.S01E09.mkv\n/films/Season 1/Show.S01E10.mkv"],
 }
 
+# The front end's parsers of client bytes.
+PROPFIND_PROP = (b'<?xml version="1.0" encoding="utf-8" ?>\n<D:propfind xmlns:D="DAV:">\n'
+                 b'  <D:prop xmlns:R="http://ns.example.com/boxschema/">\n'
+                 b'    <R:bigbox/> <R:author/> <R:DingALing/> <R:Random/>\n  </D:prop>\n</D:propfind>\n')
+PROPFIND_ALLPROP = (b'<?xml version="1.0" encoding="utf-8" ?>\n<D:propfind xmlns:D="DAV:">\n'
+                    b'  <D:allprop/>\n</D:propfind>\n')
+PROPFIND_PROPNAME = (b'<?xml version="1.0" encoding="utf-8" ?>\n<propfind xmlns="DAV:">\n'
+                     b'  <propname/>\n</propfind>\n')
+PROPFIND_INCLUDE = (b'<?xml version="1.0" encoding="utf-8" ?>\n<D:propfind xmlns:D="DAV:">\n'
+                    b'  <D:allprop/>\n  <D:include>\n    <D:supported-live-property-set/>\n'
+                    b'    <D:supported-report-set/>\n  </D:include>\n</D:propfind>\n')
+# What Windows' mini-redirector, macOS Finder and rclone send.
+PROPFIND_CLIENTS = (
+    b'<?xml version="1.0" encoding="utf-8" ?><D:propfind xmlns:D="DAV:"><D:prop>'
+    b'<D:getlastmodified/><D:getcontentlength/><D:creationdate/><D:resourcetype/></D:prop></D:propfind>',
+    b'<?xml version="1.0" encoding="utf-8"?>\n<D:propfind xmlns:D="DAV:">\n<D:prop>\n'
+    b'<D:getlastmodified/>\n<D:getcontentlength/>\n<D:resourcetype/>\n<D:getetag/>\n'
+    b'<x:quota-available-bytes xmlns:x="DAV:"/>\n</D:prop>\n</D:propfind>\n',
+    b'<?xml version="1.0" encoding="UTF-8"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
+    b'<d:prop><d:displayname/><d:getlastmodified/><oc:checksums/><d:lang xmlns:d=""/></d:prop></d:propfind>',
+    b'<?xml version="1.0" encoding="ISO-8859-1"?><D:propfind xmlns:D="DAV:"><D:prop><D:displayname/>'
+    b'</D:prop></D:propfind>',
+    b'<!DOCTYPE lolz [<!ENTITY lol "lol">]><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>',
+    b'', b'  \r\n')
+
+
+def http(*reqs, limits=0, cuts=7):
+    return bytes([limits, cuts]) + b"".join(reqs)
+
+
+GET = (b"GET /d/movies/a.mkv HTTP/1.1\r\nHost: gw:8080\r\nUser-Agent: mpv 0.35.1\r\n"
+       b"Range: bytes=0-\r\nIcy-MetaData: 1\r\n\r\n")
+SEEDS["webdav"] = [PROPFIND_PROP, PROPFIND_ALLPROP, PROPFIND_PROPNAME, PROPFIND_INCLUDE,
+                   *PROPFIND_CLIENTS]
+SEEDS["http_request"] = [
+    http(GET),
+    http(GET, b"HEAD /d/b.mp4?sign=abc:0 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
+    http("GET /d/电影/千与千寻.mkv HTTP/1.1\r\nHost: gw\r\n\r\n".encode(), cuts=1),
+    http("GET /dav/剧集/S01E01 ünïcode.mkv?x=é HTTP/1.1\r\nHost: gw\r\n\r\n".encode(), cuts=3),
+    http(b"POST /-/api/v1/prefetch HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"pat\r\n14;ext=1\r\nh\":\"/movies/a.mkv\"}\r\n0\r\n"
+         b"Trailer: x\r\n\r\n"),
+    http(b"PROPFIND /dav/movies/ HTTP/1.1\r\nHost: gw\r\nDepth: 1\r\nContent-Type: text/xml\r\n"
+         b"Content-Length: " + str(len(PROPFIND_ALLPROP)).encode() + b"\r\n\r\n" + PROPFIND_ALLPROP),
+    http(b"PUT /dav/x HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"),
+    http(b"GET / HTTP/1.0\r\n\r\n"),
+    http(b"\r\nGET /a HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx"),
+    http(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n"),
+    http(b"CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+    http(GET, limits=0x93),
+]
+SEEDS["basic_auth"] = [
+    b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==",   # RFC 7617: Aladdin:open sesame
+    b"Basic dGVzdDoxMjPCow==",               # RFC 7617 §2.1: test:123£ (UTF-8)
+    b"basic\tYWxpY2U6",                      # alice: (empty password)
+    b"  BASIC   OnNlY3JldA==  ",             # :secret (empty user)
+    b"Basic YWxpY2U6cGFzczp3aXRoOmNvbG9ucw==",
+    b"Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig",
+    b"Basic YWxpY2U", b"Basic ====", b"Basic"]
+SEEDS["admin_body"] = [
+    b'{"path": "/movies/a.mkv"}', b'{"prefix": "/movies/Season 1/"}',
+    '{"path":"/电影/千与千寻 #1 & 100%.mkv"}'.encode(), b'{"path": "/a", "prefix": "/b"}',
+    b'{"path": "movies/a.mkv"}', b'{"path": "/a/../../etc/passwd"}', b'{"path": "/a\\u0000b"}',
+    b'{"path": 42}', b'{"paht": "/a"}', b'[{"path": "/a"}]', b'{"path": "/a"', b"",
+    b'{"path": "/a", "x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}', b'{"path":"\\ud800"}']
+
 
 def main():
     for target, seeds in SEEDS.items():

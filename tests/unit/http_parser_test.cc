@@ -96,6 +96,10 @@ TEST_CASE("request framing and refusals (RFC 9112 §6.3)", "[http]") {
       {"raw UTF-8 in a header value", "GET /a HTTP/1.1\r\n" + kHost + "X: \xe4\xb8\xad\r\n\r\n", Reason::None},
       {"raw UTF-8 in the method", "G\xc3\xa4T /a HTTP/1.1\r\n" + kHost + "\r\n", Reason::UnknownMethod},
       {"space in the target", "GET /a b HTTP/1.1\r\n" + kHost + "\r\n", Reason::BadRequest},
+      // Found by tests/fuzz/http_request: llhttp took these as fields named "".
+      {"a field without a name", "GET /a HTTP/1.1\r\n" + kHost + ": 1\r\n\r\n", Reason::BadHeader},
+      {"an empty field", "GET /a HTTP/1.1\r\n" + kHost + ": \r\n\r\n", Reason::BadHeader},
+      {"a field without a name first", "GET /a HTTP/1.1\r\n:x\r\n" + kHost + "\r\n", Reason::BadHeader},
   };
   for (const auto& row : rows) {
     for (size_t step : {size_t{0}, size_t{1}}) {
@@ -151,6 +155,31 @@ TEST_CASE("raw UTF-8 in the target reads as its percent-encoded form", "[http]")
   for (size_t step : {size_t{0}, size_t{1}}) {
     Outcome o = parse("GET /" + cjk + " HTTP/1.1\r\n" + kHost + "\r\n", step, l);
     CHECK(o.req.error == Reason::RequestLineTooLong);
+  }
+}
+
+// Found by tests/fuzz/http_request: the target's UTF-8 was checked over the
+// whole read before llhttp saw the method, so "G@T /\xE5\x89\xE9" was 400
+// bad_target when it came in one read and unknown_method when the reads cut
+// it after "G@T". The first fault of the line is the one reported, however
+// the bytes arrive.
+TEST_CASE("the first fault of a request line wins, whatever the reads", "[http]") {
+  struct Row {
+    std::string line;
+    Reason want;
+  };
+  const Row rows[] = {
+      {"G@T /dav/\xe5\x89\xe9\xa7 HTTP/1.1\r\n", Reason::UnknownMethod},
+      {"GET /dav/\xe5\x89\xe9\xa7 HTTP/1.1\r\n", Reason::BadTarget},      // ours: bad UTF-8
+      {"GET /\xc2\x80 HTTP/1.1\r\n", Reason::BadTarget},                    // a C1 control
+  };
+  for (const auto& row : rows) {
+    for (size_t step : {size_t{0}, size_t{1}, size_t{3}, size_t{7}}) {
+      INFO(row.line << " step " << step);
+      Outcome o = parse(row.line + kHost + "\r\n", step);
+      REQUIRE(o.result == RequestParser::Result::Error);
+      CHECK(o.req.error == row.want);
+    }
   }
 }
 

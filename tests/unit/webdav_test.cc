@@ -324,6 +324,27 @@ TEST_CASE("Multi-Status: prop asks, unknown properties are 404", "[webdav]") {
   CHECK(file.status.count("{DAV:}getcontenttype") == 0);
 }
 
+// Found by tests/fuzz/webdav: a property in the XML namespace (xml:lang, the
+// prefix every document has) came back as <X:lang xmlns:X="http://www.w3.org/
+// XML/1998/namespace"/>, which Namespaces in XML forbids: no client could read
+// the 207.
+TEST_CASE("Multi-Status: a property in the XML namespace keeps the xml prefix", "[webdav]") {
+  auto req = parsePropfind(
+      "<D:propfind xmlns:D=\"DAV:\"><D:prop><xml:lang/><D:displayname/></D:prop></D:propfind>");
+  REQUIRE(req.ok);
+  REQUIRE(req.request.props.size() == 2);
+  CHECK(req.request.props[0].ns == "http://www.w3.org/XML/1998/namespace");
+  std::vector<Resource> rs = {{"/dav/m/a.mkv", "", false, 1, 0, "", ""}};
+  std::string xml = multistatus(rs, req.request);
+  INFO(xml);
+  CHECK(xml.find("<xml:lang/>") != std::string::npos);
+  Reader r;
+  REQUIRE(r.parse(xml));
+  REQUIRE(r.responses.size() == 1);
+  CHECK(r.responses[0].status.at("{http://www.w3.org/XML/1998/namespace}lang") == 404);
+  CHECK(r.responses[0].status.at("{DAV:}displayname") == 200);
+}
+
 TEST_CASE("Multi-Status: propname lists names without values", "[webdav]") {
   auto req = parsePropfind("<propfind xmlns=\"DAV:\"><propname/></propfind>");
   REQUIRE(req.ok);
