@@ -28,7 +28,7 @@ void Fill::startProbe(Object* o) {
   o->probe = std::make_unique<ProbeCall>(*this, *o);
   ProbeCall* pc = o->probe.get();
   if (!o->hasMeta && o->fuseAt) {
-    const uint64_t bs = static_cast<uint64_t>(ctx.cfg.cache.blockSize);
+    const uint64_t bs = static_cast<uint64_t>(ctx.cfg().cache.blockSize);
     uint64_t begin = *o->fuseAt / bs * bs;
     pc->fused = policy::ByteRange{begin, begin + bs};
     pc->adoptSoon = std::make_unique<Trigger>(ctx.base, [this, o] { adoptProbe(o); });
@@ -135,7 +135,7 @@ Object* Fill::takeVersion(Object* o, store::ObjectMeta fresh) {
   if (o->hasMeta || !o->readers.empty() || !o->blocks.empty() || o->state == ObjectState::Dead) o = replace(o);
   o->link = link;
   o->haveLink = haveLink;
-  fresh.blockSize = static_cast<uint32_t>(ctx.cfg.cache.blockSize);
+  fresh.blockSize = static_cast<uint32_t>(ctx.cfg().cache.blockSize);
   fresh.validatedMs = now;
   fresh.mount = mountOf(o).name;
   fresh.path = o->rest;
