@@ -252,7 +252,7 @@ std::vector<Directive> makeTable() {
        .max = 64 * kM, .units = "power of two", .doc = "Unit of fetching and storing.",
        .restart = true,
        .apply = [](Config& c, V v) { c.cache.blockSize = v.num; }, .check = powerOfTwo},
-      {.section = S::Cache, .name = "fill_memory", .type = T::Size, .def = "32M", .max = 4096 * kM,
+      {.section = S::Cache, .name = "fill_memory", .type = T::Size, .def = "16M", .max = 4096 * kM,
        .doc = "Memory for blocks in flight: a cold client is served from it as bytes arrive while the disk "
               "write and sync run behind; when the disk falls behind, blocks are served but not cached. "
               "0 = fill through the disk (the client waits for it).",

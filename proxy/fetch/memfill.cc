@@ -36,9 +36,12 @@ fillmem::BlockMode Fill::blockMode(Object* o, uint32_t idx, bool urgent, bool st
   // Blocks that only wait for the disk count against `caching`, not the object.
   for (auto& [i, b] : o->blocks)
     if (b->mem && (b->uncached || !b->arrived())) a.objectUsed += b->mem->length;
+  // The disk's backlog: bytes of cached blocks that arrived and are not
+  // listed yet (queued, being written, or waiting for the sync).
   auto caching = [&a](const Object& obj) {
     for (auto& [i, b] : obj.blocks)
-      if (b->mem && !b->uncached) a.caching += b->mem->length;
+      if (b->mem && !b->uncached)
+        for (auto& p : b->pieces) a.caching += p->received;
   };
   for (auto& [k, obj] : objects_) caching(*obj);
   for (auto& obj : retired_) caching(*obj);

@@ -8,8 +8,8 @@
 // at once; the store's disk thread writes, checksums and syncs the same
 // bytes behind them (the write operations reference the buffer, no second
 // copy), and the block is listed only after its bytes are durable. When the
-// disk falls behind (the bytes of buffered blocks waiting for their disk
-// write and sync pass half the budget, or the store's queue is full) a new
+// disk falls behind (the bytes of cached blocks that arrived and are not
+// listed yet pass half the budget, or the store's queue is full) a new
 // block is not cached at all: it is fetched into memory, served, and freed
 // once no playing reader still needs it (a later reader misses and fetches
 // it again, like any block that is not stored).
@@ -37,7 +37,7 @@ struct BlockAsk {
   uint64_t limit = 0;           // fill_memory: all buffers of all objects (0 = off)
   uint64_t used = 0;            // bytes of buffers alive now
   uint64_t objectUsed = 0;      // this object's buffered blocks still arriving (or not cached)
-  uint64_t caching = 0;         // buffered blocks waiting for their disk write and sync
+  uint64_t caching = 0;         // bytes of cached buffered blocks that arrived and are not listed yet
   uint64_t diskQueued = 0;      // bytes queued for the store's disk thread
   uint64_t diskQueueLimit = 0;  // the store's bound on that queue
 };
