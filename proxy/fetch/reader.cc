@@ -30,10 +30,6 @@ CacheStatus BlockReader::cacheStatus(const policy::ByteRange& r) {
   uint32_t first = static_cast<uint32_t>(r.begin / meta_.blockSize);
   uint32_t last = static_cast<uint32_t>((r.end - 1) / meta_.blockSize);
   uint32_t have = fill_.store.countPresent(obj->key, meta_.generation, first, last);
-  // A buffered, cached block whose bytes all arrived is served from memory
-  // until its disk write and sync list it, never fetched again: it counts.
-  for (auto it = obj->blocks.lower_bound(first); it != obj->blocks.end() && it->first <= last; ++it)
-    if (it->second->mem && !it->second->uncached && it->second->arrived()) have++;
   return have == last - first + 1 ? CacheStatus::Hit : have == 0 ? CacheStatus::Miss : CacheStatus::Partial;
 }
 

@@ -545,6 +545,8 @@ class BlockCache(GatewayTest):
         gw = self.start(block_size="256K", mount_extra="revalidate = 2s\n")
         st, h, body = fetch(gw, "/p/m/h.bin")
         self.assertEqual(sha256(body), sha256(old))
+        # The client had its bytes from memory; the disk lists the blocks behind it.
+        wait_listed(gw, 9)
         new = random_bytes(3 * MiB - 5, seed=18)
         replace_file(os.path.join(self.root, "h.bin"), new)
         self.origin.clear_log()
