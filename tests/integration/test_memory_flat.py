@@ -4,6 +4,11 @@ connections. Peak RSS (VmHWM) ≤ 64 MiB and RSS not growing between two
 samples. 20 clients on one cold file cost the origin ≤ 1.01 × the file:
 test_cache.BlockCache.test_04_twenty_clients_on_one_cold_file_coalesce.
 
+The gateway runs with defaults except `connections = 2` per object; the
+origin is the harness's nginx at limit_rate 1m per connection. (With
+`connections = 16` and a 16 MiB/s origin the peak is higher — ~84 MiB in
+this test, ~59 MiB with fill_memory = 0 — see the rss bench table.)
+
 Bounded: the slow clients read for a fixed number of bytes (not seconds),
 one selector loop paces them all; nothing asserts on time. Under ASan the
 RSS limits do not apply (shadow memory and quarantine are the sanitizer's):
