@@ -102,6 +102,8 @@ struct Cache {
   int64_t maxSize = 10LL << 30;          // bytes
   int64_t minFree = 1LL << 30;           // free-disk floor, bytes
   int64_t blockSize = 1LL << 20;         // bytes; power of two, 64K..64M
+  int64_t fillMemory = 16LL << 20;       // bytes of in-flight block buffers (0 = fill through the disk)
+  int64_t testDiskRate = 0;              // test hook: disk writes at this many bytes/s (0 = off)
 };
 
 /// A cloud account (`[account NAME]`): the credentials and limits that every

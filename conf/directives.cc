@@ -8,6 +8,7 @@
 // Defaults here are what the loader applies when a key is absent; they must
 // match the initialisers in conf.h (tests/unit/conf_test.cc checks that).
 #include <cctype>
+#include <cstdlib>
 #include <deque>
 #include <initializer_list>
 #include <string>
@@ -51,6 +52,14 @@ Account& account(Config& c) { return c.accounts.back(); }
 User& user(Config& c) { return c.users.back(); }
 Mount& mount(Config& c) { return c.mounts.back(); }
 Rule& rule(Config& c) { return c.rules.back(); }
+
+/// Test hooks are refused unless the test environment asks for them.
+bool testHook(V v, std::string* why) {
+  const char* on = std::getenv("SLIPSTREAM_TEST_HOOKS");
+  if (v.num == 0 || (on && std::string_view(on) == "1")) return true;
+  *why = "is a test hook: only with SLIPSTREAM_TEST_HOOKS=1 in the environment";
+  return false;
+}
 
 bool powerOfTwo(V v, std::string* why) {
   if ((v.num & (v.num - 1)) == 0) return true;
@@ -285,6 +294,16 @@ std::vector<Directive> makeTable() {
        .max = 64 * kM, .units = "power of two", .doc = "Unit of fetching and storing.",
        .restart = true,
        .apply = [](Config& c, V v) { c.cache.blockSize = v.num; }, .check = powerOfTwo},
+      {.section = S::Cache, .name = "fill_memory", .type = T::Size, .def = "16M", .max = 4096 * kM,
+       .doc = "Memory for blocks in flight: a cold client is served from it as bytes arrive while the disk "
+              "write and sync run behind; when the disk falls behind, blocks are served but not cached. "
+              "0 = fill through the disk (the client waits for it).",
+       .apply = [](Config& c, V v) { c.cache.fillMemory = v.num; }},
+      {.section = S::Cache, .name = "test_disk_rate", .type = T::Size, .def = "0",
+       .doc = "Test hook, refused unless the environment has SLIPSTREAM_TEST_HOOKS=1: the disk thread "
+              "takes size/rate seconds per write, a slow disk for the integration tests. 0 = off.",
+       .restart = true,
+       .apply = [](Config& c, V v) { c.cache.testDiskRate = v.num; }, .check = testHook},
 
       // ------------------------------------------------------------ [account NAME]
       {.section = S::Account, .name = "refresh_token", .type = T::Secret,

@@ -22,6 +22,7 @@ std::vector<std::string> keepRestartValues(const Config& running, Config* next) 
   keep("[cache] max_size", next->cache.maxSize, running.cache.maxSize);
   keep("[cache] min_free", next->cache.minFree, running.cache.minFree);
   keep("[cache] block_size", next->cache.blockSize, running.cache.blockSize);
+  keep("[cache] test_disk_rate", next->cache.testDiskRate, running.cache.testDiskRate);
   return changed;
 }
 

@@ -319,7 +319,10 @@ Stats Engine::snapshot() const {
     a.downloadsWaiting = impl_->multi.admission().waiting(run->pool);
     s.accounts.push_back(std::move(a));
   }
-  if (impl_->fetcher) s.hosts = impl_->fetcher->hosts();
+  if (impl_->fetcher) {
+    s.hosts = impl_->fetcher->hosts();
+    s.fillMemoryBytes = impl_->fetcher->memoryBytes();
+  }
   return s;
 }
 

@@ -164,6 +164,10 @@ struct Stats {
   uint64_t cancelledBlocks = 0;  // fetches stopped because no reader wanted them (a seek, a client gone)
   int activeTransfers = 0;
   uint64_t preemptions = 0;  // background pieces stopped for a playing reader
+  uint64_t memoryBlocks = 0;     // blocks fetched into memory buffers (fill_memory)
+  uint64_t droppedBlocks = 0;    // of those, not cached: the disk was behind (served, never listed)
+  uint64_t memoryReadBytes = 0;  // bytes served to clients from block buffers
+  uint64_t fillMemoryBytes = 0;  // gauge: block buffers alive now (filled in by snapshot())
   std::map<std::string, MountCounters> mounts;
   // the store, filled in by snapshot()
   bool cacheEnabled = false;

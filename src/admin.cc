@@ -240,6 +240,16 @@ std::string Server::Impl::metrics() const {
          "Block fetches stopped because no reader wanted them any more (a seek, a client gone).",
          st.cancelledBlocks);
   metric("slipstream_cache_hit_bytes_total", "counter", "Bytes served from stored blocks.", st.cacheHitBytes);
+  metric("slipstream_fill_memory_blocks_total", "counter",
+         "Blocks fetched into memory buffers: clients read them as bytes arrive, the disk writes behind.",
+         st.memoryBlocks);
+  metric("slipstream_fill_dropped_blocks_total", "counter",
+         "Blocks served from memory but not cached because the disk was behind (a later reader misses).",
+         st.droppedBlocks);
+  metric("slipstream_fill_memory_read_bytes_total", "counter", "Bytes served to clients from block buffers.",
+         st.memoryReadBytes);
+  metric("slipstream_fill_memory_bytes", "gauge", "Block buffers alive now ([cache] fill_memory bounds them).",
+         st.fillMemoryBytes);
   if (st.cacheEnabled) {
     metric("slipstream_cache_objects", "gauge", "Object versions in the cache.", st.cacheObjects);
     metric("slipstream_cache_blocks", "gauge", "Blocks listed in the cache.", st.cacheBlocks);

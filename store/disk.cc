@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "store/internal.h"
 
@@ -58,15 +60,20 @@ struct AfterCommit {
 void Store::Impl::applyWrite(Op& op) {
   Writer* w = op.w;
   w->file->writing++;
-  ssize_t wr = pwrite(w->file->fd, op.data.data(), op.data.size(), static_cast<off_t>(w->fileOffset + op.off));
+  ssize_t wr = pwrite(w->file->fd, op.bytes(), op.size(), static_cast<off_t>(w->fileOffset + op.off));
   w->file->ourCtimeNs.store(ctimeOf(w->file->fd));
   w->file->writing--;
-  if (wr != static_cast<ssize_t>(op.data.size())) {
+  if (wr != static_cast<ssize_t>(op.size())) {
     op.ok = false;
     w->failed = true;
     return;
   }
-  hashPages(w, op.off, op.data.data(), op.data.size());
+  hashPages(w, op.off, op.bytes(), op.size());
+  // Test hook ([cache] test_disk_rate, only with SLIPSTREAM_TEST_HOOKS=1):
+  // a slow disk, simulated by taking size/rate seconds per write.
+  if (cfg.testDiskRate > 0)
+    std::this_thread::sleep_for(std::chrono::microseconds(
+        static_cast<int64_t>(op.size() * 1'000'000 / static_cast<uint64_t>(cfg.testDiskRate))));
 }
 
 void Store::Impl::run() {

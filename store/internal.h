@@ -190,7 +190,12 @@ struct Op {
   Store::Writer* w = nullptr;
   std::unique_ptr<Store::Writer> owned;  // Commit/Abandon: the writer goes with its last op
   uint64_t off = 0;
-  std::string data;
+  std::string data;                   // Write: a copy of the bytes, or
+  std::shared_ptr<const void> hold;   // Write: keeps the caller's buffer alive until written
+  const char* ptr = nullptr;          // ... bytes inside it
+  size_t len = 0;
+  const char* bytes() const { return hold ? ptr : data.data(); }
+  size_t size() const { return hold ? len : data.size(); }
   uint64_t request = 0;
   std::vector<Victim> victims;
   std::vector<TouchRec> touches;

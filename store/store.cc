@@ -111,7 +111,7 @@ void Store::Impl::endRead() {
 }
 
 void Store::Impl::enqueue(Op op) {
-  if (op.kind == OpKind::Write) queued += op.data.size();
+  if (op.kind == OpKind::Write) queued += op.size();
   op.atMs = clock->wallMs();
   {
     std::lock_guard<std::mutex> g(mu);
@@ -129,7 +129,7 @@ void Store::Impl::completions() {
   for (Op& op : done) {
     switch (op.kind) {
       case OpKind::Write:
-        queued -= op.data.size();
+        queued -= op.size();
         break;
       case OpKind::PutObject:
       case OpKind::DeleteObject: {
@@ -422,12 +422,18 @@ Store::Writer* Store::beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx
   return w;
 }
 
-void Store::write(Writer* w, uint64_t off, const char* data, size_t n,
-                  std::function<void(bool)> done) {
+void Store::write(Writer* w, uint64_t off, const char* data, size_t n, std::function<void(bool)> done,
+                  std::shared_ptr<const void> hold) {
   Op op{OpKind::Write};
   op.w = w;
   op.off = off;
-  op.data.assign(data, n);
+  if (hold) {
+    op.hold = std::move(hold);
+    op.ptr = data;
+    op.len = n;
+  } else {
+    op.data.assign(data, n);
+  }
   op.done = std::move(done);
   impl_->enqueue(std::move(op));
   if (impl_->queued >= kQueueLimit) impl_->wantDrained = true;

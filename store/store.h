@@ -170,7 +170,11 @@ class Store {
   /// Queues n bytes at `off` inside the block. Each page must be written
   /// front to back by one caller (pieces are page-aligned). `done(ok)` runs
   /// on the loop once the bytes are in the file (readable with readRaw).
-  void write(Writer* w, uint64_t off, const char* data, size_t n, std::function<void(bool)> done);
+  /// Without `hold` the bytes are copied; with it they are written from
+  /// where they are, and `hold` (the buffer that owns them, which the
+  /// caller no longer changes there) is kept until they are written.
+  void write(Writer* w, uint64_t off, const char* data, size_t n, std::function<void(bool)> done,
+             std::shared_ptr<const void> hold = nullptr);
   /// All bytes written: fsync, then list the block in the index. `done(ok)`
   /// runs on the loop after the index commit; the Writer is freed.
   void commit(Writer* w, uint64_t requestId, std::function<void(bool)> done);

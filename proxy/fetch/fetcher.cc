@@ -34,6 +34,8 @@ void Fill::setState(Object* o, ObjectState s) {
 Fetcher::Fetcher(Context& ctx) : fill_(std::make_unique<Fill>(ctx)) {}
 Fetcher::~Fetcher() = default;
 
+uint64_t Fetcher::memoryBytes() const { return fill_->memoryBytes(); }
+
 std::vector<HostStats> Fetcher::hosts() const {
   std::vector<HostStats> out;
   for (const auto& f : fill_->tuner.figures()) out.push_back({f.host, f.target, f.running});
@@ -60,6 +62,7 @@ Fill::Fill(Context& c)
       sched_(c.base, [this] { schedule(); }),
       sweep_(c.base, [this] { sweep(); }),
       retryTimer_(c.base, [this] { kick(); }),
+      memWake_(c.base, [this] { wakeMemoryReaders(); }),
       graveyard_(c.base) {
   spare_ = ctx.multi.admission().onSpare([this] { kick(); });
   drained_ = store.onDrained([this] { resumePaused(); });

@@ -121,6 +121,8 @@ class Fetcher {
   Fetcher& operator=(const Fetcher&) = delete;
 
   std::unique_ptr<BlockReader> reader(BlockReader::Client* client);
+  /// Bytes of in-flight block buffers alive now ([cache] fill_memory).
+  uint64_t memoryBytes() const;
   /// Per upstream host: the adaptive connection target and transfers now.
   std::vector<HostStats> hosts() const;
   /// See Engine::purge.

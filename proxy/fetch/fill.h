@@ -10,10 +10,14 @@
 // Invariants:
 //  - At most one Block (fetch) exists per (object version, block index):
 //    any number of readers waiting on it cause one upstream fetch.
-//  - A Block's bytes are readable by waiting readers as soon as the store
-//    confirms them written; it is listed (served verified) after commit.
-//  - A reader never holds more than the client high-water mark of bytes in
-//    memory; fetches never wait for a reader (they go to disk).
+//  - A buffered Block's bytes (memory.h: Cached, MemoryOnly) are readable
+//    from its buffer as soon as they arrive; an unbuffered one's (Disk) once
+//    the store confirms them written. A block is listed (served verified)
+//    only after its commit, which syncs it; a MemoryOnly block never is.
+//  - Block buffers are bounded by [cache] fill_memory (all of them, counted
+//    until the last queued disk write that references one is done); a
+//    reader never holds more than the client high-water mark of bytes in
+//    memory; fetches never wait for a reader.
 //  - Fetches in flight when their readers leave are finished and stored.
 //  - Nothing is freed under a caller: objects are freed by the table's sweep
 //    (its own loop callback) once idle; blocks, pieces, transfers and
@@ -21,6 +25,7 @@
 //    after a block left (disk completions) check the block's Lifeline.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
@@ -28,11 +33,27 @@
 #include <vector>
 
 #include "proxy/fetch/fetcher.h"
+#include "proxy/fetch/memory.h"
 #include "proxy/fetch/tuner.h"
 
 namespace slip::proxy {
 
 struct Block;
+
+/// The bytes of one block in flight (fillmem::BlockMode Cached or
+/// MemoryOnly), in their own anonymous mapping so that freeing one gives the
+/// memory back to the system at once. Shared by the block and the store's
+/// queued writes of it; `used` counts every live buffer (any thread may
+/// drop the last reference).
+struct BlockBuffer {
+  BlockBuffer(size_t n, std::shared_ptr<std::atomic<uint64_t>> counter);
+  ~BlockBuffer();
+  BlockBuffer(const BlockBuffer&) = delete;
+  BlockBuffer& operator=(const BlockBuffer&) = delete;
+  char* bytes = nullptr;  // null when the mapping failed
+  size_t length = 0;
+  std::shared_ptr<std::atomic<uint64_t>> used;
+};
 
 /// Where an object version is in its life.
 enum class ObjectState {
@@ -88,8 +109,20 @@ struct Block {
   uint64_t requestId = 0;
   bool committing = false;
   bool fedByStream = false;  // filled by the object's whole-body stream
+  std::shared_ptr<BlockBuffer> mem;  // Cached / MemoryOnly: readers read here as bytes arrive
+  bool uncached = false;     // MemoryOnly: no writer, never listed (the disk was behind)
+  bool complete = false;     // MemoryOnly: every byte arrived; freed when no playing reader needs it
+  bool wakeQueued = false;   // its readers are woken from the loop soon (bytes arrived inside curl)
   bool keep = false;         // a reader that left was reading it: never cancelled (planner rule 9)
   Lifeline life;             // disk completions check it
+
+  /// Every byte arrived from upstream (a buffered, cached block then only
+  /// waits for its disk write, sync and listing).
+  bool arrived() const {
+    for (const auto& p : pieces)
+      if (p->state != plan::PieceState::Done || p->received != p->end - p->begin) return false;
+    return true;
+  }
 };
 
 // For an upstream that ignores Range: one request for the whole body, whose
@@ -253,12 +286,25 @@ class Fill {
   /// A new fetch of block idx cut into `pieces`; null when the store has no
   /// room (or cannot open the data file: *cacheFailed, the object must die).
   Block* createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos,
-                     const std::vector<policy::ByteRange>& pieces, bool forceRoom, bool* cacheFailed);
+                     const std::vector<policy::ByteRange>& pieces, bool forceRoom, bool* cacheFailed,
+                     bool stream = false);
   void startPiece(Piece* p);
   void pieceFinished(Piece* p, const TransferResult& r);
   void stopPiece(Piece* p);
   void retryPiece(Piece* p, int64_t delayMs);
   void storeBytes(Piece* p, const char* data, size_t n);
+  /// How a new block of o is filled (memory.h's rules on the fill's counters).
+  fillmem::BlockMode blockMode(Object* o, uint32_t idx, bool urgent, bool stream);
+  /// Appends up to `max` bytes of in-flight block b at object offset `at`
+  /// to `out` if they can be read now (from its buffer, or from its data
+  /// file once written). 0: wait; -1: the store failed to read.
+  int64_t readInFlight(Block* b, uint64_t at, uint64_t max, evbuffer* out);
+  /// Frees complete MemoryOnly blocks no playing reader needs any more.
+  void releaseMemoryBlocks();
+  /// Wakes the readers of blocks whose buffers got bytes (memWake_).
+  void wakeMemoryReaders();
+  /// Bytes of block buffers alive now (the fill_memory gauge).
+  uint64_t memoryBytes() const { return memUsed_->load(); }
   void maybeCommit(Block* b);
   /// Stops b's pieces, gives its writer back and takes it out of its object
   /// (freed from the graveyard). Returns the readers that waited on it.
@@ -304,6 +350,9 @@ class Fill {
   int64_t retryAtMs_ = 0;
   std::map<int, int64_t> preemptedUntil_;  // pool → monotonic end of a preempted slot's grace
   Subscription drained_;  // the store's queue fell below half
+  std::shared_ptr<std::atomic<uint64_t>> memUsed_ = std::make_shared<std::atomic<uint64_t>>(0);
+  std::vector<std::pair<Watch, Block*>> memWakes_;  // blocks whose buffers got bytes inside curl
+  Trigger memWake_;       // wakes their readers from the loop
   Subscription spare_;    // a pool slot freed that nobody queued took
   Graveyard graveyard_;   // last: swept first when the fill goes
 };

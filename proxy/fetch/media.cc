@@ -37,9 +37,9 @@ std::optional<std::string> Fill::headOf(Object* o, uint64_t n) {
     Piece* first = nullptr;
     for (auto& p : b->pieces)
       if (p->begin == 0) first = p.get();
-    if (!first || !b->writer || b->committing || first->written < std::min(n, first->end)) return std::nullopt;
-    if (store.readRaw(b->writer, 0, std::min(n, first->end), buf.get()) != store::ReadResult::Ok)
-      return std::nullopt;
+    uint64_t want = first ? std::min(n, first->end) : 0;
+    if (!first || (b->mem ? first->received : first->written) < want) return std::nullopt;
+    if (readInFlight(b, 0, want, buf.get()) != static_cast<int64_t>(want)) return std::nullopt;
   } else if (store.present(o->key, o->meta.generation, 0)) {
     if (store.read(o->key, o->meta, 0, 0, std::min(n, o->meta.blockLength(0)), buf.get()) != store::ReadResult::Ok)
       return std::nullopt;

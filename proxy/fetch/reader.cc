@@ -1,6 +1,7 @@
 // BlockReader: a client response's reads. Stored blocks are read verified
 // (a corrupt one is dropped and fetched again); a block still being fetched
-// is read from its data file as the pieces' bytes land; anything else makes
+// is read from its memory buffer as bytes arrive (or, unbuffered, from its
+// data file as the pieces' bytes land); anything else makes
 // the reader wait, and the fill wakes it when the block progresses. The
 // block being read is pinned (never evicted under the reader).
 #include "proxy/fetch/fill.h"
@@ -83,19 +84,12 @@ BlockReader::Result BlockReader::read(uint64_t at, uint64_t max, evbuffer* out) 
     Object* o = obj;
     auto it = o->blocks.find(idx);
     if (it != o->blocks.end()) {
-      // Being fetched: the bytes its piece already wrote are readable.
-      Block* b = it->second.get();
-      uint64_t readable = 0;
-      for (auto& p : b->pieces)
-        if (at >= p->begin && at < p->end) {
-          uint64_t upto = p->begin + p->written;
-          readable = upto > at ? upto - at : 0;
-          break;
-        }
-      if (!b->writer || b->committing || readable == 0) break;  // committing: wait for the listing
-      n = std::min(n, readable);
-      if (fill_.store.readRaw(b->writer, boff, n, out) != store::ReadResult::Ok)
-        return {K::Failed, 0, policy::Reason::CacheFailed, "cache read failed"};
+      // Being fetched: what arrived (buffered) or was written (unbuffered).
+      int64_t got = fill_.readInFlight(it->second.get(), at, n, out);
+      if (got < 0) return {K::Failed, 0, policy::Reason::CacheFailed, "cache read failed"};
+      if (got == 0) break;
+      n = static_cast<uint64_t>(got);
+      if (it->second->mem) fill_.ctx.stats.memoryReadBytes += n;
     } else if (fill_.store.present(o->key, meta_.generation, idx)) {
       store::ReadResult rr = fill_.store.read(o->key, meta_, idx, boff, n, out);
       if (rr == store::ReadResult::Corrupt) {

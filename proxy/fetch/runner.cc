@@ -5,6 +5,8 @@
 // doubling to 10 s; 429/503 honour Retry-After); a changed upstream kills
 // the object's version; an upstream that ignores Range switches the object
 // to one whole-body stream.
+#include <cstring>
+
 #include "proxy/fetch/fill.h"
 
 namespace slip::proxy {
@@ -19,16 +21,31 @@ void logf(conf::LogLevel l, std::string_view ev, const std::string& kv) { conf::
 // ------------------------------------------------------------------ blocks
 
 Block* Fill::createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgentPos,
-                         const std::vector<policy::ByteRange>& pieces, bool forceRoom, bool* cacheFailed) {
+                         const std::vector<policy::ByteRange>& pieces, bool forceRoom, bool* cacheFailed,
+                         bool stream) {
   const store::ObjectMeta& m = o->meta;
   uint64_t len = m.blockLength(idx);
   if (len == 0) return nullptr;
-  if (!store.reserve(len, forceRoom || urgentPos.has_value())) return nullptr;
-  store::Store::Writer* w = store.beginBlock(o->key, m, idx);
-  if (!w) {
-    store.release(len);
-    *cacheFailed = true;
-    return nullptr;
+  using fillmem::BlockMode;
+  BlockMode mode = blockMode(o, idx, urgentPos.has_value(), stream);
+  if (mode == BlockMode::Wait) return nullptr;  // kicked again when memory frees
+  std::shared_ptr<BlockBuffer> mem;
+  if (mode != BlockMode::Disk) {
+    mem = std::make_shared<BlockBuffer>(static_cast<size_t>(len), memUsed_);
+    if (!mem->bytes) {
+      mem.reset();
+      mode = BlockMode::Disk;
+    }
+  }
+  store::Store::Writer* w = nullptr;
+  if (mode != BlockMode::MemoryOnly) {
+    if (!store.reserve(len, forceRoom || urgentPos.has_value())) return nullptr;
+    w = store.beginBlock(o->key, m, idx);
+    if (!w) {
+      store.release(len);
+      *cacheFailed = true;
+      return nullptr;
+    }
   }
   auto b = std::make_unique<Block>();
   b->obj = o;
@@ -36,6 +53,14 @@ Block* Fill::createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgent
   b->begin = m.blockBegin(idx);
   b->end = b->begin + len;
   b->writer = w;
+  b->mem = std::move(mem);
+  b->uncached = mode == BlockMode::MemoryOnly;
+  if (b->mem) ctx.stats.memoryBlocks++;
+  if (b->uncached) {
+    ctx.stats.droppedBlocks++;
+    logf(conf::LogLevel::Debug, "block_not_cached",
+         "path=" + conf::logValue(o->path) + " block=" + std::to_string(idx) + " cause=disk_behind");
+  }
   // The reader that asked first pays for it in the access log.
   for (BlockReader* r : o->readers) {
     if (r->pos < r->end && r->pos / m.blockSize <= idx) {
@@ -60,9 +85,15 @@ Block* Fill::createBlock(Object* o, uint32_t idx, std::optional<uint64_t> urgent
 }
 
 void Fill::maybeCommit(Block* b) {
-  if (b->committing) return;
+  if (b->committing || b->complete) return;
   for (auto& p : b->pieces)
     if (p->state != PieceState::Done || p->written != p->end - p->begin) return;
+  if (b->uncached) {
+    // Served from memory, never stored: freed once no playing reader needs it.
+    b->complete = true;
+    kick();
+    return;
+  }
   b->committing = true;
   Object* o = b->obj;
   uint32_t idx = b->idx;
@@ -180,7 +211,8 @@ bool Piece::onHeaders(Transfer& t) {
 }
 
 size_t Piece::onData(Transfer&, const char* data, size_t n) {
-  if (fill.store.queuedBytes() >= store::Store::kQueueLimit) {
+  // A buffered block never waits for the disk; an unbuffered one is paced by it.
+  if (!blk.mem && fill.store.queuedBytes() >= store::Store::kQueueLimit) {
     fill.paused.insert(this);  // resumed when the store's queue drains
     return Transfer::kPause;
   }
@@ -194,6 +226,35 @@ void Fill::storeBytes(Piece* p, const char* data, size_t n) {
   Block* b = &p->blk;
   uint64_t at = p->begin + p->received;
   Watch alive = b->life.watch();
+  if (b->mem) {
+    // Readers read it from memory now (woken from the loop: this may run
+    // inside curl); the disk write, if the block is cached, runs behind.
+    char* dst = b->mem->bytes + (at - b->begin);
+    std::memcpy(dst, data, n);
+    if (!b->wakeQueued) {
+      b->wakeQueued = true;
+      memWakes_.push_back({alive, b});
+      memWake_.fire();
+    }
+    if (b->uncached) {
+      p->written += n;
+    } else {
+      store.write(b->writer, at - b->begin, dst, n, [this, p, alive, n](bool ok) {
+        if (!alive) return;
+        if (!ok) {
+          failBlock(&p->blk, Reason::CacheFailed, "cache write failed");
+          return;
+        }
+        p->written += n;
+        if (p->state == PieceState::Done) maybeCommit(&p->blk);
+      }, b->mem);
+    }
+    p->received += n;
+    tuner.received(p->host, n);
+    ctx.stats.upstreamBytes += n;
+    if (b->initiator) b->initiator->client->upstreamBytes(n);
+    return;
+  }
   store.write(b->writer, at - b->begin, data, n, [this, p, alive, n](bool ok) {
     if (!alive) return;
     if (!ok) {
@@ -369,7 +430,7 @@ size_t WholeStream::onData(Transfer&, const char* data, size_t n) {
     Block* b = it == o->blocks.end() ? nullptr : it->second.get();
     if (!b && offset == bBegin && !store.present(o->key, o->meta.generation, idx)) {
       // Cache what passes (always room: the stream cannot skip a block a reader waits on).
-      b = fill.createBlock(o, idx, std::nullopt, {{bBegin, bEnd}}, true, &cacheFailed);
+      b = fill.createBlock(o, idx, std::nullopt, {{bBegin, bEnd}}, true, &cacheFailed, true);
       if (cacheFailed) return 0;
       if (b) {
         b->fedByStream = true;

@@ -107,6 +107,7 @@ plan::Input Fill::snapshot(std::vector<Object*>* objs) {
 
 void Fill::schedule() {
   if (ctx.quiescing) return;
+  releaseMemoryBlocks();
   std::vector<Object*> objs;
   plan::Input in = snapshot(&objs);
   if (in.objects.empty()) return;

@@ -548,6 +548,8 @@ class BlockCache(GatewayTest):
         gw = self.start(block_size="256K", mount_extra="revalidate = 2s\n")
         st, h, body = fetch(gw, "/p/m/h.bin")
         self.assertEqual(sha256(body), sha256(old))
+        # The client had its bytes from memory; the disk lists the blocks behind it.
+        gw.wait_idle(30)
         new = random_bytes(3 * MiB - 5, seed=18)
         replace_file(os.path.join(self.root, "h.bin"), new)
         self.origin.clear_log()
@@ -586,6 +588,7 @@ class BlockCache(GatewayTest):
             self.assertEqual(st, 200)
             after.append((hashes.get(sha256(body), "MIX"), h.get("x-cache")))
             self.assertEqual(h.get("content-length"), str(len(body)))
+            gw.wait_idle(30)  # listed behind the client (served from memory meanwhile)
         self.assertEqual(after, [("new", "MISS"), ("new", "HIT")], "after revalidation: %r" % (after,))
         # The old version's blocks are reclaimed: only the new object's bytes stay on disk.
         try:

@@ -204,6 +204,7 @@ class RevalidateBeforeHeaders(GatewayTest):
             "[mount m]\nsource = http\nbase_url = %s\nrevalidate = 1s\n" % origin.url("/"))
         r = gw.get("/p/m/f.bin")
         self.assertEqual((r.status, r.body), (200, old))
+        gw.wait_idle(30)  # the disk lists the blocks behind the client
         r = gw.get("/p/m/f.bin", headers={"Range": "bytes=100-199"})
         self.assertEqual((r.status, r.body, r.header("X-Cache")), (206, old[100:200], "HIT"))
         for i, size in enumerate((2 * MiB + 7, 4 * MiB + 1, 4 * MiB + 1)):

@@ -213,6 +213,7 @@ class ReloadTest(GatewayTest):
         st = self.stats(gw)
         self.assertEqual(st["config"]["last_reload"]["needs_restart"], ["[cache] block_size"])
         # The running block size still applies (1 MiB blocks: 1 block).
+        gw.wait_idle(30)  # the object is committed behind the client
         objs = json.loads(gw.get("/-/api/v1/objects", headers={"Authorization": "Bearer " + TOKEN}).body)
         self.assertEqual(objs["objects"][0]["blocks"]["block_size"], MiB)
         # The address goes away again.

@@ -433,6 +433,8 @@ TEST_CASE("defaults from the table agree with conf.h", "[conf]") {
   CHECK(c.cache.maxSize == c0.maxSize);
   CHECK(c.cache.minFree == c0.minFree);
   CHECK(c.cache.blockSize == c0.blockSize);
+  CHECK(c.cache.fillMemory == c0.fillMemory);
+  CHECK(c.cache.testDiskRate == c0.testDiskRate);
 
   const Mount m0;
   REQUIRE(c.mounts.size() == 3);

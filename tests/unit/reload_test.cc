@@ -34,7 +34,9 @@ TEST_CASE("reload: restart keys are named and keep their running values", "[conf
       {"[cache] max_size", "max_size = 2G", "max_size = 3G"},
       {"[cache] min_free", "min_free = 1G", "min_free = 2G"},
       {"[cache] block_size", "block_size = 1M", "block_size = 4M"},
+      {"[cache] test_disk_rate", "block_size = 1M", "block_size = 1M\ntest_disk_rate = 1M"},
   };
+  setenv("SLIPSTREAM_TEST_HOOKS", "1", 1);  // test_disk_rate is a test hook
   std::set<std::string> tested;
   for (const Row& r : rows) {
     std::string text = kBase;
