@@ -56,7 +56,17 @@ int64_t Fill::readInFlight(Block* b, uint64_t at, uint64_t max, evbuffer* out) {
     for (auto& p : b->pieces) spans.push_back({p->begin, p->end, p->received});
     uint64_t n = std::min(max, fillmem::memoryReadable(spans, at));
     if (n == 0) return 0;
-    evbuffer_add(out, b->mem->bytes + (at - b->begin), n);
+    // By reference, not a copy: 200 slow clients of buffered blocks would
+    // otherwise each hold up to kClientHighWater of copies. Arrived bytes
+    // never change; the reference keeps the buffer (and its count against
+    // fill_memory) until the socket took them.
+    auto* hold = new std::shared_ptr<BlockBuffer>(b->mem);
+    if (evbuffer_add_reference(out, b->mem->bytes + (at - b->begin), n,
+                               [](const void*, size_t, void* h) { delete static_cast<std::shared_ptr<BlockBuffer>*>(h); },
+                               hold) != 0) {
+      delete hold;
+      return -1;
+    }
     return static_cast<int64_t>(n);
   }
   // Unbuffered: the bytes its piece already wrote are readable from the file.
