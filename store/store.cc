@@ -143,6 +143,7 @@ void Store::Impl::completions() {
         }
         if (op.kind == OpKind::DeleteObject && op.ok) {
           forgetFile(op.key, op.gen);
+          watches.forgetVersion(op.key, op.gen);
           // The listed bytes it deleted no longer count (evicted or dropped
           // ones were already subtracted when they were chosen).
           for (const Victim& v : op.victims) {
@@ -162,7 +163,10 @@ void Store::Impl::completions() {
         }
         break;
       case OpKind::Evict:
-        for (const Victim& v : op.victims) pins.stay({v.key, v.idx});
+        for (const Victim& v : op.victims) {
+          watches.forgetBlock(v.key, v.gen, v.idx);  // no reader holds it: it was claimed unpinned
+          pins.stay({v.key, v.idx});
+        }
         break;
       case OpKind::Drop:
         for (const Victim& v : op.victims) pins.stay({v.key, v.idx});
@@ -412,7 +416,7 @@ Store::Writer* Store::beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx
   w->idx = idx;
   w->length = static_cast<uint32_t>(m.blockLength(idx));
   w->fileOffset = blockOffset(m, idx);
-  w->epoch = f->epoch;
+  w->epoch = f->watch->epoch();
   w->file = std::move(f);
   uint32_t pages = (w->length + kPageSize - 1) / kPageSize;
   w->states.assign(pages, nullptr);
@@ -498,6 +502,7 @@ Usage Store::usage() const {
   u.maxBytes = static_cast<uint64_t>(s.cfg.maxSize);
   u.evictedBlocks = s.evicted;
   u.droppedCorrupt = s.dropped;
+  u.pagesChecked = s.pagesChecked.load();
   return u;
 }
 

@@ -72,6 +72,7 @@ struct Usage {
   uint64_t maxBytes = 0;
   uint64_t evictedBlocks = 0;
   uint64_t droppedCorrupt = 0;
+  uint64_t pagesChecked = 0;  // pages read and hashed by reads, any thread (verified once per epoch)
 };
 
 /// Which cached objects to list (Store::listObjects).
@@ -233,9 +234,10 @@ class Store {
 
 /// The store's read path for one front-end worker thread (issue 14). Only
 /// reads, and only of listed blocks: its own LMDB read transaction (the
-/// environment is MDB_NOTLS), its own descriptors of the data files, its own
-/// record of verified pages (checked on first read per page and epoch, as
-/// the loop does) and its own sendfile segments. Pins and the blocks being
+/// environment is MDB_NOTLS), its own descriptors of the data files and its
+/// own sendfile segments. Verified pages are one record per object version
+/// shared with the loop and every worker (a page is checksummed on its first
+/// read per epoch by whichever thread reads it first). Pins and the blocks being
 /// evicted are shared with the loop (a mutex): a block is pinned before its
 /// listing is read, so it cannot be evicted or punched while it is served.
 /// A page that fails its checksum is not served and is reported to the loop,
