@@ -245,6 +245,31 @@ class WatchTable {
   std::map<std::pair<Key, uint64_t>, std::shared_ptr<FileWatch>> watches_;
 };
 
+/// Keys whose object has a change queued for the disk thread and not yet
+/// committed (the loop's `pendingObjects`, mirrored for the workers): a
+/// worker does not answer for them (the loop does, from its overlay), so a
+/// purge or a new version is seen on every thread from the moment it is
+/// queued, not only once it commits.
+class PendingKeys {
+ public:
+  void add(const Key& k) {
+    std::lock_guard<std::mutex> g(mu_);
+    keys_.insert(k);
+  }
+  void remove(const Key& k) {
+    std::lock_guard<std::mutex> g(mu_);
+    keys_.erase(k);
+  }
+  bool contains(const Key& k) const {
+    std::lock_guard<std::mutex> g(mu_);
+    return keys_.count(k) > 0;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::set<Key> keys_;
+};
+
 /// An open data file, shared by the loop (reads) and the disk thread
 /// (writes); its verified pages and change detection are in `watch`.
 struct DataFile {
@@ -355,6 +380,10 @@ struct Store::Impl {
   uint64_t objects = 0, blocks = 0;
   uint64_t evicted = 0, dropped = 0;
   std::map<Key, std::optional<ObjectMeta>> pendingObjects;  // queued, not yet committed
+  void setPending(const Key& k, std::optional<ObjectMeta> m) {
+    pendingKeys.add(k);  // before the caller answers anyone: workers hand these keys over
+    pendingObjects[k] = std::move(m);
+  }
   PinTable pins;  // leaving (being evicted or dropped) and pinned blocks; shared with workers
   std::map<const Store::Writer*, std::unique_ptr<Store::Writer>> writers;  // filling
   std::multimap<BlockId, std::unique_ptr<Store::Writer>> deferredAbandon;  // punched when unpinned
@@ -375,6 +404,7 @@ struct Store::Impl {
 
   // ---- shared with the front-end workers (WarmReader, store/warm.cc)
   WatchTable watches;                     // verified pages and change detection, per object version
+  PendingKeys pendingKeys;                // the keys of pendingObjects
   std::atomic<uint64_t> pagesChecked{0};  // pages read and hashed by reads (any thread)
   std::mutex fromWorkersMu;
   std::vector<BlockId> workerUnpinned;                             // last pins a worker let go

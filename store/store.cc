@@ -139,7 +139,10 @@ void Store::Impl::completions() {
           const auto& cur = it->second;
           bool same = op.kind == OpKind::PutObject ? (cur && cur->generation == op.meta.generation)
                                                    : (!cur);
-          if (same) pendingObjects.erase(it);
+          if (same) {
+            pendingObjects.erase(it);
+            pendingKeys.remove(op.key);  // committed: the workers' read transactions see it now
+          }
         }
         if (op.kind == OpKind::DeleteObject && op.ok) {
           forgetFile(op.key, op.gen);
@@ -208,7 +211,7 @@ ObjectMeta Store::create(const Key& k, ObjectMeta meta) {
   if (auto old = lookup(k)) invalidate(k, old->generation);
   meta.generation = s.nextGen++;
   s.file(k, meta.generation, true, meta.blockSize, meta.size);
-  s.pendingObjects[k] = meta;
+  s.setPending(k, meta);
   s.objects++;
   Op op{OpKind::PutObject};
   op.key = k;
@@ -222,7 +225,7 @@ void Store::markValidated(const Key& k, const ObjectMeta& meta, int64_t nowMs) {
   Impl& s = *impl_;
   ObjectMeta m = meta;
   m.validatedMs = nowMs;
-  s.pendingObjects[k] = m;
+  s.setPending(k, m);
   Op op{OpKind::PutObject};
   op.key = k;
   op.gen = m.generation;
@@ -234,7 +237,7 @@ void Store::invalidate(const Key& k, uint64_t generation) {
   Impl& s = *impl_;
   auto cur = lookup(k);
   if (!cur || cur->generation != generation) return;
-  s.pendingObjects[k] = std::nullopt;
+  s.setPending(k, std::nullopt);
   if (s.objects) s.objects--;
   Op op{OpKind::DeleteObject};
   op.key = k;

@@ -247,8 +247,9 @@ class WarmReader {
   ~WarmReader();
   WarmReader(const WarmReader&) = delete;
   WarmReader& operator=(const WarmReader&) = delete;
-  /// The object's committed version (the loop's queued changes are not
-  /// seen: a version being dropped may show here for a few milliseconds).
+  /// The object's committed version; nothing while the loop has a change of
+  /// it queued and not committed (a purge, a new version, a revalidation):
+  /// the loop answers those.
   std::optional<ObjectMeta> lookup(const Key& k);
   /// Every block in [first, last] is listed for `gen` and not leaving.
   bool allPresent(const Key& k, uint64_t gen, uint32_t first, uint32_t last);

@@ -161,6 +161,7 @@ std::unique_ptr<WarmReader> Store::warmReader() {
 }
 
 std::optional<ObjectMeta> WarmReader::lookup(const Key& k) {
+  if (s_->s->pendingKeys.contains(k)) return std::nullopt;  // a change queued on the loop: it answers
   MDB_txn* t = s_->begin();
   if (!t) return std::nullopt;
   MDB_val kv{16, const_cast<uint8_t*>(k.b)}, v;
