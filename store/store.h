@@ -256,6 +256,9 @@ class WarmReader {
   /// As Store::read, for a listed block: Missing when it is not (any more).
   ReadResult read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
                   evbuffer* out);
+  /// Every page of [begin, end) of the version is verified (by any thread)
+  /// in the current epoch of its file.
+  bool verified(const Key& k, const ObjectMeta& m, uint64_t begin, uint64_t end);
   /// Lets go of kept sendfile segments older than a second (call it often).
   void sweep(int64_t monoMs);
 

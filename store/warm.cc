@@ -194,6 +194,21 @@ bool WarmReader::allPresent(const Key& k, uint64_t gen, uint32_t first, uint32_t
   return n == last - first + 1;
 }
 
+bool WarmReader::verified(const Key& k, const ObjectMeta& m, uint64_t begin, uint64_t end) {
+  if (begin >= end) return true;
+  auto f = s_->file(k, m.generation, s_->s->clock->monoNs());
+  if (!f) return false;
+  for (uint64_t pos = begin; pos < end;) {
+    uint32_t idx = static_cast<uint32_t>(pos / m.blockSize);
+    uint64_t off = pos - m.blockBegin(idx), len = std::min<uint64_t>(end - pos, m.blockLength(idx) - off);
+    size_t pages = static_cast<size_t>((m.blockLength(idx) + kPageSize - 1) / kPageSize);
+    uint32_t p0 = static_cast<uint32_t>(off / kPageSize), p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
+    if (!f->watch->look(idx, pages, p0, p1).verified) return false;
+    pos += len;
+  }
+  return true;
+}
+
 void WarmReader::sweep(int64_t monoMs) { s_->dropSegments(false, monoMs); }
 
 ReadResult WarmReader::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
