@@ -60,7 +60,7 @@ const char* deliveryName(Delivery d);
 struct Server {
   std::vector<ListenAddr> listen;        // default 0.0.0.0:8690
   int64_t maxConnections = 1024;         // client connections
-  int64_t workers = 1;                   // front-end threads; 0 = auto (one per core)
+  int64_t workers = 0;                   // front-end threads; 0 = auto (one per core, at least 1)
   int64_t maxRequestLine = 8 * 1024;     // bytes; longer → 414
   int64_t maxHeaderSize = 32 * 1024;     // bytes, all header lines; larger → 431
   int64_t maxRequestBody = 64 * 1024;    // bytes of a request body; larger → 413

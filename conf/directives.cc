@@ -159,10 +159,10 @@ std::vector<Directive> makeTable() {
               "port 0 picks a free port. Add the word tls for HTTPS with tls_cert and tls_key: "
               "[::]:8443 tls.",
        .apply = [](Config& c, V v) { c.server.listen.push_back(v.listen); }},
-      {.section = S::Server, .name = "workers", .type = T::String, .def = "1",
+      {.section = S::Server, .name = "workers", .type = T::String, .def = "auto",
        .doc = "Threads that accept plain-HTTP clients and serve warm hits (every requested byte "
-              "stored) themselves: a number (1..64) or auto (one per core). 1 = the event loop "
-              "alone. Everything else (misses, admin, WebDAV, TLS) runs on the main loop.",
+              "stored) themselves: a number (1..64) or auto (one per core, at least 1). 1 = the "
+              "event loop alone. Everything else (misses, admin, WebDAV, TLS) runs on the main loop.",
        .restart = true,
        .apply = [](Config& c, V v) { c.server.workers = v.text == "auto" ? 0 : workerNumber(v.text); },
        .check = workerCount},

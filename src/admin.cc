@@ -206,6 +206,7 @@ std::string Server::Impl::metrics() const {
          "Connections answered 503 and closed because max_connections were open.", refusedConns);
   uint64_t pauses = 0;
   for (const auto& l : listeners) pauses += l->pauses();
+  for (size_t i = 0; workers && i < workers->size(); i++) pauses += workers->figures(i).acceptPauses;
   metric("slipstream_accept_pauses_total", "counter",
          "Times accepting paused for lack of file descriptors.", pauses);
   metric("slipstream_dav_password_checks_total", "counter",

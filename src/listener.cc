@@ -132,6 +132,7 @@ void Listener::pause(int err) {
   if (!episode_) {
     episode_ = true;
     pauses_++;
+    if (opts_.pauseCount) (*opts_.pauseCount)++;
     conf::Log::write(conf::LogLevel::Warn, "accept_paused",
                      "address=" + name_ + " error=" + conf::logValue(strerror(err)) +
                          " retry_ms=" + std::to_string(opts_.pauseMs) +

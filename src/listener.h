@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -29,6 +30,8 @@ class Listener {
     /// bind the same address and the kernel spreads connections over them.
     bool reusePort = false;
     int64_t pauseMs = 250;  // retry accepting this long after EMFILE/ENFILE
+    /// Also counts pause episodes here (a worker's listener: read by the main loop).
+    std::atomic<uint64_t>* pauseCount = nullptr;
   };
 
   Listener(event_base* base, Options o, AcceptFn fn);

@@ -108,7 +108,11 @@ bool planWarm(const http::Request& r, const Generation& g, const FrontShared& sh
   uint64_t n = std::min<uint64_t>({br.size(), proxy::kClientHighWater / 2, m.blockLength(idx) - off});
   if (rd.read(p->key, m, idx, off, n, p->first.get()) != store::ReadResult::Ok) return false;
   p->pos = br.begin + n;
-  return true;
+  // The rest must be verified already (by any thread): a page that has not
+  // been checked since the file last changed could fail its checksum after
+  // the head is out, and only the main loop can then fetch it again without
+  // cutting the response short. It verifies them, and the next hit is ours.
+  return rd.verified(p->key, m, p->pos, br.end);
 }
 
 namespace {

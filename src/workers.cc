@@ -128,6 +128,7 @@ class FrontWorker final : public http::ConnHost, public ExchangeHost {
     Listener::Options o;
     o.addr = a;
     o.reusePort = true;
+    o.pauseCount = &fig.acceptPauses;
     auto l = std::make_unique<Listener>(base_, o, [this](int fd, const sockaddr_storage& peer, Listener& from) {
       onAccept(fd, peer, from);
     });

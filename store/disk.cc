@@ -59,10 +59,11 @@ struct AfterCommit {
 
 void Store::Impl::applyWrite(Op& op) {
   Writer* w = op.w;
-  w->file->writing++;
+  FileWatch& fw = *w->file->watch;
+  fw.writing++;
   ssize_t wr = pwrite(w->file->fd, op.bytes(), op.size(), static_cast<off_t>(w->fileOffset + op.off));
-  w->file->ourCtimeNs.store(ctimeOf(w->file->fd));
-  w->file->writing--;
+  fw.ourCtimeNs.store(ctimeOf(w->file->fd));
+  fw.writing--;
   if (wr != static_cast<ssize_t>(op.size())) {
     op.ok = false;
     w->failed = true;
@@ -284,11 +285,11 @@ void syncCommits(std::vector<Op*>& group) {
 
 void punchAfter(const AfterCommit& after) {
   for (auto& [f, r] : after.punch) {
-    f->writing++;
+    f->watch->writing++;
     fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(r.first),
               static_cast<off_t>(r.second));
-    f->ourCtimeNs.store(ctimeOf(f->fd));
-    f->writing--;
+    f->watch->ourCtimeNs.store(ctimeOf(f->fd));
+    f->watch->writing--;
   }
   for (auto& [path, r] : after.punchByPath) {
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);

@@ -95,42 +95,194 @@ class PinTable {
   std::map<BlockId, int> pins_;
 };
 
-/// An open data file, shared by the loop (reads) and the disk thread (writes).
+inline int64_t ctimeOf(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
+}
+
+constexpr int64_t kCtimeCheckNs = 50'000'000;  // how stale a file's change check may be
+
+/// The one record of which pages of a data file (one object version) have
+/// been verified against their checksums, shared by every thread that reads
+/// it: the loop and the front-end workers (issue 14). A page verified by any
+/// of them goes out with sendfile on all of them.
+///
+/// Pages count only in the file's current *epoch*. The disk thread records
+/// the ctime each of its own writes and punches left (`ourCtimeNs`, and
+/// `writing` while one is under way); a reader compares the file's ctime with
+/// it at most every kCtimeCheckNs, and a change the disk thread did not cause
+/// starts a new epoch (every page is verified again). A block's pages are
+/// forgotten when it is dropped or evicted. Marks carry the ticket of the
+/// entry they were checked against, so a read that began before a block was
+/// forgotten (or before a new epoch) cannot mark it verified afterwards.
+/// Everything but the two atomics is behind one mutex per file.
+class FileWatch {
+ public:
+  std::atomic<int64_t> ourCtimeNs{-1};
+  std::atomic<int> writing{0};  // disk-thread writes or punches under way
+  /// A ctime that was caused by us (or cannot be told apart from one of our
+  /// writes under way).
+  bool ours(int64_t ct) const { return writing.load() > 0 || ct == ourCtimeNs.load(); }
+
+  /// Compares the file's ctime (through `fd`, any descriptor of the file) if
+  /// the last comparison is older than kCtimeCheckNs, or always with `force`
+  /// (a descriptor just opened). False when fstat fails.
+  bool check(int fd, int64_t nowNs, bool force) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (!force && checked_ && nowNs - checkedNs_ < kCtimeCheckNs) return true;
+    }
+    int64_t ct = ctimeOf(fd);
+    if (ct < 0) return false;
+    std::lock_guard<std::mutex> g(mu_);
+    if (ct != seenCtimeNs_) {
+      if (!ours(ct)) newEpoch();
+      seenCtimeNs_ = ct;
+    }
+    checked_ = true;
+    checkedNs_ = nowNs;
+    return true;
+  }
+  uint64_t epoch() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return epoch_;
+  }
+
+  struct Look {
+    bool verified;    // every page of [p0, p1] verified in this epoch
+    uint64_t ticket;  // for mark()
+  };
+  Look look(uint32_t idx, size_t pages, uint32_t p0, uint32_t p1) {
+    std::lock_guard<std::mutex> g(mu_);
+    Entry& e = blocks_[idx];
+    if (e.ticket == 0 || e.epoch != epoch_ || e.pages.size() != pages)
+      e = Entry{epoch_, ++tickets_, std::vector<bool>(pages)};
+    bool all = p1 < e.pages.size();
+    for (uint32_t p = p0; p <= p1 && all; p++) all = e.pages[p];
+    return {all, e.ticket};
+  }
+  /// Pages [p0, p1] verified, if the block's entry is still the one `ticket` came from.
+  void mark(uint32_t idx, uint64_t ticket, uint32_t p0, uint32_t p1) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = blocks_.find(idx);
+    if (it == blocks_.end() || it->second.ticket != ticket || it->second.epoch != epoch_) return;
+    for (uint32_t p = p0; p <= p1 && p < it->second.pages.size(); p++) it->second.pages[p] = true;
+  }
+  /// A block just listed: its checksums were computed from the very bytes
+  /// written. Trusted when the file's ctime is ours and the epoch is the one
+  /// the fill began in.
+  void trustFill(uint32_t idx, size_t pages, uint64_t fillEpoch, int64_t ct) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (ct < 0 || !ours(ct) || fillEpoch != epoch_) return;
+    seenCtimeNs_ = ct;
+    blocks_[idx] = Entry{epoch_, ++tickets_, std::vector<bool>(pages, true)};
+  }
+  /// A block dropped or evicted: nothing of it counts as verified any more.
+  void forget(uint32_t idx) {
+    std::lock_guard<std::mutex> g(mu_);
+    blocks_.erase(idx);
+  }
+
+ private:
+  struct Entry {
+    uint64_t epoch = 0;
+    uint64_t ticket = 0;
+    std::vector<bool> pages;
+  };
+  void newEpoch() {
+    epoch_++;
+    blocks_.clear();
+  }
+  mutable std::mutex mu_;
+  int64_t seenCtimeNs_ = -1;
+  int64_t checkedNs_ = 0;
+  bool checked_ = false;
+  uint64_t epoch_ = 1;
+  uint64_t tickets_ = 0;
+  std::map<uint32_t, Entry> blocks_;
+};
+
+/// The FileWatch of each object version, shared by the loop and the
+/// workers: whoever opens a descriptor of a data file takes the version's
+/// watch from here (and keeps it with the descriptor). A deleted version's
+/// watch is forgotten; above kMaxWatches, watches nobody holds are.
+class WatchTable {
+ public:
+  std::shared_ptr<FileWatch> get(const Key& k, uint64_t gen) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto& w = watches_[{k, gen}];
+    if (!w) {
+      w = std::make_shared<FileWatch>();
+      if (watches_.size() > kMaxWatches) {
+        for (auto it = watches_.begin(); it != watches_.end();)
+          it = it->second.use_count() == 1 ? watches_.erase(it) : std::next(it);
+      }
+    }
+    return w;
+  }
+  /// The watch if there is one (nullptr otherwise).
+  std::shared_ptr<FileWatch> find(const Key& k, uint64_t gen) const {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = watches_.find({k, gen});
+    return it == watches_.end() ? nullptr : it->second;
+  }
+  void forgetBlock(const Key& k, uint64_t gen, uint32_t idx) {
+    if (auto w = find(k, gen)) w->forget(idx);
+  }
+  void forgetVersion(const Key& k, uint64_t gen) {
+    std::lock_guard<std::mutex> g(mu_);
+    watches_.erase({k, gen});
+  }
+  size_t size() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return watches_.size();
+  }
+  static constexpr size_t kMaxWatches = 4096;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::pair<Key, uint64_t>, std::shared_ptr<FileWatch>> watches_;
+};
+
+/// Keys whose object has a change queued for the disk thread and not yet
+/// committed (the loop's `pendingObjects`, mirrored for the workers): a
+/// worker does not answer for them (the loop does, from its overlay), so a
+/// purge or a new version is seen on every thread from the moment it is
+/// queued, not only once it commits.
+class PendingKeys {
+ public:
+  void add(const Key& k) {
+    std::lock_guard<std::mutex> g(mu_);
+    keys_.insert(k);
+  }
+  void remove(const Key& k) {
+    std::lock_guard<std::mutex> g(mu_);
+    keys_.erase(k);
+  }
+  bool contains(const Key& k) const {
+    std::lock_guard<std::mutex> g(mu_);
+    return keys_.count(k) > 0;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::set<Key> keys_;
+};
+
+/// An open data file, shared by the loop (reads) and the disk thread
+/// (writes); its verified pages and change detection are in `watch`.
 struct DataFile {
   int fd = -1;
   std::string path;
-  // Change detection for verified pages. The disk thread records the ctime
-  // each of its own writes left; a ctime the loop sees that is not ours means
-  // someone else wrote the file (a new epoch: verify again before serving).
-  std::atomic<int64_t> ourCtimeNs{-1};
-  std::atomic<int> writing{0};  // disk-thread writes or punches under way
-  /// A ctime the loop sees was caused by us (or cannot be told apart from
-  /// one of our writes under way).
-  bool ours(int64_t ct) const { return writing.load() > 0 || ct == ourCtimeNs.load(); }
-  int64_t seenCtimeNs = -1;  // loop only
-  int64_t checkedNs = 0;     // loop only: when seenCtimeNs was last compared
-  uint64_t epoch = 0;        // loop only
+  std::shared_ptr<FileWatch> watch;
   ~DataFile() {
     if (fd >= 0) close(fd);
   }
 };
 
-inline int64_t ctimeOf(int fd) {
-  struct stat st{};
-  if (fstat(fd, &st) != 0) return -1;
-  return static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
-}
-
-/// Pages of one block verified in the current epoch of its data file: those
-/// are served with sendfile without reading them again.
-struct Verified {
-  uint64_t epoch = 0;
-  std::vector<bool> pages;
-};
-constexpr size_t kMaxVerified = 1 << 17;
 constexpr size_t kMaxSegments = 1024;
 constexpr int64_t kSegmentLifeMs = 1000;
-constexpr int64_t kCtimeCheckNs = 50'000'000;  // how stale a file's change check may be
 
 struct CachedSegment {
   evbuffer_file_segment* seg;
@@ -179,7 +331,18 @@ class Store::Writer {
   }
 };
 
-enum class OpKind { PutObject, DeleteObject, Write, Commit, Abandon, Evict, Drop, Punch, Touch, Stop };
+enum class OpKind {
+  PutObject,
+  DeleteObject,
+  Write,
+  Commit,
+  Abandon,
+  Evict,
+  Drop,
+  Punch,
+  Touch,
+  Stop
+};
 
 struct Op {
   OpKind kind;
@@ -210,28 +373,30 @@ struct Store::Impl {
   conf::Cache cfg;
   event_base* base = nullptr;
   const Clock* clock = nullptr;
-  DirLock lock;  // declared before env: released after the index is closed
+  DirLock lock;      // declared before env: released after the index is closed
   bool off = false;  // min_free leaves nothing to store: every request bypasses the cache
   Env env;
 
   // ---- loop thread
   MDB_txn* rtxn = nullptr;  // reset between uses
   uint64_t nextGen = 1;
-  uint64_t used = 0;        // listed block bytes
+  uint64_t used = 0;  // listed block bytes
   uint64_t reserved = 0;
   uint64_t objects = 0, blocks = 0;
   uint64_t evicted = 0, dropped = 0;
   std::map<Key, std::optional<ObjectMeta>> pendingObjects;  // queued, not yet committed
+  void setPending(const Key& k, std::optional<ObjectMeta> m) {
+    pendingKeys.add(k);  // before the caller answers anyone: workers hand these keys over
+    pendingObjects[k] = std::move(m);
+  }
   PinTable pins;  // leaving (being evicted or dropped) and pinned blocks; shared with workers
   std::map<const Store::Writer*, std::unique_ptr<Store::Writer>> writers;  // filling
   std::multimap<BlockId, std::unique_ptr<Store::Writer>> deferredAbandon;  // punched when unpinned
-  std::multimap<BlockId, Op> deferredPunch;                // dropped blocks, punched when unpinned
-  int64_t statvfsAtMs = 0;  // monotonic
+  std::multimap<BlockId, Op> deferredPunch;  // dropped blocks, punched when unpinned
+  int64_t statvfsAtMs = 0;                   // monotonic
   uint64_t diskAvail = UINT64_MAX;
   std::map<std::tuple<Key, uint64_t, uint32_t>, TouchRec> touches;
-  std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
   std::map<std::tuple<Key, uint64_t, uint32_t>, CachedSegment> segments;
-  uint64_t epochs = 0;
   std::list<std::pair<std::pair<Key, uint64_t>, std::shared_ptr<DataFile>>> files;  // LRU
   std::vector<char> scratch;
   EventPtr doneEv;      // activated by the disk thread
@@ -243,8 +408,11 @@ struct Store::Impl {
   uint64_t overhead = 0;
 
   // ---- shared with the front-end workers (WarmReader, store/warm.cc)
+  WatchTable watches;                     // verified pages and change detection, per object version
+  PendingKeys pendingKeys;                // the keys of pendingObjects
+  std::atomic<uint64_t> pagesChecked{0};  // pages read and hashed by reads (any thread)
   std::mutex fromWorkersMu;
-  std::vector<BlockId> workerUnpinned;                          // last pins a worker let go
+  std::vector<BlockId> workerUnpinned;                             // last pins a worker let go
   std::vector<std::tuple<Key, uint64_t, uint32_t>> workerCorrupt;  // pages a worker found bad
   EventPtr fromWorkersEv;  // activated by a worker; runs workerNotes() on the loop
   void workerNotes();

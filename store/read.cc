@@ -57,8 +57,10 @@ std::shared_ptr<DataFile> Store::Impl::file(const Key& k, uint64_t gen, bool cre
              "path=" + conf::logValue(f->path) + " error=" + conf::logValue(strerror(errno)));
     return nullptr;
   }
-  f->epoch = ++epochs;  // nothing verified through this descriptor yet
-  f->seenCtimeNs = ctimeOf(f->fd);
+  // The version's verified pages, shared with the workers; a descriptor just
+  // opened compares the file's ctime at once.
+  f->watch = watches.get(k, gen);
+  if (!f->watch->check(f->fd, clock->monoNs(), true)) return nullptr;
   files.emplace_front(std::make_pair(k, gen), f);
   if (files.size() > kMaxOpenFiles) files.pop_back();
   return f;
@@ -156,33 +158,20 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
   if (!f) return ReadResult::IoError;
   uint32_t p0 = static_cast<uint32_t>(off / kPageSize);
   uint32_t p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
-  // Pages verified in this epoch go out with sendfile. A change of the
-  // file's ctime that the disk thread did not cause starts a new epoch.
-  int64_t nowNs = s.clock->monoNs();
-  if (nowNs - f->checkedNs >= kCtimeCheckNs) {
-    int64_t ct = ctimeOf(f->fd);
-    if (ct < 0) return ReadResult::IoError;
-    if (ct != f->seenCtimeNs) {
-      if (!f->ours(ct)) f->epoch = ++s.epochs;
-      f->seenCtimeNs = ct;
-    }
-    f->checkedNs = nowNs;
-  }
-  if (s.verified.size() > kMaxVerified) s.verified.clear();
-  Verified& v = s.verified[{k, m.generation, idx}];
-  if (v.epoch != f->epoch || v.pages.size() != r.pages.size()) {
-    v.epoch = f->epoch;
-    v.pages.assign(r.pages.size(), false);
-  }
-  bool known = true;
-  for (uint32_t p = p0; p <= p1 && known; p++) known = v.pages[p];
-  if (known && s.sendfileSegment(f->fd, k, m.generation, idx, blockOffset(m, idx), r.length, off, len, out))
+  // Pages verified in this epoch (by any thread) go out with sendfile. A
+  // change of the file's ctime that the disk thread did not cause starts a
+  // new epoch (FileWatch).
+  FileWatch& fw = *f->watch;
+  if (!fw.check(f->fd, s.clock->monoNs(), false)) return ReadResult::IoError;
+  FileWatch::Look v = fw.look(idx, r.pages.size(), p0, p1);
+  if (v.verified && s.sendfileSegment(f->fd, k, m.generation, idx, blockOffset(m, idx), r.length, off, len, out))
     return ReadResult::Ok;
   uint64_t from = static_cast<uint64_t>(p0) * kPageSize;
   uint64_t to = std::min<uint64_t>(r.length, static_cast<uint64_t>(p1 + 1) * kPageSize);
   if (s.scratch.size() < to - from) s.scratch.resize(to - from);
   ssize_t got = pread(f->fd, s.scratch.data(), to - from, static_cast<off_t>(blockOffset(m, idx) + from));
   if (got < 0) return ReadResult::IoError;
+  s.pagesChecked += p1 - p0 + 1;
   // A listed block whose bytes are not all there (the data file was cut
   // short) is as corrupt as one whose bytes changed. Neither is served: the
   // caller fetches it again.
@@ -194,14 +183,14 @@ ReadResult Store::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t
     s.dropCorrupt(k, m, idx, r, "page=" + std::to_string(*bad) + " checksum mismatch");
     return ReadResult::Corrupt;
   }
-  for (uint32_t p = p0; p <= p1; p++) v.pages[p] = true;
+  fw.mark(idx, v.ticket, p0, p1);
   evbuffer_add(out, s.scratch.data() + (off - from), len);
   return ReadResult::Ok;
 }
 
 void Store::Impl::dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, const BlockRecord& r,
                               const std::string& why) {
-  verified.erase({k, m.generation, idx});
+  watches.forgetBlock(k, m.generation, idx);
   dropped++;
   bool pinned = pins.leaveAndPinned({k, idx});
   if (used >= r.length) used -= r.length;
@@ -231,13 +220,7 @@ void Store::Impl::dropCorrupt(const Key& k, const ObjectMeta& m, uint32_t idx, c
 // our last write left, in the same epoch), its pages count as verified.
 void Store::Impl::trustFill(const Store::Writer& w) {
   DataFile& f = *w.file;
-  int64_t ct = ctimeOf(f.fd);
-  if (ct < 0 || !f.ours(ct) || f.epoch != w.epoch) return;
-  f.seenCtimeNs = ct;
-  if (verified.size() > kMaxVerified) verified.clear();
-  Verified& v = verified[{w.key, w.gen, w.idx}];
-  v.epoch = f.epoch;
-  v.pages.assign(w.hashes.size(), true);
+  f.watch->trustFill(w.idx, w.hashes.size(), w.epoch, ctimeOf(f.fd));
 }
 
 ReadResult Store::readRaw(Writer* w, uint64_t off, uint64_t len, evbuffer* out) {

@@ -139,10 +139,14 @@ void Store::Impl::completions() {
           const auto& cur = it->second;
           bool same = op.kind == OpKind::PutObject ? (cur && cur->generation == op.meta.generation)
                                                    : (!cur);
-          if (same) pendingObjects.erase(it);
+          if (same) {
+            pendingObjects.erase(it);
+            pendingKeys.remove(op.key);  // committed: the workers' read transactions see it now
+          }
         }
         if (op.kind == OpKind::DeleteObject && op.ok) {
           forgetFile(op.key, op.gen);
+          watches.forgetVersion(op.key, op.gen);
           // The listed bytes it deleted no longer count (evicted or dropped
           // ones were already subtracted when they were chosen).
           for (const Victim& v : op.victims) {
@@ -162,7 +166,10 @@ void Store::Impl::completions() {
         }
         break;
       case OpKind::Evict:
-        for (const Victim& v : op.victims) pins.stay({v.key, v.idx});
+        for (const Victim& v : op.victims) {
+          watches.forgetBlock(v.key, v.gen, v.idx);  // no reader holds it: it was claimed unpinned
+          pins.stay({v.key, v.idx});
+        }
         break;
       case OpKind::Drop:
         for (const Victim& v : op.victims) pins.stay({v.key, v.idx});
@@ -204,7 +211,7 @@ ObjectMeta Store::create(const Key& k, ObjectMeta meta) {
   if (auto old = lookup(k)) invalidate(k, old->generation);
   meta.generation = s.nextGen++;
   s.file(k, meta.generation, true, meta.blockSize, meta.size);
-  s.pendingObjects[k] = meta;
+  s.setPending(k, meta);
   s.objects++;
   Op op{OpKind::PutObject};
   op.key = k;
@@ -218,7 +225,7 @@ void Store::markValidated(const Key& k, const ObjectMeta& meta, int64_t nowMs) {
   Impl& s = *impl_;
   ObjectMeta m = meta;
   m.validatedMs = nowMs;
-  s.pendingObjects[k] = m;
+  s.setPending(k, m);
   Op op{OpKind::PutObject};
   op.key = k;
   op.gen = m.generation;
@@ -230,7 +237,7 @@ void Store::invalidate(const Key& k, uint64_t generation) {
   Impl& s = *impl_;
   auto cur = lookup(k);
   if (!cur || cur->generation != generation) return;
-  s.pendingObjects[k] = std::nullopt;
+  s.setPending(k, std::nullopt);
   if (s.objects) s.objects--;
   Op op{OpKind::DeleteObject};
   op.key = k;
@@ -412,7 +419,7 @@ Store::Writer* Store::beginBlock(const Key& k, const ObjectMeta& m, uint32_t idx
   w->idx = idx;
   w->length = static_cast<uint32_t>(m.blockLength(idx));
   w->fileOffset = blockOffset(m, idx);
-  w->epoch = f->epoch;
+  w->epoch = f->watch->epoch();
   w->file = std::move(f);
   uint32_t pages = (w->length + kPageSize - 1) / kPageSize;
   w->states.assign(pages, nullptr);
@@ -504,6 +511,7 @@ Usage Store::usage() const {
   u.maxBytes = static_cast<uint64_t>(s.cfg.maxSize);
   u.evictedBlocks = s.evicted;
   u.droppedCorrupt = s.dropped;
+  u.pagesChecked = s.pagesChecked.load();
   return u;
 }
 

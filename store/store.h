@@ -72,6 +72,7 @@ struct Usage {
   uint64_t maxBytes = 0;
   uint64_t evictedBlocks = 0;
   uint64_t droppedCorrupt = 0;
+  uint64_t pagesChecked = 0;  // pages read and hashed by reads, any thread (verified once per epoch)
 };
 
 /// Which cached objects to list (Store::listObjects).
@@ -237,9 +238,10 @@ class Store {
 
 /// The store's read path for one front-end worker thread (issue 14). Only
 /// reads, and only of listed blocks: its own LMDB read transaction (the
-/// environment is MDB_NOTLS), its own descriptors of the data files, its own
-/// record of verified pages (checked on first read per page and epoch, as
-/// the loop does) and its own sendfile segments. Pins and the blocks being
+/// environment is MDB_NOTLS), its own descriptors of the data files and its
+/// own sendfile segments. Verified pages are one record per object version
+/// shared with the loop and every worker (a page is checksummed on its first
+/// read per epoch by whichever thread reads it first). Pins and the blocks being
 /// evicted are shared with the loop (a mutex): a block is pinned before its
 /// listing is read, so it cannot be evicted or punched while it is served.
 /// A page that fails its checksum is not served and is reported to the loop,
@@ -249,14 +251,18 @@ class WarmReader {
   ~WarmReader();
   WarmReader(const WarmReader&) = delete;
   WarmReader& operator=(const WarmReader&) = delete;
-  /// The object's committed version (the loop's queued changes are not
-  /// seen: a version being dropped may show here for a few milliseconds).
+  /// The object's committed version; nothing while the loop has a change of
+  /// it queued and not committed (a purge, a new version, a revalidation):
+  /// the loop answers those.
   std::optional<ObjectMeta> lookup(const Key& k);
   /// Every block in [first, last] is listed for `gen` and not leaving.
   bool allPresent(const Key& k, uint64_t gen, uint32_t first, uint32_t last);
   /// As Store::read, for a listed block: Missing when it is not (any more).
   ReadResult read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
                   evbuffer* out);
+  /// Every page of [begin, end) of the version is verified (by any thread)
+  /// in the current epoch of its file.
+  bool verified(const Key& k, const ObjectMeta& m, uint64_t begin, uint64_t end);
   /// Lets go of kept sendfile segments older than a second (call it often).
   void sweep(int64_t monoMs);
 

@@ -1,6 +1,7 @@
 // The read path of a front-end worker thread (issue 14): reads of listed
-// blocks only, on the worker's own LMDB read transaction, descriptors,
-// verified pages and sendfile segments. The write side (fills, commits,
+// blocks only, on the worker's own LMDB read transaction, descriptors and
+// sendfile segments; the record of verified pages (FileWatch) is one per
+// object version, shared with the loop and the other workers. The write side (fills, commits,
 // eviction, drops) stays on the loop and the disk thread; what a worker
 // shares with them is the pin table (store/internal.h) and two notes it
 // leaves for the loop (a last pin let go, a page that failed its checksum).
@@ -34,9 +35,7 @@ struct WorkerSegmentPin {
 
 struct WarmFile {
   int fd = -1;
-  int64_t seenCtimeNs = -1;
-  int64_t checkedNs = 0;
-  uint64_t epoch = 0;
+  std::shared_ptr<FileWatch> watch;  // the version's verified pages, shared with the loop and other workers
   ~WarmFile() {
     if (fd >= 0) close(fd);
   }
@@ -49,9 +48,7 @@ constexpr size_t kWarmFiles = 64;
 struct WarmReader::State {
   Store::Impl* s = nullptr;
   MDB_txn* txn = nullptr;
-  uint64_t epochs = 0;
   std::list<std::pair<std::pair<Key, uint64_t>, std::shared_ptr<WarmFile>>> files;  // LRU
-  std::map<std::tuple<Key, uint64_t, uint32_t>, Verified> verified;
   std::map<std::tuple<Key, uint64_t, uint32_t>, CachedSegment> segments;
   std::vector<char> scratch;
 
@@ -105,24 +102,15 @@ std::shared_ptr<WarmFile> WarmReader::State::file(const Key& k, uint64_t gen, in
     f = std::make_shared<WarmFile>();
     f->fd = ::open(dataPath(s->cfg.dir, k, gen).c_str(), O_RDONLY | O_CLOEXEC);
     if (f->fd < 0) return nullptr;  // deleted meanwhile: the caller hands over to the loop
-    f->epoch = ++epochs;
-    f->seenCtimeNs = ctimeOf(f->fd);
-    f->checkedNs = nowNs;
+    f->watch = s->watches.get(k, gen);
+    if (!f->watch->check(f->fd, nowNs, true)) return nullptr;
     files.emplace_front(std::make_pair(k, gen), f);
     if (files.size() > kWarmFiles) files.pop_back();
     return f;
   }
-  // This thread cannot tell the disk thread's writes from a foreign one:
-  // any change of the file starts a new epoch (pages are verified again).
-  if (nowNs - f->checkedNs >= kCtimeCheckNs) {
-    int64_t ct = ctimeOf(f->fd);
-    if (ct < 0) return nullptr;
-    if (ct != f->seenCtimeNs) {
-      f->epoch = ++epochs;
-      f->seenCtimeNs = ct;
-    }
-    f->checkedNs = nowNs;
-  }
+  // The same change detection as the loop's (the disk thread's own writes
+  // are told apart by the ctime it records in the shared watch).
+  if (!f->watch->check(f->fd, nowNs, false)) return nullptr;
   return f;
 }
 
@@ -173,6 +161,7 @@ std::unique_ptr<WarmReader> Store::warmReader() {
 }
 
 std::optional<ObjectMeta> WarmReader::lookup(const Key& k) {
+  if (s_->s->pendingKeys.contains(k)) return std::nullopt;  // a change queued on the loop: it answers
   MDB_txn* t = s_->begin();
   if (!t) return std::nullopt;
   MDB_val kv{16, const_cast<uint8_t*>(k.b)}, v;
@@ -205,6 +194,21 @@ bool WarmReader::allPresent(const Key& k, uint64_t gen, uint32_t first, uint32_t
   return n == last - first + 1;
 }
 
+bool WarmReader::verified(const Key& k, const ObjectMeta& m, uint64_t begin, uint64_t end) {
+  if (begin >= end) return true;
+  auto f = s_->file(k, m.generation, s_->s->clock->monoNs());
+  if (!f) return false;
+  for (uint64_t pos = begin; pos < end;) {
+    uint32_t idx = static_cast<uint32_t>(pos / m.blockSize);
+    uint64_t off = pos - m.blockBegin(idx), len = std::min<uint64_t>(end - pos, m.blockLength(idx) - off);
+    size_t pages = static_cast<size_t>((m.blockLength(idx) + kPageSize - 1) / kPageSize);
+    uint32_t p0 = static_cast<uint32_t>(off / kPageSize), p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
+    if (!f->watch->look(idx, pages, p0, p1).verified) return false;
+    pos += len;
+  }
+  return true;
+}
+
 void WarmReader::sweep(int64_t monoMs) { s_->dropSegments(false, monoMs); }
 
 ReadResult WarmReader::read(const Key& k, const ObjectMeta& m, uint32_t idx, uint64_t off, uint64_t len,
@@ -226,27 +230,22 @@ ReadResult WarmReader::read(const Key& k, const ObjectMeta& m, uint32_t idx, uin
   if (!f) return ReadResult::Missing;
   uint32_t p0 = static_cast<uint32_t>(off / kPageSize);
   uint32_t p1 = static_cast<uint32_t>((off + len - 1) / kPageSize);
-  if (w.verified.size() > kMaxVerified) w.verified.clear();
-  Verified& v = w.verified[{k, m.generation, idx}];
-  if (v.epoch != f->epoch || v.pages.size() != r.pages.size()) {
-    v.epoch = f->epoch;
-    v.pages.assign(r.pages.size(), false);
-  }
-  bool known = true;
-  for (uint32_t p = p0; p <= p1 && known; p++) known = v.pages[p];
-  if (known && w.segment(f, k, m.generation, idx, blockOffset(m, idx), r.length, off, len, out, nowNs / 1'000'000))
+  FileWatch& fw = *f->watch;
+  FileWatch::Look v = fw.look(idx, r.pages.size(), p0, p1);  // verified by any thread
+  if (v.verified && w.segment(f, k, m.generation, idx, blockOffset(m, idx), r.length, off, len, out, nowNs / 1'000'000))
     return ReadResult::Ok;
   uint64_t from = static_cast<uint64_t>(p0) * kPageSize;
   uint64_t to = std::min<uint64_t>(r.length, static_cast<uint64_t>(p1 + 1) * kPageSize);
   if (w.scratch.size() < to - from) w.scratch.resize(to - from);
   ssize_t got = pread(f->fd, w.scratch.data(), to - from, static_cast<off_t>(blockOffset(m, idx) + from));
   if (got < 0) return ReadResult::IoError;
+  w.s->pagesChecked += p1 - p0 + 1;
   if (got != static_cast<ssize_t>(to - from) || firstBadPage(r, w.scratch.data(), p0, p1)) {
-    w.verified.erase({k, m.generation, idx});
+    fw.forget(idx);  // never served; the loop drops the block
     w.s->reportCorrupt(k, m.generation, idx);  // the loop checks it again and drops it
     return ReadResult::Corrupt;
   }
-  for (uint32_t p = p0; p <= p1; p++) v.pages[p] = true;
+  fw.mark(idx, v.ticket, p0, p1);
   evbuffer_add(out, w.scratch.data() + (off - from), len);
   return ReadResult::Ok;
 }

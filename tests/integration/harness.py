@@ -393,6 +393,16 @@ def settle_gateways(timeout=10):
             print("\n    [harness] settling went on without it: %s" % e, file=sys.stderr)
 
 
+def with_test_workers(text):
+    """SLIP_TEST_WORKERS=N runs a suite with front-end worker threads (issue
+    14; e.g. the cache tests under ThreadSanitizer): `workers = N` in
+    [server], unless the configuration sets it. Every configuration a test
+    writes for a gateway goes through here (the first and a reloaded one)."""
+    if os.environ.get("SLIP_TEST_WORKERS") and not re.search(r"(?m)^workers\s*=", text):
+        text = text.replace("[server]", "[server]\nworkers = %s" % os.environ["SLIP_TEST_WORKERS"], 1)
+    return text
+
+
 class Gateway:
     """build/slipstream on a free loopback port with an inline config.
 
@@ -414,8 +424,7 @@ class Gateway:
             text += "\n[cache]\ndir = %s\n" % self.cache_dir
         # SLIP_TEST_WORKERS=2 runs a suite with front-end worker threads (issue
         # 14; e.g. the cache tests under ThreadSanitizer), unless a test sets them.
-        if os.environ.get("SLIP_TEST_WORKERS") and not re.search(r"(?m)^workers\s*=", text):
-            text = text.replace("[server]", "[server]\nworkers = %s" % os.environ["SLIP_TEST_WORKERS"], 1)
+        text = with_test_workers(text)
         self.ini = os.path.join(self.dir, "slipstream.ini")
         with open(self.ini, "w") as f:
             f.write(text)
@@ -440,11 +449,17 @@ class Gateway:
         self.port = int(m.group(1))
 
     def _listening(self):
+        """The port, once the gateway is listening *and* has said `started`
+        (its signal handlers are in place: a SIGHUP sent before would kill it;
+        with worker threads the gap between the two lines is wider)."""
         if self.proc.poll() is not None:
             raise AssertionError("gateway exited with %s:\n%s" % (self.proc.returncode, self.errors()))
         with open(self.err_log, "rb") as f:
             f.seek(self._err_offset)
-            return re.search(rb"event=listening address=127\.0\.0\.1:(\d+)", f.read())
+            text = f.read()
+        if b" event=started " not in text:
+            return None
+        return re.search(rb"event=listening address=127\.0\.0\.1:(\d+)", text)
 
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.port, path)

@@ -251,10 +251,13 @@ class Connections(FrontTest):
             for s in idle:
                 s.close()
         paused = log_lines(gw, "accept_paused")
-        self.assertEqual(len(paused), 1, paused)
+        # One episode: one line per thread that accepts on the address (each
+        # has its own listener with `workers`, and each ran out).
+        threads = int(os.environ.get("SLIP_TEST_WORKERS") or os.cpu_count() or 1)  # default: auto
+        self.assertTrue(1 <= len(paused) <= threads, paused)
         self.assertIn("error=\"Too many open files\"", paused[0])
         self.assertLess(len(gw.errors()), 200 * KiB, "the error log flooded")
-        self.assertEqual(metric(gw.get("/-/metrics").body.decode(), "slipstream_accept_pauses_total"), 1)
+        self.assertEqual(metric(gw.get("/-/metrics").body.decode(), "slipstream_accept_pauses_total"), len(paused))
 
 
 # ------------------------------------------------------------------ a failure after the headers

@@ -27,7 +27,7 @@ import time
 
 from fake_aliyun import FakeAliyun
 from harness import (BIN, GatewayTest, free_port, random_bytes, request, sha256, sha256_file, wait_until,
-                     write_file)
+                     with_test_workers, write_file)
 
 MiB = 1024 * 1024
 TOKEN = "reload-test-token-0123456789"
@@ -45,6 +45,7 @@ class ReloadTest(GatewayTest):
         if "[server]" not in text:
             text = "[server]\n" + text
         text = text.replace("[server]", "[server]\nlisten = 127.0.0.1:0\naccess_log = %s\n" % gw.access_log, 1)
+        text = with_test_workers(text)
         with open(gw.ini, "w") as f:
             f.write(text)
         return text
