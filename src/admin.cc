@@ -202,8 +202,10 @@ std::string Server::Impl::metrics() const {
          "Client connections open (on tls listeners also those before their first byte).",
          t.conns);
   metric("slipstream_accepted_connections_total", "counter", "Client connections accepted.", t.accepted);
+  uint64_t refused = refusedConns;
+  for (size_t i = 0; workers && i < workers->size(); i++) refused += workers->figures(i).refused;
   metric("slipstream_refused_connections_total", "counter",
-         "Connections answered 503 and closed because max_connections were open.", refusedConns);
+         "Connections answered 503 and closed because max_connections were open.", refused);
   uint64_t pauses = 0;
   for (const auto& l : listeners) pauses += l->pauses();
   for (size_t i = 0; workers && i < workers->size(); i++) pauses += workers->figures(i).acceptPauses;

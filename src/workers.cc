@@ -181,7 +181,10 @@ class FrontWorker final : public http::ConnHost, public ExchangeHost {
     conns_.emplace(c, std::move(conn));
     sh_.workerConns++;
     fig.conns++;
-    if (over) return c->refuse(policy::Reason::Overloaded);
+    if (over) {
+      fig.refused++;
+      return c->refuse(policy::Reason::Overloaded);
+    }
     c->start();
   }
 

@@ -100,6 +100,7 @@ struct FrontShared {
 /// One worker's counters, read by the main loop for /-/metrics and the stats.
 struct WorkerFigures {
   std::atomic<uint64_t> requests{0}, bytesOut{0}, hits{0}, hitBytes{0}, handoffs{0}, accepted{0};
+  std::atomic<uint64_t> refused{0};  // answered 503 and closed: max_connections were open
   std::atomic<uint64_t> acceptPauses{0};  // its listeners' out-of-descriptor episodes
   std::atomic<uint64_t> active{0}, conns{0};
   mutable std::mutex mu;

@@ -230,9 +230,11 @@ void Fill::unlink(Object* o, BlockReader* r) {
 void Fill::detach(BlockReader* r) {
   Object* o = r->obj;
   if (!o) return;
-  // The block it was reading is finished and stored: its client has part of it.
-  if (o->meta.blockSize > 0 && r->pos < r->end) {
-    auto it = o->blocks.find(static_cast<uint32_t>(r->pos / o->meta.blockSize));
+  // The block it was reading (or ended its range in) is finished and
+  // stored: its client has part of it and may come back for the rest.
+  if (o->meta.blockSize > 0 && r->pos > 0 && r->pos <= r->end) {
+    uint64_t at = r->pos < r->end ? r->pos : r->pos - 1;
+    auto it = o->blocks.find(static_cast<uint32_t>(at / o->meta.blockSize));
     if (it != o->blocks.end()) it->second->keep = true;
   }
   unlink(o, r);

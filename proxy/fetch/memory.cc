@@ -17,8 +17,12 @@ BlockMode chooseBlockMode(const BlockAsk& a) {
   const uint64_t half = a.limit / 2;
   if (a.limit == 0 || !a.playing || a.stream || a.length == 0 || a.length > half) return BlockMode::Disk;
   bool fits = a.used + a.length <= a.limit && a.objectUsed + a.length <= half;
-  if (!fits) return a.urgent ? BlockMode::Disk : BlockMode::Wait;
-  if (a.caching + a.length > half || a.diskQueued >= a.diskQueueLimit) return BlockMode::MemoryOnly;
+  bool diskBehind = a.caching + a.length > half || a.diskQueued >= a.diskQueueLimit;
+  // Out of memory: the disk path, as before buffers existed, while the disk
+  // keeps up (a fast origin on a fast disk is not held to the budget);
+  // read-ahead waits only when the disk is behind too.
+  if (!fits) return a.urgent || !diskBehind ? BlockMode::Disk : BlockMode::Wait;
+  if (diskBehind) return BlockMode::MemoryOnly;
   return BlockMode::Cached;
 }
 

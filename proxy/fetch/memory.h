@@ -46,7 +46,8 @@ struct BlockAsk {
 ///  1. off (limit 0), background-only objects, whole-body streams, and
 ///     blocks larger than half the budget: Disk;
 ///  2. the buffer does not fit (all buffers ≤ limit, one object's ≤ limit/2):
-///     Disk when a reader is blocked on it, else Wait;
+///     Disk when a reader is blocked on it or the disk keeps up (rule 3's
+///     test false: a fast disk is not held to the budget), else Wait;
 ///  3. the disk is behind (buffered bytes waiting for the disk + this block
 ///     > limit/2, or the store's queue at its bound): MemoryOnly;
 ///  4. Cached.

@@ -28,9 +28,15 @@ void Fill::startProbe(Object* o) {
   o->probe = std::make_unique<ProbeCall>(*this, *o);
   ProbeCall* pc = o->probe.get();
   if (!o->hasMeta && o->fuseAt) {
+    // The first piece of the block the reader starts in, as the planner
+    // would split it (from the reader's page, `connections` ways): the
+    // rest of the block starts in parallel once the size is known, so a
+    // cloud drive that caps each connection does not hold the first block
+    // to one connection's speed.
     const uint64_t bs = static_cast<uint64_t>(ctx.cfg().cache.blockSize);
     uint64_t begin = *o->fuseAt / bs * bs;
-    pc->fused = policy::ByteRange{begin, begin + bs};
+    int share = static_cast<int>(mountOf(o).connections);
+    pc->fused = plan::splitBlock(begin, begin + bs, *o->fuseAt, share).front();
     pc->adoptSoon = std::make_unique<Trigger>(ctx.base, [this, o] { adoptProbe(o); });
   }
   opts.range = policy::upstreamRange(pc->fused.value_or(policy::ByteRange{0, 1}));
@@ -167,10 +173,20 @@ void Fill::adoptProbe(Object* o) {
   Object* v = takeVersion(o, fresh);
   uint32_t idx = static_cast<uint32_t>(range.begin / v->meta.blockSize);
   bool cacheFailed = false;
-  Block* b = v->blocks.count(idx) || v->meta.blockLength(idx) == 0
-                 ? nullptr
-                 : createBlock(v, idx, range.begin, {{range.begin, v->meta.blockBegin(idx) + v->meta.blockLength(idx)}},
-                               true, &cacheFailed);
+  // The adopted transfer is the first piece; the rest of the block after
+  // it is split as the planner would, the part before it (the head) last.
+  const uint64_t blockBegin = v->meta.blockBegin(idx), blockEnd = blockBegin + v->meta.blockLength(idx);
+  std::vector<policy::ByteRange> pieces;
+  if (range.begin >= blockBegin && range.begin < blockEnd) {
+    const policy::ByteRange first{range.begin, std::min(range.end, blockEnd)};
+    pieces.push_back(first);
+    int share = std::max(1, static_cast<int>(mountOf(v).connections) - 1);
+    if (first.end < blockEnd)
+      for (const auto& r : plan::splitBlock(first.end, blockEnd, std::nullopt, share)) pieces.push_back(r);
+    if (blockBegin < first.begin) pieces.push_back({blockBegin, first.begin});
+  }
+  Block* b = v->blocks.count(idx) || pieces.empty() ? nullptr
+                                                    : createBlock(v, idx, range.begin, pieces, true, &cacheFailed);
   if (b) {
     Piece* p = b->pieces[0].get();
     p->linkSerial = serial;

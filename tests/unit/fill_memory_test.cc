@@ -41,12 +41,19 @@ TEST_CASE("chooseBlockMode: one row per rule") {
   row("whole-body stream: paced by the disk", [](BlockAsk& a) { a.stream = true; }, BlockMode::Disk);
   row("block bigger than half the budget", [](BlockAsk& a) { a.length = 17 * MiB; }, BlockMode::Disk);
   row("block exactly half the budget fits", [](BlockAsk& a) { a.length = 16 * MiB; }, BlockMode::Cached);
-  row("budget spent, read-ahead: not now", [](BlockAsk& a) { a.used = 32 * MiB; }, BlockMode::Wait);
+  row("budget spent, read-ahead, disk keeping up: through the disk", [](BlockAsk& a) { a.used = 32 * MiB; },
+      BlockMode::Disk);
+  row("budget spent, read-ahead, disk behind: not now",
+      [](BlockAsk& a) { a.used = 32 * MiB; a.caching = 16 * MiB; }, BlockMode::Wait);
+  row("budget spent, read-ahead, store queue full: not now",
+      [](BlockAsk& a) { a.used = 32 * MiB; a.diskQueued = 16 * MiB; }, BlockMode::Wait);
   row("budget spent, a reader blocked on it: through the disk",
       [](BlockAsk& a) { a.used = 32 * MiB; a.urgent = true; }, BlockMode::Disk);
   row("budget has exactly this block left", [](BlockAsk& a) { a.used = 31 * MiB; }, BlockMode::Cached);
-  row("object holds half the budget: not now", [](BlockAsk& a) { a.used = 16 * MiB; a.objectUsed = 16 * MiB; },
-      BlockMode::Wait);
+  row("object holds half the budget, disk keeping up: through the disk",
+      [](BlockAsk& a) { a.used = 16 * MiB; a.objectUsed = 16 * MiB; }, BlockMode::Disk);
+  row("object holds half the budget, disk behind: not now",
+      [](BlockAsk& a) { a.used = 16 * MiB; a.objectUsed = 16 * MiB; a.caching = 16 * MiB; }, BlockMode::Wait);
   row("object holds half, blocked reader: through the disk",
       [](BlockAsk& a) { a.objectUsed = 16 * MiB; a.used = 16 * MiB; a.urgent = true; }, BlockMode::Disk);
   row("disk behind (half the budget waits for it): not cached",
