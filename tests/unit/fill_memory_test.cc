@@ -1,5 +1,5 @@
 // The fill's memory-first decisions (proxy/fetch/memory.h), row by row:
-// which mode a new block gets (cached behind memory, not cached because the
+// the mode a new block is given (cached behind memory, not cached because the
 // disk is behind, through the disk, or not now), what a reader may read
 // from a block's buffer, and when a complete block that was not cached may
 // be freed.
